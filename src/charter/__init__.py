@@ -1,0 +1,38 @@
+"""charter: one owner per record, read-only copies with contracts, enforced and measured."""
+
+from charter.errors import (
+    CharterError,
+    ConflictError,
+    ConstraintError,
+    Error,
+    EventError,
+    NotFoundError,
+    OwnershipError,
+    SchemaChangeError,
+    ValidationError,
+)
+from charter.owner import Record, Transaction
+from charter.runner import Runner
+from charter.status import CopyStatus, status
+from charter.system import ContextHandle, CopyReader, System, load
+
+__all__ = [
+    "CharterError",
+    "ConflictError",
+    "ConstraintError",
+    "ContextHandle",
+    "CopyReader",
+    "CopyStatus",
+    "Error",
+    "EventError",
+    "NotFoundError",
+    "OwnershipError",
+    "Record",
+    "Runner",
+    "SchemaChangeError",
+    "System",
+    "Transaction",
+    "ValidationError",
+    "load",
+    "status",
+]

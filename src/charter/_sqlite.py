@@ -1,0 +1,61 @@
+"""Opening SQLite files the same way everywhere: WAL, a durable default, and
+waiting (not failing) when another process holds the write lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def sqlite_path(url: str) -> tuple[Path, str]:
+    """sqlite:///abs/path.db?synchronous=normal → (path, 'NORMAL'). FULL unless told."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    synchronous = query.get("synchronous", ["FULL"])[0].upper()
+    if synchronous not in SYNCHRONOUS:
+        raise ValueError(f"{url}: synchronous must be one of {', '.join(SYNCHRONOUS)}")
+    return Path(parts.path), synchronous
+
+
+def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=60000")
+    return conn
+
+
+class Connections:
+    """One connection per thread, all closed together: sqlite3 objects are not thread-safe."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.path, self.synchronous = path, synchronous
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.synchronous)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def quote(text: str) -> str:
+    """A SQL string literal (for trigger messages, which cannot take parameters)."""
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,44 @@
+"""The one small protocol every transport between contexts implements.
+
+A bus is transport, not truth: the owner's outbox is. So a bus only has to keep
+events in order per entity, drop a duplicate by event id, hand a consumer the
+events after a position, and forget what every copy has applied."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from charter.stores.base import Backlog, OutboxRow
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event as the bus hands it out: its position on the bus and the CloudEvent body."""
+
+    position: int
+    body: bytes
+
+
+class Bus(Protocol):
+    url: str
+
+    def publish(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish in order. Publishing an event id twice keeps one."""
+
+    def fetch(self, entity: str, after: int, limit: int) -> list[Delivery]:
+        """Events of `entity` after `position`, in order."""
+
+    def ack(self, consumer: str, entity: str, position: int) -> None:
+        """A consumer has applied everything up to `position` (lets the bus compact)."""
+
+    def head(self, entity: str) -> int:
+        """The position of the newest event of `entity` (0 when none)."""
+
+    def backlog(self, entity: str, after: int) -> Backlog: ...
+
+    def compact(self, retention_s: float) -> int:
+        """Forget events older than the retention that every consumer has applied."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,109 @@
+"""The embedded bus: one SQLite file that any number of processes on a machine share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from charter._sqlite import Connections, sqlite_path
+from charter.buses.base import Delivery
+from charter.stores.base import Backlog, OutboxRow
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    entity TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    time TEXT NOT NULL,
+    published_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_entity_seq ON events (entity, seq);
+CREATE TABLE IF NOT EXISTS consumers (
+    consumer TEXT NOT NULL, entity TEXT NOT NULL, position INTEGER NOT NULL,
+    PRIMARY KEY (consumer, entity)
+);
+"""
+
+
+class SQLiteBus:
+    """Events in one table, ordered by an autoincrement sequence that compaction never reuses."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path, synchronous = sqlite_path(url)
+        self._conns = Connections(path, synchronous)
+        self._conns.get().executescript(_SCHEMA)
+
+    def publish(self, rows: Sequence[OutboxRow]) -> None:
+        if not rows:
+            return
+        conn = self._conns.get()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO events (event_id, entity, subject, time, published_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.event_id, r.entity, r.entity_id, r.time, now, r.body) for r in rows],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def publish_raw(self, event_id: str, entity: str, subject: str, body: bytes) -> None:
+        """Put any bytes on the bus, as a misbehaving producer would (for tests and repair)."""
+        self._conns.get().execute(
+            "INSERT INTO events (event_id, entity, subject, time, published_at, body) "
+            "VALUES (?, ?, ?, '', ?, ?)",
+            (event_id, entity, subject, time.time(), body),
+        )
+
+    def fetch(self, entity: str, after: int, limit: int) -> list[Delivery]:
+        rows = self._conns.get().execute(
+            "SELECT seq, body FROM events WHERE entity = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (entity, after, limit),
+        )
+        return [Delivery(seq, bytes(body)) for seq, body in rows]
+
+    def ack(self, consumer: str, entity: str, position: int) -> None:
+        self._conns.get().execute(
+            "INSERT INTO consumers VALUES (?, ?, ?) ON CONFLICT (consumer, entity) "
+            "DO UPDATE SET position = max(position, excluded.position)",
+            (consumer, entity, position),
+        )
+
+    def head(self, entity: str) -> int:
+        row = (
+            self._conns.get()
+            .execute("SELECT max(seq) FROM events WHERE entity = ?", (entity,))
+            .fetchone()
+        )
+        return int(row[0] or 0)
+
+    def backlog(self, entity: str, after: int) -> Backlog:
+        count, oldest = (
+            self._conns.get()
+            .execute(
+                "SELECT count(*), min(time) FROM events WHERE entity = ? AND seq > ?",
+                (entity, after),
+            )
+            .fetchone()
+        )
+        return Backlog(int(count), oldest)
+
+    def compact(self, retention_s: float) -> int:
+        cutoff = time.time() - retention_s
+        cursor = self._conns.get().execute(
+            "DELETE FROM events WHERE published_at < ? AND seq <= coalesce("
+            "(SELECT min(position) FROM consumers WHERE consumers.entity = events.entity), "
+            "9223372036854775807)",
+            (cutoff,),
+        )
+        return cursor.rowcount
+
+    def close(self) -> None:
+        self._conns.close()

@@ -1,0 +1,69 @@
+"""The errors charter raises. Each one says what was wrong and where, so the
+person reading it can act without opening the source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Error(Exception):
+    """Base of every error charter raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a charter file, with where it is and how to fix it."""
+
+    file: str
+    line: int
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.file}:{self.line}: {self.message}"
+        return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+
+class CharterError(Error):
+    """The charter file is not valid. Carries every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        count = len(problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in the charter"
+        super().__init__(head + ":\n" + "\n".join(str(p) for p in problems))
+
+
+class OwnershipError(Error):
+    """A context tried to write an entity that another context owns (G1)."""
+
+    def __init__(self, entity: str, owner: str, team: str, writer: str) -> None:
+        self.entity, self.owner, self.team, self.writer = entity, owner, team, writer
+        super().__init__(
+            f"{entity} is owned by context '{owner}' (team {team}); '{writer}' may not write it. "
+            f"Ask '{owner}' to make the change, or keep a read-only copy fed by its events."
+        )
+
+
+class ValidationError(Error):
+    """A value does not fit its field: wrong type, missing, or not one of the enum values."""
+
+
+class ConflictError(Error):
+    """An expected version no longer matches: someone else changed the record first."""
+
+
+class ConstraintError(Error):
+    """A write would break a `unique` field or a `no_overlap` constraint."""
+
+
+class NotFoundError(Error):
+    """No record with that id (or it was deleted)."""
+
+
+class EventError(Error):
+    """An event that cannot be read or applied. Names the event id and version."""
+
+
+class SchemaChangeError(Error):
+    """A charter change that would lose or corrupt data already in a store."""

@@ -1,0 +1,515 @@
+"""The charter: contexts, entities, fields, copies. Loading checks everything and
+reports every problem at once, each with its file, line and a hint."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+
+from charter.errors import CharterError, Problem
+
+FIELD_TYPES = (
+    "string",
+    "text",
+    "integer",
+    "number",
+    "boolean",
+    "enum",
+    "uuid",
+    "timestamp",
+    "date",
+)
+RESERVED_FIELDS = ("id", "version", "synced_at")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+DEFAULT_RETENTION_S = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class Context:
+    """A service with its own store and the team to call when its data is wrong."""
+
+    name: str
+    team: str
+    store: str
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    required: bool = True
+    unique: bool = False
+    private: bool = False
+    values: tuple[str, ...] = ()
+    default: Any = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class NoOverlap:
+    """No two records with the same `per` values may have intersecting [start, end) ranges."""
+
+    per: tuple[str, ...]
+    start: str
+    end: str
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A kind of record, owned by exactly one context."""
+
+    name: str
+    owner: str
+    fields: dict[str, Field]
+    why: str = ""
+    constraints: tuple[NoOverlap, ...] = ()
+    line: int = 0
+
+    @property
+    def table(self) -> str:
+        return snake_case(self.name)
+
+    @cached_property
+    def public_fields(self) -> list[Field]:
+        return [f for f in self.fields.values() if not f.private]
+
+    @cached_property
+    def public_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.public_fields)
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A read-only, derivative table of an entity in another context, with its contract."""
+
+    name: str
+    context: str
+    of: str
+    fields: tuple[str, ...]
+    window_s: float
+    breaks: str = ""
+    line: int = 0
+
+    @property
+    def table(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Charter:
+    """The whole system as declared: who owns what, who copies what, how stale it may get."""
+
+    name: str
+    bus: str
+    contexts: dict[str, Context]
+    entities: dict[str, Entity]
+    copies: dict[str, Copy]
+    path: Path = field(default_factory=lambda: Path("charter.yaml"))
+    retention_s: float = DEFAULT_RETENTION_S
+
+    def owned_by(self, context: str) -> list[Entity]:
+        return [e for e in self.entities.values() if e.owner == context]
+
+    def copies_in(self, context: str) -> list[Copy]:
+        return [c for c in self.copies.values() if c.context == context]
+
+    def copies_of(self, entity: str) -> list[Copy]:
+        return [c for c in self.copies.values() if c.of == entity]
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def parse_duration(text: object) -> float | None:
+    """'5s', '500ms', '2m', '1h', '7d' or a bare number of seconds; None if unreadable."""
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, int | float):
+        return float(text) if text >= 0 else None
+    match = _DURATION.match(str(text))
+    if not match:
+        return None
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def resolve_url(url: str, base: Path) -> str:
+    """Make a relative sqlite:/// path relative to the charter file's folder."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        relative = url[len("sqlite:///") :]
+        if relative != ":memory:":
+            return "sqlite:///" + str((base / relative).resolve())
+    return url
+
+
+def load(path: str | Path) -> Charter:
+    """Read and check a charter file. Raises CharterError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CharterError(
+            [Problem(str(path), 0, f"cannot read the charter: {exc.strerror}")]
+        ) from None
+    return loads(text, path)
+
+
+def loads(text: str, path: str | Path = "charter.yaml") -> Charter:
+    return _Reader(text, Path(path)).read()
+
+
+class _Reader:
+    """Turns YAML into a Charter, collecting problems instead of stopping at the first."""
+
+    def __init__(self, text: str, path: Path) -> None:
+        self.text = text
+        self.path = path
+        self.problems: list[Problem] = []
+
+    def problem(self, line: int, message: str, hint: str = "") -> None:
+        self.problems.append(Problem(str(self.path), line, message, hint))
+
+    def read(self) -> Charter:
+        yaml = YAML(typ="rt")
+        yaml.allow_duplicate_keys = True
+        try:
+            self._find_duplicates(yaml.compose(self.text))
+            doc = yaml.load(self.text)
+        except MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else 0
+            raise CharterError(
+                [Problem(str(self.path), line, f"not valid YAML: {exc.problem or exc}")]
+            ) from None
+        if not isinstance(doc, dict):
+            raise CharterError([Problem(str(self.path), 1, "the charter must be a YAML mapping")])
+        charter = self._charter(doc)
+        if self.problems:
+            self.problems.sort(key=lambda p: p.line)
+            raise CharterError(self.problems)
+        assert charter is not None
+        return charter
+
+    def _find_duplicates(self, node: Node | None, where: str = "") -> None:
+        if isinstance(node, MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value)
+                line = key.start_mark.line + 1
+                if name in seen:
+                    what = f"{where.rstrip('.')} '{name}'" if where else f"'{name}'"
+                    self.problem(
+                        line,
+                        f"{what} is declared twice (first at line {seen[name]})",
+                        "each name may appear once; merge the two declarations",
+                    )
+                else:
+                    seen[name] = line
+                self._find_duplicates(value, _singular(name) + " ")
+        elif isinstance(node, SequenceNode):
+            for item in node.value:
+                self._find_duplicates(item, where)
+
+    @staticmethod
+    def _line(mapping: Any, key: Any) -> int:
+        try:
+            return int(mapping.lc.key(key)[0]) + 1
+        except (AttributeError, KeyError, TypeError):
+            return int(getattr(getattr(mapping, "lc", None), "line", 0) or 0) + 1
+
+    def _mapping(self, value: Any, line: int, what: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(line, f"{what} must be a mapping (name: settings)")
+            return {}
+        return value
+
+    def _unknown_keys(self, mapping: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.problem(
+                    self._line(mapping, key), f"{what}: unknown key '{key}'", _hint(key, allowed)
+                )
+
+    def _charter(self, doc: dict[str, Any]) -> Charter | None:
+        keys = ("charter", "name", "bus", "retention", "contexts", "entities", "copies")
+        self._unknown_keys(doc, keys, "charter")
+        if doc.get("charter") != 1:
+            self.problem(
+                self._line(doc, "charter"),
+                f"unsupported charter version {doc.get('charter')!r}",
+                "start the file with 'charter: 1'",
+            )
+        base = self.path.parent
+        name = str(doc.get("name") or self.path.parent.resolve().name)
+        bus = self._url(doc, "bus", "sqlite:///.charter/bus.db", base)
+        retention = parse_duration(doc.get("retention", DEFAULT_RETENTION_S))
+        if retention is None:
+            self.problem(
+                self._line(doc, "retention"),
+                f"retention {doc.get('retention')!r} is not a duration",
+                "write it like 1h, 7d or 30m",
+            )
+            retention = DEFAULT_RETENTION_S
+        contexts = self._contexts(
+            self._mapping(doc.get("contexts"), self._line(doc, "contexts"), "contexts"), base
+        )
+        entities = self._entities(
+            self._mapping(doc.get("entities"), self._line(doc, "entities"), "entities"), contexts
+        )
+        copies = self._copies(
+            self._mapping(doc.get("copies"), self._line(doc, "copies"), "copies"),
+            contexts,
+            entities,
+        )
+        if not contexts and "contexts" not in doc:
+            self.problem(1, "the charter declares no contexts", "add a 'contexts:' section")
+        return Charter(name, bus, contexts, entities, copies, self.path, retention)
+
+    def _url(self, mapping: dict[str, Any], key: str, default: str, base: Path) -> str:
+        url = str(mapping.get(key) or default)
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://", "nats://")):
+            self.problem(
+                self._line(mapping, key),
+                f"{key} '{url}' is not a URL charter knows",
+                "use sqlite:///path/to/file.db (relative to the charter file) or postgresql://…",
+            )
+        return resolve_url(url, base)
+
+    def _contexts(self, raw: dict[str, Any], base: Path) -> dict[str, Context]:
+        contexts: dict[str, Context] = {}
+        for name, spec in raw.items():
+            line = self._line(raw, name)
+            self._check_name(str(name), line, "context")
+            spec = self._mapping(spec, line, f"context '{name}'")
+            self._unknown_keys(spec, ("team", "store"), f"context '{name}'")
+            if not spec.get("team"):
+                self.problem(line, f"context '{name}' has no team", "say who to call: team: <name>")
+            store = self._url(spec, "store", f"sqlite:///.charter/{name}.db", base)
+            contexts[str(name)] = Context(str(name), str(spec.get("team") or ""), store, line)
+        return contexts
+
+    def _entities(self, raw: dict[str, Any], contexts: dict[str, Context]) -> dict[str, Entity]:
+        entities: dict[str, Entity] = {}
+        for name, spec in raw.items():
+            line = self._line(raw, name)
+            self._check_name(str(name), line, "entity")
+            spec = self._mapping(spec, line, f"entity '{name}'")
+            self._unknown_keys(spec, ("owner", "why", "fields", "constraints"), f"entity '{name}'")
+            owner = str(spec.get("owner") or "")
+            if not owner:
+                self.problem(
+                    line, f"entity '{name}' has no owner", "name the one context that writes it"
+                )
+            elif owner not in contexts:
+                self.problem(
+                    self._line(spec, "owner"),
+                    f"entity '{name}' is owned by unknown context '{owner}'",
+                    _hint(owner, tuple(contexts)) or "declare it under contexts:",
+                )
+            fields = self._fields(
+                str(name), self._mapping(spec.get("fields"), self._line(spec, "fields"), "fields")
+            )
+            constraints = self._constraints(str(name), spec, fields)
+            entities[str(name)] = Entity(
+                str(name), owner, fields, str(spec.get("why") or ""), constraints, line
+            )
+        return entities
+
+    def _fields(self, entity: str, raw: dict[str, Any]) -> dict[str, Field]:
+        fields: dict[str, Field] = {}
+        for name, spec in raw.items():
+            line = self._line(raw, name)
+            self._check_name(str(name), line, "field")
+            if str(name) in RESERVED_FIELDS or str(name).startswith("charter_"):
+                self.problem(
+                    line,
+                    f"{entity}.{name}: '{name}' is reserved",
+                    "charter adds id, version and synced_at itself; pick another name",
+                )
+            if isinstance(spec, str):
+                spec = {"type": spec}
+            spec = self._mapping(spec, line, f"field {entity}.{name}")
+            keys = ("type", "required", "unique", "private", "values", "default")
+            self._unknown_keys(spec, keys, f"field {entity}.{name}")
+            kind = str(spec.get("type") or "")
+            if kind not in FIELD_TYPES:
+                self.problem(
+                    self._line(spec, "type") if "type" in spec else line,
+                    f"{entity}.{name} has unknown type '{kind}'",
+                    _hint(kind, FIELD_TYPES) or f"use one of: {', '.join(FIELD_TYPES)}",
+                )
+            values: tuple[str, ...] = ()
+            if kind == "enum":
+                raw_values = spec.get("values")
+                if not isinstance(raw_values, list) or not raw_values:
+                    self.problem(line, f"enum {entity}.{name} has no values", "values: [a, b, c]")
+                else:
+                    values = tuple(str(v) for v in raw_values)
+            default = spec.get("default")
+            if default is not None and values and str(default) not in values:
+                self.problem(
+                    self._line(spec, "default"),
+                    f"{entity}.{name}: default '{default}' is not one of {list(values)}",
+                )
+            required = bool(spec.get("required", default is None))
+            fields[str(name)] = Field(
+                str(name),
+                kind,
+                required=required,
+                unique=bool(spec.get("unique", False)),
+                private=bool(spec.get("private", False)),
+                values=values,
+                default=default,
+                line=line,
+            )
+        return fields
+
+    def _constraints(
+        self, entity: str, spec: dict[str, Any], fields: dict[str, Field]
+    ) -> tuple[NoOverlap, ...]:
+        raw = spec.get("constraints") or []
+        if not isinstance(raw, list):
+            self.problem(self._line(spec, "constraints"), "constraints must be a list")
+            return ()
+        result: list[NoOverlap] = []
+        for index, item in enumerate(raw):
+            try:
+                line = int(raw.lc.item(index)[0]) + 1  # type: ignore[attr-defined]
+            except (AttributeError, KeyError):
+                line = self._line(spec, "constraints")
+            if not isinstance(item, dict) or list(item) != ["no_overlap"]:
+                self.problem(
+                    line,
+                    f"{entity}: unknown constraint",
+                    "supported: no_overlap: {per: [...], range: [start, end]}",
+                )
+                continue
+            body = item["no_overlap"] if isinstance(item["no_overlap"], dict) else {}
+            per = tuple(str(f) for f in (body.get("per") or []))
+            bounds = tuple(str(f) for f in (body.get("range") or []))
+            if len(bounds) != 2:
+                self.problem(line, f"{entity}: no_overlap needs range: [start_field, end_field]")
+                continue
+            for name in (*per, *bounds):
+                if name not in fields:
+                    self.problem(
+                        line,
+                        f"{entity}: constraint no_overlap names unknown field '{name}'",
+                        _hint(name, tuple(fields)) or f"fields are: {', '.join(fields)}",
+                    )
+            result.append(NoOverlap(per, bounds[0], bounds[1], line))
+        return tuple(result)
+
+    def _copies(
+        self, raw: dict[str, Any], contexts: dict[str, Context], entities: dict[str, Entity]
+    ) -> dict[str, Copy]:
+        copies: dict[str, Copy] = {}
+        for name, spec in raw.items():
+            line = self._line(raw, name)
+            self._check_name(str(name), line, "copy")
+            spec = self._mapping(spec, line, f"copy '{name}'")
+            self._unknown_keys(spec, ("in", "of", "fields", "window", "breaks"), f"copy '{name}'")
+            context, of = str(spec.get("in") or ""), str(spec.get("of") or "")
+            if context not in contexts:
+                self.problem(
+                    self._line(spec, "in"),
+                    f"copy '{name}' is kept in unknown context '{context}'",
+                    _hint(context, tuple(contexts)) or "in: <a context declared under contexts:>",
+                )
+            entity = entities.get(of)
+            if entity is None:
+                self.problem(
+                    self._line(spec, "of"),
+                    f"copy '{name}' is of unknown entity '{of}'",
+                    _hint(of, tuple(entities)) or "of: <an entity declared under entities:>",
+                )
+            elif entity.owner == context:
+                self.problem(
+                    self._line(spec, "in"),
+                    f"copy '{name}' is placed in '{context}', which owns {of}",
+                    "the owner reads its own records; copies live in other contexts",
+                )
+            names = spec.get("fields") or []
+            if not isinstance(names, list) or not names:
+                self.problem(
+                    line, f"copy '{name}' lists no fields", "fields: [the fields it depends on]"
+                )
+                names = []
+            for index, field_name in enumerate(names):
+                try:
+                    field_line = int(names.lc.item(index)[0]) + 1  # type: ignore[attr-defined]
+                except (AttributeError, KeyError):
+                    field_line = self._line(spec, "fields")
+                if entity is None:
+                    continue
+                found = entity.fields.get(str(field_name))
+                if found is None:
+                    self.problem(
+                        field_line,
+                        f"copy '{name}' depends on unknown field {of}.{field_name}",
+                        _hint(str(field_name), entity.public_names)
+                        or f"public fields of {of}: {', '.join(entity.public_names)}",
+                    )
+                elif found.private:
+                    self.problem(
+                        field_line,
+                        f"copy '{name}' depends on {of}.{field_name}, which is private",
+                        f"private fields never leave '{entity.owner}'",
+                    )
+            window = parse_duration(spec.get("window"))
+            if window is None:
+                self.problem(
+                    self._line(spec, "window") if "window" in spec else line,
+                    f"copy '{name}': window {spec.get('window')!r} is not a duration",
+                    "write it like 500ms, 5s, 10m, 1h or 1d",
+                )
+                window = 0.0
+            copies[str(name)] = Copy(
+                str(name),
+                context,
+                of,
+                tuple(str(n) for n in names),
+                window,
+                str(spec.get("breaks") or ""),
+                line,
+            )
+        return copies
+
+    def _check_name(self, name: str, line: int, what: str) -> None:
+        if not _NAME.match(name):
+            self.problem(
+                line,
+                f"{what} name '{name}' is not a plain name",
+                "use letters, digits and underscores, starting with a letter",
+            )
+
+
+def _singular(word: str) -> str:
+    return {"contexts": "context", "entities": "entity", "copies": "copy", "fields": "field"}.get(
+        word, word
+    )
+
+
+def _hint(word: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def iter_fields(entity: Entity, names: tuple[str, ...] | None = None) -> Iterator[Field]:
+    for name in names if names is not None else tuple(entity.fields):
+        yield entity.fields[name]

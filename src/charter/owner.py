@@ -1,0 +1,202 @@
+"""Writes by the owner: ids, versions, validation, invariants, and the event of
+every change written to the outbox in the same transaction (G1, G2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from charter import values
+from charter.errors import ConflictError, NotFoundError, OwnershipError, ValidationError
+from charter.events import Event
+from charter.ids import uuid7
+from charter.model import Charter, Entity, Field, _hint
+from charter.stores.base import OwnerWrites, Row
+
+
+class Record(Mapping[str, Any]):
+    """One record as its reader sees it: id, version, its fields (and for a copy, synced_at)."""
+
+    __slots__ = ("_values", "entity", "id", "synced_at", "version")
+
+    def __init__(
+        self,
+        entity: str,
+        id: str,
+        version: int,
+        values: dict[str, Any],
+        synced_at: Any = None,
+    ) -> None:
+        self.entity, self.id, self.version = entity, id, version
+        self._values, self.synced_at = values, synced_at
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{self.entity} has no field '{name}'") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        return f"{self.entity}(id={self.id!r}, version={self.version}, {fields})"
+
+
+def record_from_row(entity: Entity, row: Row, fields: tuple[str, ...] | None = None) -> Record:
+    names = fields if fields is not None else tuple(entity.fields)
+    decoded = {name: values.decode(entity.fields[name], row[name]) for name in names}
+    synced = row.get("synced_at")
+    return Record(
+        entity.name,
+        row["id"],
+        row["version"],
+        decoded,
+        values.decode(_SYNCED, synced) if synced else None,
+    )
+
+
+def owned_entity(charter: Charter, context: str, name: str) -> Entity:
+    """The entity `context` owns by that name; OwnershipError if another context owns it."""
+    entity = charter.entities.get(name)
+    if entity is None:
+        hint = _hint(name, tuple(charter.entities))
+        raise ValidationError(f"no entity '{name}' in the charter" + (f"; {hint}" if hint else ""))
+    if entity.owner != context:
+        owner = charter.contexts[entity.owner]
+        raise OwnershipError(entity.name, owner.name, owner.team, context)
+    return entity
+
+
+@dataclass(slots=True)
+class _Change:
+    entity: Entity
+    entity_id: str
+    version: int
+    op: str
+    changed: tuple[str, ...]
+    state: dict[str, Any] | None
+
+
+class Transaction:
+    """What an owner may do inside one transaction of its own store."""
+
+    def __init__(self, charter: Charter, context: str, writes: OwnerWrites) -> None:
+        self._charter, self._context, self._writes = charter, context, writes
+        self._changes: list[_Change] = []
+
+    def _owned(self, name: str) -> Entity:
+        return owned_entity(self._charter, self._context, name)
+
+    def create(self, entity_name: str, /, **fields: Any) -> Record:
+        """A new record with a fresh time-ordered id, at version 1."""
+        entity = self._owned(entity_name)
+        row: dict[str, Any] = {"id": uuid7(), "version": 1}
+        row.update(values.check_new(entity, fields))
+        _check_ranges(entity, row)
+        self._writes.insert(entity, row)
+        public = _public(entity, row)
+        self._changes.append(_Change(entity, row["id"], 1, "created", tuple(public), public))
+        return record_from_row(entity, row)
+
+    def update(
+        self,
+        entity_name: str,
+        entity_id: str,
+        /,
+        *,
+        expected_version: int | None = None,
+        **fields: Any,
+    ) -> Record:
+        """Change some fields. With expected_version, refuse if someone changed it first."""
+        entity = self._owned(entity_name)
+        changes = values.check_changes(entity, fields)
+        current = self._current(entity, entity_id, expected_version)
+        changed = [name for name, value in changes.items() if current[name] != value]
+        if not changed:
+            return record_from_row(entity, current)
+        row = dict(current)
+        row.update(changes)
+        row["version"] = current["version"] + 1
+        _check_ranges(entity, row)
+        if not self._writes.update(entity, entity_id, current["version"], row):
+            raise ConflictError(f"{entity.name} {entity_id} changed while being updated")
+        public = _public(entity, row)
+        visible = tuple(name for name in changed if name in public)
+        self._changes.append(_Change(entity, entity_id, row["version"], "updated", visible, public))
+        return record_from_row(entity, row)
+
+    def delete(
+        self, entity_name: str, entity_id: str, /, *, expected_version: int | None = None
+    ) -> None:
+        entity = self._owned(entity_name)
+        current = self._current(entity, entity_id, expected_version)
+        if not self._writes.delete(entity, entity_id, current["version"]):
+            raise ConflictError(f"{entity.name} {entity_id} changed while being deleted")
+        self._changes.append(
+            _Change(entity, entity_id, current["version"] + 1, "deleted", (), None)
+        )
+
+    def get(self, entity_name: str, entity_id: str) -> Record | None:
+        entity = self._owned(entity_name)
+        row = self._writes.fetch(entity, entity_id)
+        return record_from_row(entity, row) if row else None
+
+    def _current(self, entity: Entity, entity_id: str, expected: int | None) -> Row:
+        row = self._writes.fetch(entity, entity_id)
+        if row is None:
+            raise NotFoundError(f"no {entity.name} with id {entity_id}")
+        if expected is not None and row["version"] != expected:
+            raise ConflictError(
+                f"{entity.name} {entity_id} is at version {row['version']}, "
+                f"not the expected {expected}: someone changed it first; read it again"
+            )
+        return row
+
+    def _commit_events(self) -> list[Event]:
+        """The events of this transaction, stamped with one commit time, into the outbox."""
+        if not self._changes:
+            return []
+        time = values.now_text()
+        owner = self._context
+        events = [
+            Event(
+                uuid7(),
+                c.entity.name,
+                c.entity_id,
+                c.version,
+                c.op,
+                c.changed,
+                c.state,
+                owner,
+                time,
+            )
+            for c in self._changes
+        ]
+        self._writes.append(events, [e.encode() for e in events])
+        self._changes.clear()
+        return events
+
+
+_SYNCED = Field("synced_at", "timestamp")
+
+
+def _public(entity: Entity, row: Row) -> dict[str, Any]:
+    return {name: row[name] for name in entity.public_names}
+
+
+def _check_ranges(entity: Entity, row: Row) -> None:
+    for rule in entity.constraints:
+        start, end = row.get(rule.start), row.get(rule.end)
+        if start is not None and end is not None and not start < end:
+            raise ValidationError(
+                f"{entity.name}: {rule.start} ({start}) must be before {rule.end} ({end})"
+            )

@@ -1,0 +1,107 @@
+"""Bus → copy. Applies an event only when its version is newer than the copy's,
+in the same transaction as the checkpoint (G3, G4); parks what it cannot apply,
+for that id alone, and keeps going (G8)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+
+from charter.buses import Bus
+from charter.errors import EventError, ValidationError
+from charter.events import Event, decode
+from charter.model import Copy, Entity
+from charter.stores import Store
+from charter.stores.base import Parked, Row
+from charter.values import ENCODERS
+
+
+class Projector:
+    def __init__(
+        self,
+        copy: Copy,
+        entity: Entity,
+        store: Store,
+        owner_store: Store,
+        bus: Bus,
+        batch: int = 1000,
+    ) -> None:
+        self.copy, self.entity, self.store = copy, entity, store
+        self.owner_store, self.bus, self.batch = owner_store, bus, batch
+        self._position: int | None = None
+        self._fields = [entity.fields[name] for name in copy.fields]
+
+    @property
+    def wake_key(self) -> str:
+        return f"bus:{self.entity.name}"
+
+    def step(self) -> int:
+        """Apply one batch; returns how many deliveries were handled (0: nothing to do)."""
+        if self._position is None:
+            self._position = self._start()
+        deliveries = self.bus.fetch(self.entity.name, self._position, self.batch)
+        if not deliveries:
+            return 0
+        items: list[tuple[int, Event]] = []
+        parked: list[Parked] = []
+        for delivery in deliveries:
+            try:
+                items.append((delivery.position, self._check(decode(delivery.body))))
+            except (EventError, ValidationError) as exc:
+                parked.append(self._park(delivery.position, delivery.body, str(exc)))
+        last = deliveries[-1].position
+        self.store.apply(self.copy, items, parked, last)
+        self._position = last
+        self.bus.ack(self.copy.name, self.entity.name, last)
+        return len(deliveries)
+
+    def _start(self) -> int:
+        """Where to read from; a new copy, or one with new fields, is first filled from the
+        owner's current state (not by replaying history)."""
+        checkpoint = self.store.checkpoint(self.copy)
+        if checkpoint is not None and checkpoint.fields == self.copy.fields:
+            self.bus.ack(self.copy.name, self.entity.name, checkpoint.position)
+            return checkpoint.position
+        position = checkpoint.position if checkpoint else self.bus.head(self.entity.name)
+        self.store.backfill(self.copy, self._snapshot(), position)
+        return position
+
+    def _snapshot(self) -> Iterator[tuple[str, int, Row]]:
+        for row in self.owner_store.rows(self.entity):
+            yield row["id"], row["version"], row
+
+    def _check(self, event: Event) -> Event:
+        where = f"event {event.id} (version {event.version})"
+        if event.entity != self.entity.name:
+            raise EventError(
+                f"{where}: is about {event.entity}, this copy is of {self.entity.name}"
+            )
+        if event.state is not None:
+            for field in self._fields:
+                value = event.state.get(field.name)
+                if value is not None:
+                    try:
+                        ENCODERS[field.type](self.entity.name, field, value)
+                    except ValidationError as exc:
+                        raise EventError(f"{where}: {exc}") from None
+        return event
+
+    def _park(self, position: int, body: bytes, reason: str) -> Parked:
+        entity_id, version, event_id = "?", None, None
+        try:
+            doc = orjson.loads(body)
+            entity_id = str(doc.get("subject") or "?")
+            version = doc.get("entityversion")
+            event_id = doc.get("id")
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        return Parked(
+            self.copy.name,
+            entity_id,
+            version if isinstance(version, int) else 0,
+            str(event_id or "?"),
+            position,
+            reason,
+            body,
+        )

@@ -1,0 +1,138 @@
+"""Runs the relays and projectors of some contexts: in threads until stopped, or
+until everything is drained. `charter run` is this, in a process of its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+from charter.projector import Projector
+from charter.relay import Relay
+from charter.system import System
+
+
+class Worker(Protocol):
+    @property
+    def wake_key(self) -> str: ...
+
+    def step(self) -> int: ...
+
+
+class Runner:
+    """The pipeline for `contexts` (all when None): relays for what they own, projectors
+    for the copies they keep."""
+
+    def __init__(
+        self,
+        system: System,
+        contexts: Iterable[str] | None = None,
+        *,
+        poll_interval: float = 0.01,
+        batch: int = 1000,
+        compact_every: float = 60.0,
+    ) -> None:
+        charter = system.charter
+        names = list(contexts) if contexts is not None else list(charter.contexts)
+        for name in names:
+            system.context(name)  # unknown names fail here, with a hint
+        self.system = system
+        self.poll_interval, self.compact_every = poll_interval, compact_every
+        self.workers: list[Worker] = []
+        for name in names:
+            if charter.owned_by(name):
+                self.workers.append(
+                    Relay(name, system.store(name), system.bus, system.signals, batch)
+                )
+        for name in names:
+            for copy in charter.copies_in(name):
+                entity = charter.entities[copy.of]
+                self.workers.append(
+                    Projector(
+                        copy,
+                        entity,
+                        system.store(name),
+                        system.store(entity.owner),
+                        system.bus,
+                        batch,
+                    )
+                )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def drain(self) -> int:
+        """Run every worker until none has anything left; returns how many events moved."""
+        total = 0
+        while True:
+            moved = sum(worker.step() for worker in self.workers)
+            total += moved
+            if moved == 0:
+                break
+        self.system.bus.compact(self.system.charter.retention_s)
+        return total
+
+    def start(self) -> Runner:
+        """Run in background threads until stop()."""
+        self._stop.clear()
+        for worker in self.workers:
+            thread = threading.Thread(
+                target=self._loop, args=(worker,), name=f"charter:{worker.wake_key}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        housekeeper = threading.Thread(target=self._housekeep, name="charter:compact", daemon=True)
+        housekeeper.start()
+        self._threads.append(housekeeper)
+        return self
+
+    def _loop(self, worker: Worker) -> None:
+        signals = self.system.signals
+        idle = 0.0005
+        while not self._stop.is_set():
+            try:
+                moved = worker.step()
+            except Exception as exc:  # a store or bus failing: keep trying, say so
+                self.errors.append(exc)
+                moved = 0
+                idle = self.poll_interval
+            if moved:
+                idle = 0.0005
+                continue
+            signals.wait(worker.wake_key, idle)
+            idle = min(idle * 2, self.poll_interval)
+
+    def _housekeep(self) -> None:
+        while not self._stop.wait(self.compact_every):
+            try:
+                self.system.bus.compact(self.system.charter.retention_s)
+            except Exception as exc:
+                self.errors.append(exc)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in hand, then stop."""
+        self._stop.set()
+        for worker in self.workers:
+            self.system.signals.notify(worker.wake_key)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def wait_until_synced(self, timeout: float = 30.0) -> bool:
+        """Block until every copy in scope has applied every committed event."""
+        from charter.status import copy_status
+
+        deadline = time.monotonic() + timeout
+        copies = [w.copy for w in self.workers if isinstance(w, Projector)]
+        while time.monotonic() < deadline:
+            if all(copy_status(self.system, c).synced for c in copies):
+                return True
+            time.sleep(0.005)
+        return False
+
+    def __enter__(self) -> Runner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

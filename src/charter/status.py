@@ -1,0 +1,93 @@
+"""Every copy measured against its contract (G5): how many events and how many
+seconds it is behind its owner, and whether that breaks its window."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from charter.model import Copy
+from charter.system import System
+
+OK, BREACH, NEVER_SYNCED = "OK", "BREACH", "NEVER_SYNCED"
+
+
+@dataclass(frozen=True)
+class CopyStatus:
+    copy: str
+    of: str
+    owner: str
+    context: str
+    window_s: float
+    lag_events: int
+    lag_s: float
+    last_applied_at: str | None
+    parked: int
+    state: str
+
+    @property
+    def synced(self) -> bool:
+        return self.state != NEVER_SYNCED and self.lag_events == 0
+
+    def as_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["in"] = doc.pop("context")
+        return {key: doc[key] for key in JSON_KEYS}
+
+
+JSON_KEYS = (
+    "copy",
+    "of",
+    "owner",
+    "in",
+    "window_s",
+    "lag_events",
+    "lag_s",
+    "last_applied_at",
+    "parked",
+    "state",
+)
+
+
+def _age(moment: str | None, now: dt.datetime) -> float:
+    if not moment:
+        return 0.0
+    try:
+        then = dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (now - then).total_seconds())
+
+
+def copy_status(system: System, copy: Copy) -> CopyStatus:
+    entity = system.charter.entities[copy.of]
+    now = dt.datetime.now(dt.UTC)
+    checkpoint = system.store(copy.context).checkpoint(copy)
+    unrelayed = system.store(entity.owner).unrelayed(entity.name)
+    on_bus = system.bus.backlog(entity.name, checkpoint.position if checkpoint else 0)
+    lag_events = unrelayed.events + on_bus.events
+    lag_s = max(_age(unrelayed.oldest, now), _age(on_bus.oldest, now))
+    parked = len(system.store(copy.context).parked(copy))
+    if checkpoint is None:
+        state = NEVER_SYNCED
+    elif lag_s > copy.window_s:
+        state = BREACH
+    else:
+        state = OK
+    return CopyStatus(
+        copy.name,
+        copy.of,
+        entity.owner,
+        copy.context,
+        copy.window_s,
+        lag_events,
+        round(lag_s, 3),
+        checkpoint.applied_at if checkpoint else None,
+        parked,
+        state,
+    )
+
+
+def status(system: System) -> list[CopyStatus]:
+    return [copy_status(system, copy) for copy in system.charter.copies.values()]

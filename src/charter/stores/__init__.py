@@ -1,0 +1,17 @@
+"""One module per database, each behind the protocol in `base`."""
+
+from __future__ import annotations
+
+from charter.stores.base import Store
+
+
+def open_store(url: str) -> Store:
+    """The store for a URL from the charter."""
+    if url.startswith("sqlite:///"):
+        from charter.stores.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    raise ValueError(f"no store for '{url}' yet (supported: sqlite:///…)")
+
+
+__all__ = ["Store", "open_store"]

@@ -1,0 +1,109 @@
+"""The one small protocol every database behind a context implements.
+
+A store holds one context's data: the entities it owns with their outbox (the
+owner's full history), and the copies it keeps with their checkpoints and parked
+events. Charter's logic (ids, versions, validation, events) lives above it; a
+store only knows how to keep that data safely in its database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from charter.events import Event
+from charter.model import Charter, Copy, Entity
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An event as the owner recorded it, in commit order."""
+
+    seq: int
+    event_id: str
+    entity: str
+    entity_id: str
+    version: int
+    op: str
+    changed: tuple[str, ...]
+    time: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """An event a copy could not apply, kept with the reason, so its id can be mended."""
+
+    copy: str
+    entity_id: str
+    version: int
+    event_id: str
+    position: int
+    reason: str
+    body: bytes
+    parked_at: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    position: int
+    applied_at: str | None
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Events not yet through one step of the pipeline: how many, and the oldest commit time."""
+
+    events: int
+    oldest: str | None
+
+
+class OwnerWrites(Protocol):
+    """The store's half of an owner transaction; the owner does the thinking."""
+
+    def fetch(self, entity: Entity, entity_id: str) -> Row | None: ...
+    def insert(self, entity: Entity, row: Row) -> None: ...
+    def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool: ...
+    def delete(self, entity: Entity, entity_id: str, old_version: int) -> bool: ...
+    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None: ...
+
+
+class Store(Protocol):
+    url: str
+
+    def prepare(self, charter: Charter, context: str) -> None:
+        """Create or extend the tables for what this context owns and copies."""
+
+    def transaction(self) -> AbstractContextManager[OwnerWrites]: ...
+
+    def fetch(self, entity: Entity, entity_id: str) -> Row | None: ...
+    def rows(self, entity: Entity, where: Row | None = None) -> Iterator[Row]: ...
+
+    # relay side
+    def outbox(self, after: int, limit: int) -> list[OutboxRow]: ...
+    def relay_position(self) -> int: ...
+    def set_relay_position(self, position: int) -> None: ...
+    def unrelayed(self, entity: str) -> Backlog: ...
+    def history(self, entity: str, entity_id: str) -> list[OutboxRow]: ...
+
+    # copy side
+    def checkpoint(self, copy: Copy) -> Checkpoint | None: ...
+    def apply(
+        self,
+        copy: Copy,
+        items: Sequence[tuple[int, Event]],
+        parked: Sequence[Parked],
+        position: int,
+    ) -> list[Parked]:
+        """Apply events newer than each id's version, park what fails, move the checkpoint:
+        all in one transaction. Returns the events parked while applying."""
+
+    def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int: ...
+    def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]: ...
+    def parked(self, copy: Copy) -> list[Parked]: ...
+
+    def close(self) -> None: ...

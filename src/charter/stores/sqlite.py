@@ -1,0 +1,574 @@
+"""A context's store in one SQLite file.
+
+Single writer in the database itself: every entity and copy table carries
+triggers that refuse INSERT, UPDATE and DELETE unless charter opened the guard
+inside the same transaction, so a plain `sqlite3` connection is refused with a
+message naming the owner. Writers are serialised by BEGIN IMMEDIATE, which also
+makes `unique` and `no_overlap` hold under any concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+
+from charter._sqlite import Connections, quote, sqlite_path
+from charter.errors import ConstraintError, SchemaChangeError
+from charter.events import Event
+from charter.model import Charter, Copy, Entity, Field
+from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
+from charter.values import now_text
+
+_COLUMN_TYPE = {"integer": "INTEGER", "boolean": "INTEGER", "number": "REAL"}
+_OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
+
+_META = """
+CREATE TABLE IF NOT EXISTS charter_schema (
+    kind TEXT NOT NULL, name TEXT NOT NULL, field TEXT NOT NULL, type TEXT NOT NULL,
+    PRIMARY KEY (kind, name, field)
+);
+CREATE TABLE IF NOT EXISTS charter_guard (open INTEGER NOT NULL);
+INSERT INTO charter_guard SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM charter_guard);
+CREATE TABLE IF NOT EXISTS charter_outbox (
+    seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, entity TEXT NOT NULL,
+    entity_id TEXT NOT NULL, version INTEGER NOT NULL, op TEXT NOT NULL,
+    changed TEXT NOT NULL, time TEXT NOT NULL, body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS charter_outbox_entity_id ON charter_outbox (entity_id);
+CREATE TABLE IF NOT EXISTS charter_relay (id INTEGER PRIMARY KEY CHECK (id = 1), position INTEGER);
+INSERT OR IGNORE INTO charter_relay VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS charter_checkpoint (
+    copy TEXT PRIMARY KEY, position INTEGER NOT NULL, applied_at TEXT, fields TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charter_tombstone (
+    copy TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (copy, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS charter_parked (
+    copy TEXT NOT NULL, entity_id TEXT NOT NULL, version INTEGER, event_id TEXT,
+    position INTEGER NOT NULL, reason TEXT NOT NULL, body BLOB, parked_at TEXT NOT NULL
+);
+"""
+
+
+def _column_type(field: Field) -> str:
+    return _COLUMN_TYPE.get(field.type, "TEXT")
+
+
+class SQLiteStore:
+    """One context's tables in one SQLite file."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path, synchronous = sqlite_path(url)
+        self._conns = Connections(path, synchronous)
+        self._entities: dict[str, Entity] = {}
+        self._sql: dict[str, str] = {}
+
+    # -- schema ---------------------------------------------------------------
+
+    def prepare(self, charter: Charter, context: str) -> None:
+        conn = self._conns.get()
+        conn.executescript(_META)
+        owned = charter.owned_by(context)
+        copies = charter.copies_in(context)
+        team = charter.contexts[context].team
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for entity in owned:
+                self._prepare_entity(conn, entity, team)
+            for copy in copies:
+                entity = charter.entities[copy.of]
+                owner = charter.contexts[entity.owner]
+                self._prepare_copy(conn, copy, entity, owner.name, owner.team)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        for entity in owned:
+            self._entities[entity.name] = entity
+            self._compile_entity(entity)
+        for copy in copies:
+            self._compile_copy(copy)
+
+    def _recorded(self, conn: sqlite3.Connection, kind: str, name: str) -> dict[str, str]:
+        rows = conn.execute(
+            "SELECT field, type FROM charter_schema WHERE kind = ? AND name = ?", (kind, name)
+        )
+        return dict(rows.fetchall())
+
+    def _extend(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        name: str,
+        table: str,
+        fields: list[Field],
+        key_columns: str,
+    ) -> None:
+        """Create the table, or add the new columns; refuse a type change."""
+        recorded = self._recorded(conn, kind, name)
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        if not exists:
+            columns = ", ".join(f'"{f.name}" {_column_type(f)}' for f in fields)
+            sep = ", " if columns else ""
+            conn.execute(f'CREATE TABLE "{table}" ({key_columns}{sep}{columns}) WITHOUT ROWID')
+        else:
+            present = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+            rows = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+            for field in fields:
+                old = recorded.get(field.name)
+                if old is not None and old != field.type:
+                    raise SchemaChangeError(
+                        f"{name}.{field.name} changed type from {old} to {field.type} "
+                        f"(charter line {field.line}); the store holds {rows} rows written as "
+                        f"{old}. Add a new field with the new type and move the data instead."
+                    )
+                if field.name in present:
+                    continue
+                default = ""
+                if kind == "entity" and field.default is not None:
+                    default = f" DEFAULT {quote(str(field.default))}"
+                elif kind == "entity" and field.required and rows:
+                    raise SchemaChangeError(
+                        f"{name}.{field.name} is new and required, but {table} already holds "
+                        f"{rows} rows that have no value for it (charter line {field.line}). "
+                        "Give it a default or mark it required: false."
+                    )
+                column = f'"{field.name}" {_column_type(field)}{default}'
+                conn.execute(f'ALTER TABLE "{table}" ADD COLUMN {column}')
+        conn.executemany(
+            "INSERT OR REPLACE INTO charter_schema VALUES (?, ?, ?, ?)",
+            [(kind, name, f.name, f.type) for f in fields],
+        )
+
+    def _guard(self, conn: sqlite3.Connection, table: str, message: str) -> None:
+        for action in ("INSERT", "UPDATE", "DELETE"):
+            trigger = f"{table}_charter_guard_{action.lower()}"
+            conn.execute(f'DROP TRIGGER IF EXISTS "{trigger}"')
+            conn.execute(
+                f'CREATE TRIGGER "{trigger}" BEFORE {action} ON "{table}" '
+                "WHEN (SELECT open FROM charter_guard) IS NOT 1 "
+                f"BEGIN SELECT RAISE(ABORT, {quote(message)}); END"
+            )
+
+    def _prepare_entity(self, conn: sqlite3.Connection, entity: Entity, team: str) -> None:
+        table = entity.table
+        fields = list(entity.fields.values())
+        self._extend(
+            conn,
+            "entity",
+            entity.name,
+            table,
+            fields,
+            "id TEXT PRIMARY KEY, version INTEGER NOT NULL",
+        )
+        for field in fields:
+            if field.unique:
+                conn.execute(
+                    f'CREATE UNIQUE INDEX IF NOT EXISTS "{table}_{field.name}_unique" '
+                    f'ON "{table}" ("{field.name}")'
+                )
+        for number, rule in enumerate(entity.constraints, 1):
+            per = " AND ".join(f'"{p}" IS NEW."{p}"' for p in rule.per) or "1"
+            cols = ", ".join(f'"{c}"' for c in (*rule.per, rule.start))
+            conn.execute(
+                f'CREATE INDEX IF NOT EXISTS "{table}_no_overlap_{number}" ON "{table}" ({cols})'
+            )
+            message = (
+                f"charter-constraint: {entity.name} no_overlap: another {entity.name} with the "
+                f"same {', '.join(rule.per) or 'scope'} overlaps [{rule.start}, {rule.end})"
+            )
+            for action in ("INSERT", "UPDATE"):
+                trigger = f"{table}_no_overlap_{number}_{action.lower()}"
+                conn.execute(f'DROP TRIGGER IF EXISTS "{trigger}"')
+                conn.execute(
+                    f'CREATE TRIGGER "{trigger}" BEFORE {action} ON "{table}" '
+                    f'WHEN EXISTS (SELECT 1 FROM "{table}" WHERE {per} AND id != NEW.id '
+                    f'AND "{rule.start}" < NEW."{rule.end}" AND NEW."{rule.start}" < "{rule.end}") '
+                    f"BEGIN SELECT RAISE(ABORT, {quote(message)}); END"
+                )
+        self._guard(
+            conn,
+            table,
+            f"charter: {entity.name} is owned by context '{entity.owner}' (team {team}) and "
+            f"changes only through charter's owner API, so that every change publishes its event",
+        )
+
+    def _prepare_copy(
+        self, conn: sqlite3.Connection, copy: Copy, entity: Entity, owner: str, team: str
+    ) -> None:
+        fields = [entity.fields[name] for name in copy.fields]
+        self._extend(
+            conn,
+            "copy",
+            copy.name,
+            copy.table,
+            [*fields, Field("synced_at", "timestamp")],
+            "id TEXT PRIMARY KEY, version INTEGER NOT NULL",
+        )
+        self._guard(
+            conn,
+            copy.table,
+            f"charter: {copy.table} is a read-only copy of {entity.name}, owned by context "
+            f"'{owner}' (team {team}); only charter's projector writes it. "
+            f"Change {entity.name} through '{owner}'.",
+        )
+
+    def _compile_entity(self, entity: Entity) -> None:
+        names = ["id", "version", *entity.fields]
+        cols = ", ".join(f'"{n}"' for n in names)
+        marks = ", ".join("?" for _ in names)
+        sets = ", ".join(f'"{n}" = ?' for n in names[1:])
+        table = entity.table
+        self._sql[f"insert:{entity.name}"] = f'INSERT INTO "{table}" ({cols}) VALUES ({marks})'
+        self._sql[f"update:{entity.name}"] = (
+            f'UPDATE "{table}" SET {sets} WHERE id = ? AND version = ?'
+        )
+        self._sql[f"select:{entity.name}"] = f'SELECT {cols} FROM "{table}"'
+
+    def _compile_copy(self, copy: Copy) -> None:
+        names = ["id", "version", *copy.fields, "synced_at"]
+        cols = ", ".join(f'"{n}"' for n in names)
+        marks = ", ".join(f"?{i}" for i in range(1, len(names) + 1))
+        updates = ", ".join(f'"{n}" = excluded."{n}"' for n in names[1:])
+        table = copy.table
+        upsert = (
+            f'INSERT INTO "{table}" ({cols}) SELECT {marks} WHERE NOT EXISTS '
+            f"(SELECT 1 FROM charter_tombstone WHERE copy = {quote(copy.name)} "
+            f"AND id = ?1 AND version >= ?2) "
+            f"ON CONFLICT (id) DO UPDATE SET {updates} "
+        )
+        self._sql[f"apply:{copy.name}"] = upsert + f'WHERE excluded.version > "{table}".version'
+        self._sql[f"refresh:{copy.name}"] = upsert + f'WHERE excluded.version >= "{table}".version'
+        self._sql[f"select-copy:{copy.name}"] = f'SELECT {cols} FROM "{table}"'
+
+    # -- owner side -------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Writes]:
+        conn = self._conns.get()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE charter_guard SET open = 1")
+            yield _Writes(self, conn)
+            conn.execute("UPDATE charter_guard SET open = 0")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def fetch(self, entity: Entity, entity_id: str) -> Row | None:
+        return _fetch(self, self._conns.get(), entity, entity_id)
+
+    def rows(self, entity: Entity, where: Row | None = None) -> Iterator[Row]:
+        names = ["id", "version", *entity.fields]
+        sql, params = _where(self._sql[f"select:{entity.name}"], where, names)
+        for row in self._conns.get().execute(sql + " ORDER BY id", params):
+            yield dict(zip(names, row, strict=True))
+
+    # -- relay side -------------------------------------------------------------
+
+    def outbox(self, after: int, limit: int) -> list[OutboxRow]:
+        rows = self._conns.get().execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM charter_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+        return [_outbox_row(r) for r in rows]
+
+    def relay_position(self) -> int:
+        row = self._conns.get().execute("SELECT position FROM charter_relay").fetchone()
+        return int(row[0]) if row else 0
+
+    def set_relay_position(self, position: int) -> None:
+        self._conns.get().execute(
+            "UPDATE charter_relay SET position = max(position, ?)", (position,)
+        )
+
+    def unrelayed(self, entity: str) -> Backlog:
+        count, oldest = (
+            self._conns.get()
+            .execute(
+                "SELECT count(*), min(time) FROM charter_outbox WHERE entity = ? "
+                "AND seq > (SELECT position FROM charter_relay)",
+                (entity,),
+            )
+            .fetchone()
+        )
+        return Backlog(int(count), oldest)
+
+    def history(self, entity: str, entity_id: str) -> list[OutboxRow]:
+        rows = self._conns.get().execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM charter_outbox WHERE entity_id = ? AND entity = ? "
+            "ORDER BY version",
+            (entity_id, entity),
+        )
+        return [_outbox_row(r) for r in rows]
+
+    # -- copy side --------------------------------------------------------------
+
+    def checkpoint(self, copy: Copy) -> Checkpoint | None:
+        return _checkpoint(self._conns.get(), copy)
+
+    def apply(
+        self,
+        copy: Copy,
+        items: Sequence[tuple[int, Event]],
+        parked: Sequence[Parked],
+        position: int,
+    ) -> list[Parked]:
+        conn = self._conns.get()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE charter_guard SET open = 1")
+            current = _checkpoint(conn, copy)
+            start = current.position if current else 0
+            fresh = [(p, e) for p, e in items if p > start]
+            failed: list[Parked] = []
+            if fresh:
+                now = now_text()
+                conn.execute("SAVEPOINT batch")
+                try:
+                    self._apply_events(conn, copy, fresh, now)
+                    conn.execute("RELEASE batch")
+                except sqlite3.Error:
+                    conn.execute("ROLLBACK TO batch")
+                    conn.execute("RELEASE batch")
+                    failed = self._apply_one_by_one(conn, copy, fresh, now)
+            late = [p for p in (*parked, *failed) if p.position > start]
+            if late:
+                conn.executemany(
+                    "INSERT INTO charter_parked VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            p.copy,
+                            p.entity_id,
+                            p.version,
+                            p.event_id,
+                            p.position,
+                            p.reason,
+                            p.body,
+                            now_text(),
+                        )
+                        for p in late
+                    ],
+                )
+            if position > start:
+                conn.execute(
+                    "INSERT INTO charter_checkpoint VALUES (?, ?, ?, ?) ON CONFLICT (copy) DO "
+                    "UPDATE SET position = excluded.position, applied_at = excluded.applied_at",
+                    (copy.name, position, now_text(), orjson.dumps(copy.fields).decode()),
+                )
+            conn.execute("UPDATE charter_guard SET open = 0")
+            conn.execute("COMMIT")
+            return failed
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _apply_events(
+        self, conn: sqlite3.Connection, copy: Copy, items: Sequence[tuple[int, Event]], now: str
+    ) -> None:
+        upsert = self._sql[f"apply:{copy.name}"]
+        fields = copy.fields
+        batch: list[tuple[Any, ...]] = []
+        for _, event in items:
+            if event.op == "deleted":
+                if batch:
+                    conn.executemany(upsert, batch)
+                    batch = []
+                _delete_copy_row(conn, copy, event.entity_id, event.version)
+            else:
+                state = event.state or {}
+                batch.append((event.entity_id, event.version, *[state.get(f) for f in fields], now))
+        if batch:
+            conn.executemany(upsert, batch)
+
+    def _apply_one_by_one(
+        self, conn: sqlite3.Connection, copy: Copy, items: Sequence[tuple[int, Event]], now: str
+    ) -> list[Parked]:
+        failed: list[Parked] = []
+        for position, event in items:
+            conn.execute("SAVEPOINT one")
+            try:
+                self._apply_events(conn, copy, [(position, event)], now)
+                conn.execute("RELEASE one")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK TO one")
+                conn.execute("RELEASE one")
+                failed.append(
+                    Parked(
+                        copy.name,
+                        event.entity_id,
+                        event.version,
+                        event.id,
+                        position,
+                        f"event {event.id} (version {event.version}) cannot be stored: {exc}",
+                        event.encode(),
+                    )
+                )
+        return failed
+
+    def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
+        conn = self._conns.get()
+        refresh = self._sql[f"refresh:{copy.name}"]
+        now = now_text()
+        count = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE charter_guard SET open = 1")
+            batch: list[tuple[Any, ...]] = []
+            for entity_id, version, state in rows:
+                batch.append((entity_id, version, *[state.get(f) for f in copy.fields], now))
+                if len(batch) >= 1000:
+                    conn.executemany(refresh, batch)
+                    count += len(batch)
+                    batch = []
+            conn.executemany(refresh, batch)
+            count += len(batch)
+            conn.execute(
+                "INSERT INTO charter_checkpoint VALUES (?, ?, ?, ?) ON CONFLICT (copy) DO UPDATE "
+                "SET position = max(position, excluded.position), fields = excluded.fields, "
+                "applied_at = excluded.applied_at",
+                (copy.name, position, now, orjson.dumps(copy.fields).decode()),
+            )
+            conn.execute("UPDATE charter_guard SET open = 0")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return count
+
+    def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
+        names = ["id", "version", *copy.fields, "synced_at"]
+        sql, params = _where(self._sql[f"select-copy:{copy.name}"], where, names)
+        for row in self._conns.get().execute(sql + " ORDER BY id", params):
+            yield dict(zip(names, row, strict=True))
+
+    def parked(self, copy: Copy) -> list[Parked]:
+        rows = self._conns.get().execute(
+            "SELECT * FROM charter_parked WHERE copy = ? ORDER BY position", (copy.name,)
+        )
+        return [Parked(*row) for row in rows]
+
+    def close(self) -> None:
+        self._conns.close()
+
+
+class _Writes:
+    """The store's half of one owner transaction."""
+
+    __slots__ = ("_conn", "_store")
+
+    def __init__(self, store: SQLiteStore, conn: sqlite3.Connection) -> None:
+        self._store, self._conn = store, conn
+
+    def fetch(self, entity: Entity, entity_id: str) -> Row | None:
+        return _fetch(self._store, self._conn, entity, entity_id)
+
+    def insert(self, entity: Entity, row: Row) -> None:
+        sql = self._store._sql[f"insert:{entity.name}"]
+        try:
+            self._conn.execute(sql, tuple(row.values()))
+        except sqlite3.IntegrityError as exc:
+            raise _constraint(entity, row, exc) from None
+
+    def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool:
+        sql = self._store._sql[f"update:{entity.name}"]
+        values = list(row.values())[1:]
+        try:
+            cursor = self._conn.execute(sql, (*values, entity_id, old_version))
+        except sqlite3.IntegrityError as exc:
+            raise _constraint(entity, row, exc) from None
+        return cursor.rowcount == 1
+
+    def delete(self, entity: Entity, entity_id: str, old_version: int) -> bool:
+        cursor = self._conn.execute(
+            f'DELETE FROM "{entity.table}" WHERE id = ? AND version = ?', (entity_id, old_version)
+        )
+        return cursor.rowcount == 1
+
+    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None:
+        self._conn.executemany(
+            "INSERT INTO charter_outbox (event_id, entity, entity_id, version, op, changed, "
+            "time, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (e.id, e.entity, e.entity_id, e.version, e.op, ",".join(e.changed), e.time, b)
+                for e, b in zip(events, bodies, strict=True)
+            ],
+        )
+
+
+def _fetch(
+    store: SQLiteStore, conn: sqlite3.Connection, entity: Entity, entity_id: str
+) -> Row | None:
+    row = conn.execute(
+        store._sql[f"select:{entity.name}"] + " WHERE id = ?", (entity_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return dict(zip(["id", "version", *entity.fields], row, strict=True))
+
+
+def _where(sql: str, where: Row | None, names: list[str]) -> tuple[str, list[Any]]:
+    if not where:
+        return sql, []
+    for name in where:
+        if name not in names:
+            raise KeyError(f"no field '{name}' (fields: {', '.join(names)})")
+    clause = " AND ".join(f'"{name}" IS ?' for name in where)
+    return f"{sql} WHERE {clause}", list(where.values())
+
+
+def _checkpoint(conn: sqlite3.Connection, copy: Copy) -> Checkpoint | None:
+    row = conn.execute(
+        "SELECT position, applied_at, fields FROM charter_checkpoint WHERE copy = ?", (copy.name,)
+    ).fetchone()
+    if row is None:
+        return None
+    return Checkpoint(int(row[0]), row[1], tuple(orjson.loads(row[2])))
+
+
+def _delete_copy_row(conn: sqlite3.Connection, copy: Copy, entity_id: str, version: int) -> None:
+    conn.execute(f'DELETE FROM "{copy.table}" WHERE id = ? AND version < ?', (entity_id, version))
+    conn.execute(
+        "INSERT INTO charter_tombstone VALUES (?, ?, ?) ON CONFLICT (copy, id) "
+        "DO UPDATE SET version = max(version, excluded.version)",
+        (copy.name, entity_id, version),
+    )
+
+
+def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
+    seq, event_id, entity, entity_id, version, op, changed, time, body = row
+    return OutboxRow(
+        seq,
+        event_id,
+        entity,
+        entity_id,
+        version,
+        op,
+        tuple(changed.split(",")) if changed else (),
+        time,
+        bytes(body),
+    )
+
+
+def _constraint(entity: Entity, row: Row, exc: sqlite3.IntegrityError) -> ConstraintError:
+    text = str(exc)
+    if text.startswith("charter-constraint: "):
+        return ConstraintError(text.removeprefix("charter-constraint: "))
+    prefix = f"UNIQUE constraint failed: {entity.table}."
+    if text.startswith(prefix):
+        field = text.removeprefix(prefix)
+        return ConstraintError(
+            f"{entity.name}.{field} must be unique: {row.get(field)!r} is already used by "
+            f"another {entity.name}"
+        )
+    return ConstraintError(f"{entity.name}: {text}")

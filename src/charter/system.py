@@ -1,0 +1,146 @@
+"""The running system as an application sees it: a loaded charter, each
+context's store, the bus. The front door of the Python API."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from charter import model
+from charter.buses import Bus, open_bus
+from charter.errors import ValidationError
+from charter.model import Charter, Copy, _hint
+from charter.owner import Record, Transaction, owned_entity, record_from_row
+from charter.signals import Signals
+from charter.stores import Store, open_store
+
+
+class System:
+    """A charter brought to life. Opens stores and the bus on first use; close() when done."""
+
+    def __init__(self, charter: Charter) -> None:
+        self.charter = charter
+        self.signals = Signals()
+        self._stores: dict[str, Store] = {}
+        self._bus: Bus | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path = "charter.yaml") -> System:
+        return cls(model.load(path))
+
+    def context(self, name: str) -> ContextHandle:
+        if name not in self.charter.contexts:
+            hint = _hint(name, tuple(self.charter.contexts))
+            raise ValidationError(
+                f"no context '{name}' in the charter" + (f"; {hint}" if hint else "")
+            )
+        return ContextHandle(self, name)
+
+    def store(self, context: str) -> Store:
+        with self._lock:
+            store = self._stores.get(context)
+            if store is None:
+                store = open_store(self.charter.contexts[context].store)
+                store.prepare(self.charter, context)
+                self._stores[context] = store
+            return store
+
+    @property
+    def bus(self) -> Bus:
+        with self._lock:
+            if self._bus is None:
+                self._bus = open_bus(self.charter.bus)
+            return self._bus
+
+    def close(self) -> None:
+        with self._lock:
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
+            if self._bus is not None:
+                self._bus.close()
+                self._bus = None
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load(path: str | Path = "charter.yaml") -> System:
+    """Load a charter file and return the system it describes."""
+    return System.load(path)
+
+
+class ContextHandle:
+    """One context: write what it owns, read the copies it keeps."""
+
+    def __init__(self, system: System, name: str) -> None:
+        self.system, self.name = system, name
+        self.spec = system.charter.contexts[name]
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One local transaction: the changes and their events commit together, or neither."""
+        store = self.system.store(self.name)
+        with store.transaction() as writes:
+            tx = Transaction(self.system.charter, self.name, writes)
+            yield tx
+            events = tx._commit_events()
+        if events:
+            self.system.signals.notify(f"outbox:{self.name}")
+
+    def get(self, entity: str, entity_id: str) -> Record | None:
+        """Read one record this context owns."""
+        spec = owned_entity(self.system.charter, self.name, entity)
+        row = self.system.store(self.name).fetch(spec, entity_id)
+        return record_from_row(spec, row) if row else None
+
+    def copy(self, name: str) -> CopyReader:
+        copy = self.system.charter.copies.get(name)
+        if copy is None or copy.context != self.name:
+            mine = tuple(c.name for c in self.system.charter.copies_in(self.name))
+            hint = _hint(name, mine)
+            raise ValidationError(
+                f"context '{self.name}' keeps no copy '{name}'"
+                + (f"; {hint}" if hint else f" (it keeps: {', '.join(mine) or 'none'})")
+            )
+        return CopyReader(self.system, copy)
+
+
+class CopyReader:
+    """A read-only copy: get, filter, iterate. Rows carry their version and synced_at."""
+
+    def __init__(self, system: System, copy: Copy) -> None:
+        self.spec = copy
+        self._entity = system.charter.entities[copy.of]
+        self._store = system.store(copy.context)
+
+    def get(self, entity_id: str) -> Record | None:
+        for row in self._store.copy_rows(self.spec, {"id": entity_id}):
+            return record_from_row(self._entity, row, self.spec.fields)
+        return None
+
+    def filter(self, **fields: Any) -> list[Record]:
+        unknown = set(fields) - set(self.spec.fields)
+        if unknown:
+            raise ValidationError(
+                f"copy '{self.spec.name}' has no field {', '.join(sorted(unknown))}; "
+                f"it keeps {', '.join(self.spec.fields)}"
+            )
+        return [
+            record_from_row(self._entity, row, self.spec.fields)
+            for row in self._store.copy_rows(self.spec, fields)
+        ]
+
+    def __iter__(self) -> Iterator[Record]:
+        for row in self._store.copy_rows(self.spec):
+            yield record_from_row(self._entity, row, self.spec.fields)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._store.copy_rows(self.spec))

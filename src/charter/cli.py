@@ -1,0 +1,273 @@
+"""The `charter` command: check the charter, run the pipeline, see the copies."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from charter import model
+from charter.errors import CharterError, Error
+from charter.runner import Runner
+from charter.status import BREACH, status
+from charter.system import System
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_CHARTER = 1
+EXIT_BREACH = 3
+
+
+def charter_file(func: F) -> F:
+    return click.option(
+        "-f",
+        "--file",
+        "path",
+        default="charter.yaml",
+        envvar="CHARTER_FILE",
+        show_default=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The charter file.",
+    )(func)
+
+
+def reports_errors(func: F) -> F:
+    """Turn charter's own errors into a clear message and exit status 1, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CharterError as exc:
+            for problem in exc.problems:
+                errors.print(f"[bold red]error[/] {problem.file}:{problem.line}: {problem.message}")
+                if problem.hint:
+                    errors.print(f"      [dim]hint:[/] {problem.hint}")
+            count = len(exc.problems)
+            errors.print(f"[red]{count} problem{'s' if count != 1 else ''}[/]")
+            sys.exit(EXIT_CHARTER)
+        except Error as exc:
+            errors.print(f"[bold red]error[/] {exc}")
+            sys.exit(EXIT_CHARTER)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.version_option(package_name="charter")
+def main() -> None:
+    """charter: one owner per record, read-only copies with contracts, enforced and measured."""
+
+
+@main.command()
+@charter_file
+@reports_errors
+def check(path: Path) -> None:
+    """Check the charter and summarise it. Exit 1, listing every problem, if it is bad."""
+    charter = model.load(path)
+    console.print(f"[bold]{charter.name}[/]: {path} is valid\n")
+    contexts = Table("context", "team", "store", title="contexts", title_justify="left")
+    for ctx in charter.contexts.values():
+        contexts.add_row(ctx.name, ctx.team, ctx.store)
+    entities = Table("entity", "owner", "fields", "why", title="entities", title_justify="left")
+    for entity in charter.entities.values():
+        fields = ", ".join(
+            f.name + (" (private)" if f.private else "") + (" (unique)" if f.unique else "")
+            for f in entity.fields.values()
+        )
+        entities.add_row(entity.name, entity.owner, fields, entity.why)
+    copies = Table("copy", "in", "of", "fields", "window", "breaks", title="copies")
+    copies.title_justify = "left"
+    for copy in charter.copies.values():
+        copies.add_row(
+            copy.name,
+            copy.context,
+            copy.of,
+            ", ".join(copy.fields),
+            _seconds(copy.window_s),
+            copy.breaks,
+        )
+    console.print(contexts, entities, copies)
+    console.print(f"bus: {charter.bus}")
+
+
+@main.command()
+@charter_file
+@click.option("--context", "contexts", multiple=True, help="Run only this context (repeatable).")
+@click.option("--once", is_flag=True, help="Drain everything that is waiting, then exit.")
+@click.option(
+    "--poll", default=0.01, show_default=True, help="Longest sleep between polls, in seconds."
+)
+@reports_errors
+def run(path: Path, contexts: tuple[str, ...], once: bool, poll: float) -> None:
+    """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM."""
+    with System.load(path) as system:
+        runner = Runner(system, contexts or None, poll_interval=poll)
+        names = ", ".join(contexts) if contexts else "all contexts"
+        if once:
+            moved = runner.drain()
+            console.print(f"drained {names}: {moved} events moved")
+            return
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        runner.start()
+        console.print(
+            f"running {names}: {len(runner.workers)} workers; SIGINT or SIGTERM to stop",
+            highlight=False,
+        )
+        while not stop.wait(1.0):
+            while runner.errors:
+                errors.print(f"[yellow]warning[/] {runner.errors.pop(0)}")
+        runner.stop()
+        console.print("stopped cleanly")
+
+
+@main.command(name="status")
+@charter_file
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option("--strict", is_flag=True, help="Exit 3 when any copy is in BREACH.")
+@reports_errors
+def status_command(path: Path, as_json: bool, strict: bool) -> None:
+    """Every copy against its contract: lag in events and seconds, window, state."""
+    with System.load(path) as system:
+        rows = status(system)
+    if as_json:
+        click.echo(json.dumps([row.as_json() for row in rows], indent=2))
+    else:
+        table = Table(
+            "copy",
+            "of",
+            "owner",
+            "in",
+            "window",
+            "lag events",
+            "lag",
+            "last applied",
+            "parked",
+            "state",
+        )
+        colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow"}
+        for row in rows:
+            table.add_row(
+                row.copy,
+                row.of,
+                row.owner,
+                row.context,
+                _seconds(row.window_s),
+                str(row.lag_events),
+                f"{row.lag_s:.3f}s",
+                row.last_applied_at or "never",
+                str(row.parked),
+                f"[{colour[row.state]}]{row.state}[/]",
+            )
+        console.print(table)
+    if strict and any(row.state == BREACH for row in rows):
+        sys.exit(EXIT_BREACH)
+
+
+@main.command()
+@charter_file
+@click.argument("entity")
+@click.argument("entity_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@reports_errors
+def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
+    """The owner's authoritative history of one record."""
+    with System.load(path) as system:
+        spec = system.charter.entities.get(entity)
+        if spec is None:
+            raise click.BadParameter(
+                f"no entity '{entity}' (entities: {', '.join(system.charter.entities)})",
+                param_hint="ENTITY",
+            )
+        rows = system.store(spec.owner).history(entity, entity_id)
+    if as_json:
+        docs = [
+            {"version": r.version, "op": r.op, "changed": list(r.changed), "time": r.time}
+            for r in rows
+        ]
+        click.echo(json.dumps(docs, indent=2))
+        return
+    if not rows:
+        errors.print(f"no history for {entity} {entity_id} in '{spec.owner}'")
+        sys.exit(EXIT_CHARTER)
+    table = Table("version", "op", "changed fields", "committed at", title=f"{entity} {entity_id}")
+    for r in rows:
+        table.add_row(str(r.version), r.op, ", ".join(r.changed), r.time)
+    console.print(table)
+
+
+@main.command()
+@charter_file
+@click.argument("copy", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@reports_errors
+def parked(path: Path, copy: str | None, as_json: bool) -> None:
+    """Events a copy could not apply, with the reason (all copies, or COPY)."""
+    with System.load(path) as system:
+        copies = [c for c in system.charter.copies.values() if copy in (None, c.name)]
+        if copy and not copies:
+            raise click.BadParameter(f"no copy '{copy}'", param_hint="COPY")
+        rows = [p for c in copies for p in system.store(c.context).parked(c)]
+    if as_json:
+        docs = [
+            {
+                "copy": p.copy,
+                "id": p.entity_id,
+                "version": p.version,
+                "event_id": p.event_id,
+                "position": p.position,
+                "reason": p.reason,
+                "parked_at": p.parked_at,
+            }
+            for p in rows
+        ]
+        click.echo(json.dumps(docs, indent=2))
+        return
+    table = Table("copy", "id", "version", "event", "reason", "parked at")
+    for p in rows:
+        table.add_row(p.copy, p.entity_id, str(p.version), p.event_id, p.reason, p.parked_at)
+    console.print(table)
+
+
+@main.command()
+@click.option("--changes", default=3000, show_default=True, help="How many changes to make.")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Build the shop in this folder and keep it (default: a temporary folder).",
+)
+@reports_errors
+def demo(changes: int, keep: Path | None) -> None:
+    """Build the shop from the essays and watch ownership, copies and contracts work."""
+    from charter.demo import run_demo
+
+    run_demo(console, changes=changes, folder=keep)
+
+
+def _seconds(value: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if value >= size and value % size == 0:
+            return f"{int(value // size)}{unit}"
+    return f"{value * 1000:g}ms" if value < 1 else f"{value:g}s"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Fixtures shared by the whole suite. Every conformance test takes `shop_file` or
+`shop` and so runs once per backend (store + bus combination) in BACKENDS."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import charter
+from charter.system import System
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTEXTS = ("customers", "orders", "shipping", "calendar")
+
+SHOP = """\
+charter: 1
+name: shop
+bus: "{bus}"
+retention: 1h
+contexts:
+  customers: {{team: customer-team, store: "{customers}"}}
+  orders:    {{team: order-team,    store: "{orders}"}}
+  shipping:  {{team: logistics,     store: "{shipping}"}}
+  calendar:  {{team: scheduling,    store: "{calendar}"}}
+entities:
+  Customer:
+    owner: customers
+    why: creates accounts; keeps e-mail addresses unique
+    fields:
+      email:   {{type: string, unique: true}}
+      name:    {{type: string}}
+      address: {{type: string, required: false}}
+      status:  {{type: enum, values: [active, suspended, deleted], default: active}}
+      password_hash: {{type: string, private: true}}
+  Order:
+    owner: orders
+    fields:
+      customer_id:   {{type: uuid}}
+      customer_name: {{type: string}}
+      total:         {{type: number}}
+  Appointment:
+    owner: calendar
+    fields:
+      user_id:   {{type: uuid}}
+      starts_at: {{type: timestamp}}
+      ends_at:   {{type: timestamp}}
+    constraints:
+      - no_overlap: {{per: [user_id], range: [starts_at, ends_at]}}
+copies:
+  order_customers:
+    in: orders
+    of: Customer
+    fields: [name, email]
+    window: 5s
+    breaks: order confirmations go to an outdated e-mail address
+  shipping_customers:
+    in: shipping
+    of: Customer
+    fields: [name, address]
+    window: 1m
+    breaks: parcels go to an old address
+"""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a test system keeps its stores and its bus."""
+
+    name: str
+
+    def urls(self, folder: Path) -> dict[str, str]:
+        if self.name == "sqlite":
+            urls = {ctx: f"sqlite:///{folder}/{ctx}.db" for ctx in CONTEXTS}
+            urls["bus"] = f"sqlite:///{folder}/bus.db"
+            return urls
+        raise ValueError(self.name)
+
+
+BACKENDS = [Backend("sqlite")]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def shop_file(tmp_path: Path, backend: Backend) -> Path:
+    """A charter file for the shop, its stores and bus fresh for this test."""
+    path = tmp_path / "charter.yaml"
+    path.write_text(SHOP.format(**backend.urls(tmp_path)))
+    return path
+
+
+@pytest.fixture
+def shop(shop_file: Path) -> Iterator[System]:
+    system = charter.load(shop_file)
+    yield system
+    system.close()
+
+
+def public_state(system: System, entity: str) -> dict[str, tuple[int, dict[str, object]]]:
+    """id → (version, public fields) as the owner holds them."""
+    spec = system.charter.entities[entity]
+    rows = system.store(spec.owner).rows(spec)
+    return {r["id"]: (r["version"], {n: r[n] for n in spec.public_names}) for r in rows}
+
+
+def assert_converged(system: System) -> None:
+    """Every copy equals its owner's public state row by row, versions included."""
+    for copy in system.charter.copies.values():
+        owner = public_state(system, copy.of)
+        expected = {i: (v, {f: s[f] for f in copy.fields}) for i, (v, s) in owner.items()}
+        rows = system.store(copy.context).copy_rows(copy)
+        actual = {r["id"]: (r["version"], {f: r[f] for f in copy.fields}) for r in rows}
+        missing = expected.keys() - actual.keys()
+        extra = actual.keys() - expected.keys()
+        differ = [i for i in expected.keys() & actual.keys() if expected[i] != actual[i]]
+        assert not (missing or extra or differ), (
+            f"copy {copy.name}: {len(missing)} missing, {len(extra)} extra, "
+            f"{len(differ)} differ (e.g. {differ[:1] and (expected[differ[0]], actual[differ[0]])})"
+        )
+
+
+def charter_command(*args: str) -> list[str]:
+    """The `charter` command as a separate process, from this test's interpreter."""
+    return [sys.executable, "-m", "charter.cli", *args]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +79,23 @@ class Backend:
             urls["bus"] = f"sqlite:///{folder}/bus.db"
             return urls
         raise ValueError(self.name)
+
+    def raw_execute(self, store_url: str, sql: str) -> None:
+        """Run SQL on a store the way a careless script would: a plain connection, no charter."""
+        if self.name == "sqlite":
+            conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+            try:
+                conn.execute(sql)
+                conn.commit()
+            finally:
+                conn.close()
+            return
+        raise ValueError(self.name)
+
+    @property
+    def raw_error(self) -> type[Exception]:
+        """What the database raises when it refuses a raw write."""
+        return sqlite3.DatabaseError
 
 
 BACKENDS = [Backend("sqlite")]

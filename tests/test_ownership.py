@@ -1,0 +1,192 @@
+"""G1 single writer, and what an owner promises about ids, versions and values."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import orjson
+import pytest
+
+import charter
+from charter.system import System
+from tests.conftest import Backend
+
+
+def new_customer(system: System, email: str = "ada@example.com") -> charter.Record:
+    with system.context("customers").transaction() as tx:
+        return tx.create("Customer", email=email, name="Ada", password_hash="secret")
+
+
+def test_non_owner_cannot_create_update_or_delete(shop: System) -> None:
+    ada = new_customer(shop)
+    orders = shop.context("orders")
+    attempts = [
+        lambda tx: tx.create("Customer", email="x@example.com", name="X", password_hash="h"),
+        lambda tx: tx.update("Customer", ada.id, name="Eve"),
+        lambda tx: tx.delete("Customer", ada.id),
+    ]
+    for attempt in attempts:
+        with pytest.raises(charter.OwnershipError) as caught, orders.transaction() as tx:
+            attempt(tx)
+        message = str(caught.value)
+        assert "customers" in message and "customer-team" in message and "orders" in message
+    assert shop.context("customers").get("Customer", ada.id).name == "Ada"  # type: ignore[union-attr]
+
+
+def test_non_owner_cannot_read_owner_table_through_the_api(shop: System) -> None:
+    ada = new_customer(shop)
+    with pytest.raises(charter.OwnershipError):
+        shop.context("orders").get("Customer", ada.id)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO order_customers (id, version, name, email, synced_at) "
+        "VALUES ('x', 1, 'Mallory', 'm@example.com', '')",
+        "UPDATE order_customers SET name = 'Mallory'",
+        "DELETE FROM order_customers",
+    ],
+)
+def test_raw_write_to_a_copy_is_refused_by_the_database(
+    shop: System, backend: Backend, sql: str
+) -> None:
+    new_customer(shop)
+    charter.Runner(shop).drain()
+    with pytest.raises(backend.raw_error) as caught:
+        backend.raw_execute(shop.charter.contexts["orders"].store, sql)
+    message = str(caught.value)
+    assert "customers" in message and "customer-team" in message
+    assert [r.name for r in shop.context("orders").copy("order_customers")] == ["Ada"]
+
+
+def test_raw_write_to_an_owner_table_is_refused_because_it_would_skip_the_outbox(
+    shop: System, backend: Backend
+) -> None:
+    new_customer(shop)
+    with pytest.raises(backend.raw_error) as caught:
+        backend.raw_execute(shop.charter.contexts["customers"].store, "UPDATE customer SET name='Z'")
+    assert "customer-team" in str(caught.value)
+
+
+def test_private_fields_never_leave_the_owner(shop: System) -> None:
+    ada = new_customer(shop)
+    with shop.context("customers").transaction() as tx:
+        tx.update("Customer", ada.id, password_hash="rotated", name="Ada L")
+    charter.Runner(shop).drain()
+    for row in shop.store("customers").history("Customer", ada.id):
+        event = orjson.loads(row.body)
+        assert "password_hash" not in event["data"]
+        assert "password_hash" not in event["changedfields"]
+        assert b"secret" not in row.body and b"rotated" not in row.body
+    copy = shop.context("orders").copy("order_customers").get(ada.id)
+    assert copy is not None and "password_hash" not in copy
+    with pytest.raises(AttributeError):
+        _ = copy.password_hash
+
+
+def test_copy_is_read_only_and_rows_carry_version_and_sync_time(shop: System) -> None:
+    ada = new_customer(shop)
+    with shop.context("customers").transaction() as tx:
+        tx.update("Customer", ada.id, email="ada@lovelace.org")
+    charter.Runner(shop).drain()
+    reader = shop.context("orders").copy("order_customers")
+    for name in ("create", "update", "delete", "transaction"):
+        assert not hasattr(reader, name)
+    row = reader.get(ada.id)
+    assert row is not None
+    assert row.version == 2 and row.email == "ada@lovelace.org"
+    assert isinstance(row.synced_at, dt.datetime)
+    assert [r.id for r in reader.filter(email="ada@lovelace.org")] == [ada.id]
+    assert reader.filter(email="nobody@example.com") == []
+    assert len(reader) == 1 and [r.id for r in reader] == [ada.id]
+    with pytest.raises(charter.ValidationError):
+        reader.filter(password_hash="x")
+
+
+def test_versions_count_up_and_ids_are_time_ordered(shop: System) -> None:
+    customers = shop.context("customers")
+    ids = []
+    for i in range(50):
+        with customers.transaction() as tx:
+            ids.append(tx.create("Customer", email=f"c{i}@x", name="C", password_hash="h").id)
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    for version in (2, 3, 4):
+        with customers.transaction() as tx:
+            record = tx.update("Customer", ids[0], name=f"C{version}")
+        assert record.version == version
+    history = shop.store("customers").history("Customer", ids[0])
+    assert [h.version for h in history] == [1, 2, 3, 4]
+    assert [h.op for h in history] == ["created", "updated", "updated", "updated"]
+    assert history[1].changed == ("name",)
+
+
+def test_an_update_that_changes_nothing_makes_no_version(shop: System) -> None:
+    ada = new_customer(shop)
+    with shop.context("customers").transaction() as tx:
+        same = tx.update("Customer", ada.id, name="Ada")
+    assert same.version == 1
+    assert len(shop.store("customers").history("Customer", ada.id)) == 1
+
+
+def test_expected_version_that_no_longer_matches_is_a_conflict(shop: System) -> None:
+    ada = new_customer(shop)
+    customers = shop.context("customers")
+    with customers.transaction() as tx:
+        tx.update("Customer", ada.id, name="Ada B", expected_version=1)
+    with pytest.raises(charter.ConflictError, match="version 2, not the expected 1"):
+        with customers.transaction() as tx:
+            tx.update("Customer", ada.id, name="Ada C", expected_version=1)
+    with pytest.raises(charter.ConflictError):
+        with customers.transaction() as tx:
+            tx.delete("Customer", ada.id, expected_version=1)
+    with pytest.raises(charter.NotFoundError):
+        with customers.transaction() as tx:
+            tx.update("Customer", "0190a0a0-0000-7000-8000-000000000000", name="nobody")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"email": 42, "name": "A", "password_hash": "h"}, "Customer.email: expected a string"),
+        ({"name": "A", "password_hash": "h"}, "Customer.email is required"),
+        ({"email": "a@x", "name": "A", "password_hash": "h", "status": "gone"}, "not one of"),
+        ({"email": "a@x", "name": "A", "password_hash": "h", "nick": "a"}, "has no field nick"),
+    ],
+)
+def test_bad_values_are_refused_with_the_field_named(
+    shop: System, fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(charter.ValidationError, match=message):
+        with shop.context("customers").transaction() as tx:
+            tx.create("Customer", **fields)
+    assert shop.store("customers").outbox(0, 10) == []
+
+
+def test_timestamps_need_a_time_zone_and_ranges_must_be_ordered(shop: System) -> None:
+    calendar = shop.context("calendar")
+    user = "0190a0a0-0000-7000-8000-000000000001"
+    naive = dt.datetime(2026, 1, 1, 9)
+    with pytest.raises(charter.ValidationError, match="no time zone"), calendar.transaction() as tx:
+        tx.create("Appointment", user_id=user, starts_at=naive, ends_at=naive)
+    start = dt.datetime(2026, 1, 1, 9, tzinfo=dt.UTC)
+    with pytest.raises(charter.ValidationError, match="must be before"), calendar.transaction() as tx:
+        tx.create("Appointment", user_id=user, starts_at=start, ends_at=start)
+
+
+def test_unique_and_no_overlap_are_enforced_by_the_owner(shop: System) -> None:
+    new_customer(shop, "ada@example.com")
+    with pytest.raises(charter.ConstraintError, match="email must be unique"):
+        new_customer(shop, "ada@example.com")
+    calendar = shop.context("calendar")
+    user = "0190a0a0-0000-7000-8000-000000000001"
+    nine = dt.datetime(2026, 1, 1, 9, tzinfo=dt.UTC)
+    hour = dt.timedelta(hours=1)
+    with calendar.transaction() as tx:
+        tx.create("Appointment", user_id=user, starts_at=nine, ends_at=nine + hour)
+        tx.create("Appointment", user_id=user, starts_at=nine + hour, ends_at=nine + 2 * hour)
+    with pytest.raises(charter.ConstraintError, match="no_overlap"), calendar.transaction() as tx:
+        tx.create("Appointment", user_id=user, starts_at=nine + hour / 2, ends_at=nine + hour)
+    other = "0190a0a0-0000-7000-8000-000000000002"
+    with calendar.transaction() as tx:  # another user may have the same slot
+        tx.create("Appointment", user_id=other, starts_at=nine, ends_at=nine + hour)

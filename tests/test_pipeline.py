@@ -1,0 +1,227 @@
+"""G2 atomic publish, G3 effectively once, G4 monotonic, G8 poison events parked:
+the path owner → outbox → relay → bus → projector → copy."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import charter
+from charter.events import Event, decode
+from charter.relay import Relay
+from charter.stores.base import OutboxRow
+from charter.system import System
+from tests.conftest import SHOP, Backend, assert_converged
+
+
+def make_changes(system: System, count: int, seed: int = 1) -> list[str]:
+    """A mix of creates, updates and deletes of customers; returns the ids still alive."""
+    rng = random.Random(seed)
+    customers = system.context("customers")
+    alive: list[str] = []
+    for i in range(count):
+        with customers.transaction() as tx:
+            roll = rng.random()
+            if roll < 0.4 or not alive:
+                alive.append(
+                    tx.create(
+                        "Customer", email=f"s{seed}-c{i}@x", name=f"C{i}", password_hash="h"
+                    ).id
+                )
+            elif roll < 0.9:
+                tx.update("Customer", rng.choice(alive), name=f"N{i}", address=f"street {i}")
+            else:
+                tx.delete("Customer", alive.pop(rng.randrange(len(alive))))
+    return alive
+
+
+def outbox_events(system: System) -> list[Event]:
+    return [decode(row.body) for row in system.store("customers").outbox(0, 1_000_000)]
+
+
+def test_a_rolled_back_transaction_leaves_no_row_and_no_event(shop: System) -> None:
+    customers = shop.context("customers")
+    with pytest.raises(RuntimeError), customers.transaction() as tx:
+        tx.create("Customer", email="a@x", name="A", password_hash="h")
+        raise RuntimeError("the caller changed its mind")
+    with pytest.raises(charter.ConstraintError), customers.transaction() as tx:
+        tx.create("Customer", email="b@x", name="B", password_hash="h")
+        tx.create("Customer", email="b@x", name="B again", password_hash="h")
+    assert shop.store("customers").outbox(0, 100) == []
+    assert list(shop.store("customers").rows(shop.charter.entities["Customer"])) == []
+
+
+def test_every_committed_change_has_exactly_one_event(shop: System) -> None:
+    make_changes(shop, 200)
+    events = outbox_events(shop)
+    assert len(events) == 200
+    assert len({e.id for e in events}) == 200
+    per_id: dict[str, list[int]] = {}
+    for event in events:
+        per_id.setdefault(event.entity_id, []).append(event.version)
+    for versions in per_id.values():
+        assert versions == list(range(1, len(versions) + 1))
+
+
+def test_events_are_cloudevents_with_full_public_state(shop: System) -> None:
+    with shop.context("customers").transaction() as tx:
+        ada = tx.create("Customer", email="a@x", name="Ada", password_hash="h")
+        tx.update("Customer", ada.id, address="1 Lane")
+    first, second = (orjson.loads(r.body) for r in shop.store("customers").outbox(0, 10))
+    assert first["specversion"] == "1.0" and first["type"] == "Customer.created"
+    assert first["source"] == "customers" and first["subject"] == ada.id
+    assert second["entityversion"] == 2 and second["changedfields"] == "address"
+    assert second["data"] == {
+        "email": "a@x",
+        "name": "Ada",
+        "address": "1 Lane",
+        "status": "active",
+    }
+    assert first["time"] == second["time"]  # one commit, one commit time
+
+
+def test_copies_converge_through_creates_updates_and_deletes(shop: System) -> None:
+    make_changes(shop, 500)
+    charter.Runner(shop).drain()
+    assert_converged(shop)
+    assert len(shop.context("orders").copy("order_customers")) > 0
+
+
+def test_redelivery_after_a_relay_crash_applies_nothing_twice(shop: System) -> None:
+    make_changes(shop, 300)
+    runner = charter.Runner(shop)
+    runner.drain()
+    before = {c: list(shop.store(c.context).copy_rows(c)) for c in shop.charter.copies.values()}
+    relay = next(w for w in runner.workers if isinstance(w, Relay))
+    relay.rewind(0)  # as if it crashed before saving its position, every time
+    runner.drain()
+    after = {c: list(shop.store(c.context).copy_rows(c)) for c in shop.charter.copies.values()}
+    assert before == after
+    assert_converged(shop)
+
+
+def test_old_events_delivered_again_late_never_move_a_copy_backwards(shop: System) -> None:
+    make_changes(shop, 300)
+    runner = charter.Runner(shop)
+    runner.drain()
+    rows = shop.store("customers").outbox(0, 1_000_000)
+    stale = [
+        OutboxRow(
+            0,
+            f"replay-{r.event_id}",
+            r.entity,
+            r.entity_id,
+            r.version,
+            r.op,
+            r.changed,
+            r.time,
+            r.body.replace(r.event_id.encode(), f"replay-{r.event_id}".encode()),
+        )
+        for r in reversed(rows)
+    ]
+    shop.bus.publish(stale)  # every old version again, newest first, under new event ids
+    runner.drain()
+    assert_converged(shop)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_any_order_with_any_duplicates_converges_and_never_goes_back(
+    tmp_path_factory: pytest.TempPathFactory, backend: Backend, data: st.DataObject
+) -> None:
+    folder = tmp_path_factory.mktemp("shop")
+    path = folder / "charter.yaml"
+    path.write_text(SHOP.format(**backend.urls(folder)))
+    with charter.load(path) as system:
+        make_changes(system, data.draw(st.integers(5, 40)), seed=data.draw(st.integers(0, 999)))
+        events = outbox_events(system)
+        deliveries = data.draw(
+            st.permutations(events + data.draw(st.lists(st.sampled_from(events))))
+        )
+        latest = {e.entity_id: e for e in events}
+        for e in latest.values():  # at least once: the newest version of each id arrives
+            deliveries.append(e)
+        copy = system.charter.copies["order_customers"]
+        store = system.store("orders")
+        store.backfill(copy, iter(()), 0)
+        seen: dict[str, int] = {}
+        for position, event in enumerate(deliveries, 1):
+            store.apply(copy, [(position, event)], [], position)
+            for row in store.copy_rows(copy):
+                assert row["version"] >= seen.get(row["id"], 0), "a copy's version went back"
+                seen[row["id"]] = row["version"]
+        expected = {
+            i: (e.version, e.state["name"], e.state["email"])
+            for i, e in latest.items()
+            if e.op != "deleted" and e.state is not None
+        }
+        actual = {r["id"]: (r["version"], r["name"], r["email"]) for r in store.copy_rows(copy)}
+        assert actual == expected
+
+
+def poison(event_id: str, subject: str, version: int, data: object) -> OutboxRow:
+    body = orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "customers",
+            "type": "Customer.updated",
+            "subject": subject,
+            "time": "2026-01-01T00:00:00.000000Z",
+            "entityversion": version,
+            "changedfields": "email",
+            "data": data,
+        }
+    )
+    return OutboxRow(
+        0,
+        event_id,
+        "Customer",
+        subject,
+        version,
+        "updated",
+        ("email",),
+        "2026-01-01T00:00:00.000000Z",
+        body,
+    )
+
+
+def test_a_poison_event_is_parked_for_its_id_and_the_others_keep_flowing(
+    shop: System, shop_file: Path
+) -> None:
+    make_changes(shop, 50)
+    runner = charter.Runner(shop)
+    runner.drain()
+    victim = next(iter(shop.context("orders").copy("order_customers")))
+    shop.bus.publish(
+        [
+            poison("bad-1", victim.id, 99, {"name": 42, "email": "x@x", "address": None}),
+            OutboxRow(0, "bad-2", "Customer", victim.id, 100, "updated", (), "", b"{not json"),
+        ]
+    )
+    make_changes(shop, 50, seed=2)
+    runner.drain()
+    assert_converged(shop)  # every other change still arrived
+    parked = shop.store("orders").parked(shop.charter.copies["order_customers"])
+    assert [(p.entity_id, p.event_id) for p in parked] == [(victim.id, "bad-1"), ("?", "?")]
+    assert "bad-1 (version 99)" in parked[0].reason and "name" in parked[0].reason
+    assert "not JSON" in parked[1].reason
+    states = {s.copy: s for s in charter.status(shop)}
+    assert states["order_customers"].parked == 2 and states["shipping_customers"].parked == 2
+    from click.testing import CliRunner
+
+    from charter.cli import main
+
+    result = CliRunner().invoke(main, ["parked", "order_customers", "-f", str(shop_file), "--json"])
+    assert result.exit_code == 0, result.output
+    listed = orjson.loads(result.output)
+    assert listed[0]["id"] == victim.id and listed[0]["version"] == 99

@@ -65,7 +65,9 @@ def test_raw_write_to_an_owner_table_is_refused_because_it_would_skip_the_outbox
 ) -> None:
     new_customer(shop)
     with pytest.raises(backend.raw_error) as caught:
-        backend.raw_execute(shop.charter.contexts["customers"].store, "UPDATE customer SET name='Z'")
+        backend.raw_execute(
+            shop.charter.contexts["customers"].store, "UPDATE customer SET name='Z'"
+        )
     assert "customer-team" in str(caught.value)
 
 
@@ -170,7 +172,10 @@ def test_timestamps_need_a_time_zone_and_ranges_must_be_ordered(shop: System) ->
     with pytest.raises(charter.ValidationError, match="no time zone"), calendar.transaction() as tx:
         tx.create("Appointment", user_id=user, starts_at=naive, ends_at=naive)
     start = dt.datetime(2026, 1, 1, 9, tzinfo=dt.UTC)
-    with pytest.raises(charter.ValidationError, match="must be before"), calendar.transaction() as tx:
+    with (
+        pytest.raises(charter.ValidationError, match="must be before"),
+        calendar.transaction() as tx,
+    ):
         tx.create("Appointment", user_id=user, starts_at=start, ends_at=start)
 
 

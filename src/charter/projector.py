@@ -65,6 +65,7 @@ class Projector:
             return checkpoint.position
         position = checkpoint.position if checkpoint else self.bus.head(self.entity.name)
         self.store.backfill(self.copy, self._snapshot(), position)
+        self.bus.ack(self.copy.name, self.entity.name, position)
         return position
 
     def _snapshot(self) -> Iterator[tuple[str, int, Row]]:

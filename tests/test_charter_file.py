@@ -425,7 +425,10 @@ def many_problems() -> tuple[str, list[tuple[int, str]]]:
             f"{lines_of(text, '  shipping:  {team')[0]})",
         ),
         (line_of(text, "{type: strng}"), "Customer.name has unknown type 'strng'"),
-        (line_of(text, "owner: calendr"), "entity 'Appointment' is owned by unknown context 'calendr'"),
+        (
+            line_of(text, "owner: calendr"),
+            "entity 'Appointment' is owned by unknown context 'calendr'",
+        ),
         (
             line_of(text, "no_overlap:"),
             "Appointment: constraint no_overlap names unknown field 'usr_id'",

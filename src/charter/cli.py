@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import signal
 import sys
 import threading
@@ -12,18 +14,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from charter import model
 from charter.errors import CharterError, Error
 from charter.runner import Runner
-from charter.status import BREACH, status
+from charter.status import BREACH, CopyStatus, status
 from charter.system import System
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
-errors = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Piped or captured output is not squeezed into 80 columns: tables stay readable in logs."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 140
+    return Console(stderr=stderr, width=width, soft_wrap=stderr)
+
 
 EXIT_CHARTER = 1
 EXIT_BREACH = 3
@@ -51,14 +61,17 @@ def reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except CharterError as exc:
             for problem in exc.problems:
-                errors.print(f"[bold red]error[/] {problem.file}:{problem.line}: {problem.message}")
+                where = f"{problem.file}:{problem.line}" if problem.line else problem.file
+                _console(stderr=True).print(
+                    f"[bold red]error[/] {escape(where)}: {escape(problem.message)}"
+                )
                 if problem.hint:
-                    errors.print(f"      [dim]hint:[/] {problem.hint}")
+                    _console(stderr=True).print(f"      [dim]hint:[/] {escape(problem.hint)}")
             count = len(exc.problems)
-            errors.print(f"[red]{count} problem{'s' if count != 1 else ''}[/]")
+            _console(stderr=True).print(f"[red]{count} problem{'s' if count != 1 else ''}[/]")
             sys.exit(EXIT_CHARTER)
         except Error as exc:
-            errors.print(f"[bold red]error[/] {exc}")
+            _console(stderr=True).print(f"[bold red]error[/] {escape(str(exc))}")
             sys.exit(EXIT_CHARTER)
 
     return wrapper  # type: ignore[return-value]
@@ -76,30 +89,25 @@ def main() -> None:
 def check(path: Path) -> None:
     """Check the charter and summarise it. Exit 1, listing every problem, if it is bad."""
     charter = model.load(path)
-    console.print(f"[bold]{charter.name}[/]: {path} is valid\n")
-    contexts = Table("context", "team", "store", title="contexts", title_justify="left")
+    _console().print(f"[bold]{charter.name}[/]: {path} is valid\n")
+    contexts = Table("context", "team", title="contexts", title_justify="left")
+    contexts.add_column("store", overflow="fold")
     for ctx in charter.contexts.values():
-        contexts.add_row(ctx.name, ctx.team, ctx.store)
+        contexts.add_row(*map(escape, (ctx.name, ctx.team, ctx.store)))
     entities = Table("entity", "owner", "fields", "why", title="entities", title_justify="left")
     for entity in charter.entities.values():
         fields = ", ".join(
             f.name + (" (private)" if f.private else "") + (" (unique)" if f.unique else "")
             for f in entity.fields.values()
         )
-        entities.add_row(entity.name, entity.owner, fields, entity.why)
+        entities.add_row(*map(escape, (entity.name, entity.owner, fields, entity.why)))
     copies = Table("copy", "in", "of", "fields", "window", "breaks", title="copies")
     copies.title_justify = "left"
     for copy in charter.copies.values():
-        copies.add_row(
-            copy.name,
-            copy.context,
-            copy.of,
-            ", ".join(copy.fields),
-            _seconds(copy.window_s),
-            copy.breaks,
-        )
-    console.print(contexts, entities, copies)
-    console.print(f"bus: {charter.bus}")
+        cells = (copy.name, copy.context, copy.of, ", ".join(copy.fields))
+        copies.add_row(*map(escape, cells), _seconds(copy.window_s), escape(copy.breaks))
+    _console().print(contexts, entities, copies)
+    _console().print(f"bus: {charter.bus}")
 
 
 @main.command()
@@ -117,7 +125,7 @@ def run(path: Path, contexts: tuple[str, ...], once: bool, poll: float) -> None:
         names = ", ".join(contexts) if contexts else "all contexts"
         if once:
             moved = runner.drain()
-            console.print(f"drained {names}: {moved} events moved")
+            _console().print(f"drained {names}: {moved} events moved")
             return
         stop = threading.Event()
 
@@ -127,15 +135,15 @@ def run(path: Path, contexts: tuple[str, ...], once: bool, poll: float) -> None:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         runner.start()
-        console.print(
+        _console().print(
             f"running {names}: {len(runner.workers)} workers; SIGINT or SIGTERM to stop",
             highlight=False,
         )
         while not stop.wait(1.0):
             while runner.errors:
-                errors.print(f"[yellow]warning[/] {runner.errors.pop(0)}")
+                _console(stderr=True).print(f"[yellow]warning[/] {runner.errors.pop(0)}")
         runner.stop()
-        console.print("stopped cleanly")
+        _console().print("stopped cleanly")
 
 
 @main.command(name="status")
@@ -150,33 +158,7 @@ def status_command(path: Path, as_json: bool, strict: bool) -> None:
     if as_json:
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
     else:
-        table = Table(
-            "copy",
-            "of",
-            "owner",
-            "in",
-            "window",
-            "lag events",
-            "lag",
-            "last applied",
-            "parked",
-            "state",
-        )
-        colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow"}
-        for row in rows:
-            table.add_row(
-                row.copy,
-                row.of,
-                row.owner,
-                row.context,
-                _seconds(row.window_s),
-                str(row.lag_events),
-                f"{row.lag_s:.3f}s",
-                row.last_applied_at or "never",
-                str(row.parked),
-                f"[{colour[row.state]}]{row.state}[/]",
-            )
-        console.print(table)
+        _console().print(status_table(rows))
     if strict and any(row.state == BREACH for row in rows):
         sys.exit(EXIT_BREACH)
 
@@ -205,12 +187,12 @@ def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
         click.echo(json.dumps(docs, indent=2))
         return
     if not rows:
-        errors.print(f"no history for {entity} {entity_id} in '{spec.owner}'")
+        _console(stderr=True).print(f"no history for {entity} {entity_id} in '{spec.owner}'")
         sys.exit(EXIT_CHARTER)
     table = Table("version", "op", "changed fields", "committed at", title=f"{entity} {entity_id}")
     for r in rows:
         table.add_row(str(r.version), r.op, ", ".join(r.changed), r.time)
-    console.print(table)
+    _console().print(table)
 
 
 @main.command()
@@ -243,7 +225,7 @@ def parked(path: Path, copy: str | None, as_json: bool) -> None:
     table = Table("copy", "id", "version", "event", "reason", "parked at")
     for p in rows:
         table.add_row(p.copy, p.entity_id, str(p.version), p.event_id, p.reason, p.parked_at)
-    console.print(table)
+    _console().print(table)
 
 
 @main.command()
@@ -259,14 +241,46 @@ def demo(changes: int, keep: Path | None) -> None:
     """Build the shop from the essays and watch ownership, copies and contracts work."""
     from charter.demo import run_demo
 
-    run_demo(console, changes=changes, folder=keep)
+    run_demo(_console(), changes=changes, folder=keep)
+
+
+def status_table(rows: list[CopyStatus]) -> Table:
+    """The status of every copy as a table that fits an 80-column terminal."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("copy", "of", "owner", "in"):
+        table.add_column(name)
+    for name in ("window", "lag events", "lag s", "last applied", "parked"):
+        table.add_column(name, justify="right")
+    table.add_column("state", no_wrap=True)
+    colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow"}
+    now = dt.datetime.now(dt.UTC)
+    for row in rows:
+        applied = "never"
+        if row.last_applied_at:
+            then = dt.datetime.fromisoformat(row.last_applied_at.replace("Z", "+00:00"))
+            applied = f"{_seconds(round((now - then).total_seconds(), 1))} ago"
+        table.add_row(
+            row.copy,
+            row.of,
+            row.owner,
+            row.context,
+            _seconds(row.window_s),
+            str(row.lag_events),
+            f"{row.lag_s:.2f}",
+            applied,
+            str(row.parked) if row.parked == 0 else f"[bold red]{row.parked}[/]",
+            f"[{colour[row.state]}]{row.state}[/]",
+        )
+    return table
 
 
 def _seconds(value: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if value >= size and value % size == 0:
             return f"{int(value // size)}{unit}"
-    return f"{value * 1000:g}ms" if value < 1 else f"{value:g}s"
+    if value >= 60:
+        return f"{value / 60:.1f}m"
+    return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
 
 
 if __name__ == "__main__":

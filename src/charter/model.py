@@ -191,11 +191,32 @@ class _Reader:
         except MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 0
+            if line > len(self.text.splitlines()) and exc.context_mark:  # end of file: say where
+                line = exc.context_mark.line + 1  # the unfinished thing began
+            what = str(exc.problem or "")
+            if exc.context and exc.context_mark:
+                what += f" ({exc.context}, which started at line {exc.context_mark.line + 1})"
             raise CharterError(
-                [Problem(str(self.path), line, f"not valid YAML: {exc.problem or exc}")]
+                [
+                    Problem(
+                        str(self.path),
+                        line,
+                        f"not valid YAML: {what or exc}",
+                        "check indentation, colons and quotes on this line and the next",
+                    )
+                ]
             ) from None
         if not isinstance(doc, dict):
-            raise CharterError([Problem(str(self.path), 1, "the charter must be a YAML mapping")])
+            raise CharterError(
+                [
+                    Problem(
+                        str(self.path),
+                        1,
+                        "the charter must be a YAML mapping",
+                        "a charter starts with 'charter: 1', then contexts:, entities:, copies:",
+                    )
+                ]
+            )
         charter = self._charter(doc)
         if self.problems:
             self.problems.sort(key=lambda p: p.line)
@@ -210,7 +231,7 @@ class _Reader:
                 name = str(key.value)
                 line = key.start_mark.line + 1
                 if name in seen:
-                    what = f"{where.rstrip('.')} '{name}'" if where else f"'{name}'"
+                    what = f"{where.strip()} '{name}'" if where.strip() else f"'{name}'"
                     self.problem(
                         line,
                         f"{what} is declared twice (first at line {seen[name]})",
@@ -341,15 +362,22 @@ class _Reader:
                     f"{entity}.{name}: '{name}' is reserved",
                     "charter adds id, version and synced_at itself; pick another name",
                 )
-            if isinstance(spec, str):
+            short_form = isinstance(spec, str)
+            if short_form:
                 spec = {"type": spec}
             spec = self._mapping(spec, line, f"field {entity}.{name}")
             keys = ("type", "required", "unique", "private", "values", "default")
             self._unknown_keys(spec, keys, f"field {entity}.{name}")
             kind = str(spec.get("type") or "")
-            if kind not in FIELD_TYPES:
+            if not kind:
                 self.problem(
-                    self._line(spec, "type") if "type" in spec else line,
+                    line,
+                    f"{entity}.{name} has no type",
+                    f"add type: <one of {', '.join(FIELD_TYPES)}>",
+                )
+            elif kind not in FIELD_TYPES:
+                self.problem(
+                    line if short_form else self._line(spec, "type"),
                     f"{entity}.{name} has unknown type '{kind}'",
                     _hint(kind, FIELD_TYPES) or f"use one of: {', '.join(FIELD_TYPES)}",
                 )
@@ -472,7 +500,14 @@ class _Reader:
                         f"private fields never leave '{entity.owner}'",
                     )
             window = parse_duration(spec.get("window"))
-            if window is None:
+            if "window" not in spec:
+                self.problem(
+                    line,
+                    f"copy '{name}' has no window",
+                    "say how stale it may get: window: 5s (or 500ms, 10m, 1h, 1d)",
+                )
+                window = 0.0
+            elif window is None:
                 self.problem(
                     self._line(spec, "window") if "window" in spec else line,
                     f"copy '{name}': window {spec.get('window')!r} is not a duration",

@@ -1,0 +1,696 @@
+"""`charter demo`: the shop from the essays, built and exercised in one go.
+
+A newcomer should see, in under a minute and with nothing but SQLite files, the
+three ideas charter is made of: one write store per record (other writers are
+refused), derivative copies fed only by the owner's events (they converge), and
+contracts (every copy's staleness measured against its window)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import secrets
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from charter._sqlite import sqlite_path
+from charter.cli import status_table
+from charter.errors import ConstraintError, Error, OwnershipError
+from charter.owner import Transaction
+from charter.runner import Runner
+from charter.status import status
+from charter.system import System
+
+# The shop from the essays. examples/shop/charter.yaml is this text, byte for byte
+# (a test holds them together): examples/ is not installed, so the demo carries its own.
+SHOP_CHARTER = """\
+# The shop from the essays on "single source of truth". Each record has one
+# owner: its single write store. Other services keep read-only copies of only
+# the fields they need, each with a contract: how stale it may get (window) and
+# what breaks when it gets staler (breaks). Relative sqlite:/// paths resolve
+# against this file's folder.
+charter: 1
+name: shop
+bus: sqlite:///.charter/bus.db
+retention: 1h          # how long the bus keeps events that every copy has applied
+contexts:
+  customers: {team: customer-team, store: "sqlite:///.charter/customers.db"}
+  orders:    {team: order-team,    store: "sqlite:///.charter/orders.db"}
+  shipping:  {team: logistics,     store: "sqlite:///.charter/shipping.db"}
+  calendar:  {team: scheduling,    store: "sqlite:///.charter/calendar.db"}
+entities:
+  Customer:
+    owner: customers
+    why: creates accounts; keeps e-mail addresses unique
+    fields:
+      email:         {type: string, unique: true}
+      name:          {type: string}
+      address:       {type: string, required: false}
+      status:        {type: enum, values: [active, suspended, deleted], default: active}
+      password_hash: {type: string, private: true}   # never leaves customers
+  Order:
+    owner: orders
+    why: takes orders; remembers who ordered, as they were called at the time
+    fields:
+      customer_id:   {type: uuid}
+      customer_name: {type: string}   # a snapshot taken when ordering, not a copy
+      total:         {type: number}
+  Appointment:
+    owner: calendar
+    why: books appointments; never two at once for one person
+    fields:
+      user_id:   {type: uuid}
+      starts_at: {type: timestamp}
+      ends_at:   {type: timestamp}
+    constraints:
+      - no_overlap: {per: [user_id], range: [starts_at, ends_at]}
+copies:
+  order_customers:
+    in: orders
+    of: Customer
+    fields: [name, email]
+    window: 5s
+    breaks: order confirmations go to an outdated e-mail address
+  shipping_customers:
+    in: shipping
+    of: Customer
+    fields: [name, address]
+    window: 1m
+    breaks: parcels go to an old address
+"""
+
+# fmt: off
+_FIRST = (
+    "Ada", "Alan", "Barbara", "Claude", "Dorothy", "Edsger", "Frances", "Grace", "Hedy", "John",
+    "Karen", "Leslie", "Margaret", "Niklaus", "Radia", "Shafi", "Sophie", "Tim", "Tony", "Ken",
+)
+_LAST = (
+    "Lovelace", "Turing", "Liskov", "Shannon", "Vaughan", "Dijkstra", "Allen", "Hopper", "Lamarr",
+    "Backus", "Jones", "Lamport", "Hamilton", "Wirth", "Perlman", "Goldwasser", "Wilson", "Hoare",
+    "Berners-Lee", "Diffie", "Matsumoto", "Knuth", "Clarke", "Easley", "Thompson",
+)
+_STREETS = (
+    "Mill Lane", "Station Road", "Church Street", "Harbour View", "Kingsway", "Orchard Close",
+    "Canal Walk", "Market Square", "Elm Grove", "Bridge Street",
+)
+_TOWNS = ("Leeds", "Bristol", "Utrecht", "Lyon", "Porto", "Gent", "Aarhus", "Cork", "Graz", "Oslo")
+# fmt: on
+_SIZES = (1, 1, 1, 1, 2, 2, 3, 3, 4, 5, 6, 8, 10, 12, 15, 20)  # changes per transaction
+_BASE = dt.datetime(2030, 1, 7, 8, 0, tzinfo=dt.UTC)
+
+
+def run_demo(console: Console, changes: int = 3000, folder: Path | None = None) -> None:
+    """Build the shop in `folder` (kept) or a temporary folder (removed), load it with
+    `changes` changes while a Runner moves the events, then show what charter guarantees."""
+    if changes < 0:
+        raise Error(f"changes must be 0 or more, not {changes}")
+    if folder is not None:
+        _Demo(console, Path(folder), kept=True).run(changes)
+        return
+    with tempfile.TemporaryDirectory(prefix="charter-demo-") as tmp:
+        _Demo(console, Path(tmp), kept=False).run(changes)
+
+
+def write_charter(folder: Path) -> Path:
+    """Write the shop's charter.yaml into `folder`. Refuses a folder that holds another
+    system, so the demo never writes into someone's real stores."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "charter.yaml"
+    if path.exists():
+        if path.read_text(encoding="utf-8") != SHOP_CHARTER:
+            raise Error(f"{path} already holds a different charter; give the demo an empty folder")
+    elif (folder / ".charter").exists():
+        raise Error(
+            f"{folder / '.charter'} already holds stores of another system; "
+            "give the demo an empty folder"
+        )
+    else:
+        path.write_text(SHOP_CHARTER, encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class CopyCheck:
+    """One copy compared row by row with its owner's current public state."""
+
+    copy: str
+    owner: str
+    rows: int
+    missing: int
+    extra: int
+    differ: int
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.differ)
+
+
+def compare_copies(system: System) -> list[CopyCheck]:
+    """Every copy against the owner's rows: same ids, same versions, same field values."""
+    checks: list[CopyCheck] = []
+    for copy in system.charter.copies.values():
+        entity = system.charter.entities[copy.of]
+        owner = {
+            row["id"]: (row["version"], tuple(row[f] for f in copy.fields))
+            for row in system.store(entity.owner).rows(entity)
+        }
+        held = {
+            row["id"]: (row["version"], tuple(row[f] for f in copy.fields))
+            for row in system.store(copy.context).copy_rows(copy)
+        }
+        both = owner.keys() & held.keys()
+        checks.append(
+            CopyCheck(
+                copy.name,
+                entity.owner,
+                len(held),
+                len(owner.keys() - held.keys()),
+                len(held.keys() - owner.keys()),
+                sum(1 for i in both if owner[i] != held[i]),
+            )
+        )
+    return checks
+
+
+@dataclass
+class _Shop:
+    """What the load generator knows about the shop, to make only valid changes."""
+
+    rng: random.Random
+    emails: set[str]
+    customers: list[str] = field(default_factory=list)
+    orders: list[str] = field(default_factory=list)
+    appointments: list[str] = field(default_factory=list)
+    next_slot: dict[str, int] = field(default_factory=dict)
+    serial: int = 0
+
+    @classmethod
+    def of(cls, system: System) -> _Shop:
+        """Start from what the stores hold, so a kept folder can be loaded again."""
+        entities = system.charter.entities
+        customers = list(system.store("customers").rows(entities["Customer"]))
+        shop = cls(random.Random(7), {str(row["email"]) for row in customers})
+        shop.customers = [str(row["id"]) for row in customers]
+        shop.orders = [str(row["id"]) for row in system.store("orders").rows(entities["Order"])]
+        for row in system.store("calendar").rows(entities["Appointment"]):
+            shop.appointments.append(str(row["id"]))
+            starts = dt.datetime.fromisoformat(str(row["starts_at"]).replace("Z", "+00:00"))
+            hour = int((starts - _BASE).total_seconds() // 3600) + 1
+            user = str(row["user_id"])
+            shop.next_slot[user] = max(shop.next_slot.get(user, 0), hour)
+        return shop
+
+    def name(self) -> str:
+        return f"{self.rng.choice(_FIRST)} {self.rng.choice(_LAST)}"
+
+    def email(self, name: str) -> str:
+        """A fresh address; never one in use, so the load itself is never refused."""
+        while True:
+            self.serial += 1
+            local = name.lower().replace(" ", ".").replace("-", "")
+            email = f"{local}.{self.serial}@example.com"
+            if email not in self.emails:
+                self.emails.add(email)
+                return email
+
+    def address(self) -> str:
+        rng = self.rng
+        return f"{rng.randint(1, 250)} {rng.choice(_STREETS)}, {rng.choice(_TOWNS)}"
+
+    def slot(self, user_id: str) -> tuple[dt.datetime, dt.datetime]:
+        """The user's next free hour: load appointments never overlap."""
+        number = self.next_slot.get(user_id, 0)
+        self.next_slot[user_id] = number + 1
+        start = _BASE + dt.timedelta(hours=number)
+        return start, start + dt.timedelta(minutes=self.rng.choice((15, 30, 45)))
+
+    def forget(self, items: list[str], index: int) -> str:
+        items[index], items[-1] = items[-1], items[index]
+        return items.pop()
+
+
+class _Demo:
+    def __init__(self, console: Console, folder: Path, *, kept: bool) -> None:
+        self.console, self.folder, self.kept = console, folder, kept
+
+    def run(self, changes: int) -> None:
+        started = time.perf_counter()
+        path = write_charter(self.folder)
+        with System.load(path) as system:
+            self.intro(system)
+            runner = Runner(system).start()
+            try:
+                self.load(system, runner, changes)
+                self.steps(system, runner)
+                example = self.history(system)
+            finally:
+                runner.stop()
+            for error in runner.errors:
+                self.console.print(f"[yellow]runner warning:[/] {escape(str(error))}")
+        self.outro(path, example, time.perf_counter() - started)
+
+    # -- the shop -----------------------------------------------------------------
+
+    def intro(self, system: System) -> None:
+        charter = system.charter
+        self.console.rule("[bold]charter demo: the shop from the essays[/]")
+        self.console.print(
+            f"{len(charter.contexts)} contexts, each with its own SQLite store, and an SQLite "
+            f"bus, in {escape(str(self.folder))}",
+            highlight=False,
+        )
+        for context in charter.contexts.values():
+            parts = [f"owns {e.name}" for e in charter.owned_by(context.name)]
+            parts += [
+                f"keeps [cyan]{c.name}[/] ({', '.join(c.fields)} of {c.of}; "
+                f"window {_duration(c.window_s)})"
+                for c in charter.copies_in(context.name)
+            ]
+            self.console.print(
+                f"  [bold]{context.name:<10}[/] team {escape(context.team):<14} "
+                + "; ".join(parts),
+                highlight=False,
+            )
+
+    def load(self, system: System, runner: Runner, changes: int) -> None:
+        """Many small transactions, as real services make them, while the runner moves
+        every committed event to the copies in the background."""
+        self.console.print()
+        self.console.print(
+            f"[bold]Making {changes:,} changes[/] in transactions of 1-20 changes, while a "
+            "runner relays events and feeds the copies in background threads",
+            highlight=False,
+        )
+        shop = _Shop.of(system)
+        order_customers = system.context("orders").copy("order_customers")
+        made = transactions = 0
+        started = time.perf_counter()
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[lag]}"),
+        )
+        with Progress(*columns, console=self.console) as progress:
+            task = progress.add_task("changes", total=changes, lag="")
+            next_look = 0.0
+            while made < changes:
+                size = min(changes - made, shop.rng.choice(_SIZES))
+                kind = shop.rng.random()
+                if len(shop.customers) < 20 or kind < 0.72:
+                    with system.context("customers").transaction() as tx:
+                        _customer_changes(tx, shop, size)
+                elif kind < 0.88:
+                    wanted = [shop.rng.choice(shop.customers) for _ in range(size)]
+                    known = [c for c in (order_customers.get(i) for i in wanted) if c]
+                    if not known:  # the copy has not caught up with any of them yet
+                        continue
+                    size = len(known)
+                    with system.context("orders").transaction() as tx:
+                        for row in known:
+                            if shop.orders and shop.rng.random() < 0.04:
+                                index = shop.rng.randrange(len(shop.orders))
+                                tx.delete("Order", shop.forget(shop.orders, index))
+                                continue
+                            order = tx.create(
+                                "Order",
+                                customer_id=row.id,
+                                customer_name=row.name,  # the name as it is now: a snapshot
+                                total=round(shop.rng.uniform(4, 400), 2),
+                            )
+                            shop.orders.append(order.id)
+                else:
+                    with system.context("calendar").transaction() as tx:
+                        for _ in range(size):
+                            if shop.appointments and shop.rng.random() < 0.05:
+                                index = shop.rng.randrange(len(shop.appointments))
+                                tx.delete("Appointment", shop.forget(shop.appointments, index))
+                                continue
+                            user = shop.rng.choice(shop.customers)
+                            starts, ends = shop.slot(user)
+                            booked = tx.create(
+                                "Appointment", user_id=user, starts_at=starts, ends_at=ends
+                            )
+                            shop.appointments.append(booked.id)
+                made += size
+                transactions += 1
+                progress.advance(task, size)
+                now = time.perf_counter()
+                if now >= next_look:  # the contract, measured while it is being tested
+                    behind = sum(row.lag_events for row in status(system))
+                    progress.update(task, lag=f"copies behind: {behind:,} events")
+                    next_look = now + 0.25
+            progress.update(task, lag="")
+        elapsed = time.perf_counter() - started
+        synced = runner.wait_until_synced(timeout=30)
+        caught_up = time.perf_counter() - started - elapsed
+        rate = made / elapsed if elapsed else 0.0
+        self.console.print(
+            f"{made:,} changes in {transactions:,} transactions in {elapsed:.1f} s "
+            f"({rate:,.0f} changes/s); "
+            + (
+                f"the copies caught up {caught_up:.2f} s after the last commit"
+                if synced
+                else "[red]the copies did not catch up within 30 s[/]"
+            ),
+            highlight=False,
+        )
+
+    # -- the steps ------------------------------------------------------------------
+
+    def steps(self, system: System, runner: Runner) -> None:
+        customers = system.context("customers")
+        with customers.transaction() as tx:
+            ada = tx.create(
+                "Customer",
+                email=f"ada.{secrets.token_hex(3)}@example.com",
+                name="Ada Lovelace",
+                password_hash=_fake_hash(),
+            )
+        runner.wait_until_synced(timeout=30)
+
+        with self.step(
+            1,
+            "orders tries to write a Customer",
+            "a record has one write store; if orders could change customers too, two services "
+            "would each hold 'the truth'. charter refuses and says whom to ask.",
+        ):
+            writes: list[tuple[str, Callable[[Transaction], object]]] = [
+                (
+                    'tx.create("Customer", email="eve@example.com", …)',
+                    lambda tx: tx.create(
+                        "Customer", email="eve@example.com", name="Eve", password_hash="x"
+                    ),
+                ),
+                (
+                    f'tx.update("Customer", "{ada.id}", name="Ada King")',
+                    lambda tx: tx.update("Customer", ada.id, name="Ada King"),
+                ),
+            ]
+            for attempt, write in writes:
+                self.attempt(
+                    f"orders: {attempt}", partial(_in, system, "orders", write), OwnershipError
+                )
+
+        with self.step(
+            2,
+            "The same person booked twice at once",
+            "invariants live with the owner: only calendar sees all of a person's "
+            "appointments, so only calendar can promise no double booking.",
+        ):
+            start = _BASE - dt.timedelta(days=1)
+            with system.context("calendar").transaction() as tx:
+                tx.create(
+                    "Appointment",
+                    user_id=ada.id,
+                    starts_at=start,
+                    ends_at=start + dt.timedelta(hours=1),
+                )
+            self.console.print(
+                f"   calendar: booked Ada {start:%Y-%m-%d %H:%M}-"
+                f"{start + dt.timedelta(hours=1):%H:%M}",
+                highlight=False,
+            )
+            later = start + dt.timedelta(minutes=30)
+            self.attempt(
+                f"calendar: book Ada {later:%H:%M}-{later + dt.timedelta(hours=1):%H:%M} that day",
+                partial(
+                    _in,
+                    system,
+                    "calendar",
+                    lambda tx: tx.create(
+                        "Appointment",
+                        user_id=ada.id,
+                        starts_at=later,
+                        ends_at=later + dt.timedelta(hours=1),
+                    ),
+                ),
+                ConstraintError,
+            )
+
+        with self.step(
+            3,
+            "A raw SQL write to a copy, past charter",
+            "a copy is derivative: it changes only from its owner's events. The database "
+            "itself refuses other writers, so 'just fix the table' cannot start a second truth.",
+        ):
+            copy = system.charter.copies["order_customers"]
+            path = _file(system.charter.contexts[copy.context].store)
+            statement = f"UPDATE {copy.table} SET email = 'mallory@example.com' WHERE id = ?"
+            shown = statement.replace("?", f"'{ada.id}'")
+            try:
+                self.console.print(
+                    f'   → sqlite3 {escape(_relative(path, self.folder))} "{escape(shown)}"',
+                    highlight=False,
+                )
+                with sqlite3.connect(path, timeout=10) as conn:
+                    conn.execute(statement, (ada.id,))
+                self.console.print("   [bold red]NOT refused: the copy was changed[/]")
+            except sqlite3.DatabaseError as exc:
+                self.console.print(
+                    f"   [green]refused by SQLite[/] ({type(exc).__name__}): {escape(str(exc))}",
+                    highlight=False,
+                )
+
+        with self.step(
+            4,
+            "A second account with an e-mail already in use",
+            "uniqueness can only be checked where all the records are: in the owner's store. "
+            "No copy could promise it.",
+        ):
+            self.attempt(
+                f"customers: register 'Ada Byron' with {ada.email}",
+                lambda: _in(
+                    system,
+                    "customers",
+                    lambda tx: tx.create(
+                        "Customer", email=ada.email, name="Ada Byron", password_hash=_fake_hash()
+                    ),
+                ),
+                ConstraintError,
+            )
+
+        with self.step(
+            5,
+            "The copies converge",
+            "copies may lag, but only within their contract; once the owner is quiet, every "
+            "copy equals the owner's current public state, versions included.",
+        ):
+            synced = runner.wait_until_synced(timeout=30)
+            if not synced:
+                self.console.print("   [bold red]the copies did not catch up within 30 s[/]")
+            for check in compare_copies(system):
+                if check.equal:
+                    self.console.print(
+                        f"   [cyan]{check.copy}[/]: {check.rows:,} rows, all equal to "
+                        f"{check.owner}' current state",
+                        highlight=False,
+                    )
+                else:
+                    self.console.print(
+                        f"   [bold red]{check.copy}: {check.rows:,} rows; {check.missing} "
+                        f"missing, {check.extra} extra, {check.differ} differ[/]",
+                        highlight=False,
+                    )
+            self.private_and_snapshots(system)
+
+        with self.step(
+            6,
+            "Every copy against its contract",
+            "staleness is measured, not hoped for: each copy's lag in events and seconds, "
+            "against the window it promised, and what breaks beyond it.",
+        ):
+            self.console.print(status_table(status(system)))
+            for copy in system.charter.copies.values():
+                self.console.print(
+                    f"   [cyan]{copy.name}[/] promises {_duration(copy.window_s)}; "
+                    f"beyond it, {escape(copy.breaks)}",
+                    highlight=False,
+                )
+
+    def private_and_snapshots(self, system: System) -> None:
+        """The other half of 'only the fields they need': private fields stay home, and a
+        snapshot is not a copy."""
+        customers = system.store("customers")
+        events = leaked = 0
+        position = 0
+        while batch := customers.outbox(position, 5000):
+            position = batch[-1].seq
+            for row in batch:
+                if row.entity == "Customer":
+                    events += 1
+                    leaked += b'"password_hash"' in row.body
+        self.console.print(
+            f"   password_hash (private) is in {leaked:,} of {events:,} Customer events "
+            "and in no copy",
+            highlight=False,
+        )
+        entity = system.charter.entities["Customer"]
+        names = {str(r["id"]): r["name"] for r in customers.rows(entity)}
+        order = system.charter.entities["Order"]
+        rows = list(system.store("orders").rows(order))
+        renamed = sum(
+            1
+            for r in rows
+            if r["customer_id"] in names and names[r["customer_id"]] != r["customer_name"]
+        )
+        self.console.print(
+            f"   {renamed:,} of {len(rows):,} orders show a name the customer has since changed: "
+            "customer_name is a snapshot taken when ordering, on purpose, not a copy",
+            highlight=False,
+        )
+
+    def history(self, system: System) -> str | None:
+        """Step 7, and the id the closing hint names: the customer with the longest history."""
+        entity = system.charter.entities["Customer"]
+        store = system.store("customers")
+        best = max(store.rows(entity), key=lambda r: int(r["version"]), default=None)
+        if best is None:
+            return None
+        with self.step(
+            7,
+            "The owner's history of one customer",
+            "the owner keeps every event it published: 'who changed this, when' has one "
+            "answer, and a bus that lost events can be refilled from it.",
+        ):
+            rows = store.history("Customer", best["id"])
+            table = Table(
+                title=f"Customer {best['id']} (now {escape(str(best['name']))})",
+                title_justify="left",
+                box=box.SIMPLE_HEAD,
+            )
+            table.add_column("version", justify="right")
+            table.add_column("op")
+            table.add_column("changed fields")
+            table.add_column("committed at", no_wrap=True)
+            for r in rows:
+                table.add_row(str(r.version), r.op, ", ".join(r.changed), r.time)
+            self.console.print(table)
+        return str(best["id"])
+
+    def outro(self, path: Path, customer: str | None, seconds: float) -> None:
+        self.console.print()
+        self.console.rule(f"done in {seconds:.1f} s")
+        who = customer or "<id>"
+        if self.kept:
+            self.console.print(
+                f"The shop is kept in {escape(str(self.folder))}. Try next:\n"
+                f"  charter status -f {escape(str(path))}\n"
+                f"  charter history -f {escape(str(path))} Customer {who}\n"
+                f"  charter run -f {escape(str(path))}   (and write to it from Python; "
+                "see examples/shop)",
+                highlight=False,
+            )
+        else:
+            self.console.print(
+                "The shop was built in a temporary folder, now removed. Keep it with "
+                "`charter demo --keep ./shop`, then try `charter status -f shop/charter.yaml` "
+                "and `charter history -f shop/charter.yaml Customer <id>`.",
+                highlight=False,
+            )
+
+    # -- presentation -----------------------------------------------------------------
+
+    @contextmanager
+    def step(self, number: int, title: str, why: str) -> Iterator[None]:
+        self.console.print()
+        self.console.print(f"[bold]{number}. {escape(title)}[/]", highlight=False)
+        self.console.print(f"   [dim]why:[/] {escape(why)}", highlight=False)
+        yield
+
+    def attempt(self, what: str, action: Callable[[], object], expected: type[Error]) -> None:
+        """Try something charter must refuse, and show how it refuses."""
+        self.console.print(f"   → {escape(what)}", highlight=False)
+        try:
+            action()
+        except expected as exc:
+            self.console.print(
+                f"   [green]refused[/] ({type(exc).__name__}): {escape(str(exc))}",
+                highlight=False,
+            )
+        else:
+            self.console.print(f"   [bold red]NOT refused: expected {expected.__name__}[/]")
+
+
+def _customer_changes(tx: Transaction, shop: _Shop, size: int) -> None:
+    """Mostly sign-ups and people moving house or changing name or e-mail; a few leave."""
+    rng = shop.rng
+    for _ in range(size):
+        roll = rng.random()
+        if len(shop.customers) < 20 or roll < 0.36:
+            name = shop.name()
+            created = tx.create(
+                "Customer",
+                email=shop.email(name),
+                name=name,
+                address=shop.address() if rng.random() < 0.7 else None,
+                password_hash=_fake_hash(),
+            )
+            shop.customers.append(created.id)
+        elif roll < 0.975:
+            customer = rng.choice(shop.customers)
+            what = rng.random()
+            if what < 0.4:
+                tx.update("Customer", customer, address=shop.address())
+            elif what < 0.7:
+                current = tx.get("Customer", customer)
+                name = current.name if current else shop.name()
+                tx.update("Customer", customer, email=shop.email(name))
+            elif what < 0.95:
+                tx.update("Customer", customer, name=shop.name())
+            else:
+                tx.update("Customer", customer, status="suspended")
+        else:
+            index = rng.randrange(len(shop.customers))
+            tx.delete("Customer", shop.forget(shop.customers, index))
+
+
+def _in(system: System, context: str, write: Callable[[Transaction], object]) -> None:
+    with system.context(context).transaction() as tx:
+        write(tx)
+
+
+def _fake_hash() -> str:
+    """Demo data only: real code stores a slow salted hash (see examples/shop/customers.py)."""
+    return "scrypt$" + secrets.token_hex(16)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def _file(url: str) -> Path:
+    """The database file of a sqlite:/// URL. sqlite_path() keeps the URL's leading '//'
+    ('//tmp/x.db'), which works but reads oddly and defeats relative_to()."""
+    path, _ = sqlite_path(url)
+    text = str(path)
+    return Path(text[1:]) if text.startswith("//") else path
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,131 @@
+"""The `charter` command as a user meets it: status against contracts, history, run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+import charter
+from charter.cli import main
+from tests.conftest import assert_converged, charter_command
+
+KEYS = [
+    "copy",
+    "of",
+    "owner",
+    "in",
+    "window_s",
+    "lag_events",
+    "lag_s",
+    "last_applied_at",
+    "parked",
+    "state",
+]
+
+
+def create(path: Path, count: int, prefix: str = "c") -> list[str]:
+    with charter.load(path) as system, system.context("customers").transaction() as tx:
+        return [
+            tx.create("Customer", email=f"{prefix}{i}@x", name=f"N{i}", password_hash="h").id
+            for i in range(count)
+        ]
+
+
+def status_json(path: Path, *extra: str) -> tuple[int, list[dict[str, object]]]:
+    result = CliRunner().invoke(main, ["status", "-f", str(path), "--json", *extra])
+    return result.exit_code, json.loads(result.output)
+
+
+def test_status_goes_from_never_synced_to_ok(shop_file: Path) -> None:
+    create(shop_file, 3)
+    code, rows = status_json(shop_file)
+    assert code == 0
+    assert [list(r) for r in rows] == [KEYS, KEYS]
+    assert {r["state"] for r in rows} == {"NEVER_SYNCED"}
+    assert rows[0]["lag_events"] == 3 and rows[0]["window_s"] == 5.0
+    CliRunner().invoke(main, ["run", "--once", "-f", str(shop_file)])
+    code, rows = status_json(shop_file)
+    assert {r["state"] for r in rows} == {"OK"}
+    assert all(r["lag_events"] == 0 and r["last_applied_at"] for r in rows)
+
+
+def test_a_copy_behind_its_window_is_a_breach_and_strict_exits_3(shop_file: Path) -> None:
+    shop_file.write_text(shop_file.read_text().replace("window: 5s", "window: 50ms"))
+    create(shop_file, 1)
+    CliRunner().invoke(main, ["run", "--once", "-f", str(shop_file)])
+    create(shop_file, 2, prefix="late")
+    time.sleep(0.2)
+    code, rows = status_json(shop_file, "--strict")
+    by_copy = {r["copy"]: r for r in rows}
+    assert code == 3
+    assert by_copy["order_customers"]["state"] == "BREACH"
+    assert by_copy["order_customers"]["lag_events"] == 2
+    assert float(by_copy["order_customers"]["lag_s"]) >= 0.2  # type: ignore[arg-type]
+    assert by_copy["shipping_customers"]["state"] == "OK"  # its window is a minute
+    table = CliRunner().invoke(main, ["status", "-f", str(shop_file)])
+    assert "BREACH" in table.output and table.exit_code == 0
+
+
+def test_history_shows_the_owner_record(shop_file: Path) -> None:
+    [cid] = create(shop_file, 1)
+    with charter.load(shop_file) as system, system.context("customers").transaction() as tx:
+        tx.update("Customer", cid, name="Changed")
+    result = CliRunner().invoke(main, ["history", "Customer", cid, "-f", str(shop_file), "--json"])
+    assert result.exit_code == 0
+    history = json.loads(result.output)
+    assert [(h["version"], h["op"], h["changed"]) for h in history] == [
+        (1, "created", ["email", "name", "address", "status"]),
+        (2, "updated", ["name"]),
+    ]
+    unknown = CliRunner().invoke(main, ["history", "Custmer", cid, "-f", str(shop_file)])
+    assert unknown.exit_code != 0 and "Customer" in unknown.output
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+    missing = CliRunner().invoke(main, ["status", "-f", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 1
+    assert "cannot read the charter" in missing.output and "Traceback" not in missing.output
+
+
+def test_run_stops_cleanly_on_sigterm_and_sigint(shop_file: Path) -> None:
+    create(shop_file, 50)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        process = subprocess.Popen(
+            charter_command("run", "-f", str(shop_file)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        assert "running all contexts" in process.stdout.readline()
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert "stopped cleanly" in out
+    with charter.load(shop_file) as system:
+        assert_converged(system)
+
+
+def test_processes_share_the_bus_file(shop_file: Path) -> None:
+    owner = subprocess.Popen(charter_command("run", "-f", str(shop_file), "--context", "customers"))
+    copies = subprocess.Popen(
+        charter_command("run", "-f", str(shop_file), "--context", "orders", "--context", "shipping")
+    )
+    try:
+        create(shop_file, 200)
+        deadline = time.monotonic() + 30
+        with charter.load(shop_file) as system:
+            while time.monotonic() < deadline:
+                if all(s.synced for s in charter.status(system)):
+                    break
+                time.sleep(0.05)
+            assert_converged(system)
+    finally:
+        for process in (owner, copies):
+            process.terminate()
+            assert process.wait(timeout=30) == 0

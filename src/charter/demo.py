@@ -29,7 +29,9 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from charter._sqlite import sqlite_path
 from charter.cli import status_table
@@ -425,10 +427,9 @@ class _Demo:
                     starts_at=start,
                     ends_at=start + dt.timedelta(hours=1),
                 )
-            self.console.print(
-                f"   calendar: booked Ada {start:%Y-%m-%d %H:%M}-"
+            self.say(
+                f"calendar: booked Ada {start:%Y-%m-%d %H:%M}-"
                 f"{start + dt.timedelta(hours=1):%H:%M}",
-                highlight=False,
             )
             later = start + dt.timedelta(minutes=30)
             self.attempt(
@@ -464,11 +465,10 @@ class _Demo:
                 )
                 with sqlite3.connect(path, timeout=10) as conn:
                     conn.execute(statement, (ada.id,))
-                self.console.print("   [bold red]NOT refused: the copy was changed[/]")
+                self.say("[bold red]NOT refused: the copy was changed[/]")
             except sqlite3.DatabaseError as exc:
-                self.console.print(
-                    f"   [green]refused by SQLite[/] ({type(exc).__name__}): {escape(str(exc))}",
-                    highlight=False,
+                self.say(
+                    f"[green]refused by SQLite[/] ({type(exc).__name__}): {escape(str(exc))}",
                 )
 
         with self.step(
@@ -497,19 +497,17 @@ class _Demo:
         ):
             synced = runner.wait_until_synced(timeout=30)
             if not synced:
-                self.console.print("   [bold red]the copies did not catch up within 30 s[/]")
+                self.say("[bold red]the copies did not catch up within 30 s[/]")
             for check in compare_copies(system):
                 if check.equal:
-                    self.console.print(
-                        f"   [cyan]{check.copy}[/]: {check.rows:,} rows, all equal to "
+                    self.say(
+                        f"[cyan]{check.copy}[/]: {check.rows:,} rows, all equal to "
                         f"{check.owner}' current state",
-                        highlight=False,
                     )
                 else:
-                    self.console.print(
-                        f"   [bold red]{check.copy}: {check.rows:,} rows; {check.missing} "
+                    self.say(
+                        f"[bold red]{check.copy}: {check.rows:,} rows; {check.missing} "
                         f"missing, {check.extra} extra, {check.differ} differ[/]",
-                        highlight=False,
                     )
             self.private_and_snapshots(system)
 
@@ -521,10 +519,9 @@ class _Demo:
         ):
             self.console.print(status_table(status(system)))
             for copy in system.charter.copies.values():
-                self.console.print(
-                    f"   [cyan]{copy.name}[/] promises {_duration(copy.window_s)}; "
+                self.say(
+                    f"[cyan]{copy.name}[/] promises {_duration(copy.window_s)}; "
                     f"beyond it, {escape(copy.breaks)}",
-                    highlight=False,
                 )
 
     def private_and_snapshots(self, system: System) -> None:
@@ -539,10 +536,9 @@ class _Demo:
                 if row.entity == "Customer":
                     events += 1
                     leaked += b'"password_hash"' in row.body
-        self.console.print(
-            f"   password_hash (private) is in {leaked:,} of {events:,} Customer events "
+        self.say(
+            f"password_hash (private) is in {leaked:,} of {events:,} Customer events "
             "and in no copy",
-            highlight=False,
         )
         entity = system.charter.entities["Customer"]
         names = {str(r["id"]): r["name"] for r in customers.rows(entity)}
@@ -553,10 +549,9 @@ class _Demo:
             for r in rows
             if r["customer_id"] in names and names[r["customer_id"]] != r["customer_name"]
         )
-        self.console.print(
-            f"   {renamed:,} of {len(rows):,} orders show a name the customer has since changed: "
+        self.say(
+            f"{renamed:,} of {len(rows):,} orders show a name the customer has since changed: "
             "customer_name is a snapshot taken when ordering, on purpose, not a copy",
-            highlight=False,
         )
 
     def history(self, system: System) -> str | None:
@@ -614,21 +609,28 @@ class _Demo:
     def step(self, number: int, title: str, why: str) -> Iterator[None]:
         self.console.print()
         self.console.print(f"[bold]{number}. {escape(title)}[/]", highlight=False)
-        self.console.print(f"   [dim]why:[/] {escape(why)}", highlight=False)
+        self.say(
+            f"[dim]why:[/] {escape(why)}",
+        )
         yield
+
+    def say(self, markup: str) -> None:
+        """One indented line of a step; wrapped lines keep the indent."""
+        self.console.print(Padding(Text.from_markup(markup), (0, 0, 0, 3)))
 
     def attempt(self, what: str, action: Callable[[], object], expected: type[Error]) -> None:
         """Try something charter must refuse, and show how it refuses."""
-        self.console.print(f"   → {escape(what)}", highlight=False)
+        self.say(
+            f"→ {escape(what)}",
+        )
         try:
             action()
         except expected as exc:
-            self.console.print(
-                f"   [green]refused[/] ({type(exc).__name__}): {escape(str(exc))}",
-                highlight=False,
+            self.say(
+                f"[green]refused[/] ({type(exc).__name__}): {escape(str(exc))}",
             )
         else:
-            self.console.print(f"   [bold red]NOT refused: expected {expected.__name__}[/]")
+            self.say(f"[bold red]NOT refused: expected {expected.__name__}[/]")
 
 
 def _customer_changes(tx: Transaction, shop: _Shop, size: int) -> None:

@@ -40,7 +40,7 @@ class Projector:
         """Apply one batch; returns how many deliveries were handled (0: nothing to do)."""
         if self._position is None:
             self._position = self._start()
-        deliveries = self.bus.fetch(self.entity.name, self._position, self.batch)
+        deliveries = self.bus.fetch(self.copy.name, self.entity.name, self._position, self.batch)
         if not deliveries:
             return 0
         items: list[tuple[int, Event]] = []

@@ -19,7 +19,6 @@ class Relay:
     ) -> None:
         self.context, self.store, self.bus = context, store, bus
         self.signals, self.batch = signals, batch
-        self._position: int | None = None
 
     @property
     def wake_key(self) -> str:
@@ -27,19 +26,17 @@ class Relay:
 
     def step(self) -> int:
         """Move one batch; returns how many events moved (0: nothing to do)."""
-        if self._position is None:
-            self._position = self.store.relay_position()
-        rows = self.store.outbox(self._position, self.batch)
+        rows = self.store.pending(self.batch)
         if not rows:
             return 0
         self.bus.publish(rows)
-        self._position = rows[-1].seq
-        self.store.set_relay_position(self._position)
+        self.store.mark_relayed(rows)
         if self.signals is not None:
             for entity in {row.entity for row in rows}:
                 self.signals.notify(f"bus:{entity}")
         return len(rows)
 
-    def rewind(self, position: int = 0) -> None:
-        """Publish again from `position`: heals a bus that lost acknowledged events (G7)."""
-        self._position = position
+    def rewind(self, after: int = 0) -> None:
+        """Publish again everything after `after`: heals a bus that lost acknowledged
+        events (G7). The bus drops the ids it still has; copies skip what they applied."""
+        self.store.rewind(after)

@@ -27,8 +27,8 @@ class Bus(Protocol):
     def publish(self, rows: Sequence[OutboxRow]) -> None:
         """Publish in order. Publishing an event id twice keeps one."""
 
-    def fetch(self, entity: str, after: int, limit: int) -> list[Delivery]:
-        """Events of `entity` after `position`, in order."""
+    def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
+        """Events of `entity` after position `after`, in order, for `consumer` (a copy)."""
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
         """A consumer has applied everything up to `position` (lets the bus compact)."""

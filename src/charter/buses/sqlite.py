@@ -62,7 +62,7 @@ class SQLiteBus:
             (event_id, entity, subject, time.time(), body),
         )
 
-    def fetch(self, entity: str, after: int, limit: int) -> list[Delivery]:
+    def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         rows = self._conns.get().execute(
             "SELECT seq, body FROM events WHERE entity = ? AND seq > ? ORDER BY seq LIMIT ?",
             (entity, after, limit),

@@ -281,14 +281,23 @@ class SQLiteStore:
         )
         return [_outbox_row(r) for r in rows]
 
-    def relay_position(self) -> int:
-        row = self._conns.get().execute("SELECT position FROM charter_relay").fetchone()
-        return int(row[0]) if row else 0
-
-    def set_relay_position(self, position: int) -> None:
-        self._conns.get().execute(
-            "UPDATE charter_relay SET position = max(position, ?)", (position,)
+    def pending(self, limit: int) -> list[OutboxRow]:
+        # Writers are serialised, so seq order is commit order and a position never skips.
+        rows = self._conns.get().execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM charter_outbox "
+            "WHERE seq > (SELECT position FROM charter_relay) ORDER BY seq LIMIT ?",
+            (limit,),
         )
+        return [_outbox_row(r) for r in rows]
+
+    def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:
+        if rows:
+            self._conns.get().execute(
+                "UPDATE charter_relay SET position = max(position, ?)", (rows[-1].seq,)
+            )
+
+    def rewind(self, after: int = 0) -> None:
+        self._conns.get().execute("UPDATE charter_relay SET position = ?", (after,))
 
     def unrelayed(self, entity: str) -> Backlog:
         count, oldest = (

@@ -14,7 +14,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,14 +30,13 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from charter._sqlite import sqlite_path
 from charter.cli import status_table
 from charter.errors import ConstraintError, Error, OwnershipError
-from charter.owner import Transaction
+from charter.owner import Record, Transaction
 from charter.runner import Runner
 from charter.status import status
 from charter.system import System
@@ -245,11 +245,14 @@ class _Shop:
         return start, start + dt.timedelta(minutes=self.rng.choice((15, 30, 45)))
 
     def forget(self, items: list[str], index: int) -> str:
+        """Remove items[index] in O(1) (order does not matter) and return it."""
         items[index], items[-1] = items[-1], items[index]
         return items.pop()
 
 
 class _Demo:
+    """The demo's story, told on one console: the shop, the load, then the seven steps."""
+
     def __init__(self, console: Console, folder: Path, *, kept: bool) -> None:
         self.console, self.folder, self.kept = console, folder, kept
 
@@ -282,14 +285,13 @@ class _Demo:
         for context in charter.contexts.values():
             parts = [f"owns {e.name}" for e in charter.owned_by(context.name)]
             parts += [
-                f"keeps [cyan]{c.name}[/] ({', '.join(c.fields)} of {c.of}; "
+                f"keeps [cyan]{c.name}[/] ({c.of}: {', '.join(c.fields)}; "
                 f"window {_duration(c.window_s)})"
                 for c in charter.copies_in(context.name)
             ]
+            line = f"[bold]{context.name:<10}[/] team {escape(context.team):<14} "
             self.console.print(
-                f"  [bold]{context.name:<10}[/] team {escape(context.team):<14} "
-                + "; ".join(parts),
-                highlight=False,
+                Padding(Text.from_markup(line + "; ".join(parts)), (0, 0, 0, 2), expand=False)
             )
 
     def load(self, system: System, runner: Runner, changes: int) -> None:
@@ -328,31 +330,10 @@ class _Demo:
                         continue
                     size = len(known)
                     with system.context("orders").transaction() as tx:
-                        for row in known:
-                            if shop.orders and shop.rng.random() < 0.04:
-                                index = shop.rng.randrange(len(shop.orders))
-                                tx.delete("Order", shop.forget(shop.orders, index))
-                                continue
-                            order = tx.create(
-                                "Order",
-                                customer_id=row.id,
-                                customer_name=row.name,  # the name as it is now: a snapshot
-                                total=round(shop.rng.uniform(4, 400), 2),
-                            )
-                            shop.orders.append(order.id)
+                        _order_changes(tx, shop, known)
                 else:
                     with system.context("calendar").transaction() as tx:
-                        for _ in range(size):
-                            if shop.appointments and shop.rng.random() < 0.05:
-                                index = shop.rng.randrange(len(shop.appointments))
-                                tx.delete("Appointment", shop.forget(shop.appointments, index))
-                                continue
-                            user = shop.rng.choice(shop.customers)
-                            starts, ends = shop.slot(user)
-                            booked = tx.create(
-                                "Appointment", user_id=user, starts_at=starts, ends_at=ends
-                            )
-                            shop.appointments.append(booked.id)
+                        _calendar_changes(tx, shop, size)
                 made += size
                 transactions += 1
                 progress.advance(task, size)
@@ -459,11 +440,8 @@ class _Demo:
             statement = f"UPDATE {copy.table} SET email = 'mallory@example.com' WHERE id = ?"
             shown = statement.replace("?", f"'{ada.id}'")
             try:
-                self.console.print(
-                    f'   → sqlite3 {escape(_relative(path, self.folder))} "{escape(shown)}"',
-                    highlight=False,
-                )
-                with sqlite3.connect(path, timeout=10) as conn:
+                self.say(f'→ sqlite3 {escape(_relative(path, self.folder))} "{escape(shown)}"')
+                with closing(sqlite3.connect(path, timeout=10)) as conn, conn:
                     conn.execute(statement, (ada.id,))
                 self.say("[bold red]NOT refused: the copy was changed[/]")
             except sqlite3.DatabaseError as exc:
@@ -616,7 +594,7 @@ class _Demo:
 
     def say(self, markup: str) -> None:
         """One indented line of a step; wrapped lines keep the indent."""
-        self.console.print(Padding(Text.from_markup(markup), (0, 0, 0, 3)))
+        self.console.print(Padding(Text.from_markup(markup), (0, 0, 0, 3), expand=False))
 
     def attempt(self, what: str, action: Callable[[], object], expected: type[Error]) -> None:
         """Try something charter must refuse, and show how it refuses."""
@@ -664,6 +642,35 @@ def _customer_changes(tx: Transaction, shop: _Shop, size: int) -> None:
         else:
             index = rng.randrange(len(shop.customers))
             tx.delete("Customer", shop.forget(shop.customers, index))
+
+
+def _order_changes(tx: Transaction, shop: _Shop, customers: list[Record]) -> None:
+    """Orders for customers as the order_customers copy knows them; now and then one is
+    cancelled."""
+    for customer in customers:
+        if shop.orders and shop.rng.random() < 0.04:
+            tx.delete("Order", shop.forget(shop.orders, shop.rng.randrange(len(shop.orders))))
+            continue
+        order = tx.create(
+            "Order",
+            customer_id=customer.id,
+            customer_name=customer.name,  # the name as it is now: a snapshot
+            total=round(shop.rng.uniform(4, 400), 2),
+        )
+        shop.orders.append(order.id)
+
+
+def _calendar_changes(tx: Transaction, shop: _Shop, size: int) -> None:
+    """Bookings in each person's next free hour; now and then one is cancelled."""
+    for _ in range(size):
+        if shop.appointments and shop.rng.random() < 0.05:
+            index = shop.rng.randrange(len(shop.appointments))
+            tx.delete("Appointment", shop.forget(shop.appointments, index))
+            continue
+        user = shop.rng.choice(shop.customers)
+        starts, ends = shop.slot(user)
+        booked = tx.create("Appointment", user_id=user, starts_at=starts, ends_at=ends)
+        shop.appointments.append(booked.id)
 
 
 def _in(system: System, context: str, write: Callable[[Transaction], object]) -> None:

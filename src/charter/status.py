@@ -65,7 +65,7 @@ def copy_status(system: System, copy: Copy) -> CopyStatus:
     now = dt.datetime.now(dt.UTC)
     checkpoint = system.store(copy.context).checkpoint(copy)
     unrelayed = system.store(entity.owner).unrelayed(entity.name)
-    on_bus = system.bus.backlog(entity.name, checkpoint.position if checkpoint else 0)
+    on_bus = system.bus.backlog(copy.name, entity.name, checkpoint.position if checkpoint else 0)
     lag_events = unrelayed.events + on_bus.events
     lag_s = max(_age(unrelayed.oldest, now), _age(on_bus.oldest, now))
     parked = len(system.store(copy.context).parked(copy))

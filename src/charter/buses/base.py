@@ -36,7 +36,8 @@ class Bus(Protocol):
     def head(self, entity: str) -> int:
         """The position of the newest event of `entity` (0 when none)."""
 
-    def backlog(self, entity: str, after: int) -> Backlog: ...
+    def backlog(self, consumer: str, entity: str, after: int) -> Backlog:
+        """What `consumer` has not applied yet: how many events, and the oldest commit time."""
 
     def compact(self, retention_s: float) -> int:
         """Forget events older than the retention that every consumer has applied."""

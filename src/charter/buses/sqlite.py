@@ -84,7 +84,7 @@ class SQLiteBus:
         )
         return int(row[0] or 0)
 
-    def backlog(self, entity: str, after: int) -> Backlog:
+    def backlog(self, consumer: str, entity: str, after: int) -> Backlog:
         count, oldest = (
             self._conns.get()
             .execute(

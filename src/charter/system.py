@@ -53,7 +53,7 @@ class System:
     def bus(self) -> Bus:
         with self._lock:
             if self._bus is None:
-                self._bus = open_bus(self.charter.bus)
+                self._bus = open_bus(self.charter.bus, self.charter.name)
             return self._bus
 
     def close(self) -> None:

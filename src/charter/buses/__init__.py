@@ -5,13 +5,17 @@ from __future__ import annotations
 from charter.buses.base import Bus, Delivery
 
 
-def open_bus(url: str) -> Bus:
-    """The bus for a URL from the charter."""
+def open_bus(url: str, system: str) -> Bus:
+    """The bus for a URL from the charter of the system named `system`."""
     if url.startswith("sqlite:///"):
         from charter.buses.sqlite import SQLiteBus
 
         return SQLiteBus(url)
-    raise ValueError(f"no bus for '{url}' yet (supported: sqlite:///…)")
+    if url.startswith("nats://"):
+        from charter.buses.nats import NatsBus
+
+        return NatsBus(url, system)
+    raise ValueError(f"no bus for '{url}' (supported: sqlite:///…, nats://…)")
 
 
 __all__ = ["Bus", "Delivery", "open_bus"]

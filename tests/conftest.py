@@ -3,23 +3,21 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import charter
 from charter.system import System
+from tests.backends import BACKENDS, CONTEXTS, Backend
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTEXTS = ("customers", "orders", "shipping", "calendar")
 
 SHOP = """\
 charter: 1
-name: shop
+name: {name}
 bus: "{bus}"
 retention: 1h
 contexts:
@@ -67,38 +65,7 @@ copies:
 """
 
 
-@dataclass(frozen=True)
-class Backend:
-    """Where a test system keeps its stores and its bus."""
-
-    name: str
-
-    def urls(self, folder: Path) -> dict[str, str]:
-        if self.name == "sqlite":
-            urls = {ctx: f"sqlite:///{folder}/{ctx}.db" for ctx in CONTEXTS}
-            urls["bus"] = f"sqlite:///{folder}/bus.db"
-            return urls
-        raise ValueError(self.name)
-
-    def raw_execute(self, store_url: str, sql: str) -> None:
-        """Run SQL on a store the way a careless script would: a plain connection, no charter."""
-        if self.name == "sqlite":
-            conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
-            try:
-                conn.execute(sql)
-                conn.commit()
-            finally:
-                conn.close()
-            return
-        raise ValueError(self.name)
-
-    @property
-    def raw_error(self) -> type[Exception]:
-        """What the database raises when it refuses a raw write."""
-        return sqlite3.DatabaseError
-
-
-BACKENDS = [Backend("sqlite")]
+__all__ = ["CONTEXTS", "Backend"]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
@@ -107,11 +74,13 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 
 @pytest.fixture
-def shop_file(tmp_path: Path, backend: Backend) -> Path:
+def shop_file(tmp_path: Path, backend: Backend) -> Iterator[Path]:
     """A charter file for the shop, its stores and bus fresh for this test."""
     path = tmp_path / "charter.yaml"
-    path.write_text(SHOP.format(**backend.urls(tmp_path)))
-    return path
+    urls = backend.urls(tmp_path)
+    path.write_text(SHOP.format(**urls))
+    yield path
+    backend.cleanup(urls)
 
 
 @pytest.fixture

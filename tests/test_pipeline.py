@@ -140,7 +140,15 @@ def test_any_order_with_any_duplicates_converges_and_never_goes_back(
 ) -> None:
     folder = tmp_path_factory.mktemp("shop")
     path = folder / "charter.yaml"
-    path.write_text(SHOP.format(**backend.urls(folder)))
+    urls = backend.urls(folder)
+    path.write_text(SHOP.format(**urls))
+    try:
+        check_any_order(path, data)
+    finally:
+        backend.cleanup(urls)
+
+
+def check_any_order(path: Path, data: st.DataObject) -> None:
     with charter.load(path) as system:
         make_changes(system, data.draw(st.integers(5, 40)), seed=data.draw(st.integers(0, 999)))
         events = outbox_events(system)

@@ -12,13 +12,13 @@ SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 def sqlite_path(url: str) -> tuple[Path, str]:
-    """sqlite:///abs/path.db?synchronous=normal → (path, 'NORMAL'). FULL unless told."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
+    """sqlite:////abs/path.db?synchronous=normal → (path, 'NORMAL'). FULL unless told."""
+    query = parse_qs(urlsplit(url).query)
+    path = url[len("sqlite:///") :].split("?", 1)[0]
     synchronous = query.get("synchronous", ["FULL"])[0].upper()
     if synchronous not in SYNCHRONOUS:
         raise ValueError(f"{url}: synchronous must be one of {', '.join(SYNCHRONOUS)}")
-    return Path(parts.path), synchronous
+    return Path(path), synchronous
 
 
 def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:

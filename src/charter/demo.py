@@ -445,9 +445,7 @@ class _Demo:
                     conn.execute(statement, (ada.id,))
                 self.say("[bold red]NOT refused: the copy was changed[/]")
             except sqlite3.DatabaseError as exc:
-                self.say(
-                    f"[green]refused by SQLite[/] ({type(exc).__name__}): {escape(str(exc))}",
-                )
+                self.say(f"[green]refused by SQLite[/] ({type(exc).__name__}): {escape(str(exc))}")
 
         with self.step(
             4,
@@ -479,12 +477,12 @@ class _Demo:
             for check in compare_copies(system):
                 if check.equal:
                     self.say(
-                        f"[cyan]{check.copy}[/]: {check.rows:,} rows, all equal to "
+                        f"[cyan]{check.copy}[/]: {_count(check.rows, 'row')}, all equal to "
                         f"{check.owner}' current state",
                     )
                 else:
                     self.say(
-                        f"[bold red]{check.copy}: {check.rows:,} rows; {check.missing} "
+                        f"[bold red]{check.copy}: {_count(check.rows, 'row')}; {check.missing} "
                         f"missing, {check.extra} extra, {check.differ} differ[/]",
                     )
             self.private_and_snapshots(system)
@@ -585,11 +583,10 @@ class _Demo:
 
     @contextmanager
     def step(self, number: int, title: str, why: str) -> Iterator[None]:
+        """A titled step with the one line that says why it matters; its lines follow."""
         self.console.print()
         self.console.print(f"[bold]{number}. {escape(title)}[/]", highlight=False)
-        self.say(
-            f"[dim]why:[/] {escape(why)}",
-        )
+        self.say(f"[dim]why:[/] {escape(why)}")
         yield
 
     def say(self, markup: str) -> None:
@@ -598,15 +595,11 @@ class _Demo:
 
     def attempt(self, what: str, action: Callable[[], object], expected: type[Error]) -> None:
         """Try something charter must refuse, and show how it refuses."""
-        self.say(
-            f"→ {escape(what)}",
-        )
+        self.say(f"→ {escape(what)}")
         try:
             action()
         except expected as exc:
-            self.say(
-                f"[green]refused[/] ({type(exc).__name__}): {escape(str(exc))}",
-            )
+            self.say(f"[green]refused[/] ({type(exc).__name__}): {escape(str(exc))}")
         else:
             self.say(f"[bold red]NOT refused: expected {expected.__name__}[/]")
 
@@ -703,3 +696,7 @@ def _relative(path: Path, folder: Path) -> str:
         return str(path.relative_to(folder.resolve()))
     except ValueError:
         return str(path)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"

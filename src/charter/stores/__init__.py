@@ -11,7 +11,11 @@ def open_store(url: str) -> Store:
         from charter.stores.sqlite import SQLiteStore
 
         return SQLiteStore(url)
-    raise ValueError(f"no store for '{url}' yet (supported: sqlite:///…)")
+    if url.startswith(("postgresql://", "postgres://")):
+        from charter.stores.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"no store for '{url}' (supported: sqlite:///…, postgresql://…)")
 
 
 __all__ = ["Store", "open_store"]

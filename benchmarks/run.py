@@ -1,0 +1,1095 @@
+"""charter's figures in one run: each beside the raw limit of the same database and beside a
+peer (the ``eventsourcing`` library, see ``peer_eventsourcing.py``), with ratios and the
+targets from the issue.
+
+    .venv/bin/python benchmarks/run.py                 # everything (long: ~10 minutes)
+    .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
+    .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory
+
+Every SQLite connection in every measurement runs journal_mode=WAL, synchronous=FULL (each
+commit fsyncs the WAL): charter's default, eventsourcing's effective default, and set
+explicitly on the raw connections. A target missed prints MISS; the exit status is 0 anyway.
+A full run (no --quick, no --only) rewrites the generated part of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import random
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import peer_eventsourcing as peer
+
+import charter
+from charter.events import Event
+from charter.ids import uuid7
+from charter.runner import Runner
+from charter.system import ContextHandle, System
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
+SECTIONS = ("owner", "pipeline", "latency", "memory")
+DURABILITY = "journal_mode=WAL, synchronous=FULL"
+UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
+ENTITY = "Customer"
+COPIES = ("order_customers", "mailing_customers")
+SYNC_TIMEOUT_S = 1800.0
+
+CHARTER_FILE = """\
+charter: 1
+name: bench
+bus: sqlite:///bus.db
+contexts:
+  customers: {team: customer-team, store: "sqlite:///customers.db"}
+  orders:    {team: order-team,    store: "sqlite:///orders.db"}
+  mailing:   {team: marketing,     store: "sqlite:///mailing.db"}
+entities:
+  Customer:
+    owner: customers
+    why: creates accounts; keeps e-mail addresses unique
+    fields:
+      name:  {type: string}
+      email: {type: string, unique: true}
+copies:
+  order_customers:
+    in: orders
+    of: Customer
+    fields: [name, email]
+    window: 5s
+    breaks: order confirmations go to an outdated e-mail address
+  mailing_customers:
+    in: mailing
+    of: Customer
+    fields: [name, email]
+    window: 5s
+    breaks: newsletters go to an outdated e-mail address
+"""
+# (store file, copy name) of the two copies above.
+COPY_FILES = (("orders.db", "order_customers"), ("mailing.db", "mailing_customers"))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    owner_commits: int
+    pipeline_changes: int
+    peer_pipeline_changes: int
+    latency_s: float
+    memory_changes: int
+
+
+FULL = Sizes(5000, 100_000, 20_000, 10.0, 1_000_000)
+QUICK = Sizes(1500, 20_000, 5_000, 3.0, 100_000)
+
+
+@dataclass
+class Row:
+    """One line of the figures table (already formatted)."""
+
+    measure: str
+    raw: str
+    ours: str
+    peer: str
+    ratio: str
+    target: str
+    verdict: str
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        say(f"  {text}")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "**MISS**"
+
+
+# --- helpers: folders, raw connections, the charter system ---------------------------------
+
+
+@contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix=f"charter-bench-{prefix}-") as tmp:
+        yield Path(tmp)
+
+
+def raw_connect(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection at the same durability setting as charter's."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def pragmas(conn: sqlite3.Connection) -> str:
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[
+        conn.execute("PRAGMA synchronous").fetchone()[0]
+    ]
+    return f"journal_mode={mode}, synchronous={sync}"
+
+
+def new_system(folder: Path) -> System:
+    """A fresh charter system in `folder`, every store and the bus opened and prepared."""
+    path = folder / "charter.yaml"
+    path.write_text(CHARTER_FILE)
+    system = charter.load(path)
+    for name in system.charter.contexts:
+        system.store(name)
+    _ = system.bus
+    return system
+
+
+def charter_pragmas(system: System) -> str:
+    """The setting charter's own connections really run with (read through the store)."""
+    conns: Any = getattr(system.store("customers"), "_conns", None)
+    if conns is None:
+        return "unknown (store has no sqlite connection)"
+    return pragmas(conns.get())
+
+
+def cloud_event(entity_id: str, version: int, op: str, name: str, email: str) -> Event:
+    changed = ("name", "email") if op == "created" else ("email",)
+    return Event(
+        uuid7(),
+        ENTITY,
+        entity_id,
+        version,
+        op,
+        changed,
+        {"name": name, "email": email},
+        "customers",
+        "2026-11-23T12:00:00.000000Z",
+    )
+
+
+class Progress:
+    """Reads the files (its own connections) to tell when both copies hold everything the
+    owner committed: outbox fully relayed and each copy's checkpoint at the bus head."""
+
+    def __init__(self, folder: Path) -> None:
+        self.owner = sqlite3.connect(folder / "customers.db", isolation_level=None)
+        self.bus = sqlite3.connect(folder / "bus.db", isolation_level=None)
+        self.copies = [
+            (sqlite3.connect(folder / file, isolation_level=None), name)
+            for file, name in COPY_FILES
+        ]
+
+    def synced(self) -> bool:
+        last = self.owner.execute("SELECT max(seq) FROM charter_outbox").fetchone()[0] or 0
+        relayed = self.owner.execute("SELECT position FROM charter_relay").fetchone()[0] or 0
+        if relayed < last:
+            return False
+        head = self.bus.execute(
+            "SELECT max(seq) FROM events WHERE entity = ?", (ENTITY,)
+        ).fetchone()[0]
+        for conn, name in self.copies:
+            row = conn.execute(
+                "SELECT position FROM charter_checkpoint WHERE copy = ?", (name,)
+            ).fetchone()
+            if row is None or row[0] < (head or 0):
+                return False
+        return True
+
+    def wait(
+        self, timeout: float = SYNC_TIMEOUT_S, check: Callable[[], None] | None = None
+    ) -> None:
+        deadline = time.perf_counter() + timeout
+        while not self.synced():
+            if check is not None:
+                check()
+            if time.perf_counter() > deadline:
+                raise TimeoutError("the copies did not catch up in time")
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        for conn in (self.owner, self.bus, *(c for c, _ in self.copies)):
+            conn.close()
+
+
+def charter_command() -> list[str]:
+    script = Path(sys.executable).parent / "charter"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from charter.cli import main; main()"]
+
+
+@contextmanager
+def charter_run(folder: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`charter run` in a process of its own, sharing the files; stopped with SIGTERM."""
+    log: IO[bytes] = (folder / "run.log").open("wb")
+    proc = subprocess.Popen(
+        [*charter_command(), "run", "-f", str(folder / "charter.yaml")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=folder,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def alive(proc: subprocess.Popen[bytes], folder: Path) -> Callable[[], None]:
+    def check() -> None:
+        if proc.poll() is not None:
+            tail = (folder / "run.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"charter run exited with {proc.returncode}:\n{tail}")
+
+    return check
+
+
+class ChangeMaker:
+    """~90% creates, ~10% email updates of customers from earlier transactions (the peer's
+    pipeline mix); every e-mail address unique, since the charter's Customer says so."""
+
+    def __init__(self, ctx: ContextHandle, seed: int = 1234) -> None:
+        self.ctx, self.rng = ctx, random.Random(seed)
+        self.known: list[str] = []
+        self.seq = 0
+
+    def batch(self, size: int) -> None:
+        seq, self.seq = self.seq, self.seq + 1
+        n_updates = min(int(size * UPDATE_FRACTION), len(self.known))
+        with self.ctx.transaction() as tx:
+            for k, cid in enumerate(self.rng.sample(self.known, n_updates)):
+                tx.update(ENTITY, cid, email=f"moved{seq}-{k}@example.org")
+            for i in range(size - n_updates):
+                record = tx.create(ENTITY, name=f"name{seq}-{i}", email=f"c{seq}-{i}@example.org")
+                self.known.append(record.id)
+
+    def write(self, n: int, per_transaction: int) -> float:
+        """Write n changes; returns the seconds it took."""
+        start = time.perf_counter()
+        done = 0
+        while done < n:
+            size = min(per_transaction, n - done)
+            self.batch(size)
+            done += size
+        return time.perf_counter() - start
+
+
+def check_copies(system: System, maker: ChangeMaker) -> None:
+    """Both copies hold every customer, and the newest one with the owner's values."""
+    owner = system.context("customers")
+    probe = maker.known[-1]
+    want = owner.get(ENTITY, probe)
+    for file, name in COPY_FILES:
+        context = file.removesuffix(".db")
+        copy = system.context(context).copy(name)
+        got = copy.get(probe)
+        if want is None or got is None or got["email"] != want["email"]:
+            raise RuntimeError(f"{name}: the copy of {probe} is wrong: {got!r} vs {want!r}")
+        if len(copy) != len(maker.known):
+            raise RuntimeError(f"{name}: {len(copy)} rows, the owner has {len(maker.known)}")
+
+
+# --- 1. owner writes -----------------------------------------------------------------------
+
+RAW_OWNER_SCHEMA = """
+CREATE TABLE customer (
+    id TEXT PRIMARY KEY, version INTEGER NOT NULL, name TEXT, email TEXT
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX customer_email_unique ON customer (email);
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, entity TEXT NOT NULL,
+    entity_id TEXT NOT NULL, version INTEGER NOT NULL, op TEXT NOT NULL,
+    changed TEXT NOT NULL, time TEXT NOT NULL, body BLOB NOT NULL
+);
+CREATE INDEX outbox_entity_id ON outbox (entity_id);
+CREATE TABLE guard (open INTEGER NOT NULL);
+INSERT INTO guard VALUES (0);
+"""
+RAW_INSERT = "INSERT INTO customer (id, version, name, email) VALUES (?, ?, ?, ?)"
+RAW_UPDATE = "UPDATE customer SET version = ?, email = ? WHERE id = ? AND version = ?"
+RAW_OUTBOX = (
+    "INSERT INTO outbox (event_id, entity, entity_id, version, op, changed, time, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+OutboxParams = tuple[str, str, str, int, str, str, str, bytes]
+
+
+def outbox_params(event: Event) -> OutboxParams:
+    return (
+        event.id,
+        event.entity,
+        event.entity_id,
+        event.version,
+        event.op,
+        ",".join(event.changed),
+        event.time,
+        event.encode(),
+    )
+
+
+def raw_owner_db(folder: Path, guard: bool = False) -> sqlite3.Connection:
+    conn = raw_connect(folder / "raw-owner.db")
+    conn.executescript(RAW_OWNER_SCHEMA)
+    if guard:  # charter's single-writer triggers, as the SQLite store creates them
+        for action in ("INSERT", "UPDATE", "DELETE"):
+            conn.execute(
+                f"CREATE TRIGGER customer_guard_{action.lower()} BEFORE {action} ON customer "
+                "WHEN (SELECT open FROM guard) IS NOT 1 BEGIN SELECT RAISE(ABORT, 'no'); END"
+            )
+    return conn
+
+
+class OwnerWriters:
+    """The four owner writers of measurement 1, each on its own file, each doing one
+    create per commit. `step(i)` does command i and returns nothing; the caller times it.
+
+    raw:        BEGIN IMMEDIATE; entity row; outbox row; COMMIT (plain sqlite3). Ids and
+                JSON bodies are made before the clock starts: the database's own limit.
+    raw+guard:  the same plus charter's single-writer guard (two UPDATEs of a one-row
+                table and BEFORE triggers), to show what the guard costs on its own.
+    charter:    with ctx.transaction() as tx: tx.create("Customer", name=..., email=...)
+    peer:       eventsourcing Registry.register(name, email): one save(), one transaction
+                (the Registry of peer_eventsourcing.py, as its owner_writes() runs it).
+    """
+
+    NAMES = ("raw", "raw+guard", "charter", "eventsourcing")
+
+    def __init__(self, folder: Path, n: int) -> None:
+        self.rows: list[tuple[tuple[str, int, str, str], OutboxParams]] = []
+        for i in range(n):
+            cid = uuid7()
+            name, email = f"name{i}", f"c{i}@example.org"
+            event = cloud_event(cid, 1, "created", name, email)
+            self.rows.append(((cid, 1, name, email), outbox_params(event)))
+        (folder / "raw").mkdir()
+        (folder / "guard").mkdir()
+        (folder / "charter").mkdir()
+        self.raw = raw_owner_db(folder / "raw")
+        self.guarded = raw_owner_db(folder / "guard", guard=True)
+        self.system = new_system(folder / "charter")
+        self.ctx = self.system.context("customers")
+        self.peer = peer.Registry(env=peer._env_for(peer.Registry.name, folder / "es.sqlite"))
+        self.steps: dict[str, Callable[[int], None]] = {
+            "raw": self.raw_step,
+            "raw+guard": self.guard_step,
+            "charter": self.charter_step,
+            "eventsourcing": self.peer_step,
+        }
+
+    def raw_step(self, i: int) -> None:
+        entity_row, outbox_row = self.rows[i]
+        conn = self.raw
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(RAW_INSERT, entity_row)
+        conn.execute(RAW_OUTBOX, outbox_row)
+        conn.execute("COMMIT")
+
+    def guard_step(self, i: int) -> None:
+        entity_row, outbox_row = self.rows[i]
+        conn = self.guarded
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE guard SET open = 1")
+        conn.execute(RAW_INSERT, entity_row)
+        conn.execute(RAW_OUTBOX, outbox_row)
+        conn.execute("UPDATE guard SET open = 0")
+        conn.execute("COMMIT")
+
+    def charter_step(self, i: int) -> None:
+        with self.ctx.transaction() as tx:
+            tx.create(ENTITY, name=f"name{i}", email=f"c{i}@example.org")
+
+    def peer_step(self, i: int) -> None:
+        self.peer.register(f"name{i}", f"c{i}@example.org")
+
+    def close(self) -> None:
+        self.raw.close()
+        self.guarded.close()
+        self.system.close()
+        self.peer.close()
+
+
+def owner_samples(n: int, warmup: int = 50) -> dict[str, list[float]]:
+    """Seconds per commit, every commit timed, the four writers taking turns commit by
+    commit (in a rotating order), so that all of them meet the same disk at the same moment:
+    this machine's fsync time wanders (other work shares the disk) and separate runs of a
+    few seconds each differed by 2-3x."""
+    samples: dict[str, list[float]] = {name: [] for name in OwnerWriters.NAMES}
+    with scratch("owner") as folder:
+        writers = OwnerWriters(folder, warmup + n)
+        try:
+            order = list(OwnerWriters.NAMES)
+            clock = time.perf_counter
+            for i in range(warmup + n):
+                order.append(order.pop(0))
+                for name in order:
+                    step = writers.steps[name]
+                    start = clock()
+                    step(i)
+                    elapsed = clock() - start
+                    if i >= warmup:
+                        samples[name].append(elapsed)
+            if writers.peer.recorder.max_notification_id() != warmup + n:
+                raise RuntimeError("eventsourcing did not record every command")
+        finally:
+            writers.close()
+    return samples
+
+
+def bench_owner(sizes: Sizes, report: Report) -> None:
+    n = sizes.owner_commits
+    say(f"\n[1] owner writes: one entity per transaction, {n} commits each, taking turns")
+    samples = owner_samples(n)
+    median = {name: statistics.median(v) * 1e6 for name, v in samples.items()}
+    mean = {name: statistics.fmean(v) * 1e6 for name, v in samples.items()}
+    p99 = {name: percentile(v, 99) * 1e6 for name, v in samples.items()}
+    for name in OwnerWriters.NAMES:
+        say(
+            f"  {name:14s} median {median[name]:6.0f} µs  mean {mean[name]:6.0f} µs  "
+            f"p99 {p99[name]:6.0f} µs"
+        )
+    alone = peer.owner_writes(n) * 1e6
+    say(f"  eventsourcing owner_writes({n}) on its own, as a cross-check: {alone:.0f} µs")
+
+    def overheads(figures: dict[str, float]) -> tuple[float, float, float]:
+        ours = figures["charter"] - figures["raw"]
+        theirs = figures["eventsourcing"] - figures["raw"]
+        return ours, theirs, (ours / theirs if theirs > 0 else float("inf"))
+
+    our_over, peer_over, ratio = overheads(median)
+    mean_ours, mean_peer, mean_ratio = overheads(mean)
+    report.rows.append(
+        Row(
+            "1. owner write, 1 entity/commit (µs/commit, median)",
+            f"{median['raw']:.0f}",
+            f"{median['charter']:.0f} (+{our_over:.0f} over raw)",
+            f"{median['eventsourcing']:.0f} (+{peer_over:.0f} over raw)",
+            f"overhead ours/peer's = {ratio:.2f}",
+            "≤ 0.33",
+            verdict(ratio <= 1 / 3),
+        )
+    )
+    report.note(
+        f"owner writes: {n:,} commits each, every commit timed, the four writers taking turns "
+        "commit by commit. Median µs/commit: "
+        + ", ".join(f"{k} {median[k]:.0f}" for k in OwnerWriters.NAMES)
+        + "; mean (includes WAL checkpoints and disk hiccups): "
+        + ", ".join(f"{k} {mean[k]:.0f}" for k in OwnerWriters.NAMES)
+        + "; p99: "
+        + ", ".join(f"{k} {p99[k]:.0f}" for k in OwnerWriters.NAMES)
+    )
+    report.note(
+        f"owner writes by the mean: overhead charter +{mean_ours:.0f} µs, eventsourcing "
+        f"+{mean_peer:.0f} µs, ratio {mean_ratio:.2f}. eventsourcing's own owner_writes({n:,}) "
+        f"run alone right after: {alone:.0f} µs/command"
+    )
+    report.note(
+        f"owner writes: charter's single-writer guard alone (raw+guard minus raw) costs "
+        f"{median['raw+guard'] - median['raw']:+.0f} µs of charter's {our_over:.0f} µs "
+        "overhead (median)"
+    )
+
+
+# --- 2. end to end -------------------------------------------------------------------------
+
+RAW_BUS_SCHEMA = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, entity TEXT NOT NULL,
+    subject TEXT NOT NULL, time TEXT NOT NULL, published_at REAL NOT NULL, body BLOB NOT NULL
+);
+CREATE INDEX events_entity_seq ON events (entity, seq);
+"""
+RAW_COPY_SCHEMA = """
+CREATE TABLE copy (
+    id TEXT PRIMARY KEY, version INTEGER NOT NULL, name TEXT, email TEXT, synced_at TEXT
+) WITHOUT ROWID;
+CREATE TABLE checkpoint (id INTEGER PRIMARY KEY, position INTEGER NOT NULL);
+"""
+RAW_UPSERT = (
+    "INSERT INTO copy (id, version, name, email, synced_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET version = excluded.version, name = excluded.name, "
+    "email = excluded.email, synced_at = excluded.synced_at WHERE excluded.version > copy.version"
+)
+
+RawChange = tuple[str, int, str, str, OutboxParams]  # id, version, name, email, outbox row
+
+
+def raw_changes(n: int, per_transaction: int) -> list[list[RawChange]]:
+    """The pipeline's change mix as ready-made rows, one list per transaction."""
+    rng = random.Random(1234)
+    known: list[tuple[str, str]] = []  # (id, name)
+    versions: dict[str, int] = {}
+    batches: list[list[RawChange]] = []
+    done, seq = 0, 0
+    while done < n:
+        size = min(per_transaction, n - done)
+        n_updates = min(int(size * UPDATE_FRACTION), len(known))
+        batch: list[RawChange] = []
+        for k, (cid, name) in enumerate(rng.sample(known, n_updates)):
+            version = versions[cid] = versions[cid] + 1
+            email = f"moved{seq}-{k}@example.org"
+            event = cloud_event(cid, version, "updated", name, email)
+            batch.append((cid, version, name, email, outbox_params(event)))
+        for i in range(size - n_updates):
+            cid, name, email = uuid7(), f"name{seq}-{i}", f"c{seq}-{i}@example.org"
+            versions[cid] = 1
+            known.append((cid, name))
+            batch.append(
+                (cid, 1, name, email, outbox_params(cloud_event(cid, 1, "created", name, email)))
+            )
+        batches.append(batch)
+        done += size
+        seq += 1
+    return batches
+
+
+def raw_owner_tx(conn: sqlite3.Connection, batch: list[RawChange]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    for cid, version, name, email, _ in batch:
+        if version == 1:
+            conn.execute(RAW_INSERT, (cid, 1, name, email))
+        else:
+            conn.execute(RAW_UPDATE, (version, email, cid, version - 1))
+    conn.executemany(RAW_OUTBOX, [change[4] for change in batch])
+    conn.execute("COMMIT")
+
+
+def raw_pipeline(n: int, per_transaction: int) -> tuple[float, float]:
+    """(owner side only, whole path) in changes/s, plain sqlite3 in one thread.
+
+    Owner side: the owner's transactions alone (entity rows + outbox rows, 100 a commit).
+    Whole path: the same work charter does, done by the simplest possible code, serially:
+    owner commit; read the new outbox rows and publish them to a bus file in one commit;
+    for each of two copies read them from the bus, decode the JSON and upsert them with a
+    checkpoint in one commit. Four fsynced commits per 100 changes."""
+    batches = raw_changes(n, per_transaction)
+    with scratch("raw-pipeline") as folder:
+        conn = raw_owner_db(folder)
+        start = time.perf_counter()
+        for batch in batches:
+            raw_owner_tx(conn, batch)
+        owner_only = n / (time.perf_counter() - start)
+        conn.close()
+    with scratch("raw-path") as folder:
+        owner = raw_owner_db(folder)
+        bus = raw_connect(folder / "bus.db")
+        bus.executescript(RAW_BUS_SCHEMA)
+        copies: list[sqlite3.Connection] = []
+        for name in COPIES:
+            copy = raw_connect(folder / f"{name}.db")
+            copy.executescript(RAW_COPY_SCHEMA)
+            copies.append(copy)
+        positions = [0 for _ in copies]
+        relayed = 0
+        start = time.perf_counter()
+        for batch in batches:
+            raw_owner_tx(owner, batch)
+            rows = owner.execute(
+                "SELECT seq, event_id, entity, entity_id, time, body FROM outbox WHERE seq > ? "
+                "ORDER BY seq",
+                (relayed,),
+            ).fetchall()
+            now = time.time()
+            bus.execute("BEGIN IMMEDIATE")
+            bus.executemany(
+                "INSERT OR IGNORE INTO events (event_id, entity, subject, time, published_at, "
+                "body) VALUES (?, ?, ?, ?, ?, ?)",
+                [(r[1], r[2], r[3], r[4], now, r[5]) for r in rows],
+            )
+            bus.execute("COMMIT")
+            relayed = rows[-1][0]
+            for k, copy in enumerate(copies):
+                got = bus.execute(
+                    "SELECT seq, body FROM events WHERE entity = ? AND seq > ? ORDER BY seq",
+                    (ENTITY, positions[k]),
+                ).fetchall()
+                stamp = dt.datetime.now(dt.UTC).isoformat()
+                params = []
+                for _, body in got:
+                    doc = orjson.loads(body)
+                    data = doc["data"]
+                    params.append(
+                        (doc["subject"], doc["entityversion"], data["name"], data["email"], stamp)
+                    )
+                copy.execute("BEGIN IMMEDIATE")
+                copy.executemany(RAW_UPSERT, params)
+                copy.execute("INSERT OR REPLACE INTO checkpoint VALUES (1, ?)", (got[-1][0],))
+                copy.execute("COMMIT")
+                positions[k] = got[-1][0]
+        whole = n / (time.perf_counter() - start)
+        for conn in (owner, bus, *copies):
+            conn.close()
+    return owner_only, whole
+
+
+def charter_pipeline_in_process(n: int, per_transaction: int) -> tuple[float, float]:
+    """(writer-side rate, end-to-end rate): the owner writes in the main thread while a
+    Runner moves the events in background threads of the same process."""
+    with scratch("pipeline") as folder:
+        system = new_system(folder)
+        progress = Progress(folder)
+        runner = Runner(system).start()
+        try:
+            maker = ChangeMaker(system.context("customers"))
+            maker.batch(per_transaction)  # warm-up, drained before the clock starts
+            progress.wait()
+            start = time.perf_counter()
+            written = maker.write(n, per_transaction)
+            progress.wait()
+            elapsed = time.perf_counter() - start
+        finally:
+            runner.stop()
+            progress.close()
+        if runner.errors:
+            raise RuntimeError(f"runner errors: {runner.errors[:3]}")
+        check_copies(system, maker)
+        system.close()
+    return n / written, n / elapsed
+
+
+def charter_pipeline_process(n: int, per_transaction: int) -> tuple[float, float]:
+    """The same, with the runner as a separate `charter run` process sharing the files."""
+    with scratch("pipeline-proc") as folder:
+        system = new_system(folder)
+        progress = Progress(folder)
+        try:
+            with charter_run(folder) as proc:
+                check = alive(proc, folder)
+                maker = ChangeMaker(system.context("customers"))
+                maker.batch(per_transaction)
+                progress.wait(60, check)
+                start = time.perf_counter()
+                written = maker.write(n, per_transaction)
+                progress.wait(check=check)
+                elapsed = time.perf_counter() - start
+        finally:
+            progress.close()
+        check_copies(system, maker)
+        system.close()
+    return n / written, n / elapsed
+
+
+def bench_pipeline(sizes: Sizes, report: Report, in_process: bool, separate: bool) -> None:
+    n, n_peer, per = sizes.pipeline_changes, sizes.peer_pipeline_changes, 100
+    say(f"\n[2] end to end: {n} changes, {per} per transaction, two copies")
+    owner_only, whole = raw_pipeline(n, per)
+    say(f"  raw sqlite3: owner side {owner_only:,.0f}/s, whole path in one thread {whole:,.0f}/s")
+    say(f"  eventsourcing pipeline({n_peer}) ...")
+    peer_rate = peer.pipeline(n_peer, per)
+    say(f"  eventsourcing: {peer_rate:,.0f} changes/s")
+    variants: list[tuple[str, Callable[[int, int], tuple[float, float]]]] = []
+    if in_process:
+        variants.append(("runner in background threads", charter_pipeline_in_process))
+    if separate:
+        variants.append(("runner as `charter run` process", charter_pipeline_process))
+    for label, run in variants:
+        writer_rate, rate = run(n, per)
+        say(f"  charter, {label}: {rate:,.0f} changes/s (owner wrote at {writer_rate:,.0f}/s)")
+        x_peer = rate / peer_rate
+        report.rows.append(
+            Row(
+                f"2. end to end, {label} (changes/s)",
+                f"{owner_only:,.0f} owner side; {whole:,.0f} whole path",
+                f"{rate:,.0f}",
+                f"{peer_rate:,.0f}",
+                f"{x_peer:.1f}x peer; {rate / whole:.2f}x raw whole path",
+                "≥ 20,000/s; ≥ 10x peer",
+                f"{verdict(rate >= 20_000)}; {verdict(x_peer >= 10)}",
+            )
+        )
+        report.note(
+            f"end to end, {label}: {n:,} changes; the owner alone wrote at {writer_rate:,.0f}/s "
+            f"while the runner ran; clock from first write to both copies holding the last one"
+        )
+    report.note(
+        f"end to end, eventsourcing: pipeline({n_peer:,}) — fewer changes than charter's "
+        f"{n:,}, as it runs at about a thousand a second (leader + 2 followers, "
+        "MultiThreadedRunner)"
+    )
+    report.note(
+        f"end to end, raw limits: owner side only {owner_only:,.0f}/s (entity + outbox rows, "
+        f"100 a commit); whole path {whole:,.0f}/s (owner, bus, two copies: 4 commits per 100 "
+        "changes, one thread, no framework)"
+    )
+
+
+# --- 3. propagation latency ----------------------------------------------------------------
+
+
+def _moment(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def paced_writes(
+    ctx: ContextHandle, seconds: float, rate: float, tag: str
+) -> tuple[list[str], float]:
+    """One create per transaction, each due at start + i/rate; returns ids and achieved rate."""
+    n = int(seconds * rate)
+    ids: list[str] = []
+    start = time.perf_counter()
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        with ctx.transaction() as tx:
+            ids.append(tx.create(ENTITY, name=f"{tag}{i}", email=f"{tag}{i}@example.org").id)
+    return ids, n / (time.perf_counter() - start)
+
+
+def latencies(folder: Path, ids: list[str]) -> list[float]:
+    """Seconds from each change's commit time (the event's `time`, stamped by the owner just
+    before its COMMIT) to the moment the later of the two copies applied it (the copy row's
+    `synced_at`, stamped just before the copy's COMMIT)."""
+    owner = sqlite3.connect(folder / "customers.db")
+    wanted = set(ids)
+    committed = {
+        entity_id: _moment(t)
+        for entity_id, t in owner.execute("SELECT entity_id, time FROM charter_outbox")
+        if entity_id in wanted
+    }
+    owner.close()
+    applied: dict[str, float] = {}
+    for file, name in COPY_FILES:
+        conn = sqlite3.connect(folder / file)
+        for entity_id, synced in conn.execute(f'SELECT id, synced_at FROM "{name}"'):
+            if entity_id in wanted:
+                moment = _moment(synced)
+                applied[entity_id] = max(applied.get(entity_id, 0.0), moment)
+        conn.close()
+    missing = wanted - set(applied)
+    if missing:
+        raise RuntimeError(f"{len(missing)} changes never reached the copies")
+    return [applied[i] - committed[i] for i in ids]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def latency_in_process(seconds: float, rate: float) -> tuple[list[float], float]:
+    with scratch("latency") as folder:
+        system = new_system(folder)
+        progress = Progress(folder)
+        runner = Runner(system).start()
+        try:
+            ctx = system.context("customers")
+            paced_writes(ctx, 0.3, rate, "warm")
+            progress.wait()
+            ids, achieved = paced_writes(ctx, seconds, rate, "c")
+            progress.wait()
+        finally:
+            runner.stop()
+            progress.close()
+            system.close()
+        return latencies(folder, ids), achieved
+
+
+def latency_process(seconds: float, rate: float) -> tuple[list[float], float]:
+    with scratch("latency-proc") as folder:
+        system = new_system(folder)
+        progress = Progress(folder)
+        try:
+            with charter_run(folder) as proc:
+                check = alive(proc, folder)
+                ctx = system.context("customers")
+                paced_writes(ctx, 0.3, rate, "warm")
+                progress.wait(60, check)
+                ids, achieved = paced_writes(ctx, seconds, rate, "c")
+                progress.wait(60, check)
+        finally:
+            progress.close()
+            system.close()
+        return latencies(folder, ids), achieved
+
+
+def bench_latency(sizes: Sizes, report: Report) -> None:
+    rate, seconds = 1000.0, sizes.latency_s
+    say(f"\n[3] propagation latency at a steady {rate:.0f} changes/s for {seconds:.0f} s each")
+    cases: list[tuple[str, Callable[[float, float], tuple[list[float], float]], float]] = [
+        ("runner in background threads", latency_in_process, 0.010),
+        ("runner as `charter run` process", latency_process, 0.050),
+    ]
+    for label, run, target in cases:
+        values, achieved = run(seconds, rate)
+        p50, p99, top = percentile(values, 50), percentile(values, 99), max(values)
+        say(
+            f"  {label}: p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max {top * 1e3:.1f} ms "
+            f"({len(values)} changes at {achieved:.0f}/s)"
+        )
+        report.rows.append(
+            Row(
+                f"3. latency owner commit → both copies, {label}",
+                "n/a",
+                f"p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms",
+                "n/a",
+                f"max {top * 1e3:.1f} ms",
+                f"p99 ≤ {target * 1e3:.0f} ms",
+                verdict(p99 <= target),
+            )
+        )
+        report.note(
+            f"latency, {label}: {len(values):,} changes, one per transaction, paced at "
+            f"{achieved:.0f}/s achieved; from the event's commit stamp to the later copy's "
+            "synced_at stamp"
+        )
+
+
+# --- 4. memory of `charter run` ------------------------------------------------------------
+
+
+def read_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in kB."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int, int]] = []  # (t, VmRSS kB, VmHWM kB)
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        start = time.perf_counter()
+        while not self._stop.wait(self.every):
+            try:
+                status = read_status(self.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            self.samples.append((time.perf_counter() - start, status["VmRSS"], status["VmHWM"]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join()
+
+
+def bench_memory(sizes: Sizes, report: Report) -> None:
+    n, per = sizes.memory_changes, 1000
+    say(f"\n[4] `charter run` memory: {n:,} changes, {per} per transaction, two copies")
+    with scratch("memory") as folder:
+        system = new_system(folder)
+        progress = Progress(folder)
+        try:
+            with charter_run(folder) as proc:
+                check = alive(proc, folder)
+                maker = ChangeMaker(system.context("customers"))
+                maker.batch(per)
+                progress.wait(60, check)
+                baseline = read_status(proc.pid)["VmRSS"]
+                sampler = Sampler(proc.pid)
+                sampler.start()
+                start = time.perf_counter()
+                written = maker.write(n, per)
+                progress.wait(check=check)
+                elapsed = time.perf_counter() - start
+                sampler.stop()
+                final = read_status(proc.pid)
+        finally:
+            progress.close()
+        check_copies(system, maker)
+        system.close()
+    peak_mb = final["VmHWM"] / 1024
+    rss_max = max(s[1] for s in sampler.samples) / 1024
+    say(
+        f"  runner RSS: {baseline / 1024:.0f} MB after warm-up, max sampled {rss_max:.0f} MB, "
+        f"peak (VmHWM) {peak_mb:.0f} MB, {final['VmRSS'] / 1024:.0f} MB at the end; "
+        f"owner wrote at {n / written:,.0f}/s, copies caught up after {elapsed:.0f} s"
+    )
+    report.rows.append(
+        Row(
+            f"4. `charter run` resident memory over {n:,} changes (MB)",
+            "n/a",
+            f"peak {peak_mb:.0f} (VmHWM)",
+            "n/a",
+            f"{baseline / 1024:.0f} after warm-up → {final['VmRSS'] / 1024:.0f} at the end",
+            "< 150 MB",
+            verdict(peak_mb < 150),
+        )
+    )
+    report.note(
+        f"memory: {len(sampler.samples)} samples of /proc/<pid>/status every 0.1 s over "
+        f"{elapsed:.0f} s; max VmRSS sampled {rss_max:.0f} MB; the owner wrote {n:,} changes "
+        f"in {written:.0f} s ({n / written:,.0f}/s), both copies held them all after "
+        f"{elapsed:.0f} s ({n / elapsed:,.0f}/s end to end)"
+    )
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    ram = "unknown"
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal"):
+                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return {
+        "cpu": f"{model}, {os.cpu_count()} cores",
+        "ram": ram,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "charter": importlib.metadata.version("charter"),
+        "eventsourcing": importlib.metadata.version("eventsourcing"),
+    }
+
+
+def peer_setting() -> str:
+    with scratch("probe") as folder:
+        app = peer.Registry(env=peer._env_for(peer.Registry.name, folder / "probe.sqlite"))
+        try:
+            found = peer.sqlite_settings(app)
+        finally:
+            app.close()
+    sync = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}.get(found["synchronous"], "?")
+    return f"journal_mode={found['journal_mode']}, synchronous={sync}"
+
+
+def table(rows: list[Row]) -> str:
+    head = Row("measurement", "raw SQLite", "charter", "eventsourcing", "ratio", "target", "result")
+    lines = []
+    for i, row in enumerate([head, *rows]):
+        cells = [row.measure, row.raw, row.ours, row.peer, row.ratio, row.target, row.verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+        if i == 0:
+            lines.append("|" + "---|" * len(cells))
+    return "\n".join(lines)
+
+
+def render(report: Report, info: dict[str, str], settings: dict[str, str], mode: str) -> str:
+    lines = [
+        "# charter benchmarks: results",
+        "",
+        f"Date: {dt.date.today().isoformat()}. Mode: {mode}. Produced by "
+        "`.venv/bin/python benchmarks/run.py` (see README.md for what each figure means).",
+        "",
+        "## Machine",
+        "",
+        *(f"- {key}: {value}" for key, value in info.items()),
+        "",
+        "## Durability",
+        "",
+        f"Every SQLite connection in every measurement: **{DURABILITY}** (each commit fsyncs "
+        "the write-ahead log, so a committed change survives power loss). It is charter's "
+        "default and eventsourcing's effective default on this machine (eventsourcing sets WAL "
+        "and leaves synchronous at SQLite's compiled-in default, FULL here), so no one is "
+        "measured at a setting it would not ship with. Checked on live connections:",
+        "",
+        *(f"- {key}: {value}" for key, value in settings.items()),
+        "",
+        "## Figures",
+        "",
+        table(report.rows),
+        "",
+        "## Details",
+        "",
+        *(f"- {note}" for note in report.notes),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(text: str) -> None:
+    kept = f"{READING_MARK}\n\n## Reading the figures\n\n(to be written)\n"
+    if RESULTS.exists():
+        old = RESULTS.read_text()
+        if READING_MARK in old:
+            kept = READING_MARK + old.split(READING_MARK, 1)[1]
+    RESULTS.write_text(text + "\n" + kept)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller counts (a few minutes)")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, help="run only this measurement (repeatable)"
+    )
+    parser.add_argument(
+        "--no-separate-process",
+        action="store_true",
+        help="skip the `charter run` process variant of the end-to-end measurement",
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="write RESULTS.md even for --quick or --only"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    chosen = args.only or list(SECTIONS)
+    info = machine()
+    say("charter benchmarks: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    with scratch("setting") as folder:
+        system = new_system(folder)
+        ours = charter_pragmas(system)
+        system.close()
+    with scratch("raw-setting") as folder:
+        raw = raw_connect(folder / "probe.db")
+        raw_setting = pragmas(raw)
+        raw.close()
+    settings = {"charter": ours, "raw sqlite3": raw_setting, "eventsourcing": peer_setting()}
+    say(f"durability: {DURABILITY} — " + "; ".join(f"{k}: {v}" for k, v in settings.items()))
+
+    report = Report()
+    started = time.perf_counter()
+    if "owner" in chosen:
+        bench_owner(sizes, report)
+    if "pipeline" in chosen:
+        bench_pipeline(sizes, report, True, not args.no_separate_process)
+    if "latency" in chosen:
+        bench_latency(sizes, report)
+    if "memory" in chosen:
+        bench_memory(sizes, report)
+    mode = ("quick" if args.quick else "full") + (
+        f", only {', '.join(chosen)}" if args.only else ""
+    )
+    report.note(f"whole run took {time.perf_counter() - started:.0f} s")
+    say(f"\ndurability: {DURABILITY} on every connection (charter, raw sqlite3, eventsourcing)")
+    say(table(report.rows))
+    if args.write or (not args.quick and not args.only):
+        write_results(render(report, info, settings, mode))
+        say(f"\nwritten: {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,695 @@
+"""A context's store in its own PostgreSQL schema (psycopg 3 with a connection pool).
+
+Same semantics as the SQLite store. PostgreSQL does more of the work itself:
+`unique` is a unique index, `no_overlap` an `EXCLUDE USING gist` constraint, and
+the single writer rests on roles and grants (`charter apply`); a guard trigger
+also refuses, with the owner's name, any write that does not come through
+charter. The relay reads a pending table rather than a position, because a
+sequence number becomes visible at commit, not at insert: a position would skip
+a row that commits late."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from charter.errors import ConstraintError, SchemaChangeError
+from charter.events import Event
+from charter.model import Charter, Copy, Entity, Field
+from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
+from charter.values import now_text
+
+_COLUMN_TYPE = {
+    "integer": "bigint",
+    "number": "double precision",
+    "boolean": "boolean",
+    "uuid": "uuid",
+    "timestamp": "timestamptz",
+    "date": "date",
+}
+_OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
+
+_META = """
+CREATE TABLE IF NOT EXISTS {s}.charter_schema (
+    kind text NOT NULL, name text NOT NULL, field text NOT NULL, type text NOT NULL,
+    PRIMARY KEY (kind, name, field)
+);
+CREATE TABLE IF NOT EXISTS {s}.charter_outbox (
+    seq bigserial PRIMARY KEY, event_id text NOT NULL, entity text NOT NULL,
+    entity_id text NOT NULL, version integer NOT NULL, op text NOT NULL,
+    changed text NOT NULL, time text NOT NULL, body bytea NOT NULL
+);
+CREATE INDEX IF NOT EXISTS charter_outbox_entity_id ON {s}.charter_outbox (entity_id);
+CREATE TABLE IF NOT EXISTS {s}.charter_pending (seq bigint PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS {s}.charter_checkpoint (
+    copy text PRIMARY KEY, position bigint NOT NULL, applied_at text, fields text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.charter_tombstone (
+    copy text NOT NULL, id text NOT NULL, version integer NOT NULL, PRIMARY KEY (copy, id)
+);
+CREATE TABLE IF NOT EXISTS {s}.charter_parked (
+    copy text NOT NULL, entity_id text NOT NULL, version integer, event_id text,
+    position bigint NOT NULL, reason text NOT NULL, body bytea, parked_at text NOT NULL
+);
+CREATE OR REPLACE FUNCTION {s}.charter_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('charter.guard', true) IS DISTINCT FROM 'open' THEN
+        RAISE EXCEPTION USING MESSAGE = TG_ARGV[0], ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+
+
+def _column_type(field: Field) -> str:
+    return _COLUMN_TYPE.get(field.type, "text")
+
+
+def _canonical(field_name: str, kind: str) -> str:
+    """A select expression that returns the canonical (wire) form of a column."""
+    column = f'"{field_name}"'
+    if kind == "timestamp":
+        return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+    if kind == "date":
+        return f"to_char({column}, 'YYYY-MM-DD')"
+    if kind == "uuid":
+        return f"{column}::text"
+    return column
+
+
+def split_url(url: str) -> tuple[str, str | None, int]:
+    """postgresql://…?schema=x&pool=16 → (libpq URL, schema, pool size)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    schema = query.pop("schema", None)
+    pool = int(query.pop("pool", "10"))
+    return urlunsplit(parts._replace(query=urlencode(query))), schema, pool
+
+
+class PostgresStore:
+    """One context's tables in one PostgreSQL schema (by default named after the context)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conninfo, self._schema_option, self._pool_size = split_url(url)
+        self.schema = self._schema_option or "public"
+        self._pool: ConnectionPool | None = None
+        self._lock = threading.Lock()
+        self._sql: dict[str, str] = {}
+        self._selects: dict[str, list[str]] = {}
+
+    @property
+    def pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self._conninfo,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    kwargs={"autocommit": True},
+                    open=True,
+                    name=f"charter-{self.schema}",
+                )
+            return self._pool
+
+    def _t(self, table: str) -> str:
+        return f'"{self.schema}"."{table}"'
+
+    # -- schema ---------------------------------------------------------------
+
+    def prepare(self, charter: Charter, context: str) -> None:
+        self.schema = self._schema_option or context
+        owned = charter.owned_by(context)
+        copies = charter.copies_in(context)
+        team = charter.contexts[context].team
+        with self.pool.connection() as conn, conn.transaction():
+            key = zlib.crc32(f"charter:{self.schema}".encode())
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            if any(e.constraints for e in owned):
+                conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
+            conn.execute(_META.format(s=f'"{self.schema}"'))
+            for entity in owned:
+                self._prepare_entity(conn, entity, team)
+            for copy in copies:
+                entity = charter.entities[copy.of]
+                owner = charter.contexts[entity.owner]
+                self._prepare_copy(conn, copy, entity, owner.name, owner.team)
+        for entity in owned:
+            self._compile_entity(entity)
+        for copy in copies:
+            self._compile_copy(copy, charter.entities[copy.of])
+
+    def _extend(
+        self,
+        conn: psycopg.Connection[Any],
+        kind: str,
+        name: str,
+        table: str,
+        fields: list[Field],
+    ) -> None:
+        """Create the table, or add the new columns; refuse a type change."""
+        recorded = dict(
+            conn.execute(
+                f"SELECT field, type FROM {self._t('charter_schema')} "
+                "WHERE kind = %s AND name = %s",
+                (kind, name),
+            ).fetchall()
+        )
+        present = {
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s",
+                (self.schema, table),
+            )
+        }
+        if not present:
+            columns = "".join(f', "{f.name}" {_column_type(f)}' for f in fields)
+            conn.execute(
+                f"CREATE TABLE {self._t(table)} "
+                f"(id text PRIMARY KEY, version integer NOT NULL{columns})"
+            )
+        else:
+            count = conn.execute(f"SELECT count(*) FROM {self._t(table)}").fetchone()
+            rows = int(count[0]) if count else 0
+            for field in fields:
+                old = recorded.get(field.name)
+                if old is not None and old != field.type:
+                    raise SchemaChangeError(
+                        f"{name}.{field.name} changed type from {old} to {field.type} "
+                        f"(charter line {field.line}); the store holds {rows} rows written as "
+                        f"{old}. Add a new field with the new type and move the data instead."
+                    )
+                if field.name in present:
+                    continue
+                default = ""
+                if kind == "entity" and field.default is not None:
+                    default = " DEFAULT " + sql.Literal(field.default).as_string(conn)
+                elif kind == "entity" and field.required and rows:
+                    raise SchemaChangeError(
+                        f"{name}.{field.name} is new and required, but {table} already holds "
+                        f"{rows} rows that have no value for it (charter line {field.line}). "
+                        "Give it a default or mark it required: false."
+                    )
+                column = f'"{field.name}" {_column_type(field)}{default}'
+                conn.execute(f"ALTER TABLE {self._t(table)} ADD COLUMN {column}")
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {self._t('charter_schema')} VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (kind, name, field) DO UPDATE SET type = excluded.type",
+                [(kind, name, f.name, f.type) for f in fields],
+            )
+
+    def _guard(self, conn: psycopg.Connection[Any], table: str, message: str) -> None:
+        trigger = f"{table}_charter_guard"
+        conn.execute(f'DROP TRIGGER IF EXISTS "{trigger}" ON {self._t(table)}')
+        conn.execute(
+            f'CREATE TRIGGER "{trigger}" BEFORE INSERT OR UPDATE OR DELETE ON {self._t(table)} '
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {self._t('charter_guard')}("
+            + sql.Literal(message).as_string(conn)
+            + ")"
+        )
+
+    def _prepare_entity(self, conn: psycopg.Connection[Any], entity: Entity, team: str) -> None:
+        table = entity.table
+        fields = list(entity.fields.values())
+        self._extend(conn, "entity", entity.name, table, fields)
+        for field in fields:
+            if field.unique:
+                conn.execute(
+                    f'CREATE UNIQUE INDEX IF NOT EXISTS "{table}_{field.name}_unique" '
+                    f'ON {self._t(table)} ("{field.name}")'
+                )
+        for number, rule in enumerate(entity.constraints, 1):
+            name = f"{table}_no_overlap_{number}"
+            exists = conn.execute(
+                "SELECT 1 FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+                "WHERE n.nspname = %s AND c.conname = %s",
+                (self.schema, name),
+            ).fetchone()
+            if not exists:
+                per = "".join(f'"{p}" WITH =, ' for p in rule.per)
+                conn.execute(
+                    f'ALTER TABLE {self._t(table)} ADD CONSTRAINT "{name}" EXCLUDE USING gist '
+                    f'({per}tstzrange("{rule.start}", "{rule.end}") WITH &&)'
+                )
+        self._guard(
+            conn,
+            table,
+            f"charter: {entity.name} is owned by context '{entity.owner}' (team {team}) and "
+            f"changes only through charter's owner API, so that every change publishes its event",
+        )
+
+    def _prepare_copy(
+        self, conn: psycopg.Connection[Any], copy: Copy, entity: Entity, owner: str, team: str
+    ) -> None:
+        fields = [entity.fields[name] for name in copy.fields]
+        self._extend(conn, "copy", copy.name, copy.table, [*fields, Field("synced_at", "text")])
+        self._guard(
+            conn,
+            copy.table,
+            f"charter: {copy.table} is a read-only copy of {entity.name}, owned by context "
+            f"'{owner}' (team {team}); only charter's projector writes it. "
+            f"Change {entity.name} through '{owner}'.",
+        )
+
+    def _compile_entity(self, entity: Entity) -> None:
+        names = ["id", "version", *entity.fields]
+        cols = ", ".join(f'"{n}"' for n in names)
+        marks = ", ".join("%s" for _ in names)
+        sets = ", ".join(f'"{n}" = %s' for n in names[1:])
+        table = self._t(entity.table)
+        selects = ["id", "version"] + [_canonical(f.name, f.type) for f in entity.fields.values()]
+        self._sql[f"insert:{entity.name}"] = f"INSERT INTO {table} ({cols}) VALUES ({marks})"
+        self._sql[f"update:{entity.name}"] = (
+            f"UPDATE {table} SET {sets} WHERE id = %s AND version = %s"
+        )
+        self._sql[f"select:{entity.name}"] = f"SELECT {', '.join(selects)} FROM {table}"
+        self._selects[entity.name] = names
+
+    def _compile_copy(self, copy: Copy, entity: Entity) -> None:
+        names = ["id", "version", *copy.fields, "synced_at"]
+        cols = ", ".join(f'"{n}"' for n in names)
+        casts = (
+            ["%s", "%s"] + [f"%s::{_column_type(entity.fields[f])}" for f in copy.fields] + ["%s"]
+        )
+        updates = ", ".join(f'"{n}" = excluded."{n}"' for n in names[1:])
+        table = self._t(copy.table)
+        upsert = (
+            f"INSERT INTO {table} ({cols}) SELECT {', '.join(casts)} WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {self._t('charter_tombstone')} WHERE copy = %s "
+            f"AND id = %s AND version >= %s) "
+            f"ON CONFLICT (id) DO UPDATE SET {updates} "
+        )
+        self._sql[f"apply:{copy.name}"] = upsert + f"WHERE excluded.version > {table}.version"
+        self._sql[f"refresh:{copy.name}"] = upsert + f"WHERE excluded.version >= {table}.version"
+        selects = (
+            ["id", "version"]
+            + [_canonical(f, entity.fields[f].type) for f in copy.fields]
+            + ["synced_at"]
+        )
+        self._sql[f"select-copy:{copy.name}"] = f"SELECT {', '.join(selects)} FROM {table}"
+        self._selects[f"copy:{copy.name}"] = names
+
+    @contextmanager
+    def _guarded(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction in which charter may write its guarded tables."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT set_config('charter.guard', 'open', true)")
+            yield conn
+
+    # -- owner side -------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Writes]:
+        with self._guarded() as conn:
+            yield _Writes(self, conn)
+
+    def fetch(self, entity: Entity, entity_id: str) -> Row | None:
+        with self.pool.connection() as conn:
+            return _fetch(self, conn, entity, entity_id, lock=False)
+
+    def rows(self, entity: Entity, where: Row | None = None) -> Iterator[Row]:
+        yield from self._stream(
+            self._sql[f"select:{entity.name}"], self._selects[entity.name], where
+        )
+
+    def _stream(self, select: str, names: list[str], where: Row | None) -> Iterator[Row]:
+        query, params = _where(select, where, names)
+        with (
+            self.pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor(name="charter_rows") as cursor,
+        ):
+            cursor.itersize = 2000
+            cursor.execute(query + " ORDER BY id", params)
+            for row in cursor:
+                yield dict(zip(names, row, strict=True))
+
+    # -- relay side -------------------------------------------------------------
+
+    def outbox(self, after: int, limit: int) -> list[OutboxRow]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM {self._t('charter_outbox')} WHERE seq > %s "
+                "ORDER BY seq LIMIT %s",
+                (after, limit),
+            ).fetchall()
+        return [_outbox_row(r) for r in rows]
+
+    def pending(self, limit: int) -> list[OutboxRow]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join('o.' + c for c in _OUTBOX_COLUMNS.split(', '))} "
+                f"FROM {self._t('charter_pending')} p JOIN {self._t('charter_outbox')} o "
+                "USING (seq) ORDER BY p.seq LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [_outbox_row(r) for r in rows]
+
+    def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:
+        if rows:
+            with self.pool.connection() as conn:
+                conn.execute(
+                    f"DELETE FROM {self._t('charter_pending')} WHERE seq = ANY(%s)",
+                    ([r.seq for r in rows],),
+                )
+
+    def rewind(self, after: int = 0) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                f"INSERT INTO {self._t('charter_pending')} SELECT seq FROM "
+                f"{self._t('charter_outbox')} WHERE seq > %s ON CONFLICT DO NOTHING",
+                (after,),
+            )
+
+    def unrelayed(self, entity: str) -> Backlog:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                f"SELECT count(*), min(o.time) FROM {self._t('charter_pending')} p "
+                f"JOIN {self._t('charter_outbox')} o USING (seq) WHERE o.entity = %s",
+                (entity,),
+            ).fetchone()
+        assert row is not None
+        return Backlog(int(row[0]), row[1])
+
+    def history(self, entity: str, entity_id: str) -> list[OutboxRow]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM {self._t('charter_outbox')} "
+                "WHERE entity_id = %s AND entity = %s ORDER BY version",
+                (entity_id, entity),
+            ).fetchall()
+        return [_outbox_row(r) for r in rows]
+
+    # -- copy side --------------------------------------------------------------
+
+    def checkpoint(self, copy: Copy) -> Checkpoint | None:
+        with self.pool.connection() as conn:
+            return self._checkpoint(conn, copy, lock=False)
+
+    def _checkpoint(
+        self, conn: psycopg.Connection[Any], copy: Copy, lock: bool
+    ) -> Checkpoint | None:
+        row = conn.execute(
+            f"SELECT position, applied_at, fields FROM {self._t('charter_checkpoint')} "
+            "WHERE copy = %s" + (" FOR UPDATE" if lock else ""),
+            (copy.name,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Checkpoint(int(row[0]), row[1], tuple(orjson.loads(row[2])))
+
+    def apply(
+        self,
+        copy: Copy,
+        items: Sequence[tuple[int, Event]],
+        parked: Sequence[Parked],
+        position: int,
+    ) -> list[Parked]:
+        with self._guarded() as conn:
+            current = self._checkpoint(conn, copy, lock=True)
+            start = current.position if current else 0
+            fresh = [(p, e) for p, e in items if p > start]
+            failed: list[Parked] = []
+            now = now_text()
+            if fresh:
+                try:
+                    with conn.transaction():
+                        self._apply_events(conn, copy, fresh, now)
+                except psycopg.Error:
+                    failed = self._apply_one_by_one(conn, copy, fresh, now)
+            late = [p for p in (*parked, *failed) if p.position > start]
+            if late:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        f"INSERT INTO {self._t('charter_parked')} "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        [
+                            (
+                                p.copy,
+                                p.entity_id,
+                                p.version,
+                                p.event_id,
+                                p.position,
+                                p.reason,
+                                p.body,
+                                now,
+                            )
+                            for p in late
+                        ],
+                    )
+            if position > start:
+                conn.execute(
+                    f"INSERT INTO {self._t('charter_checkpoint')} VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (copy) DO UPDATE SET position = excluded.position, "
+                    "applied_at = excluded.applied_at",
+                    (copy.name, position, now, orjson.dumps(copy.fields).decode()),
+                )
+            return failed
+
+    def _apply_events(
+        self,
+        conn: psycopg.Connection[Any],
+        copy: Copy,
+        items: Sequence[tuple[int, Event]],
+        now: str,
+    ) -> None:
+        upsert = self._sql[f"apply:{copy.name}"]
+        fields = copy.fields
+        batch: list[tuple[Any, ...]] = []
+        with conn.cursor() as cur:
+            for _, event in items:
+                if event.op == "deleted":
+                    if batch:
+                        cur.executemany(upsert, batch)
+                        batch = []
+                    self._delete_copy_row(cur, copy, event.entity_id, event.version)
+                else:
+                    state = event.state or {}
+                    batch.append(
+                        (
+                            event.entity_id,
+                            event.version,
+                            *[state.get(f) for f in fields],
+                            now,
+                            copy.name,
+                            event.entity_id,
+                            event.version,
+                        )
+                    )
+            if batch:
+                cur.executemany(upsert, batch)
+
+    def _apply_one_by_one(
+        self,
+        conn: psycopg.Connection[Any],
+        copy: Copy,
+        items: Sequence[tuple[int, Event]],
+        now: str,
+    ) -> list[Parked]:
+        failed: list[Parked] = []
+        for position, event in items:
+            try:
+                with conn.transaction():
+                    self._apply_events(conn, copy, [(position, event)], now)
+            except psycopg.Error as exc:
+                failed.append(
+                    Parked(
+                        copy.name,
+                        event.entity_id,
+                        event.version,
+                        event.id,
+                        position,
+                        f"event {event.id} (version {event.version}) cannot be stored: "
+                        f"{str(exc).strip()}",
+                        event.encode(),
+                    )
+                )
+        return failed
+
+    def _delete_copy_row(
+        self, cur: psycopg.Cursor[Any], copy: Copy, entity_id: str, version: int
+    ) -> None:
+        cur.execute(
+            f"DELETE FROM {self._t(copy.table)} WHERE id = %s AND version < %s",
+            (entity_id, version),
+        )
+        cur.execute(
+            f"INSERT INTO {self._t('charter_tombstone')} VALUES (%s, %s, %s) "
+            "ON CONFLICT (copy, id) DO UPDATE SET version = "
+            f"greatest({self._t('charter_tombstone')}.version, excluded.version)",
+            (copy.name, entity_id, version),
+        )
+
+    def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
+        refresh = self._sql[f"refresh:{copy.name}"]
+        now = now_text()
+        count = 0
+        with self._guarded() as conn, conn.cursor() as cur:
+            batch: list[tuple[Any, ...]] = []
+            for entity_id, version, state in rows:
+                batch.append(
+                    (
+                        entity_id,
+                        version,
+                        *[state.get(f) for f in copy.fields],
+                        now,
+                        copy.name,
+                        entity_id,
+                        version,
+                    )
+                )
+                if len(batch) >= 1000:
+                    cur.executemany(refresh, batch)
+                    count += len(batch)
+                    batch = []
+            if batch:
+                cur.executemany(refresh, batch)
+                count += len(batch)
+            cur.execute(
+                f"INSERT INTO {self._t('charter_checkpoint')} VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (copy) DO UPDATE SET position = greatest("
+                f"{self._t('charter_checkpoint')}.position, excluded.position), "
+                "fields = excluded.fields, applied_at = excluded.applied_at",
+                (copy.name, position, now, orjson.dumps(copy.fields).decode()),
+            )
+        return count
+
+    def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
+        yield from self._stream(
+            self._sql[f"select-copy:{copy.name}"], self._selects[f"copy:{copy.name}"], where
+        )
+
+    def parked(self, copy: Copy) -> list[Parked]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM {self._t('charter_parked')} WHERE copy = %s ORDER BY position",
+                (copy.name,),
+            ).fetchall()
+        return [
+            Parked(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6] or b""), row[7])
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+
+class _Writes:
+    """The store's half of one owner transaction."""
+
+    __slots__ = ("_conn", "_store")
+
+    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
+        self._store, self._conn = store, conn
+
+    def fetch(self, entity: Entity, entity_id: str) -> Row | None:
+        return _fetch(self._store, self._conn, entity, entity_id, lock=True)
+
+    def insert(self, entity: Entity, row: Row) -> None:
+        try:
+            self._conn.execute(self._store._sql[f"insert:{entity.name}"], tuple(row.values()))
+        except pg_errors.IntegrityError as exc:
+            raise _constraint(entity, row, exc) from None
+
+    def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool:
+        values = list(row.values())[1:]
+        try:
+            cursor = self._conn.execute(
+                self._store._sql[f"update:{entity.name}"], (*values, entity_id, old_version)
+            )
+        except pg_errors.IntegrityError as exc:
+            raise _constraint(entity, row, exc) from None
+        return cursor.rowcount == 1
+
+    def delete(self, entity: Entity, entity_id: str, old_version: int) -> bool:
+        cursor = self._conn.execute(
+            f"DELETE FROM {self._store._t(entity.table)} WHERE id = %s AND version = %s",
+            (entity_id, old_version),
+        )
+        return cursor.rowcount == 1
+
+    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None:
+        outbox, pending = self._store._t("charter_outbox"), self._store._t("charter_pending")
+        with self._conn.cursor() as cur:
+            cur.executemany(
+                f"WITH o AS (INSERT INTO {outbox} (event_id, entity, entity_id, version, op, "
+                "changed, time, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq) "
+                f"INSERT INTO {pending} SELECT seq FROM o",
+                [
+                    (e.id, e.entity, e.entity_id, e.version, e.op, ",".join(e.changed), e.time, b)
+                    for e, b in zip(events, bodies, strict=True)
+                ],
+            )
+
+
+def _fetch(
+    store: PostgresStore,
+    conn: psycopg.Connection[Any],
+    entity: Entity,
+    entity_id: str,
+    lock: bool,
+) -> Row | None:
+    query = store._sql[f"select:{entity.name}"] + " WHERE id = %s" + (" FOR UPDATE" if lock else "")
+    row = conn.execute(query, (entity_id,)).fetchone()
+    if row is None:
+        return None
+    return dict(zip(store._selects[entity.name], row, strict=True))
+
+
+def _where(select: str, where: Row | None, names: list[str]) -> tuple[str, list[Any]]:
+    if not where:
+        return select, []
+    for name in where:
+        if name not in names:
+            raise KeyError(f"no field '{name}' (fields: {', '.join(names)})")
+    clause = " AND ".join(f'"{name}" IS NOT DISTINCT FROM %s' for name in where)
+    return f"{select} WHERE {clause}", list(where.values())
+
+
+def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
+    seq, event_id, entity, entity_id, version, op, changed, time, body = row
+    return OutboxRow(
+        seq,
+        event_id,
+        entity,
+        entity_id,
+        version,
+        op,
+        tuple(changed.split(",")) if changed else (),
+        time,
+        bytes(body),
+    )
+
+
+def _constraint(entity: Entity, row: Row, exc: pg_errors.IntegrityError) -> ConstraintError:
+    constraint = exc.diag.constraint_name or ""
+    if isinstance(exc, pg_errors.ExclusionViolation):
+        rule = entity.constraints[int(constraint.rsplit("_", 1)[-1]) - 1]
+        return ConstraintError(
+            f"{entity.name} no_overlap: another {entity.name} with the same "
+            f"{', '.join(rule.per) or 'scope'} overlaps [{rule.start}, {rule.end})"
+        )
+    prefix, suffix = f"{entity.table}_", "_unique"
+    if isinstance(exc, pg_errors.UniqueViolation) and constraint.endswith(suffix):
+        field = constraint.removeprefix(prefix).removesuffix(suffix)
+        return ConstraintError(
+            f"{entity.name}.{field} must be unique: {row.get(field)!r} is already used by "
+            f"another {entity.name}"
+        )
+    return ConstraintError(f"{entity.name}: {exc.diag.message_primary or exc}")

@@ -1,0 +1,297 @@
+"""Invariants and events under real concurrency: threads of one process and separate
+processes writing the same stores at once, projectors running while owners write.
+
+G1/G2 (one winner per unique value and no overlapping range, each with exactly one event,
+a refused or rolled-back attempt with none), optimistic concurrency without lost updates,
+G3/G4 (copies converge and never go back while everything runs at once)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import random
+import threading
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import charter
+from charter.events import decode
+from charter.stores.base import OutboxRow
+from charter.system import System
+from tests.conftest import assert_converged, public_state
+from tests.workers import (
+    EMAILS,
+    STEPS,
+    Outcome,
+    book_appointments,
+    create_customers,
+    run_threads,
+    run_worker_processes,
+)
+
+THREADS = 20
+PROCESSES = 4
+
+
+def all_events(system: System, context: str) -> list[OutboxRow]:
+    """The owner's whole outbox (its history), in commit order, page by page."""
+    store = system.store(context)
+    rows: list[OutboxRow] = []
+    while page := store.outbox(rows[-1].seq if rows else 0, 1000):
+        rows += page
+    return rows
+
+
+def assert_one_event_per_commit(
+    system: System, context: str, entity: str, committed: list[str]
+) -> None:
+    """Exactly one `created` event per committed record, and no event for anything else
+    (a refused attempt publishes nothing); the relay moves every one of them on."""
+    events = [e for e in all_events(system, context) if e.entity == entity]
+    created = Counter(e.entity_id for e in events if e.op == "created")
+    assert [e for e in events if e.op != "created"] == []
+    assert created == Counter(committed), "an event was lost, duplicated or made up"
+    assert len({e.event_id for e in events}) == len(events)
+    charter.Runner(system).drain()
+    assert system.store(context).unrelayed(entity).events == 0, "an event left behind"
+    assert_converged(system)
+
+
+# -- unique: one winner per e-mail address -------------------------------------------------
+
+
+def assert_one_winner_per_email(system: System, outcome: Outcome) -> None:
+    assert outcome.unexpected == []
+    attempts = THREADS * STEPS
+    assert outcome.attempts == attempts
+    winners: dict[str, list[str]] = defaultdict(list)
+    for won in outcome.won:
+        winners[won["email"]].append(won["id"])
+    pool = {f"user{n}@example.com" for n in range(EMAILS)}
+    assert set(winners) == pool, "an address nobody won, or one nobody tried"
+    assert {e: ids for e, ids in winners.items() if len(ids) != 1} == {}, "two winners"
+    assert outcome.refused == attempts - EMAILS, "a loser that was not told ConstraintError"
+    owner = public_state(system, "Customer")
+    assert {i: state["email"] for i, (_, state) in owner.items()} == {
+        won["id"]: won["email"] for won in outcome.won
+    }
+    assert {version for version, _ in owner.values()} == {1}
+    assert_one_event_per_commit(system, "customers", "Customer", [w["id"] for w in outcome.won])
+
+
+def test_colliding_emails_from_20_threads_have_exactly_one_winner_each(shop: System) -> None:
+    outcome = run_threads(THREADS, lambda thread: create_customers(shop, thread))
+    assert_one_winner_per_email(shop, outcome)
+
+
+def test_colliding_emails_from_4_processes_have_exactly_one_winner_each(
+    shop: System, shop_file: Path
+) -> None:
+    outcome = run_worker_processes("customers", shop_file, PROCESSES, threads=THREADS // PROCESSES)
+    assert_one_winner_per_email(shop, outcome)
+
+
+# -- no_overlap: no two committed appointments of a user intersect -------------------------
+
+
+def _moment(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.mark.parametrize("workers", ["20 threads", "4 processes"])
+def test_overlapping_bookings_commit_only_disjoint_appointments(
+    shop: System, shop_file: Path, workers: str
+) -> None:
+    users = [str(uuid.uuid4()) for _ in range(3)]
+    attempts = 25
+    if workers == "20 threads":
+        outcome = run_threads(
+            THREADS, lambda thread: book_appointments(shop, thread, users, attempts)
+        )
+    else:
+        outcome = run_worker_processes(
+            "appointments",
+            shop_file,
+            PROCESSES,
+            threads=THREADS // PROCESSES,
+            users=users,
+            attempts=attempts,
+        )
+    assert outcome.unexpected == [], "an attempt neither committed nor got ConstraintError"
+    assert outcome.attempts == THREADS * attempts
+    assert len(outcome.won) + outcome.refused == outcome.attempts
+    assert outcome.won and outcome.refused > outcome.attempts // 2, "the bookings did not race"
+
+    owner = public_state(shop, "Appointment")
+    committed = {
+        w["id"]: (w["user_id"], _moment(w["starts_at"]), _moment(w["ends_at"])) for w in outcome.won
+    }
+    stored = {
+        i: (s["user_id"], _moment(str(s["starts_at"])), _moment(str(s["ends_at"])))
+        for i, (_, s) in owner.items()
+    }
+    assert stored == committed, "the owner's rows are not exactly the committed bookings"
+    by_user: dict[str, list[tuple[dt.datetime, dt.datetime, str]]] = defaultdict(list)
+    for entity_id, (user, starts, ends) in stored.items():
+        by_user[user].append((starts, ends, entity_id))
+    for user, booked in by_user.items():
+        booked.sort()
+        for before, after in itertools.pairwise(booked):
+            assert before[1] <= after[0], f"user {user}: {before} overlaps {after}"
+    assert_one_event_per_commit(shop, "calendar", "Appointment", list(committed))
+
+
+# -- optimistic concurrency: read, then update(expected_version=…) --------------------------
+
+
+def test_optimistic_updates_from_20_threads_lose_no_update(shop: System) -> None:
+    customers = shop.context("customers")
+    with customers.transaction() as tx:
+        target = tx.create("Customer", email="hot@example.com", name="v1", password_hash="h").id
+    wanted = 5  # successful updates per thread
+
+    def work(thread: int) -> Outcome:
+        outcome = Outcome()
+        done = 0
+        while done < wanted and outcome.attempts < 10_000:
+            read = customers.get("Customer", target)
+            assert read is not None
+            name = f"t{thread} a{outcome.attempts}"
+            outcome.attempts += 1
+            try:
+                with customers.transaction() as tx:
+                    record = tx.update("Customer", target, expected_version=read.version, name=name)
+            except charter.ConflictError:
+                outcome.refused += 1
+                outcome.won.append({"read": read.version, "name": name, "version": None})
+                continue
+            except Exception as exc:
+                outcome.unexpected.append(repr(exc))
+                continue
+            outcome.won.append({"read": read.version, "name": name, "version": record.version})
+            done += 1
+        return outcome
+
+    outcome = run_threads(THREADS, work)
+    assert outcome.unexpected == []
+    successes = [w for w in outcome.won if w["version"] is not None]
+    conflicts = [w for w in outcome.won if w["version"] is None]
+    updates = THREADS * wanted
+    assert len(successes) == updates and len(conflicts) == outcome.refused
+    assert conflicts, "no two threads ever raced: the test proved nothing"
+
+    final = customers.get("Customer", target)
+    assert final is not None and final.version == 1 + updates
+    produced = {w["version"]: w for w in successes}
+    assert all(w["version"] == w["read"] + 1 for w in successes), "updated a version not read"
+    assert sorted(produced) == list(range(2, updates + 2)), "two updates claimed one version"
+    assert final.name == produced[final.version]["name"]
+    for conflict in conflicts:  # refused only because someone else really got there first
+        assert conflict["read"] + 1 in produced, f"a needless ConflictError: {conflict}"
+
+    history = shop.store("customers").history("Customer", target)
+    assert [h.version for h in history] == list(range(1, updates + 2)), "a gap or a duplicate"
+    for row in history[1:]:
+        state = decode(row.body).state
+        assert state is not None and state["name"] == produced[row.version]["name"]
+    charter.Runner(shop).drain()
+    assert_converged(shop)
+
+
+# -- projectors running while owners write: copies never go back ---------------------------
+
+
+def write_mix(system: System, seed: int, transactions: int) -> None:
+    """Creates, updates and deletes of this writer's own customers, 1 to 10 per transaction."""
+    rng = random.Random(seed)
+    customers = system.context("customers")
+    alive: list[str] = []
+    for number in range(transactions):
+        with customers.transaction() as tx:
+            for k in range(rng.randint(1, 10)):
+                roll = rng.random()
+                if roll < 0.3 or len(alive) < 3:
+                    email = f"m{seed}-{number}-{k}@example.com"
+                    alive.append(
+                        tx.create("Customer", email=email, name=email, password_hash="h").id
+                    )
+                elif roll < 0.95:
+                    tx.update(
+                        "Customer",
+                        rng.choice(alive),
+                        name=f"{seed} {number} {k}",
+                        address=f"{k} street",
+                    )
+                else:
+                    tx.delete("Customer", alive.pop(rng.randrange(len(alive))))
+
+
+def test_copies_never_go_back_while_owners_write_and_projectors_run(
+    shop: System, shop_file: Path
+) -> None:
+    for context in shop.charter.contexts:
+        shop.store(context)
+    # two pipelines over the same stores, as two `charter run` processes would be
+    second = charter.load(shop_file)
+    runners = [charter.Runner(shop).start(), charter.Runner(second).start()]
+    writing = threading.Event()
+    writing.set()
+    seen: dict[tuple[str, str], int] = {}
+    versions_seen: dict[tuple[str, str], set[int]] = defaultdict(set)
+    problems: list[str] = []
+    samples = 0
+
+    def sample() -> None:
+        nonlocal samples
+        readers = [
+            (copy.name, shop.context(copy.context).copy(copy.name))
+            for copy in shop.charter.copies.values()
+        ]
+        while True:
+            last_round = not writing.is_set()
+            for name, reader in readers:
+                rows = [(record.id, record.version) for record in reader]
+                owner = {i: v for i, (v, _) in public_state(shop, "Customer").items()}
+                for entity_id, version in rows:
+                    key = (name, entity_id)
+                    if version < seen.get(key, 0):
+                        problems.append(f"{key} went back from {seen[key]} to {version}")
+                    if entity_id in owner and version > owner[entity_id]:
+                        problems.append(f"{key} at {version}, ahead of its owner")
+                    seen[key] = version
+                    versions_seen[key].add(version)
+            samples += 1
+            if last_round:
+                return
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        errors: list[Any] = []
+
+        def writer(seed: int) -> Outcome:
+            try:
+                write_mix(shop, seed, transactions=150)
+            except Exception as exc:
+                errors.append(exc)
+            return Outcome()
+
+        run_threads(4, writer)
+        assert errors == []
+    finally:
+        writing.clear()
+        sampler.join(60)
+        for runner in runners:
+            runner.stop()
+        second.close()
+    assert [e for r in runners for e in r.errors] == []
+    charter.Runner(shop).drain()
+    assert_converged(shop)
+    assert problems == []
+    assert samples >= 5
+    moving = sum(1 for versions in versions_seen.values() if len(versions) > 1)
+    assert moving > 0, "the sampler never saw a copy change: it proved nothing"

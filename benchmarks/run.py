@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import orjson
 import peer_eventsourcing as peer
@@ -41,6 +42,7 @@ import charter
 from charter.events import Event
 from charter.ids import uuid7
 from charter.runner import Runner
+from charter.status import status
 from charter.system import ContextHandle, System
 
 HERE = Path(__file__).resolve().parent
@@ -82,8 +84,6 @@ copies:
     window: 5s
     breaks: newsletters go to an outdated e-mail address
 """
-# (store file, copy name) of the two copies above.
-COPY_FILES = (("orders.db", "order_customers"), ("mailing.db", "mailing_customers"))
 
 
 @dataclass(frozen=True)
@@ -190,47 +190,29 @@ def cloud_event(entity_id: str, version: int, op: str, name: str, email: str) ->
 
 
 class Progress:
-    """Reads the files (its own connections) to tell when both copies hold everything the
-    owner committed: outbox fully relayed and each copy's checkpoint at the bus head."""
+    """Tells when both copies hold everything the owner committed, through charter's own
+    status API (`charter.status.status`: lag in events per copy), polled every few ms."""
 
-    def __init__(self, folder: Path) -> None:
-        self.owner = sqlite3.connect(folder / "customers.db", isolation_level=None)
-        self.bus = sqlite3.connect(folder / "bus.db", isolation_level=None)
-        self.copies = [
-            (sqlite3.connect(folder / file, isolation_level=None), name)
-            for file, name in COPY_FILES
-        ]
+    def __init__(self, system: System) -> None:
+        self.system = system
 
     def synced(self) -> bool:
-        last = self.owner.execute("SELECT max(seq) FROM charter_outbox").fetchone()[0] or 0
-        relayed = self.owner.execute("SELECT position FROM charter_relay").fetchone()[0] or 0
-        if relayed < last:
-            return False
-        head = self.bus.execute(
-            "SELECT max(seq) FROM events WHERE entity = ?", (ENTITY,)
-        ).fetchone()[0]
-        for conn, name in self.copies:
-            row = conn.execute(
-                "SELECT position FROM charter_checkpoint WHERE copy = ?", (name,)
-            ).fetchone()
-            if row is None or row[0] < (head or 0):
-                return False
-        return True
+        return all(copy.synced for copy in status(self.system))
 
     def wait(
         self, timeout: float = SYNC_TIMEOUT_S, check: Callable[[], None] | None = None
     ) -> None:
         deadline = time.perf_counter() + timeout
-        while not self.synced():
+        while True:
+            began = time.perf_counter()
+            if self.synced():
+                return
             if check is not None:
                 check()
-            if time.perf_counter() > deadline:
+            if began > deadline:
                 raise TimeoutError("the copies did not catch up in time")
-            time.sleep(0.002)
-
-    def close(self) -> None:
-        for conn in (self.owner, self.bus, *(c for c, _ in self.copies)):
-            conn.close()
+            # Never spend more than about half the time asking (a long backlog costs counts).
+            time.sleep(max(0.005, time.perf_counter() - began))
 
 
 def charter_command() -> list[str]:
@@ -303,16 +285,16 @@ class ChangeMaker:
 
 
 def check_copies(system: System, maker: ChangeMaker) -> None:
-    """Both copies hold every customer, and the newest one with the owner's values."""
+    """Both copies hold every customer; a sample of them (updated ones among them) with the
+    owner's current values."""
     owner = system.context("customers")
-    probe = maker.known[-1]
-    want = owner.get(ENTITY, probe)
-    for file, name in COPY_FILES:
-        context = file.removesuffix(".db")
-        copy = system.context(context).copy(name)
-        got = copy.get(probe)
-        if want is None or got is None or got["email"] != want["email"]:
-            raise RuntimeError(f"{name}: the copy of {probe} is wrong: {got!r} vs {want!r}")
+    probes = [maker.known[-1], *random.Random(7).sample(maker.known, min(200, len(maker.known)))]
+    for name in COPIES:
+        copy = system.context(system.charter.copies[name].context).copy(name)
+        for probe in probes:
+            want, got = owner.get(ENTITY, probe), copy.get(probe)
+            if want is None or got is None or got["email"] != want["email"]:
+                raise RuntimeError(f"{name}: the copy of {probe} is wrong: {got!r} vs {want!r}")
         if len(copy) != len(maker.known):
             raise RuntimeError(f"{name}: {len(copy)} rows, the owner has {len(maker.known)}")
 
@@ -653,9 +635,8 @@ def raw_pipeline(n: int, per_transaction: int) -> tuple[float, float]:
 def charter_pipeline_in_process(n: int, per_transaction: int) -> tuple[float, float]:
     """(writer-side rate, end-to-end rate): the owner writes in the main thread while a
     Runner moves the events in background threads of the same process."""
-    with scratch("pipeline") as folder:
-        system = new_system(folder)
-        progress = Progress(folder)
+    with scratch("pipeline") as folder, new_system(folder) as system:
+        progress = Progress(system)
         runner = Runner(system).start()
         try:
             maker = ChangeMaker(system.context("customers"))
@@ -667,33 +648,26 @@ def charter_pipeline_in_process(n: int, per_transaction: int) -> tuple[float, fl
             elapsed = time.perf_counter() - start
         finally:
             runner.stop()
-            progress.close()
         if runner.errors:
             raise RuntimeError(f"runner errors: {runner.errors[:3]}")
         check_copies(system, maker)
-        system.close()
     return n / written, n / elapsed
 
 
 def charter_pipeline_process(n: int, per_transaction: int) -> tuple[float, float]:
     """The same, with the runner as a separate `charter run` process sharing the files."""
-    with scratch("pipeline-proc") as folder:
-        system = new_system(folder)
-        progress = Progress(folder)
-        try:
-            with charter_run(folder) as proc:
-                check = alive(proc, folder)
-                maker = ChangeMaker(system.context("customers"))
-                maker.batch(per_transaction)
-                progress.wait(60, check)
-                start = time.perf_counter()
-                written = maker.write(n, per_transaction)
-                progress.wait(check=check)
-                elapsed = time.perf_counter() - start
-        finally:
-            progress.close()
+    with scratch("pipeline-proc") as folder, new_system(folder) as system:
+        progress = Progress(system)
+        with charter_run(folder) as proc:
+            check = alive(proc, folder)
+            maker = ChangeMaker(system.context("customers"))
+            maker.batch(per_transaction)
+            progress.wait(60, check)
+            start = time.perf_counter()
+            written = maker.write(n, per_transaction)
+            progress.wait(check=check)
+            elapsed = time.perf_counter() - start
         check_copies(system, maker)
-        system.close()
     return n / written, n / elapsed
 
 
@@ -744,8 +718,15 @@ def bench_pipeline(sizes: Sizes, report: Report, in_process: bool, separate: boo
 # --- 3. propagation latency ----------------------------------------------------------------
 
 
-def _moment(text: str) -> float:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+def _moment(value: str | dt.datetime) -> float:
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def sqlite_file(url: str) -> Path:
+    """sqlite:///abs/path.db?… → the file (charter resolves relative paths on load)."""
+    return Path(urlsplit(url).path)
 
 
 def paced_writes(
@@ -764,12 +745,13 @@ def paced_writes(
     return ids, n / (time.perf_counter() - start)
 
 
-def latencies(folder: Path, ids: list[str]) -> list[float]:
+def latencies(system: System, ids: list[str]) -> list[float]:
     """Seconds from each change's commit time (the event's `time`, stamped by the owner just
-    before its COMMIT) to the moment the later of the two copies applied it (the copy row's
-    `synced_at`, stamped just before the copy's COMMIT)."""
-    owner = sqlite3.connect(folder / "customers.db")
+    before its COMMIT; read from the owner's outbox) to the moment the later of the two
+    copies applied it (the copy row's `synced_at`, stamped just before the copy's COMMIT)."""
     wanted = set(ids)
+    owner_file = sqlite_file(system.charter.contexts["customers"].store)
+    owner = sqlite3.connect(owner_file)
     committed = {
         entity_id: _moment(t)
         for entity_id, t in owner.execute("SELECT entity_id, time FROM charter_outbox")
@@ -777,13 +759,12 @@ def latencies(folder: Path, ids: list[str]) -> list[float]:
     }
     owner.close()
     applied: dict[str, float] = {}
-    for file, name in COPY_FILES:
-        conn = sqlite3.connect(folder / file)
-        for entity_id, synced in conn.execute(f'SELECT id, synced_at FROM "{name}"'):
-            if entity_id in wanted:
-                moment = _moment(synced)
-                applied[entity_id] = max(applied.get(entity_id, 0.0), moment)
-        conn.close()
+    for name in COPIES:
+        copy = system.charter.copies[name]
+        for record in system.context(copy.context).copy(name):
+            if record.id in wanted and record.synced_at is not None:
+                moment = _moment(record.synced_at)
+                applied[record.id] = max(applied.get(record.id, 0.0), moment)
     missing = wanted - set(applied)
     if missing:
         raise RuntimeError(f"{len(missing)} changes never reached the copies")
@@ -796,9 +777,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def latency_in_process(seconds: float, rate: float) -> tuple[list[float], float]:
-    with scratch("latency") as folder:
-        system = new_system(folder)
-        progress = Progress(folder)
+    with scratch("latency") as folder, new_system(folder) as system:
+        progress = Progress(system)
         runner = Runner(system).start()
         try:
             ctx = system.context("customers")
@@ -808,27 +788,20 @@ def latency_in_process(seconds: float, rate: float) -> tuple[list[float], float]
             progress.wait()
         finally:
             runner.stop()
-            progress.close()
-            system.close()
-        return latencies(folder, ids), achieved
+        return latencies(system, ids), achieved
 
 
 def latency_process(seconds: float, rate: float) -> tuple[list[float], float]:
-    with scratch("latency-proc") as folder:
-        system = new_system(folder)
-        progress = Progress(folder)
-        try:
-            with charter_run(folder) as proc:
-                check = alive(proc, folder)
-                ctx = system.context("customers")
-                paced_writes(ctx, 0.3, rate, "warm")
-                progress.wait(60, check)
-                ids, achieved = paced_writes(ctx, seconds, rate, "c")
-                progress.wait(60, check)
-        finally:
-            progress.close()
-            system.close()
-        return latencies(folder, ids), achieved
+    with scratch("latency-proc") as folder, new_system(folder) as system:
+        progress = Progress(system)
+        with charter_run(folder) as proc:
+            check = alive(proc, folder)
+            ctx = system.context("customers")
+            paced_writes(ctx, 0.3, rate, "warm")
+            progress.wait(60, check)
+            ids, achieved = paced_writes(ctx, seconds, rate, "c")
+            progress.wait(60, check)
+        return latencies(system, ids), achieved
 
 
 def bench_latency(sizes: Sizes, report: Report) -> None:
@@ -882,11 +855,11 @@ class Sampler(threading.Thread):
         super().__init__(name="rss-sampler", daemon=True)
         self.pid, self.every = pid, every
         self.samples: list[tuple[float, int, int]] = []  # (t, VmRSS kB, VmHWM kB)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         start = time.perf_counter()
-        while not self._stop.wait(self.every):
+        while not self._halt.wait(self.every):
             try:
                 status = read_status(self.pid)
             except (FileNotFoundError, ProcessLookupError):
@@ -894,35 +867,30 @@ class Sampler(threading.Thread):
             self.samples.append((time.perf_counter() - start, status["VmRSS"], status["VmHWM"]))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
 def bench_memory(sizes: Sizes, report: Report) -> None:
     n, per = sizes.memory_changes, 1000
     say(f"\n[4] `charter run` memory: {n:,} changes, {per} per transaction, two copies")
-    with scratch("memory") as folder:
-        system = new_system(folder)
-        progress = Progress(folder)
-        try:
-            with charter_run(folder) as proc:
-                check = alive(proc, folder)
-                maker = ChangeMaker(system.context("customers"))
-                maker.batch(per)
-                progress.wait(60, check)
-                baseline = read_status(proc.pid)["VmRSS"]
-                sampler = Sampler(proc.pid)
-                sampler.start()
-                start = time.perf_counter()
-                written = maker.write(n, per)
-                progress.wait(check=check)
-                elapsed = time.perf_counter() - start
-                sampler.stop()
-                final = read_status(proc.pid)
-        finally:
-            progress.close()
+    with scratch("memory") as folder, new_system(folder) as system:
+        progress = Progress(system)
+        with charter_run(folder) as proc:
+            check = alive(proc, folder)
+            maker = ChangeMaker(system.context("customers"))
+            maker.batch(per)
+            progress.wait(60, check)
+            baseline = read_status(proc.pid)["VmRSS"]
+            sampler = Sampler(proc.pid)
+            sampler.start()
+            start = time.perf_counter()
+            written = maker.write(n, per)
+            progress.wait(check=check)
+            elapsed = time.perf_counter() - start
+            sampler.stop()
+            final = read_status(proc.pid)
         check_copies(system, maker)
-        system.close()
     peak_mb = final["VmHWM"] / 1024
     rss_max = max(s[1] for s in sampler.samples) / 1024
     say(
@@ -1071,14 +1039,22 @@ def main(argv: list[str] | None = None) -> int:
 
     report = Report()
     started = time.perf_counter()
-    if "owner" in chosen:
-        bench_owner(sizes, report)
-    if "pipeline" in chosen:
-        bench_pipeline(sizes, report, True, not args.no_separate_process)
-    if "latency" in chosen:
-        bench_latency(sizes, report)
-    if "memory" in chosen:
-        bench_memory(sizes, report)
+    sections: dict[str, Callable[[], None]] = {
+        "owner": lambda: bench_owner(sizes, report),
+        "pipeline": lambda: bench_pipeline(sizes, report, True, not args.no_separate_process),
+        "latency": lambda: bench_latency(sizes, report),
+        "memory": lambda: bench_memory(sizes, report),
+    }
+    for name in SECTIONS:
+        if name in chosen:
+            before = os.getloadavg()[0]
+            began = time.perf_counter()
+            sections[name]()
+            report.note(
+                f"{name}: {time.perf_counter() - began:.0f} s; load average (1 min) "
+                f"{before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores; "
+                "our own run accounts for about 1 to 2 of it)"
+            )
     mode = ("quick" if args.quick else "full") + (
         f", only {', '.join(chosen)}" if args.only else ""
     )

@@ -114,14 +114,27 @@ def check(path: Path) -> None:
 @charter_file
 @click.option("--context", "contexts", multiple=True, help="Run only this context (repeatable).")
 @click.option("--once", is_flag=True, help="Drain everything that is waiting, then exit.")
+@click.option("--relays/--no-relays", default=True, help="Run the relays (outbox → bus).")
+@click.option(
+    "--projectors/--no-projectors", default=True, help="Run the projectors (bus → copies)."
+)
 @click.option(
     "--poll", default=0.01, show_default=True, help="Longest sleep between polls, in seconds."
 )
 @reports_errors
-def run(path: Path, contexts: tuple[str, ...], once: bool, poll: float) -> None:
+def run(
+    path: Path,
+    contexts: tuple[str, ...],
+    once: bool,
+    relays: bool,
+    projectors: bool,
+    poll: float,
+) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM."""
     with System.load(path) as system:
-        runner = Runner(system, contexts or None, poll_interval=poll)
+        runner = Runner(
+            system, contexts or None, poll_interval=poll, relays=relays, projectors=projectors
+        )
         names = ", ".join(contexts) if contexts else "all contexts"
         if once:
             moved = runner.drain()
@@ -144,6 +157,51 @@ def run(path: Path, contexts: tuple[str, ...], once: bool, poll: float) -> None:
                 _console(stderr=True).print(f"[yellow]warning[/] {runner.errors.pop(0)}")
         runner.stop()
         _console().print("stopped cleanly")
+
+
+@main.command(name="apply")
+@charter_file
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@click.option(
+    "--nats-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the NATS authorization block here (default: .charter/nats-auth.conf "
+    "beside the charter, when the bus is NATS).",
+)
+@reports_errors
+def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
+    """Make the infrastructure enforce the charter: PostgreSQL roles and grants per
+    context, and a NATS authorization block where each context publishes only what it owns."""
+    from charter import grants, natsauth
+
+    charter = model.load(path)
+    if not dry_run:
+        with System(charter) as system:
+            for name, ctx in charter.contexts.items():
+                if ctx.store.startswith(("postgresql://", "postgres://")):
+                    system.store(name)  # creates or extends its tables first
+    statements = grants.plan(charter)
+    changes = sum(len(s) for s in statements.values())
+    for context, sqls in statements.items():
+        for statement in sqls:
+            click.echo(f"-- {context}\n{statement};" if dry_run else f"{context}: {statement}")
+    if not dry_run:
+        grants.execute(charter, statements)
+    if charter.bus.startswith("nats://") or nats_config is not None:
+        block = natsauth.authorization(charter)
+        target = nats_config or path.parent / ".charter" / "nats-auth.conf"
+        if dry_run:
+            click.echo(f"# {target}\n{block}")
+        elif not target.exists() or target.read_text() != block:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(block)
+            changes += 1
+            click.echo(f"wrote {target} (include it in nats-server's config, then reload)")
+    verb = "would change" if dry_run else "changed"
+    click.echo(
+        f"{verb} {changes} thing{'s' if changes != 1 else ''}" if changes else "nothing to change"
+    )
 
 
 @main.command(name="status")

@@ -22,7 +22,8 @@ class Worker(Protocol):
 
 class Runner:
     """The pipeline for `contexts` (all when None): relays for what they own, projectors
-    for the copies they keep."""
+    for the copies they keep. Relays and projectors can run apart (relays=False or
+    projectors=False), e.g. under the service's and the projector's database roles."""
 
     def __init__(
         self,
@@ -32,6 +33,8 @@ class Runner:
         poll_interval: float = 0.01,
         batch: int = 1000,
         compact_every: float = 60.0,
+        relays: bool = True,
+        projectors: bool = True,
     ) -> None:
         charter = system.charter
         names = list(contexts) if contexts is not None else list(charter.contexts)
@@ -40,12 +43,12 @@ class Runner:
         self.system = system
         self.poll_interval, self.compact_every = poll_interval, compact_every
         self.workers: list[Worker] = []
-        for name in names:
+        for name in names if relays else ():
             if charter.owned_by(name):
                 self.workers.append(
                     Relay(name, system.store(name), system.bus, system.signals, batch)
                 )
-        for name in names:
+        for name in names if projectors else ():
             for copy in charter.copies_in(name):
                 entity = charter.entities[copy.of]
                 self.workers.append(

@@ -10,6 +10,7 @@ a row that commits late."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,7 @@ _COLUMN_TYPE = {
 _OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
 
 _META = """
+CREATE TABLE IF NOT EXISTS {s}.charter_meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS {s}.charter_schema (
     kind text NOT NULL, name text NOT NULL, field text NOT NULL, type text NOT NULL,
     PRIMARY KEY (kind, name, field)
@@ -69,6 +71,19 @@ BEGIN
     RETURN NULL;
 END $$;
 """
+
+
+def _fingerprint(charter: Charter, context: str) -> str:
+    """Everything about a context that shapes its tables, triggers and messages."""
+    teams = {name: ctx.team for name, ctx in charter.contexts.items()}
+    shape = (
+        [(e, teams[e.owner]) for e in charter.owned_by(context)],
+        [
+            (c, charter.entities[c.of], teams[charter.entities[c.of].owner])
+            for c in charter.copies_in(context)
+        ],
+    )
+    return hashlib.sha256(repr(shape).encode()).hexdigest()
 
 
 def _column_type(field: Field) -> str:
@@ -131,6 +146,28 @@ class PostgresStore:
         self.schema = self._schema_option or context
         owned = charter.owned_by(context)
         copies = charter.copies_in(context)
+        fingerprint = _fingerprint(charter, context)
+        if self._fingerprint() != fingerprint:
+            self._create(charter, context, fingerprint)
+        for entity in owned:
+            self._compile_entity(entity)
+        for copy in copies:
+            self._compile_copy(copy, charter.entities[copy.of])
+
+    def _fingerprint(self) -> str | None:
+        """What the schema was last prepared for; a service role may read but not create."""
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    f"SELECT value FROM {self._t('charter_meta')} WHERE key = 'fingerprint'"
+                ).fetchone()
+        except (pg_errors.UndefinedTable, pg_errors.InsufficientPrivilege):
+            return None
+        return str(row[0]) if row else None
+
+    def _create(self, charter: Charter, context: str, fingerprint: str) -> None:
+        owned = charter.owned_by(context)
+        copies = charter.copies_in(context)
         team = charter.contexts[context].team
         with self.pool.connection() as conn, conn.transaction():
             key = zlib.crc32(f"charter:{self.schema}".encode())
@@ -145,10 +182,11 @@ class PostgresStore:
                 entity = charter.entities[copy.of]
                 owner = charter.contexts[entity.owner]
                 self._prepare_copy(conn, copy, entity, owner.name, owner.team)
-        for entity in owned:
-            self._compile_entity(entity)
-        for copy in copies:
-            self._compile_copy(copy, charter.entities[copy.of])
+            conn.execute(
+                f"INSERT INTO {self._t('charter_meta')} VALUES ('fingerprint', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (fingerprint,),
+            )
 
     def _extend(
         self,

@@ -66,9 +66,8 @@ def test_a_new_entity_and_a_new_copy_are_backfilled_from_current_state(shop_file
 
 def test_a_new_field_in_an_existing_copy_is_filled_in(shop_file: Path) -> None:
     ids = fill(shop_file)
-    with charter.load(shop_file) as system:
-        with system.context("customers").transaction() as tx:
-            tx.update("Customer", ids[1], address="2 Road")
+    with charter.load(shop_file) as system, system.context("customers").transaction() as tx:
+        tx.update("Customer", ids[1], address="2 Road")
     edit(shop_file, "fields: [name, email]", "fields: [name, email, address]")
     with charter.load(shop_file) as system:
         charter.Runner(system).drain()
@@ -102,7 +101,7 @@ def test_a_new_required_field_without_default_is_refused_when_rows_exist(shop_fi
 def test_dropping_a_field_a_copy_uses_is_refused(shop_file: Path) -> None:
     fill(shop_file)
     edit(shop_file, "      email:   {type: string, unique: true}\n", "")
-    with pytest.raises(charter.CharterError, match="unknown field Customer.email"):
+    with pytest.raises(charter.CharterError, match=r"unknown field Customer\.email"):
         charter.load(shop_file)
 
 

@@ -136,15 +136,13 @@ def test_expected_version_that_no_longer_matches_is_a_conflict(shop: System) -> 
     customers = shop.context("customers")
     with customers.transaction() as tx:
         tx.update("Customer", ada.id, name="Ada B", expected_version=1)
-    with pytest.raises(charter.ConflictError, match="version 2, not the expected 1"):
-        with customers.transaction() as tx:
-            tx.update("Customer", ada.id, name="Ada C", expected_version=1)
-    with pytest.raises(charter.ConflictError):
-        with customers.transaction() as tx:
-            tx.delete("Customer", ada.id, expected_version=1)
-    with pytest.raises(charter.NotFoundError):
-        with customers.transaction() as tx:
-            tx.update("Customer", "0190a0a0-0000-7000-8000-000000000000", name="nobody")
+    conflict = pytest.raises(charter.ConflictError, match="version 2, not the expected 1")
+    with conflict, customers.transaction() as tx:
+        tx.update("Customer", ada.id, name="Ada C", expected_version=1)
+    with pytest.raises(charter.ConflictError), customers.transaction() as tx:
+        tx.delete("Customer", ada.id, expected_version=1)
+    with pytest.raises(charter.NotFoundError), customers.transaction() as tx:
+        tx.update("Customer", "0190a0a0-0000-7000-8000-000000000000", name="nobody")
 
 
 @pytest.mark.parametrize(
@@ -159,9 +157,9 @@ def test_expected_version_that_no_longer_matches_is_a_conflict(shop: System) -> 
 def test_bad_values_are_refused_with_the_field_named(
     shop: System, fields: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(charter.ValidationError, match=message):
-        with shop.context("customers").transaction() as tx:
-            tx.create("Customer", **fields)
+    customers = shop.context("customers")
+    with pytest.raises(charter.ValidationError, match=message), customers.transaction() as tx:
+        tx.create("Customer", **fields)
     assert shop.store("customers").outbox(0, 10) == []
 
 
@@ -195,3 +193,16 @@ def test_unique_and_no_overlap_are_enforced_by_the_owner(shop: System) -> None:
     other = "0190a0a0-0000-7000-8000-000000000002"
     with calendar.transaction() as tx:  # another user may have the same slot
         tx.create("Appointment", user_id=other, starts_at=nine, ends_at=nine + hour)
+
+
+def test_an_owner_finds_its_records_by_field(shop: System) -> None:
+    ada = new_customer(shop, "ada@example.com")
+    new_customer(shop, "bob@example.com")
+    customers = shop.context("customers")
+    assert [r.id for r in customers.filter("Customer", email="ada@example.com")] == [ada.id]
+    assert len(customers.filter("Customer", status="active")) == 2
+    assert customers.filter("Customer", email="nobody@example.com") == []
+    with pytest.raises(charter.ValidationError):
+        customers.filter("Customer", nick="a")
+    with pytest.raises(charter.OwnershipError):
+        shop.context("orders").filter("Customer", email="ada@example.com")

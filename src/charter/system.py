@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from charter import model
+from charter import model, values
 from charter.buses import Bus, open_bus
 from charter.errors import ValidationError
 from charter.model import Charter, Copy, _hint
@@ -100,6 +100,19 @@ class ContextHandle:
         spec = owned_entity(self.system.charter, self.name, entity)
         row = self.system.store(self.name).fetch(spec, entity_id)
         return record_from_row(spec, row) if row else None
+
+    def filter(self, entity: str, **fields: Any) -> list[Record]:
+        """Records this context owns whose fields equal the given values (e.g. email=…)."""
+        spec = owned_entity(self.system.charter, self.name, entity)
+        unknown = set(fields) - set(spec.fields)
+        if unknown:
+            raise ValidationError(
+                f"{entity} has no field {', '.join(sorted(unknown))}; "
+                f"its fields are {', '.join(spec.fields)}"
+            )
+        checked = values.check_changes(spec, fields)
+        rows = self.system.store(self.name).rows(spec, checked)
+        return [record_from_row(spec, row) for row in rows]
 
     def copy(self, name: str) -> CopyReader:
         copy = self.system.charter.copies.get(name)

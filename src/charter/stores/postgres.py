@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from charter.errors import ConstraintError, SchemaChangeError
+from charter.errors import ConflictError, ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.model import Charter, Copy, Entity, Field
 from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
@@ -147,8 +148,16 @@ class PostgresStore:
         owned = charter.owned_by(context)
         copies = charter.copies_in(context)
         fingerprint = _fingerprint(charter, context)
-        if self._fingerprint() != fingerprint:
-            self._create(charter, context, fingerprint)
+        for attempt in range(1, 6):
+            if self._fingerprint() == fingerprint:
+                break
+            try:
+                self._create(charter, context, fingerprint)
+                break
+            except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected):
+                if attempt == 5:  # live writers kept the tables busy: say so, don't hang
+                    raise
+                time.sleep(0.1 * attempt)
         for entity in owned:
             self._compile_entity(entity)
         for copy in copies:
@@ -172,6 +181,7 @@ class PostgresStore:
         with self.pool.connection() as conn, conn.transaction():
             key = zlib.crc32(f"charter:{self.schema}".encode())
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            conn.execute("SET LOCAL lock_timeout = '2s'")  # never wait behind writers for long
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             if any(e.constraints for e in owned):
                 conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
@@ -642,7 +652,7 @@ class _Writes:
     def insert(self, entity: Entity, row: Row) -> None:
         try:
             self._conn.execute(self._store._sql[f"insert:{entity.name}"], tuple(row.values()))
-        except pg_errors.IntegrityError as exc:
+        except (pg_errors.IntegrityError, pg_errors.DeadlockDetected) as exc:
             raise _constraint(entity, row, exc) from None
 
     def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool:
@@ -651,7 +661,7 @@ class _Writes:
             cursor = self._conn.execute(
                 self._store._sql[f"update:{entity.name}"], (*values, entity_id, old_version)
             )
-        except pg_errors.IntegrityError as exc:
+        except (pg_errors.IntegrityError, pg_errors.DeadlockDetected) as exc:
             raise _constraint(entity, row, exc) from None
         return cursor.rowcount == 1
 
@@ -715,8 +725,18 @@ def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
     )
 
 
-def _constraint(entity: Entity, row: Row, exc: pg_errors.IntegrityError) -> ConstraintError:
+def _constraint(
+    entity: Entity, row: Row, exc: pg_errors.IntegrityError | pg_errors.DeadlockDetected
+) -> ConstraintError | ConflictError:
     constraint = exc.diag.constraint_name or ""
+    if isinstance(exc, pg_errors.DeadlockDetected):
+        # Two transactions each waited on the other's overlapping row: one of them loses,
+        # as it would have had they come one after the other.
+        if "exclusion constraint" in (exc.diag.context or "") and entity.constraints:
+            exc = pg_errors.ExclusionViolation()
+            constraint = f"{entity.table}_no_overlap_1"
+        else:
+            return ConflictError(f"{entity.name}: a concurrent transaction won; retry")
     if isinstance(exc, pg_errors.ExclusionViolation):
         rule = entity.constraints[int(constraint.rsplit("_", 1)[-1]) - 1]
         return ConstraintError(

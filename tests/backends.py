@@ -88,4 +88,4 @@ class PostgresBackend(Backend):
             NatsBus.delete_stream(NATS, urls["name"])
 
 
-BACKENDS: list[Backend] = [SQLiteBackend(), PostgresBackend("sqlite")]
+BACKENDS: list[Backend] = [SQLiteBackend(), PostgresBackend("nats")]

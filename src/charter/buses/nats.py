@@ -1,0 +1,1079 @@
+"""The NATS JetStream bus: for when one machine is not enough.
+
+URL: ``nats://[user:password@]host:port[,host:port...][?replicas=3&partitions=16]``.
+Several servers name the nodes of one cluster (the client reconnects to another one when
+a node goes away). ``replicas`` (default 1) is the stream's replication factor: use 3 for
+a stream that matters (G7). ``partitions`` (default 16) is explained below.
+
+The stream. One per charter: ``CHARTER_<SYSTEM>`` (upper-cased, anything but letters and
+digits turned into ``_``), subjects ``charter.<system>.>``, file storage, a duplicate window
+of two minutes (the ``Nats-Msg-Id`` header is the event id, so a relay that publishes a batch
+again after a failure does not store an event twice), no age, count or size limit.
+If the stream already exists, what is safe to change is updated (our subjects, the duplicate
+window, the replicas); what is not (storage, retention, limits someone set) is left as it
+is, with a warning in the log.
+
+Retention: *limits*, and compaction by ``compact()``, not *interest*. Interest retention
+looks like the definition of compaction ("forget what every consumer has acknowledged"),
+but it forgets at the wrong moments for charter:
+
+- JetStream (2.9) does not even store a message that no consumer's filter covers at the
+  moment it is published, and forgets a message as soon as the consumers that exist then
+  have acknowledged it. A copy's consumer exists only once the copy has registered
+  (after its backfill). A new copy reads ``head()``, backfills from the owner's rows, then
+  registers: an event published in between, for a row the backfill had already read, would
+  be lost to that copy for good.
+- The charter's ``retention`` ("how long the bus keeps events that every copy has applied")
+  is a grace period for exactly that race and for operators; interest retention has no
+  grace at all.
+- Under interest retention the readers (below) would count as interest too, and
+  recreating a copy's durable consumer would let the server drop what it had not applied.
+- An age limit would drop events a copy has not applied, so there is none.
+
+So the server never forgets on its own and ``compact(retention_s)`` does what the SQLite bus
+does: per entity, it takes the lowest position every durable consumer whose filter
+overlaps the entity has applied (its ack floor), finds (by binary search on the stored
+timestamps) the newest of the entity's events at or below it that is older than the
+retention, and purges the entity's subjects up to there (``STREAM.PURGE`` with a subject
+filter and a sequence, which does not disturb consumers of other entities). It returns the
+number of events purged. Positions are stream sequences and are never reused.
+
+Subjects and partitions. An event of ``Customer`` with id ``i`` is published on
+``charter.<system>.Customer.<p>`` with ``p = crc32(i) % partitions``. The entity in the
+subject lets a NATS authorization config allow a context to publish only on
+``charter.<system>.<Entity>.>`` for the entities it owns (G1 on the bus). The partition is a
+stable function of the id, so every version of one record travels on one subject: a later
+consumer per partition (parallel copies) still sees each id in order. Keep the number of
+partitions once chosen. A copy today reads its whole entity (filter
+``charter.<system>.<Entity>.>``) in stream order.
+
+Publishing is pipelined (all publishes are written, then the acknowledgements collected),
+in order, on one connection; ``publish`` raises when any event was not acknowledged and
+the relay publishes the whole batch again (the duplicate window drops what the stream
+already has). If a batch failed half-way, the retry may store an event after newer events
+of the same batch: copies still converge, because events carry the full state and a copy
+only applies a newer version (G3, G4).
+
+Reading and acknowledging are two consumers:
+
+- Reading: in each process, each copy reads its entity through an ephemeral pull consumer
+  of its own (no acks, memory, one replica, removed by the server after a minute without
+  pulls), created at ``after + 1``. So every process that runs a copy sees the entity's
+  whole log in order, exactly as from the SQLite bus. This matters: two ``charter run``
+  processes may run the same copy at once (the conformance suite does), and a shared
+  durable consumer would split the events between them while the copy's store skips
+  positions at or below its checkpoint, which would silently lose one process's share.
+  After a crash the next process starts at its checkpoint + 1 at once: no acknowledgement
+  timeout to wait for, no in-flight state on the server. A gap in the reader's delivery
+  sequence (deliveries lost in a reconnect), a reader the server removed, or a caller going
+  back behind what it had: the reader is reopened at the caller's ``after + 1``. What was
+  fetched but not applied (the copy's transaction failed) is handed out again, in order.
+- Acknowledging: each copy has one durable pull consumer (named after the copy, filtered
+  on its entity, AckAll, headers only, ack wait 30 s). It records what the copy has
+  applied: ``ack(position)``, called after the copy's transaction committed (never
+  ``fetch``), pulls its headers up to ``position`` and acknowledges that one, and so
+  everything before it. Any process may do it: the copy is one store, so a committed
+  position is applied. The copy's first ``fetch`` or ``ack`` registers it: the durable
+  consumer is created at ``position + 1`` when it is missing, and from then on compaction
+  keeps what the copy has not applied. Compaction, ``backlog`` and operators
+  (``nats consumer report``) read it.
+
+``head(entity)`` is the stream sequence of the entity's newest event (0 when none);
+``backlog`` counts the entity's events after the copy's position (from the durable
+consumer's num_pending + num_ack_pending when its ack floor is that position, else with a
+short-lived consumer started there) and reads the commit time (CloudEvent ``time``) of the
+first of them (the time the stream stored it, if the event is unreadable).
+
+The duplicate window is a time window: within two minutes an event id is dropped even if
+compaction has already purged the event (harmless: every copy had applied it).
+
+Threads. The bus is synchronous: it owns an asyncio event loop in a daemon thread and every
+call submits a coroutine to it and waits for the answer with a timeout, so a call made while
+the client reconnects raises (the caller retries) and never hangs. The client reconnects
+forever, to any server of the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import contextlib
+import datetime as dt
+import itertools
+import logging
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote
+
+import nats
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from charter.buses.base import Delivery
+from charter.errors import Error
+from charter.stores.base import Backlog, OutboxRow
+
+log = logging.getLogger("charter.buses.nats")
+
+T = TypeVar("T")
+
+DUPLICATE_WINDOW_S = 120.0
+ACK_WAIT_S = 30.0
+MAX_ACK_PENDING = 50_000
+REGISTER_BATCH = 1000  # headers pulled at a time from a copy's durable consumer
+READER_IDLE_S = 60.0  # a reader nobody pulls from for this long is removed by the server
+FETCH_TIMEOUT_S = 0.05  # about the runner's poll interval: an idle fetch returns [] after this
+PUBLISH_TIMEOUT_S = 10.0  # for the acknowledgements of one batch
+API_TIMEOUT_S = 5.0  # one JetStream API request
+CALL_MARGIN_S = 5.0  # on top of the above, before a caller gives up on the loop thread
+DEFAULT_PARTITIONS = 16
+NS = 1_000_000_000
+
+# JetStream API error codes this module tells apart
+_STREAM_NOT_FOUND = 10059
+_CONSUMER_NOT_FOUND = 10014
+_NO_MESSAGE = 10037
+_STREAM_NAME_IN_USE = 10058
+_JS_UNAVAILABLE = 10008
+
+
+class BusError(Error):
+    """The NATS bus could not do what was asked: says what, on which stream, and why."""
+
+
+class _ApiError(BusError):
+    def __init__(self, message: str, code: int, err_code: int) -> None:
+        super().__init__(message)
+        self.code, self.err_code = code, err_code
+
+
+@dataclass(frozen=True, slots=True)
+class NatsUrl:
+    """A parsed ``nats://`` bus URL."""
+
+    servers: tuple[str, ...]
+    user: str | None
+    password: str | None
+    replicas: int
+    partitions: int
+
+
+def parse_url(url: str) -> NatsUrl:
+    """Read ``nats://[user:password@]host:port[,host:port...][?replicas=N&partitions=M]``."""
+    if not url.startswith("nats://"):
+        raise ValueError(f"'{url}' is not a NATS bus URL (expected nats://host:port)")
+    rest = url.removeprefix("nats://")
+    netloc, _, query = rest.partition("?")
+    netloc = netloc.rstrip("/")
+    user = password = None
+    if "@" in netloc:
+        credentials, _, netloc = netloc.rpartition("@")
+        name, _, secret = credentials.partition(":")
+        user, password = unquote(name), unquote(secret)
+    hosts = [h.strip() for h in netloc.split(",") if h.strip()]
+    if not hosts:
+        raise ValueError(f"NATS bus URL '{url}': no server (expected nats://host:port)")
+    options = {"replicas": 1, "partitions": DEFAULT_PARTITIONS}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in options:
+            raise ValueError(f"NATS bus URL: unknown option '{key}' (known: {', '.join(options)})")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"NATS bus URL: {key} must be a whole number ≥ 1, got '{value}'")
+        options[key] = int(value)
+    if options["replicas"] > 5:
+        raise ValueError("NATS bus URL: replicas must be at most 5 (JetStream's limit)")
+    servers = tuple(h if ":" in h else f"{h}:4222" for h in hosts)
+    return NatsUrl(
+        tuple(f"nats://{h}" for h in servers),
+        user,
+        password,
+        options["replicas"],
+        options["partitions"],
+    )
+
+
+def stream_name(system: str) -> str:
+    """The stream of a charter: ``CHARTER_<SYSTEM>``."""
+    return "CHARTER_" + re.sub(r"[^A-Z0-9]", "_", system.upper())
+
+
+def token(name: str) -> str:
+    """A name made safe as one subject token or consumer name."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    if not safe:
+        raise ValueError("an empty name cannot be a NATS subject token")
+    return safe
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether two subject filters can match a common subject."""
+    if a in ("", ">") or b in ("", ">"):
+        return True
+    ta, tb = a.split("."), b.split(".")
+    for x, y in itertools.zip_longest(ta, tb):
+        if x == ">" or y == ">":
+            return True
+        if x is None or y is None:
+            return False
+        if x != y and x != "*" and y != "*":
+            return False
+    return True
+
+
+def _epoch(stamp: str) -> float:
+    """Seconds since the epoch of an RFC 3339 time with any number of fractional digits."""
+    return _parse_time(stamp).timestamp()
+
+
+def _parse_time(stamp: str) -> dt.datetime:
+    text = stamp.replace("Z", "+00:00")
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(.*)$", text)
+    if match:
+        head, frac, tail = match.groups()
+        text = head + (frac[:7] if frac else "") + tail
+    moment = dt.datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _ack_sequences(reply: str | None) -> tuple[int, int] | None:
+    """(stream sequence, consumer delivery sequence) from a JetStream ack subject."""
+    if not reply or not reply.startswith("$JS.ACK."):
+        return None
+    parts = reply.split(".")
+    try:
+        if len(parts) == 9:  # $JS.ACK.<stream>.<consumer>.<dlv>.<sseq>.<dseq>.<ts>.<pending>
+            return int(parts[5]), int(parts[6])
+        if len(parts) >= 12:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<dlv>.<sseq>.<dseq>…
+            return int(parts[7]), int(parts[8])
+    except ValueError:
+        return None
+    return None
+
+
+@dataclass(eq=False)
+class _Pull:
+    """A pull consumer as this process uses it: its inbox, what arrived, what it holds."""
+
+    filter: str
+    name: str = ""
+    generation: int = 0
+    inbox: str = ""
+    sub: Subscription | None = None
+    arrived: list[Msg] = field(default_factory=list)  # delivered, not yet looked at
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    held: list[tuple[int, Msg]] = field(default_factory=list)  # above `base`, in seq order
+    base: int = 0  # reader: the copy has applied up to here; register: acknowledged up to here
+    last_dseq: int = 0
+    ends: dict[str, str] = field(default_factory=dict)  # pull request id -> final status
+    requests: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    stale: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class NatsBus:
+    """Events in one JetStream stream per charter; per copy, one durable consumer for what
+    it has applied and, in each process running it, one ephemeral consumer to read."""
+
+    def __init__(self, url: str, system: str) -> None:
+        self.url = url
+        self.system = system
+        self.options = parse_url(url)
+        self.stream = stream_name(system)
+        self._prefix = f"charter.{token(system)}"
+        self._api_prefix = "$JS.API"
+        self._closed = False
+        self._nc: Client | None = None
+        self._acks: dict[str, asyncio.Future[Msg | None]] = {}
+        self._ack_inbox = ""
+        self._ack_ids = itertools.count(1)
+        self._readers: dict[tuple[str, str], _Pull] = {}
+        self._registers: dict[tuple[str, str], _Pull] = {}
+        self._register_lock: asyncio.Lock | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"charter-nats:{system}", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._call(self._open(), 3 * API_TIMEOUT_S + 2 * len(self.options.servers) + 10)
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- the loop thread
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            tasks = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self._loop.close()
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        if self._closed or not self._thread.is_alive():
+            coro.close()
+            raise BusError(f"the NATS bus for '{self.system}' is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        servers = ", ".join(self.options.servers)
+        try:
+            return future.result(timeout)
+        except BusError:
+            raise
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            if not future.done():
+                future.cancel()
+                raise BusError(
+                    f"NATS bus ({servers}): no answer within {timeout:.0f}s "
+                    "(servers down or reconnecting); try again"
+                ) from None
+            raise BusError(f"NATS bus ({servers}): {exc!r}; try again") from exc
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise BusError(f"the NATS bus for '{self.system}' is not connected")
+        return self._nc
+
+    # ----------------------------------------------------------------- connection, stream
+
+    async def _open(self) -> None:
+        self._register_lock = asyncio.Lock()
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS bus %s: %s", self.stream, exc)
+
+        async def on_disconnect() -> None:
+            # what was sent on the lost connection will not be acknowledged: say so now
+            for future in list(self._acks.values()):
+                if not future.done():
+                    future.set_result(None)
+            if not self._closed:
+                log.info("NATS bus %s: disconnected, reconnecting", self.stream)
+
+        async def on_reconnect() -> None:
+            url = self._nc.connected_url if self._nc else None
+            log.info("NATS bus %s: reconnected to %s", self.stream, url.netloc if url else "?")
+
+        connecting = nats.connect(
+            servers=list(self.options.servers),
+            user=self.options.user,
+            password=self.options.password,
+            name=f"charter:{self.system}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            connect_timeout=2,
+            ping_interval=5,
+            max_outstanding_pings=2,
+            pending_size=32 * 1024 * 1024,
+            drain_timeout=2,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+        wait = 3.0 + 2.0 * len(self.options.servers)
+        try:
+            self._nc = await asyncio.wait_for(connecting, wait)
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise BusError(
+                f"cannot connect to NATS at {', '.join(self.options.servers)} within "
+                f"{wait:.0f}s ({exc!r}); is the server running, are the credentials right?"
+            ) from None
+        self._ack_inbox = self._nc.new_inbox()
+        await self._nc.subscribe(f"{self._ack_inbox}.*", cb=self._on_publish_ack)
+        await self._ensure_stream()
+
+    async def _api(self, subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = orjson.dumps(request) if request is not None else b""
+        try:
+            msg = await self.nc.request(
+                f"{self._api_prefix}.{subject}", payload, timeout=API_TIMEOUT_S
+            )
+        except nats.errors.NoRespondersError:
+            raise _ApiError(
+                f"NATS bus: JetStream is not available on {', '.join(self.options.servers)}",
+                503,
+                _JS_UNAVAILABLE,
+            ) from None
+        except nats.errors.TimeoutError:
+            raise BusError(
+                f"NATS bus: no answer to {subject.split('.')[0].lower()} request on stream "
+                f"{self.stream} within {API_TIMEOUT_S:.0f}s; try again"
+            ) from None
+        doc: dict[str, Any] = orjson.loads(msg.data)
+        error = doc.get("error")
+        if error:
+            raise _ApiError(
+                f"NATS bus, stream {self.stream}: {error.get('description', error)}",
+                int(error.get("code", 0)),
+                int(error.get("err_code", 0)),
+            )
+        return doc
+
+    def _stream_config(self) -> dict[str, Any]:
+        return {
+            "name": self.stream,
+            "description": f"charter '{self.system}': owners' events (transport, not truth)",
+            "subjects": [f"{self._prefix}.>"],
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": self.options.replicas,
+            "duplicate_window": int(DUPLICATE_WINDOW_S * NS),
+            "discard": "old",
+            "max_msgs": -1,
+            "max_bytes": -1,
+            "max_age": 0,
+            "max_msgs_per_subject": -1,
+            "max_msg_size": -1,
+            "max_consumers": -1,
+        }
+
+    async def _ensure_stream(self) -> None:
+        wanted = self._stream_config()
+        deadline = time.monotonic() + 3 * API_TIMEOUT_S
+        while True:
+            try:
+                try:
+                    info = await self._api(f"STREAM.INFO.{self.stream}")
+                except _ApiError as exc:
+                    if exc.err_code != _STREAM_NOT_FOUND:
+                        raise
+                    try:
+                        await self._api(f"STREAM.CREATE.{self.stream}", wanted)
+                        return
+                    except _ApiError as exc2:
+                        if exc2.err_code != _STREAM_NAME_IN_USE:
+                            raise
+                        info = await self._api(f"STREAM.INFO.{self.stream}")
+                await self._reconcile_stream(info["config"], wanted)
+                return
+            except _ApiError as exc:
+                if exc.code != 503 or time.monotonic() > deadline:
+                    raise BusError(f"cannot set up stream {self.stream}: {exc}") from None
+                await asyncio.sleep(0.25)  # a cluster still electing its leaders
+
+    async def _reconcile_stream(self, config: dict[str, Any], wanted: dict[str, Any]) -> None:
+        """Update what is safe to update on an existing stream; warn about the rest."""
+        update = dict(config)
+        subjects = list(config.get("subjects") or [])
+        if wanted["subjects"][0] not in subjects:
+            update["subjects"] = [*subjects, wanted["subjects"][0]]
+        for key in ("duplicate_window", "num_replicas"):
+            if config.get(key) != wanted[key]:
+                update[key] = wanted[key]
+        for key, safe in (("retention", "limits"), ("storage", "file")):
+            if config.get(key) != safe:
+                log.warning(
+                    "NATS bus: stream %s has %s=%s, charter expects %s; left as it is "
+                    "(JetStream cannot change it; delete the stream to recreate it)",
+                    self.stream,
+                    key,
+                    config.get(key),
+                    safe,
+                )
+        for key in ("max_age", "max_msgs", "max_bytes", "max_msgs_per_subject"):
+            if config.get(key) not in (None, 0, -1):
+                log.warning(
+                    "NATS bus: stream %s has %s=%s: the server may forget events a copy has "
+                    "not applied; left as it is",
+                    self.stream,
+                    key,
+                    config[key],
+                )
+        if update != config:
+            try:
+                await self._api(f"STREAM.UPDATE.{self.stream}", update)
+            except _ApiError as exc:
+                log.warning("NATS bus: could not update stream %s: %s", self.stream, exc)
+
+    # ----------------------------------------------------------------- publishing
+
+    def _subject(self, entity: str, entity_id: str) -> str:
+        part = zlib.crc32(entity_id.encode()) % self.options.partitions
+        return f"{self._prefix}.{token(entity)}.{part}"
+
+    def _filter(self, entity: str) -> str:
+        return f"{self._prefix}.{token(entity)}.>"
+
+    async def _on_publish_ack(self, msg: Msg) -> None:
+        future = self._acks.pop(msg.subject, None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def _publish(self, items: Sequence[tuple[str, str, bytes]]) -> None:
+        loop = asyncio.get_running_loop()
+        nc = self.nc
+        waiting: list[tuple[str, asyncio.Future[Msg | None]]] = []
+        try:
+            for event_id, subject, body in items:
+                reply = f"{self._ack_inbox}.{next(self._ack_ids)}"
+                future: asyncio.Future[Msg | None] = loop.create_future()
+                self._acks[reply] = future
+                waiting.append((reply, future))
+                await nc.publish(subject, body, reply=reply, headers={"Nats-Msg-Id": event_id})
+            futures = [f for _, f in waiting]
+            if futures:
+                await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT_S)
+        except nats.errors.Error as exc:
+            raise BusError(f"NATS bus: publishing to {self.stream} failed: {exc!r}") from None
+        finally:
+            for reply, future in waiting:
+                self._acks.pop(reply, None)
+                if not future.done():
+                    future.cancel()
+        missing, reason = 0, ""
+        for _, future in waiting:
+            problem = self._ack_problem(future)
+            if problem:
+                missing += 1
+                reason = reason or problem
+        if missing:
+            raise BusError(
+                f"NATS bus: {missing} of {len(items)} events were not stored in stream "
+                f"{self.stream} ({reason}); publish the batch again"
+            )
+
+    @staticmethod
+    def _ack_problem(future: asyncio.Future[Msg | None]) -> str:
+        if future.cancelled():
+            return f"no acknowledgement within {PUBLISH_TIMEOUT_S:.0f}s"
+        msg = future.result()
+        if msg is None:
+            return "the connection to the server was lost"
+        status = msg.headers.get("Status") if msg.headers else None
+        if status:
+            return "no stream leader" if status == "503" else f"status {status}"
+        try:
+            doc = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            return "unreadable acknowledgement"
+        error = doc.get("error") if isinstance(doc, dict) else "unreadable acknowledgement"
+        if error:
+            return str(error.get("description", error) if isinstance(error, dict) else error)
+        return ""
+
+    def publish(self, rows: Sequence[OutboxRow]) -> None:
+        if not rows:
+            return
+        items = [(r.event_id, self._subject(r.entity, r.entity_id), r.body) for r in rows]
+        self._call(self._publish(items), PUBLISH_TIMEOUT_S + CALL_MARGIN_S)
+
+    def publish_raw(self, event_id: str, entity: str, subject: str, body: bytes) -> None:
+        """Put any bytes on the bus, as a misbehaving producer would (for tests and repair).
+        `subject` is the entity id (it picks the partition)."""
+        items = [(event_id, self._subject(entity, subject), body)]
+        self._call(self._publish(items), PUBLISH_TIMEOUT_S + CALL_MARGIN_S)
+
+    # ----------------------------------------------------------------- consumers
+
+    async def _consumer_info(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._api(f"CONSUMER.INFO.{self.stream}.{name}")
+        except _ApiError as exc:
+            if exc.err_code == _CONSUMER_NOT_FOUND:
+                return None
+            raise
+
+    async def _delete_consumer(self, name: str) -> None:
+        try:
+            await self._api(f"CONSUMER.DELETE.{self.stream}.{name}")
+        except _ApiError as exc:
+            if exc.err_code != _CONSUMER_NOT_FOUND:
+                raise
+
+    @staticmethod
+    def _start(config: dict[str, Any], after: int) -> dict[str, Any]:
+        if after > 0:
+            config.update(deliver_policy="by_start_sequence", opt_start_seq=after + 1)
+        else:
+            config["deliver_policy"] = "all"
+        return config
+
+    async def _ephemeral(self, subject: str, after: int) -> dict[str, Any]:
+        """A consumer of this process alone, from `after` on; the server removes it when
+        nobody has pulled from it for a minute."""
+        config = self._start(
+            {
+                "ack_policy": "none",
+                "filter_subject": subject,
+                "inactive_threshold": int(READER_IDLE_S * NS),
+                "mem_storage": True,
+                "num_replicas": 1,
+                "replay_policy": "instant",
+            },
+            after,
+        )
+        return await self._api(
+            f"CONSUMER.CREATE.{self.stream}", {"stream_name": self.stream, "config": config}
+        )
+
+    async def _subscribe(self, pull: _Pull) -> None:
+        """A fresh inbox for `pull`: what is still on its way to the old one is ignored."""
+        if pull.sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await pull.sub.unsubscribe()
+        pull.generation += 1
+        generation = pull.generation
+        pull.inbox = self.nc.new_inbox()
+        pull.arrived.clear()
+        pull.ends.clear()
+        pull.held.clear()
+        pull.last_dseq = 0
+
+        async def arrive(msg: Msg) -> None:
+            if pull.generation != generation:
+                return
+            status = msg.headers.get("Status") if msg.headers else None
+            if status is None:
+                pull.arrived.append(msg)
+            elif status != "100":  # 100: heartbeat or flow control; else a request's end
+                pull.ends[msg.subject.rsplit(".", 1)[-1]] = status
+                if status == "503" or "deleted" in str(msg.headers).lower():
+                    pull.stale = True
+            pull.wake.set()
+
+        pull.sub = await self.nc.subscribe(f"{pull.inbox}.*", cb=arrive)
+
+    # reading: one ephemeral consumer per copy in each process ----------------------------
+
+    async def _reader(self, consumer: str, entity: str, after: int) -> _Pull:
+        key = (consumer, entity)
+        reader = self._readers.get(key)
+        if reader is None:
+            reader = _Pull(self._filter(entity))
+            await self._reopen(reader, after)
+            self._readers[key] = reader
+        return reader
+
+    async def _reopen(self, reader: _Pull, after: int) -> None:
+        """Read the entity again from `after + 1` on, with a new consumer."""
+        old, reader.name = reader.name, ""
+        await self._subscribe(reader)
+        reader.base, reader.stale = after, False
+        if old:
+            with contextlib.suppress(BusError):
+                await self._delete_consumer(old)
+        info = await self._ephemeral(reader.filter, after)
+        reader.name = str(info["name"])
+
+    def _take(self, pull: _Pull, ordered: bool) -> bool:
+        """Move what arrived into `held` (seq order, above `base`). For a reader, False when
+        its deliveries are not consecutive (some were lost): it must be reopened."""
+        arrived, pull.arrived = pull.arrived, []
+        for msg in arrived:
+            sequences = _ack_sequences(msg.reply)
+            if sequences is None:
+                continue
+            seq, dseq = sequences
+            if ordered:
+                if dseq != pull.last_dseq + 1:
+                    log.info(
+                        "NATS bus %s: reader of %s got delivery #%d after #%d; reopening",
+                        self.stream,
+                        pull.filter,
+                        dseq,
+                        pull.last_dseq,
+                    )
+                    return False
+                pull.last_dseq = dseq
+            if seq <= pull.base:
+                continue
+            index = bisect.bisect_left(pull.held, seq, key=lambda item: item[0])
+            if index < len(pull.held) and pull.held[index][0] == seq:
+                pull.held[index] = (seq, msg)  # delivered again: keep the newest (its ack)
+            else:
+                pull.held.insert(index, (seq, msg))
+        return True
+
+    @staticmethod
+    def _drop(pull: _Pull, upto: int) -> Msg | None:
+        """Forget what is at or below `upto`; returns the newest message forgotten."""
+        pull.base = max(pull.base, upto)
+        cut = bisect.bisect_right(pull.held, pull.base, key=lambda item: item[0])
+        newest = pull.held[cut - 1][1] if cut else None
+        del pull.held[:cut]
+        return newest
+
+    async def _request(self, pull: _Pull, body: dict[str, Any]) -> str:
+        """Ask the consumer for messages; returns the request's id (in its reply subject)."""
+        request = str(next(pull.requests))
+        await self.nc.publish(
+            f"{self._api_prefix}.CONSUMER.MSG.NEXT.{self.stream}.{pull.name}",
+            orjson.dumps(body),
+            reply=f"{pull.inbox}.{request}",
+        )
+        return request
+
+    @staticmethod
+    def _arrived(pull: _Pull) -> int:
+        return len(pull.arrived)
+
+    @staticmethod
+    async def _wait(pull: _Pull, deadline: float, done: Callable[[], bool]) -> None:
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            pull.wake.clear()
+            try:
+                await asyncio.wait_for(pull.wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _probe(self, pull: _Pull, batch: int, wait: float) -> str | None:
+        """Ask for what is there now (up to `batch`): the final status of the request
+        (404: nothing, 408: less than `batch`), "" when `batch` came, None without answer."""
+        pull.ends.clear()  # the ends of older requests say nothing about this one
+        request = await self._request(pull, {"batch": batch, "no_wait": True})
+        await self._wait(
+            pull,
+            time.monotonic() + wait,
+            lambda: request in pull.ends or self._arrived(pull) >= batch,
+        )
+        if request in pull.ends:
+            return pull.ends.pop(request)
+        return "" if self._arrived(pull) >= batch else None
+
+    async def _pull(self, reader: _Pull, limit: int) -> None:
+        """Up to `limit` events: what is there now, else the first to come within the
+        fetch timeout (the rest of that request arrives for the next fetch)."""
+        end = await self._probe(reader, limit, FETCH_TIMEOUT_S)
+        if self._arrived(reader) or end != "404":
+            reader.stale = reader.stale or end is None  # no answer: is the consumer gone?
+            return
+        linger = await self._request(reader, {"batch": limit, "expires": int(FETCH_TIMEOUT_S * NS)})
+        await self._wait(
+            reader,
+            time.monotonic() + FETCH_TIMEOUT_S + 0.02,
+            lambda: linger in reader.ends or self._arrived(reader) > 0,
+        )
+
+    async def _fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
+        await self._register(consumer, entity, after)
+        reader = await self._reader(consumer, entity, after)
+        async with reader.lock:
+            for _ in range(2):  # a second time when the reader turned out to be gone
+                if reader.stale:
+                    reader.stale = False
+                    if await self._consumer_info(reader.name) is None:
+                        await self._reopen(reader, after)  # removed: idle, or its server died
+                if after < reader.base or not self._take(reader, ordered=True):
+                    await self._reopen(reader, after)
+                self._drop(reader, after)
+                if reader.held:
+                    break
+                await self._pull(reader, limit)
+                if not self._take(reader, ordered=True):
+                    await self._reopen(reader, after)
+                    continue
+                self._drop(reader, after)
+                if reader.held or not reader.stale:
+                    break
+            return [Delivery(seq, msg.data) for seq, msg in reader.held[:limit]]
+
+    def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
+        return self._call(
+            self._fetch(consumer, entity, after, max(1, limit)),
+            FETCH_TIMEOUT_S + 6 * API_TIMEOUT_S + CALL_MARGIN_S,
+        )
+
+    # what a copy has applied: one durable consumer per copy --------------------------------
+
+    def _register_config(self, durable: str, subject: str, after: int) -> dict[str, Any]:
+        return self._start(
+            {
+                "durable_name": durable,
+                "description": "what this charter copy has applied (its ack floor)",
+                "filter_subject": subject,
+                "ack_policy": "all",
+                "ack_wait": int(ACK_WAIT_S * NS),
+                "max_ack_pending": MAX_ACK_PENDING,
+                "max_deliver": -1,
+                "headers_only": True,
+                "replay_policy": "instant",
+            },
+            after,
+        )
+
+    async def _register(self, consumer: str, entity: str, position: int) -> _Pull:
+        """The copy's durable consumer: created at `position + 1` when it has none, so the
+        bus keeps what the copy has not applied from then on."""
+        key = (consumer, entity)
+        register = self._registers.get(key)
+        if register is not None and not register.stale:
+            return register
+        assert self._register_lock is not None
+        async with self._register_lock:
+            register = self._registers.get(key)
+            if register is None:
+                register = _Pull(self._filter(entity), token(consumer))
+            info = await self._consumer_info(register.name)
+            config = (info or {}).get("config", {})
+            if info is None or any(
+                config.get(k) != v
+                for k, v in (
+                    ("filter_subject", register.filter),
+                    ("ack_policy", "all"),
+                    ("headers_only", True),
+                )
+            ):
+                if info is not None:  # set up differently (an older charter, by hand): redo
+                    log.warning("NATS bus %s: recreating consumer %s", self.stream, register.name)
+                    await self._delete_consumer(register.name)
+                request = {
+                    "stream_name": self.stream,
+                    "config": self._register_config(register.name, register.filter, position),
+                }
+                await self._api(f"CONSUMER.DURABLE.CREATE.{self.stream}.{register.name}", request)
+                acked = position
+            else:
+                acked = int(info["ack_floor"]["stream_seq"])
+            await self._subscribe(register)
+            register.base, register.stale = acked, False
+            self._registers[key] = register
+            return register
+
+    async def _ack(self, consumer: str, entity: str, position: int) -> None:
+        reader = self._readers.get((consumer, entity))
+        if reader is not None:
+            async with reader.lock:
+                self._drop(reader, position)
+        register = await self._register(consumer, entity, position)
+        async with register.lock:
+            if position <= register.base:
+                return
+            # the register's deliveries (headers only) up to `position`, then AckAll the last
+            for _ in range(4):
+                self._take(register, ordered=False)
+                if register.held and register.held[-1][0] >= position:
+                    break
+                end = await self._probe(register, REGISTER_BATCH, API_TIMEOUT_S)
+                self._take(register, ordered=False)
+                if end is None:
+                    register.stale = True  # no answer: looked up again next time
+                    return
+                if end:  # 404/408: nothing more for now (another process may hold them)
+                    break
+            last = self._drop(register, position)
+            if last is None or not last.reply:
+                return  # not delivered to this process: whoever holds it acknowledges
+            try:
+                await self.nc.request(last.reply, b"+ACK", timeout=API_TIMEOUT_S)
+            except nats.errors.Error as exc:
+                raise BusError(
+                    f"NATS bus: copy {register.name} applied up to {position}, but the stream "
+                    f"did not confirm it ({exc!r}); the next acknowledgement covers it"
+                ) from None
+
+    def ack(self, consumer: str, entity: str, position: int) -> None:
+        self._call(self._ack(consumer, entity, position), 8 * API_TIMEOUT_S + CALL_MARGIN_S)
+
+    # ----------------------------------------------------------------- positions, lag
+
+    async def _message(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            doc = await self._api(f"STREAM.MSG.GET.{self.stream}", request)
+        except _ApiError as exc:
+            if exc.err_code == _NO_MESSAGE:
+                return None
+            raise
+        message: dict[str, Any] = doc["message"]
+        return message
+
+    async def _head(self, entity: str) -> int:
+        message = await self._message({"last_by_subj": self._filter(entity)})
+        return int(message["seq"]) if message else 0
+
+    def head(self, entity: str) -> int:
+        return self._call(self._head(entity), API_TIMEOUT_S + CALL_MARGIN_S)
+
+    async def _count_after(self, subject: str, after: int) -> int:
+        """How many events on `subject` come after `after`: a new consumer knows."""
+        info = await self._ephemeral(subject, after)
+        with contextlib.suppress(BusError):  # else it goes away once idle
+            await self._delete_consumer(str(info["name"]))
+        return int(info["num_pending"])
+
+    async def _backlog(self, consumer: str, entity: str, after: int) -> Backlog:
+        subject = self._filter(entity)
+        if await self._head(entity) <= after:
+            return Backlog(0, None)
+        count: int | None = None
+        info = await self._consumer_info(token(consumer))
+        if info is not None and info.get("config", {}).get("filter_subject") == subject:
+            if int(info["delivered"]["stream_seq"]) == after:
+                count = int(info["num_pending"])
+            elif int(info["ack_floor"]["stream_seq"]) == after:
+                count = int(info["num_pending"]) + int(info["num_ack_pending"])
+        if count is None:
+            count = await self._count_after(subject, after)
+        first = await self._message({"seq": after + 1, "next_by_subj": subject})
+        return Backlog(count, self._commit_time(first) if first else None)
+
+    @staticmethod
+    def _commit_time(message: dict[str, Any]) -> str | None:
+        """The CloudEvent `time` of a stored message; the time it was stored if unreadable."""
+        try:
+            doc = orjson.loads(base64.b64decode(message.get("data") or ""))
+            if isinstance(doc, dict) and isinstance(doc.get("time"), str) and doc["time"]:
+                return str(doc["time"])
+        except (orjson.JSONDecodeError, ValueError):
+            pass
+        stored = message.get("time")
+        if not stored:
+            return None
+        return _parse_time(str(stored)).isoformat().replace("+00:00", "Z")
+
+    def backlog(self, consumer: str, entity: str, after: int) -> Backlog:
+        return self._call(self._backlog(consumer, entity, after), 4 * API_TIMEOUT_S + 5)
+
+    # ----------------------------------------------------------------- compaction
+
+    async def _durables(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            doc = await self._api(f"CONSUMER.LIST.{self.stream}", {"offset": offset})
+            page = doc.get("consumers") or []
+            found.extend(c for c in page if c.get("config", {}).get("durable_name"))
+            offset += len(page)
+            if not page or offset >= int(doc.get("total", 0)):
+                return found
+
+    async def _purge_point(self, subject: str, floor: int, cutoff: float) -> int:
+        """The first sequence to keep: every event on `subject` before it is at or below
+        `floor` and was stored before `cutoff`."""
+
+        async def qualifying(seq: int) -> int | None:
+            message = await self._message({"seq": seq, "next_by_subj": subject})
+            if message is None or int(message["seq"]) > floor:
+                return None
+            if _epoch(str(message["time"])) >= cutoff:
+                return None
+            return int(message["seq"])
+
+        first = await qualifying(1)
+        if first is None:
+            return 0
+        at_floor = await qualifying(floor)
+        if at_floor is not None:
+            return at_floor + 1
+        low, high = first, floor  # the event at `low` qualifies; none from `high` on does
+        while high - low > 1:
+            middle = (low + high) // 2
+            found = await qualifying(middle)
+            if found is None:
+                high = middle
+            else:
+                low = found
+        return low + 1
+
+    async def _compact(self, retention_s: float) -> int:
+        cutoff = time.time() - retention_s
+        info = await self._api(
+            f"STREAM.INFO.{self.stream}", {"subjects_filter": f"{self._prefix}.>"}
+        )
+        last = int(info["state"].get("last_seq", 0))
+        entities = sorted(
+            {".".join(s.split(".")[:3]) + ".>" for s in (info["state"].get("subjects") or {})}
+        )
+        if not entities:
+            return 0
+        floors: list[tuple[str, int]] = []
+        for consumer in await self._durables():
+            subject = consumer["config"].get("filter_subject") or ">"
+            if int(consumer.get("num_ack_pending", 0)) == 0:
+                floor = int(consumer["delivered"]["stream_seq"])
+            else:
+                floor = int(consumer["ack_floor"]["stream_seq"])
+            floors.append((subject, floor))
+        purged = 0
+        for entity in entities:
+            floor = min((f for s, f in floors if _overlaps(s, entity)), default=last)
+            upto = await self._purge_point(entity, floor, cutoff)
+            if upto > 0:
+                doc = await self._api(
+                    f"STREAM.PURGE.{self.stream}", {"filter": entity, "seq": upto}
+                )
+                purged += int(doc.get("purged", 0))
+        return purged
+
+    def compact(self, retention_s: float) -> int:
+        return self._call(self._compact(retention_s), 60.0)
+
+    # ----------------------------------------------------------------- closing
+
+    async def _shutdown(self) -> None:
+        if self._nc is None or self._nc.is_closed:
+            return
+        readers = [r.name for r in self._readers.values() if r.name]
+        if readers and self._nc.is_connected:  # else they go away once idle
+            with contextlib.suppress(BusError, TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(self._delete_consumer(n) for n in readers)), 2
+                )
+        nc, self._nc = self._nc, None
+        with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+            await asyncio.wait_for(nc.drain(), 3)
+        if not nc.is_closed:
+            await nc.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._thread.is_alive():
+                future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+                try:
+                    future.result(10)
+                except (TimeoutError, nats.errors.Error, OSError):
+                    future.cancel()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> NatsBus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def delete_stream(url: str, system: str) -> bool:
+        """Delete the stream of the charter `system` (tests, teardown). False if none."""
+        options = parse_url(url)
+        name = stream_name(system)
+
+        async def delete() -> bool:
+            nc = await nats.connect(
+                servers=list(options.servers),
+                user=options.user,
+                password=options.password,
+                connect_timeout=2,
+                max_reconnect_attempts=1,
+            )
+            try:
+                msg = await nc.request(f"$JS.API.STREAM.DELETE.{name}", timeout=API_TIMEOUT_S)
+                doc = orjson.loads(msg.data)
+                return bool(doc.get("success"))
+            finally:
+                await nc.close()
+
+        return asyncio.run(delete())
+
+
+__all__ = ["BusError", "NatsBus", "NatsUrl", "parse_url", "stream_name"]

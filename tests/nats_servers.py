@@ -55,7 +55,12 @@ class Node:
 class Servers:
     """Running nats-server processes; `url` names all of them (comma-separated)."""
 
-    def __init__(self, size: int, cluster: bool) -> None:
+    def __init__(
+        self, size: int, cluster: bool, extra: str = "", env: dict[str, str] | None = None
+    ) -> None:
+        """`extra` is appended to every node's config (e.g. an authorization block);
+        `env` adds environment variables for the servers (e.g. passwords it names)."""
+        self.extra, self.env = extra, env or {}
         if not Path(NATS_SERVER).exists():
             raise RuntimeError(f"no nats-server at {NATS_SERVER} (set CHARTER_NATS_SERVER)")
         self.folder = Path(tempfile.mkdtemp(prefix="charter-nats-"))
@@ -116,12 +121,13 @@ class Servers:
                 f"  routes: [{routes}]",
                 "}",
             ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.extra
 
     def _start(self, node: Node) -> None:
         with node.log.open("ab") as log:
             node.process = subprocess.Popen(
                 [NATS_SERVER, "-c", str(node.config)],
+                env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -188,9 +194,9 @@ class Servers:
         self.stop()
 
 
-def single() -> Servers:
-    """One nats-server with JetStream."""
-    return Servers(1, cluster=False)
+def single(extra: str = "", env: dict[str, str] | None = None) -> Servers:
+    """One nats-server with JetStream (and `extra` config, e.g. an authorization block)."""
+    return Servers(1, cluster=False, extra=extra, env=env)
 
 
 def cluster(size: int = 3) -> Servers:

@@ -2,7 +2,7 @@
 peer (the ``eventsourcing`` library, see ``peer_eventsourcing.py``), with ratios and the
 targets from the issue.
 
-    .venv/bin/python benchmarks/run.py                 # everything (long: ~10 minutes)
+    .venv/bin/python benchmarks/run.py                 # everything (~15-20 minutes)
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory
 
@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -54,6 +54,7 @@ UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipe
 ENTITY = "Customer"
 COPIES = ("order_customers", "mailing_customers")
 SYNC_TIMEOUT_S = 1800.0
+STARTED = dt.datetime.now(dt.UTC)
 
 CHARTER_FILE = """\
 charter: 1
@@ -223,11 +224,11 @@ def charter_command() -> list[str]:
 
 
 @contextmanager
-def charter_run(folder: Path) -> Iterator[subprocess.Popen[bytes]]:
+def charter_run(folder: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
     """`charter run` in a process of its own, sharing the files; stopped with SIGTERM."""
-    log: IO[bytes] = (folder / "run.log").open("wb")
+    log: IO[bytes] = (folder / f"run{'-'.join(('', *options))}.log").open("wb")
     proc = subprocess.Popen(
-        [*charter_command(), "run", "-f", str(folder / "charter.yaml")],
+        [*charter_command(), "run", "-f", str(folder / "charter.yaml"), *options],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=folder,
@@ -248,7 +249,8 @@ def charter_run(folder: Path) -> Iterator[subprocess.Popen[bytes]]:
 def alive(proc: subprocess.Popen[bytes], folder: Path) -> Callable[[], None]:
     def check() -> None:
         if proc.poll() is not None:
-            tail = (folder / "run.log").read_text(errors="replace")[-2000:]
+            logs = sorted(folder.glob("run*.log"))
+            tail = "".join(log.read_text(errors="replace")[-2000:] for log in logs)
             raise RuntimeError(f"charter run exited with {proc.returncode}:\n{tail}")
 
     return check
@@ -671,6 +673,33 @@ def charter_pipeline_process(n: int, per_transaction: int) -> tuple[float, float
     return n / written, n / elapsed
 
 
+def charter_pipeline_processes(n: int, per_transaction: int) -> tuple[float, float]:
+    """The same, with one `charter run --context X` process per context: the relay of the
+    owner and each copy's projector in a process (and a GIL) of its own."""
+    with scratch("pipeline-procs") as folder, new_system(folder) as system:
+        progress = Progress(system)
+        with ExitStack() as stack:
+            procs = [
+                stack.enter_context(charter_run(folder, "--context", name))
+                for name in system.charter.contexts
+            ]
+            checks = [alive(proc, folder) for proc in procs]
+
+            def check() -> None:
+                for one in checks:
+                    one()
+
+            maker = ChangeMaker(system.context("customers"))
+            maker.batch(per_transaction)
+            progress.wait(60, check)
+            start = time.perf_counter()
+            written = maker.write(n, per_transaction)
+            progress.wait(check=check)
+            elapsed = time.perf_counter() - start
+        check_copies(system, maker)
+    return n / written, n / elapsed
+
+
 def bench_pipeline(sizes: Sizes, report: Report, in_process: bool, separate: bool) -> None:
     n, n_peer, per = sizes.pipeline_changes, sizes.peer_pipeline_changes, 100
     say(f"\n[2] end to end: {n} changes, {per} per transaction, two copies")
@@ -684,6 +713,9 @@ def bench_pipeline(sizes: Sizes, report: Report, in_process: bool, separate: boo
         variants.append(("runner in background threads", charter_pipeline_in_process))
     if separate:
         variants.append(("runner as `charter run` process", charter_pipeline_process))
+        variants.append(
+            ("runner as 3 `charter run --context` processes", charter_pipeline_processes)
+        )
     for label, run in variants:
         writer_rate, rate = run(n, per)
         say(f"  charter, {label}: {rate:,.0f} changes/s (owner wrote at {writer_rate:,.0f}/s)")
@@ -938,9 +970,31 @@ def machine() -> dict[str, str]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
-        "charter": importlib.metadata.version("charter"),
+        "charter": f"{importlib.metadata.version('charter')} ({source_revision()})",
         "eventsourcing": importlib.metadata.version("eventsourcing"),
     }
+
+
+def source_revision() -> str:
+    """The git commit the figures were taken at (src/ changes under our feet otherwise)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "git revision unknown"
+    return f"git {head}" + (", src/ has uncommitted changes" if dirty else "")
 
 
 def peer_setting() -> str:
@@ -969,7 +1023,8 @@ def render(report: Report, info: dict[str, str], settings: dict[str, str], mode:
     lines = [
         "# charter benchmarks: results",
         "",
-        f"Date: {dt.date.today().isoformat()}. Mode: {mode}. Produced by "
+        f"Date: {STARTED:%Y-%m-%d}, {STARTED:%H:%M}-{dt.datetime.now(dt.UTC):%H:%M} UTC. "
+        f"Mode: {mode}. Produced by "
         "`.venv/bin/python benchmarks/run.py` (see README.md for what each figure means).",
         "",
         "## Machine",
@@ -1007,6 +1062,19 @@ def write_results(text: str) -> None:
     RESULTS.write_text(text + "\n" + kept)
 
 
+def wait_for_quiet(limit: float, load: float) -> float:
+    """Wait up to `limit` seconds for the 1-minute load average to fall below `load`; this
+    machine is shared, and other work on it moves fsync times by several times."""
+    deadline = time.monotonic() + limit
+    current = os.getloadavg()[0]
+    if current >= load and limit > 0:
+        say(f"\n(waiting up to {limit:.0f} s for load average {current:.1f} to fall below {load})")
+    while current >= load and time.monotonic() < deadline:
+        time.sleep(5)
+        current = os.getloadavg()[0]
+    return current
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller counts (a few minutes)")
@@ -1016,11 +1084,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-separate-process",
         action="store_true",
-        help="skip the `charter run` process variant of the end-to-end measurement",
+        help="skip the `charter run` process variants of the end-to-end measurement",
     )
     parser.add_argument(
         "--write", action="store_true", help="write RESULTS.md even for --quick or --only"
     )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        metavar="S",
+        help="before each measurement wait up to S seconds for the machine to calm down "
+        "(1-minute load average below --quiet-load); default 180 for a full run, 0 for --quick",
+    )
+    parser.add_argument("--quiet-load", type=float, default=1.0, metavar="L")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     chosen = args.only or list(SECTIONS)
@@ -1045,9 +1122,10 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda: bench_latency(sizes, report),
         "memory": lambda: bench_memory(sizes, report),
     }
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0 if args.quick else 180)
     for name in SECTIONS:
         if name in chosen:
-            before = os.getloadavg()[0]
+            before = wait_for_quiet(quiet_wait, args.quiet_load)
             began = time.perf_counter()
             sections[name]()
             report.note(

@@ -292,14 +292,39 @@ def parked(path: Path, copy: str | None, as_json: bool) -> None:
     "--keep",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Build the shop in this folder and keep it (default: a temporary folder).",
+    help="Build the shop in this folder and keep it, with its PostgreSQL schemas and NATS "
+    "stream (default: a temporary folder, and everything removed at the end).",
+)
+@click.option(
+    "--postgres",
+    metavar="URL",
+    default=None,
+    help="Keep every context's store in this PostgreSQL database, each in a schema of its "
+    "own, <run>_<context> (default: SQLite files).",
+)
+@click.option(
+    "--nats",
+    metavar="URL",
+    default=None,
+    help="Move the events on this NATS JetStream server, in a stream of this run's own "
+    "(default: an SQLite bus).",
 )
 @reports_errors
-def demo(changes: int, keep: Path | None) -> None:
-    """Build the shop from the essays and watch ownership, copies and contracts work."""
+def demo(changes: int, keep: Path | None, postgres: str | None, nats: str | None) -> None:
+    """Build the shop from the essays and watch ownership, copies and contracts work.
+
+    Everything is SQLite files in one folder unless --postgres and/or --nats put the
+    stores and/or the bus on servers:
+
+    \b
+      charter demo --postgres postgresql://postgres@127.0.0.1:5432/test \\
+                   --nats nats://127.0.0.1:4222
+
+    Each run names its schemas and stream after a fresh id (demo_<8 hex>), so runs never
+    collide, and removes them at the end unless --keep is given."""
     from charter.demo import run_demo
 
-    run_demo(_console(), changes=changes, folder=keep)
+    run_demo(_console(), changes=changes, folder=keep, postgres=postgres, nats=nats)
 
 
 def status_table(rows: list[CopyStatus]) -> Table:

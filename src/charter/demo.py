@@ -3,22 +3,35 @@
 A newcomer should see, in under a minute and with nothing but SQLite files, the
 three ideas charter is made of: one write store per record (other writers are
 refused), derivative copies fed only by the owner's events (they converge), and
-contracts (every copy's staleness measured against its window)."""
+contracts (every copy's staleness measured against its window).
+
+The same story runs on real servers: `--postgres URL` keeps every context's store in
+its own schema of that database, `--nats URL` moves the events on a JetStream stream
+(either alone, or both). Every run takes a fresh id (`demo_<8 hex>`) for its schemas
+and stream, so demos never meet each other's data, and removes them at the end unless
+the folder is kept (`Servers`)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 import random
+import re
 import secrets
 import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import psycopg
+from nats import connect as nats_connect
+from psycopg import sql
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -34,11 +47,13 @@ from rich.table import Table
 from rich.text import Text
 
 from charter._sqlite import sqlite_path
+from charter.buses.nats import NatsBus, parse_url, stream_name
 from charter.cli import status_table
 from charter.errors import ConstraintError, Error, OwnershipError
 from charter.owner import Record, Transaction
 from charter.runner import Runner
 from charter.status import status
+from charter.stores.postgres import split_url
 from charter.system import System
 
 # The shop from the essays. examples/shop/charter.yaml is this text, byte for byte
@@ -119,33 +134,242 @@ _SIZES = (1, 1, 1, 1, 2, 2, 3, 3, 4, 5, 6, 8, 10, 12, 15, 20)  # changes per tra
 _BASE = dt.datetime(2030, 1, 7, 8, 0, tzinfo=dt.UTC)
 
 
-def run_demo(console: Console, changes: int = 3000, folder: Path | None = None) -> None:
+_CONTEXTS = ("customers", "orders", "shipping", "calendar")  # as in SHOP_CHARTER
+_RUN = re.compile(r"demo_[0-9a-f]{8}")  # a match is confirmed by regenerating the text
+_CHECK_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class Servers:
+    """Where the demo keeps its stores and its bus: SQLite files in its folder (the
+    default), or PostgreSQL (`postgres`: every context in its own schema `<run>_<context>`
+    of that database) and/or NATS JetStream (`nats`: one stream, named after the charter
+    `shop_<run>`). `run` is fresh for every demo, so demos never collide."""
+
+    postgres: str | None = None
+    nats: str | None = None
+    run: str = field(default_factory=lambda: f"demo_{secrets.token_hex(4)}")
+
+    def __post_init__(self) -> None:
+        if self.postgres is not None:
+            if not self.postgres.startswith(("postgresql://", "postgres://")):
+                raise Error(
+                    f"--postgres '{self.postgres}' is not a PostgreSQL URL "
+                    "(expected postgresql://user@host:port/database)"
+                )
+            if "schema" in dict(parse_qsl(urlsplit(self.postgres).query)):
+                raise Error(
+                    f"--postgres '{self.postgres}' names a schema; leave it out: the demo "
+                    f"puts each context in a schema of its own ({self.run}_<context>)"
+                )
+        if self.nats is not None:
+            try:
+                parse_url(self.nats)
+            except ValueError as exc:
+                raise Error(f"--nats: {exc}") from None
+
+    @property
+    def name(self) -> str:
+        """The charter's name: the NATS stream is named after it, so one per run there."""
+        return f"shop_{self.run}" if self.nats else "shop"
+
+    @property
+    def stream(self) -> str:
+        return stream_name(self.name)
+
+    @property
+    def schemas(self) -> list[str]:
+        return [f"{self.run}_{context}" for context in _CONTEXTS] if self.postgres else []
+
+    @property
+    def conninfo(self) -> str:
+        """The PostgreSQL URL for a plain client (psycopg, psql): no charter options."""
+        assert self.postgres is not None
+        return split_url(self.postgres)[0]
+
+    def store(self, context: str) -> str:
+        """The store URL of `context` in the charter."""
+        if self.postgres is None:
+            return f"sqlite:///.charter/{context}.db"
+        parts = urlsplit(self.postgres)
+        query = [*parse_qsl(parts.query), ("schema", f"{self.run}_{context}")]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    @property
+    def bus(self) -> str:
+        return self.nats or "sqlite:///.charter/bus.db"
+
+    def charter(self) -> str:
+        """SHOP_CHARTER with this run's store and bus URLs and name: nothing else differs."""
+        text = SHOP_CHARTER
+
+        def swap(old: str, new: str) -> None:
+            nonlocal text
+            assert text.count(old) == 1, f"SHOP_CHARTER holds {old!r} {text.count(old)} times"
+            text = text.replace(old, new)
+
+        if self.nats is not None:
+            swap("\nname: shop\n", f"\nname: {self.name}\n")
+            swap("\nbus: sqlite:///.charter/bus.db\n", f"\nbus: {json.dumps(self.bus)}\n")
+        if self.postgres is not None:
+            for context in _CONTEXTS:
+                swap(
+                    f'store: "sqlite:///.charter/{context}.db"',
+                    f"store: {json.dumps(self.store(context))}",
+                )
+        return text
+
+    def resumed(self, folder: Path) -> Servers:
+        """This configuration in a kept folder that already holds it: the run found there,
+        so the demo continues on that run's schemas and stream."""
+        path = folder / "charter.yaml"
+        if not (self.postgres or self.nats) or not path.is_file():
+            return self
+        text = path.read_text(encoding="utf-8")
+        found = _RUN.search(text)
+        kept = replace(self, run=found.group()) if found else self
+        return kept if kept.charter() == text else self
+
+    def check(self) -> None:
+        """Fail early, with a clear message, when a server cannot be reached."""
+        if self.postgres is not None:
+            try:
+                with psycopg.connect(self.conninfo, connect_timeout=_CHECK_TIMEOUT_S):
+                    pass
+            except psycopg.Error as exc:
+                raise Error(f"cannot connect to PostgreSQL at {self.postgres}: {exc}") from None
+        if self.nats is not None:
+            options = parse_url(self.nats)
+
+            async def quiet(_exc: Exception) -> None:
+                """The failure is reported once, below, not logged per attempt."""
+
+            async def ping() -> None:
+                client = await nats_connect(
+                    servers=list(options.servers),
+                    user=options.user,
+                    password=options.password,
+                    connect_timeout=_CHECK_TIMEOUT_S,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    error_cb=quiet,
+                )
+                await client.close()
+
+            try:
+                asyncio.run(ping())
+            except Exception as exc:  # nats-py raises many kinds; all mean "not reachable"
+                raise Error(
+                    f"cannot connect to NATS at {self.nats} ({type(exc).__name__}); is "
+                    "nats-server running there, with JetStream (-js)?"
+                ) from None
+
+    def remove(self) -> list[str]:
+        """Drop the run's schemas and delete its stream. Returns what could not be removed
+        (empty: nothing is left behind)."""
+        problems: list[str] = []
+        if self.postgres is not None:
+            try:
+                with psycopg.connect(
+                    self.conninfo, autocommit=True, connect_timeout=_CHECK_TIMEOUT_S
+                ) as conn:
+                    conn.execute("SET lock_timeout = '10s'")
+                    for schema in self.schemas:
+                        conn.execute(
+                            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                                sql.Identifier(schema)
+                            )
+                        )
+            except psycopg.Error as exc:
+                problems.append(f"PostgreSQL schemas {', '.join(self.schemas)}: {exc}")
+        if self.nats is not None:
+            try:
+                NatsBus.delete_stream(self.nats, self.name)
+            except Exception as exc:  # report it, never hide the demo's own outcome
+                problems.append(f"NATS stream {self.stream}: {exc!r}")
+        return problems
+
+    def describe(self) -> str:
+        """Where the stores and the bus are, for the demo's first lines."""
+        if self.postgres is None:
+            stores = "its own SQLite store"
+        else:
+            stores = f"its own PostgreSQL schema ({self.run}_<context> in {self.conninfo})"
+        if self.nats is None:
+            bus = "an SQLite bus"
+        else:
+            bus = f"a NATS JetStream bus (stream {self.stream} at {self.nats})"
+        return f"each with {stores}, and {bus}"
+
+    def leftovers(self) -> list[str]:
+        """What a kept demo leaves on the servers, each with the command that removes it."""
+        lines: list[str] = []
+        if self.postgres is not None:
+            names = ", ".join(f'"{s}"' for s in self.schemas)
+            lines.append(
+                f"PostgreSQL schemas {', '.join(self.schemas)}; remove them with\n"
+                f"    psql '{self.conninfo}' -c 'DROP SCHEMA {names} CASCADE'"
+            )
+        if self.nats is not None:
+            lines.append(
+                f"NATS stream {self.stream}; remove it with\n"
+                f"    nats --server {self.nats} stream rm -f {self.stream}"
+            )
+        return lines
+
+    def flags(self) -> str:
+        """The command-line options that choose this configuration."""
+        return "".join(
+            f" --{name} {url}"
+            for name, url in (("postgres", self.postgres), ("nats", self.nats))
+            if url
+        )
+
+
+def run_demo(
+    console: Console,
+    changes: int = 3000,
+    folder: Path | None = None,
+    *,
+    postgres: str | None = None,
+    nats: str | None = None,
+) -> None:
     """Build the shop in `folder` (kept) or a temporary folder (removed), load it with
-    `changes` changes while a Runner moves the events, then show what charter guarantees."""
+    `changes` changes while a Runner moves the events, then show what charter guarantees.
+    `postgres` / `nats` (URLs) put the stores / the bus on those servers instead of
+    SQLite files; what the demo made there is removed at the end unless `folder` is given."""
     if changes < 0:
         raise Error(f"changes must be 0 or more, not {changes}")
+    servers = Servers(postgres, nats)
+    servers.check()
     if folder is not None:
-        _Demo(console, Path(folder), kept=True).run(changes)
+        servers = servers.resumed(Path(folder))
+        _Demo(console, Path(folder), servers, kept=True).run(changes)
         return
     with tempfile.TemporaryDirectory(prefix="charter-demo-") as tmp:
-        _Demo(console, Path(tmp), kept=False).run(changes)
+        _Demo(console, Path(tmp), servers, kept=False).run(changes)
 
 
-def write_charter(folder: Path) -> Path:
-    """Write the shop's charter.yaml into `folder`. Refuses a folder that holds another
-    system, so the demo never writes into someone's real stores."""
+def write_charter(folder: Path, servers: Servers | None = None) -> Path:
+    """Write the shop's charter.yaml (for `servers`: SQLite files by default) into `folder`.
+    Refuses a folder that holds another system, so the demo never writes into someone's
+    real stores."""
+    text = (servers or Servers()).charter()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "charter.yaml"
     if path.exists():
-        if path.read_text(encoding="utf-8") != SHOP_CHARTER:
-            raise Error(f"{path} already holds a different charter; give the demo an empty folder")
+        if path.read_text(encoding="utf-8") != text:
+            raise Error(
+                f"{path} already holds a different charter (another system, or a demo with "
+                "other --postgres/--nats options); give the demo an empty folder"
+            )
     elif (folder / ".charter").exists():
         raise Error(
             f"{folder / '.charter'} already holds stores of another system; "
             "give the demo an empty folder"
         )
     else:
-        path.write_text(SHOP_CHARTER, encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -253,24 +477,31 @@ class _Shop:
 class _Demo:
     """The demo's story, told on one console: the shop, the load, then the seven steps."""
 
-    def __init__(self, console: Console, folder: Path, *, kept: bool) -> None:
-        self.console, self.folder, self.kept = console, folder, kept
+    def __init__(self, console: Console, folder: Path, servers: Servers, *, kept: bool) -> None:
+        self.console, self.folder, self.servers, self.kept = console, folder, servers, kept
 
     def run(self, changes: int) -> None:
         started = time.perf_counter()
-        path = write_charter(self.folder)
-        with System.load(path) as system:
-            self.intro(system)
-            runner = Runner(system).start()
-            try:
-                self.load(system, runner, changes)
-                self.steps(system, runner)
-                example = self.history(system)
-            finally:
-                runner.stop()
-            for error in runner.errors:
-                self.console.print(f"[yellow]runner warning:[/] {escape(str(error))}")
-        self.outro(path, example, time.perf_counter() - started)
+        path = write_charter(self.folder, self.servers)
+        left: list[str] = []
+        try:
+            with System.load(path) as system:
+                self.intro(system)
+                runner = Runner(system).start()
+                try:
+                    self.load(system, runner, changes)
+                    self.steps(system, runner)
+                    example = self.history(system)
+                finally:
+                    runner.stop()
+                for error in runner.errors:
+                    self.console.print(f"[yellow]runner warning:[/] {escape(str(error))}")
+        finally:  # after the system has closed its connections
+            if not self.kept:
+                left = self.servers.remove()
+                for problem in left:
+                    self.console.print(f"[yellow]not removed:[/] {escape(problem)}")
+        self.outro(path, example, time.perf_counter() - started, removed=not left)
 
     # -- the shop -----------------------------------------------------------------
 
@@ -278,8 +509,8 @@ class _Demo:
         charter = system.charter
         self.console.rule("[bold]charter demo: the shop from the essays[/]")
         self.console.print(
-            f"{len(charter.contexts)} contexts, each with its own SQLite store, and an SQLite "
-            f"bus, in {escape(str(self.folder))}",
+            f"{len(charter.contexts)} contexts, {escape(self.servers.describe())}, "
+            f"in {escape(str(self.folder))}",
             highlight=False,
         )
         for context in charter.contexts.values():
@@ -436,16 +667,11 @@ class _Demo:
             "itself refuses other writers, so 'just fix the table' cannot start a second truth.",
         ):
             copy = system.charter.copies["order_customers"]
-            path = _file(system.charter.contexts[copy.context].store)
-            statement = f"UPDATE {copy.table} SET email = 'mallory@example.com' WHERE id = ?"
-            shown = statement.replace("?", f"'{ada.id}'")
-            try:
-                self.say(f'→ sqlite3 {escape(_relative(path, self.folder))} "{escape(shown)}"')
-                with closing(sqlite3.connect(path, timeout=10)) as conn, conn:
-                    conn.execute(statement, (ada.id,))
-                self.say("[bold red]NOT refused: the copy was changed[/]")
-            except sqlite3.DatabaseError as exc:
-                self.say(f"[green]refused by SQLite[/] ({type(exc).__name__}): {escape(str(exc))}")
+            url = system.charter.contexts[copy.context].store
+            if url.startswith("sqlite:///"):
+                self.raw_sqlite(url, copy.table, ada.id)
+            else:
+                self.raw_postgres(url, copy.context, copy.table, ada.id)
 
         with self.step(
             4,
@@ -499,6 +725,47 @@ class _Demo:
                     f"[cyan]{copy.name}[/] promises {_duration(copy.window_s)}; "
                     f"beyond it, {escape(copy.breaks)}",
                 )
+
+    def raw_sqlite(self, url: str, table: str, customer: str) -> None:
+        """The careless script, on SQLite: the plain sqlite3 module, no charter."""
+        path = _file(url)
+        statement = f"UPDATE {table} SET email = 'mallory@example.com' WHERE id = ?"
+        shown = statement.replace("?", f"'{customer}'")
+        try:
+            self.say(f'→ sqlite3 {escape(_relative(path, self.folder))} "{escape(shown)}"')
+            with closing(sqlite3.connect(path, timeout=10)) as conn, conn:
+                conn.execute(statement, (customer,))
+            self.say("[bold red]NOT refused: the copy was changed[/]")
+        except sqlite3.DatabaseError as exc:
+            self.say(f"[green]refused by SQLite[/] ({type(exc).__name__}): {escape(str(exc))}")
+
+    def raw_postgres(self, url: str, context: str, table: str, customer: str) -> None:
+        """The careless script, on PostgreSQL: plain psycopg, in the copy's schema."""
+        conninfo, schema_option, _ = split_url(url)
+        schema = schema_option or context
+        shown = (
+            f"SET search_path TO {schema}; "
+            f"UPDATE {table} SET email = 'mallory@example.com' WHERE id = '{customer}'"
+        )
+        self.say(f'→ psql {escape(conninfo)} -c "{escape(shown)}"')
+        try:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+                conn.execute(
+                    sql.SQL("UPDATE {} SET email = 'mallory@example.com' WHERE id = %s").format(
+                        sql.Identifier(table)
+                    ),
+                    (customer,),
+                )
+            self.say("[bold red]NOT refused: the copy was changed[/]")
+        except psycopg.Error as exc:
+            message = exc.diag.message_primary or str(exc)
+            verdict = (  # the guard raises insufficient_privilege; anything else is no answer
+                "[green]refused by PostgreSQL[/]"
+                if isinstance(exc, psycopg.errors.InsufficientPrivilege)
+                else "[bold red]failed in PostgreSQL[/]"
+            )
+            self.say(f"{verdict} ({type(exc).__name__}): {escape(message)}")
 
     def private_and_snapshots(self, system: System) -> None:
         """The other half of 'only the fields they need': private fields stay home, and a
@@ -558,7 +825,7 @@ class _Demo:
             self.console.print(table)
         return str(best["id"])
 
-    def outro(self, path: Path, customer: str | None, seconds: float) -> None:
+    def outro(self, path: Path, customer: str | None, seconds: float, *, removed: bool) -> None:
         self.console.print()
         self.console.rule(f"done in {seconds:.1f} s")
         who = customer or "<id>"
@@ -571,13 +838,27 @@ class _Demo:
                 "see examples/shop)",
                 highlight=False,
             )
-        else:
-            self.console.print(
-                "The shop was built in a temporary folder, now removed. Keep it with "
-                "`charter demo --keep ./shop`, then try `charter status -f shop/charter.yaml` "
-                "and `charter history -f shop/charter.yaml Customer <id>`.",
-                highlight=False,
-            )
+            leftovers = self.servers.leftovers()
+            if leftovers:
+                self.console.print(
+                    "Kept on the servers too (--keep), until you remove them along with "
+                    f"{escape(str(self.folder))}:\n"
+                    + "\n".join(f"  {escape(line)}" for line in leftovers),
+                    highlight=False,
+                )
+            return
+        where = ["in a temporary folder, now removed"]
+        if removed and self.servers.postgres:
+            where.append(f"its PostgreSQL schemas {self.servers.run}_* dropped")
+        if removed and self.servers.nats:
+            where.append(f"its NATS stream {self.servers.stream} deleted")
+        self.console.print(
+            f"The shop was built {', '.join(where)}. Keep it with "
+            f"`charter demo --keep ./shop{escape(self.servers.flags())}`, then try "
+            "`charter status -f shop/charter.yaml` and "
+            "`charter history -f shop/charter.yaml Customer <id>`.",
+            highlight=False,
+        )
 
     # -- presentation -----------------------------------------------------------------
 

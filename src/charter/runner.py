@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
+from charter.errors import Error
 from charter.projector import Projector
 from charter.relay import Relay
 from charter.system import System
@@ -129,8 +130,11 @@ class Runner:
         deadline = time.monotonic() + timeout
         copies = [w.copy for w in self.workers if isinstance(w, Projector)]
         while time.monotonic() < deadline:
-            if all(copy_status(self.system, c).synced for c in copies):
-                return True
+            try:
+                if all(copy_status(self.system, c).synced for c in copies):
+                    return True
+            except Error:  # a bus or store failing over: not synced yet, ask again
+                pass
             time.sleep(0.005)
         return False
 

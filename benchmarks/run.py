@@ -5,6 +5,12 @@ targets from the issue.
     .venv/bin/python benchmarks/run.py                 # everything (~15-20 minutes)
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory
+    .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
+
+The sections pg-writes, relay-nats, pg-nats-e2e and pg-nats-latency (servers.py) run charter on
+PostgreSQL and NATS JetStream (--pg, --nats; defaults for a local test setup) beside plain
+psycopg and nats-py. They are part of a full run and skipped, with a note, when the servers
+do not answer.
 
 Every SQLite connection in every measurement runs journal_mode=WAL, synchronous=FULL (each
 commit fsyncs the WAL): charter's default, eventsourcing's effective default, and set
@@ -37,6 +43,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import peer_eventsourcing as peer
+import servers
 
 import charter
 from charter.events import Event
@@ -49,6 +56,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
 SECTIONS = ("owner", "pipeline", "latency", "memory")
+ALL_SECTIONS = SECTIONS + servers.SECTIONS
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
 ENTITY = "Customer"
@@ -1079,12 +1087,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller counts (a few minutes)")
     parser.add_argument(
-        "--only", action="append", choices=SECTIONS, help="run only this measurement (repeatable)"
+        "--only",
+        action="append",
+        choices=ALL_SECTIONS,
+        help="run only this measurement (repeatable)",
     )
     parser.add_argument(
         "--no-separate-process",
         action="store_true",
-        help="skip the `charter run` process variants of the end-to-end measurement",
+        help="skip the `charter run` process variants of the end-to-end and latency measurements",
     )
     parser.add_argument(
         "--write", action="store_true", help="write RESULTS.md even for --quick or --only"
@@ -1098,21 +1109,52 @@ def main(argv: list[str] | None = None) -> int:
         "(1-minute load average below --quiet-load); default 180 for a full run, 0 for --quick",
     )
     parser.add_argument("--quiet-load", type=float, default=1.0, metavar="L")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("CHARTER_BENCH_PG", servers.PG_DEFAULT),
+        metavar="URL",
+        help="PostgreSQL for the server sections (a schema per context and run, dropped after; "
+        "$CHARTER_BENCH_PG)",
+    )
+    parser.add_argument(
+        "--nats",
+        default=os.environ.get("CHARTER_BENCH_NATS", servers.NATS_DEFAULT),
+        metavar="URL",
+        help="NATS with JetStream for the server sections (a stream per run, deleted after; "
+        "$CHARTER_BENCH_NATS)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    chosen = args.only or list(SECTIONS)
+    chosen = args.only or list(ALL_SECTIONS)
+    sqlite_chosen = [name for name in SECTIONS if name in chosen]
+    server_chosen = [name for name in servers.SECTIONS if name in chosen]
     info = machine()
     say("charter benchmarks: " + ", ".join(f"{k} {v}" for k, v in info.items()))
-    with scratch("setting") as folder:
-        system = new_system(folder)
-        ours = charter_pragmas(system)
-        system.close()
-    with scratch("raw-setting") as folder:
-        raw = raw_connect(folder / "probe.db")
-        raw_setting = pragmas(raw)
-        raw.close()
-    settings = {"charter": ours, "raw sqlite3": raw_setting, "eventsourcing": peer_setting()}
-    say(f"durability: {DURABILITY} — " + "; ".join(f"{k}: {v}" for k, v in settings.items()))
+    settings: dict[str, str] = {}
+    if sqlite_chosen:
+        with scratch("setting") as folder:
+            system = new_system(folder)
+            ours = charter_pragmas(system)
+            system.close()
+        with scratch("raw-setting") as folder:
+            raw = raw_connect(folder / "probe.db")
+            raw_setting = pragmas(raw)
+            raw.close()
+        settings = {"charter": ours, "raw sqlite3": raw_setting, "eventsourcing": peer_setting()}
+        say(f"durability: {DURABILITY} — " + "; ".join(f"{k}: {v}" for k, v in settings.items()))
+    where = servers.Servers(args.pg, args.nats)
+    server_settings: dict[str, str] = {}
+    server_report = servers.Report()
+    if server_chosen:
+        problem = servers.unreachable(where)
+        if problem is None:
+            server_settings = servers.server_settings(where)
+            for key, value in server_settings.items():
+                say(f"{key}: {value}")
+        else:
+            say(f"\nserver sections skipped: {problem}")
+            server_report.note(f"not measured: {problem}")
+            server_chosen = []
 
     report = Report()
     started = time.perf_counter()
@@ -1122,13 +1164,17 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda: bench_latency(sizes, report),
         "memory": lambda: bench_memory(sizes, report),
     }
+    for name in servers.SECTIONS:
+        sections[name] = lambda name=name: servers.run_section(  # type: ignore[misc]
+            name, where, args.quick, not args.no_separate_process, server_report
+        )
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0 if args.quick else 180)
-    for name in SECTIONS:
-        if name in chosen:
+    for name in ALL_SECTIONS:
+        if name in sqlite_chosen or name in server_chosen:
             before = wait_for_quiet(quiet_wait, args.quiet_load)
             began = time.perf_counter()
             sections[name]()
-            report.note(
+            (report if name in SECTIONS else server_report).note(
                 f"{name}: {time.perf_counter() - began:.0f} s; load average (1 min) "
                 f"{before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores; "
                 "our own run accounts for about 1 to 2 of it)"
@@ -1137,11 +1183,24 @@ def main(argv: list[str] | None = None) -> int:
         f", only {', '.join(chosen)}" if args.only else ""
     )
     report.note(f"whole run took {time.perf_counter() - started:.0f} s")
-    say(f"\ndurability: {DURABILITY} on every connection (charter, raw sqlite3, eventsourcing)")
-    say(table(report.rows))
-    if args.write or (not args.quick and not args.only):
-        write_results(render(report, info, settings, mode))
-        say(f"\nwritten: {RESULTS}")
+    write = args.write or (not args.quick and not args.only)
+    if sqlite_chosen:
+        say(f"\ndurability: {DURABILITY} on every connection (charter, raw sqlite3, eventsourcing)")
+        say(table(report.rows))
+        if write:
+            write_results(render(report, info, settings, mode))
+            say(f"\nwritten: {RESULTS}")
+    if server_chosen:
+        say("")
+        say(servers.table(server_report.rows))
+        if write:
+            command = " ".join([".venv/bin/python benchmarks/run.py", *sys.argv[1:]])
+            server_info = {k: v for k, v in info.items() if k not in ("sqlite", "eventsourcing")}
+            block = servers.render(
+                server_report, server_info, server_settings, mode, STARTED, command
+            )
+            servers.write_results(RESULTS, block)
+            say(f"\nwritten (PostgreSQL/NATS part): {RESULTS}")
     return 0
 
 

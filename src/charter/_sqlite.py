@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,6 +40,41 @@ class Connections:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Threads of this process queue here for the write lock instead of sleeping in
+        # SQLite's busy handler (1, 2, 5 … 100 ms naps), which ruins latency under load.
+        self._writer = threading.Lock()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE … COMMIT), rolled back on any error."""
+        conn = self.get()
+        with self._writer:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def try_write(self, sql: str, params: tuple[object, ...]) -> bool:
+        """Run one statement if the write lock is free right now; never wait for it.
+        For bookkeeping that may as well happen on the next try."""
+        if not self._writer.acquire(blocking=False):
+            return False
+        conn = self.get()
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute(sql, params)
+            return True
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            raise
+        finally:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            self._writer.release()
 
     def get(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

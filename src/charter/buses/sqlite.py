@@ -35,24 +35,18 @@ class SQLiteBus:
         path, synchronous = sqlite_path(url)
         self._conns = Connections(path, synchronous)
         self._conns.get().executescript(_SCHEMA)
+        self._acked: dict[tuple[str, str], int] = {}
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
         if not rows:
             return
-        conn = self._conns.get()
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._conns.write() as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO events (event_id, entity, subject, time, published_at, body)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.event_id, r.entity, r.entity_id, r.time, now, r.body) for r in rows],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def publish_raw(self, event_id: str, entity: str, subject: str, body: bytes) -> None:
         """Put any bytes on the bus, as a misbehaving producer would (for tests and repair)."""
@@ -70,11 +64,21 @@ class SQLiteBus:
         return [Delivery(seq, bytes(body)) for seq, body in rows]
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
-        self._conns.get().execute(
+        """Recorded when the write lock is free (it only feeds compaction, which may wait);
+        a copy's first ack is recorded at once, so compaction knows the copy exists."""
+        key = (consumer, entity)
+        first = key not in self._acked
+        self._acked[key] = max(position, self._acked.get(key, 0))
+        sql = (
             "INSERT INTO consumers VALUES (?, ?, ?) ON CONFLICT (consumer, entity) "
-            "DO UPDATE SET position = max(position, excluded.position)",
-            (consumer, entity, position),
+            "DO UPDATE SET position = max(position, excluded.position)"
         )
+        params = (consumer, entity, self._acked[key])
+        if first:
+            with self._conns.write() as conn:
+                conn.execute(sql, params)
+        else:
+            self._conns.try_write(sql, params)
 
     def head(self, entity: str) -> int:
         row = (
@@ -96,6 +100,8 @@ class SQLiteBus:
         return Backlog(int(count), oldest)
 
     def compact(self, retention_s: float) -> int:
+        for (consumer, entity), position in self._acked.items():  # acks not yet recorded
+            self.ack(consumer, entity, position)
         cutoff = time.time() - retention_s
         cursor = self._conns.get().execute(
             "DELETE FROM events WHERE published_at < ? AND seq <= coalesce("

@@ -66,6 +66,7 @@ class SQLiteStore:
         self._conns = Connections(path, synchronous)
         self._entities: dict[str, Entity] = {}
         self._sql: dict[str, str] = {}
+        self._relayed = self._saved = 0  # relay position: in memory / known to be saved
 
     # -- schema ---------------------------------------------------------------
 
@@ -75,18 +76,13 @@ class SQLiteStore:
         owned = charter.owned_by(context)
         copies = charter.copies_in(context)
         team = charter.contexts[context].team
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._conns.write():
             for entity in owned:
                 self._prepare_entity(conn, entity, team)
             for copy in copies:
                 entity = charter.entities[copy.of]
                 owner = charter.contexts[entity.owner]
                 self._prepare_copy(conn, copy, entity, owner.name, owner.team)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         for entity in owned:
             self._entities[entity.name] = entity
             self._compile_entity(entity)
@@ -250,18 +246,17 @@ class SQLiteStore:
     # -- owner side -------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[_Writes]:
-        conn = self._conns.get()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    def _guarded(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction in which charter may write its guarded tables."""
+        with self._conns.write() as conn:
             conn.execute("UPDATE charter_guard SET open = 1")
-            yield _Writes(self, conn)
+            yield conn
             conn.execute("UPDATE charter_guard SET open = 0")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Writes]:
+        with self._guarded() as conn:
+            yield _Writes(self, conn)
 
     def fetch(self, entity: Entity, entity_id: str) -> Row | None:
         return _fetch(self, self._conns.get(), entity, entity_id)
@@ -281,31 +276,48 @@ class SQLiteStore:
         )
         return [_outbox_row(r) for r in rows]
 
+    # The relay's position is kept in memory and saved when the write lock is free, so the
+    # relay never queues behind the owner's commits. Saving late only means that after a
+    # crash a few events are published again, which the bus drops by event id (G3).
+
     def pending(self, limit: int) -> list[OutboxRow]:
         # Writers are serialised, so seq order is commit order and a position never skips.
         rows = self._conns.get().execute(
             f"SELECT {_OUTBOX_COLUMNS} FROM charter_outbox "
-            "WHERE seq > (SELECT position FROM charter_relay) ORDER BY seq LIMIT ?",
-            (limit,),
+            "WHERE seq > max((SELECT position FROM charter_relay), ?) ORDER BY seq LIMIT ?",
+            (self._relayed, limit),
         )
-        return [_outbox_row(r) for r in rows]
+        found = [_outbox_row(r) for r in rows]
+        if not found and self._relayed > self._saved:  # idle: a good moment to save
+            self._save_position(block=True)
+        return found
 
     def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:
         if rows:
-            self._conns.get().execute(
-                "UPDATE charter_relay SET position = max(position, ?)", (rows[-1].seq,)
-            )
+            self._relayed = max(self._relayed, rows[-1].seq)
+            self._save_position(block=False)
+
+    def _save_position(self, block: bool) -> None:
+        sql, params = "UPDATE charter_relay SET position = max(position, ?)", (self._relayed,)
+        if block:
+            with self._conns.write() as conn:
+                conn.execute(sql, params)
+        elif not self._conns.try_write(sql, params):
+            return
+        self._saved = self._relayed
 
     def rewind(self, after: int = 0) -> None:
-        self._conns.get().execute("UPDATE charter_relay SET position = ?", (after,))
+        with self._conns.write() as conn:
+            conn.execute("UPDATE charter_relay SET position = ?", (after,))
+        self._relayed = self._saved = after
 
     def unrelayed(self, entity: str) -> Backlog:
         count, oldest = (
             self._conns.get()
             .execute(
                 "SELECT count(*), min(time) FROM charter_outbox WHERE entity = ? "
-                "AND seq > (SELECT position FROM charter_relay)",
-                (entity,),
+                "AND seq > max((SELECT position FROM charter_relay), ?)",
+                (entity, self._relayed),
             )
             .fetchone()
         )
@@ -331,10 +343,7 @@ class SQLiteStore:
         parked: Sequence[Parked],
         position: int,
     ) -> list[Parked]:
-        conn = self._conns.get()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("UPDATE charter_guard SET open = 1")
+        with self._guarded() as conn:
             current = _checkpoint(conn, copy)
             start = current.position if current else 0
             fresh = [(p, e) for p, e in items if p > start]
@@ -373,13 +382,7 @@ class SQLiteStore:
                     "UPDATE SET position = excluded.position, applied_at = excluded.applied_at",
                     (copy.name, position, now_text(), orjson.dumps(copy.fields).decode()),
                 )
-            conn.execute("UPDATE charter_guard SET open = 0")
-            conn.execute("COMMIT")
-            return failed
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        return failed
 
     def _apply_events(
         self, conn: sqlite3.Connection, copy: Copy, items: Sequence[tuple[int, Event]], now: str
@@ -425,13 +428,10 @@ class SQLiteStore:
         return failed
 
     def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
-        conn = self._conns.get()
         refresh = self._sql[f"refresh:{copy.name}"]
         now = now_text()
         count = 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("UPDATE charter_guard SET open = 1")
+        with self._guarded() as conn:
             batch: list[tuple[Any, ...]] = []
             for entity_id, version, state in rows:
                 batch.append((entity_id, version, *[state.get(f) for f in copy.fields], now))
@@ -447,12 +447,6 @@ class SQLiteStore:
                 "applied_at = excluded.applied_at",
                 (copy.name, position, now, orjson.dumps(copy.fields).decode()),
             )
-            conn.execute("UPDATE charter_guard SET open = 0")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return count
 
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:

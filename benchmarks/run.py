@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import importlib.metadata
 import os
 import platform
@@ -1165,8 +1166,13 @@ def main(argv: list[str] | None = None) -> int:
         "memory": lambda: bench_memory(sizes, report),
     }
     for name in servers.SECTIONS:
-        sections[name] = lambda name=name: servers.run_section(  # type: ignore[misc]
-            name, where, args.quick, not args.no_separate_process, server_report
+        sections[name] = functools.partial(
+            servers.run_section,
+            name,
+            where,
+            args.quick,
+            not args.no_separate_process,
+            server_report,
         )
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0 if args.quick else 180)
     for name in ALL_SECTIONS:

@@ -12,6 +12,14 @@ from urllib.parse import parse_qs, urlsplit
 
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+# How a charter connection tells the database who it is. The guard triggers on entity and
+# copy tables refuse any connection whose page cache is not exactly this size (KiB), which
+# a plain `sqlite3` connection never has. A per-connection setting costs nothing per
+# transaction (a shared "guard open" row would cost two writes per commit). It stops
+# accidents, not a determined user: PostgreSQL roles (`charter apply`) are for that.
+CHARTER_CACHE_KIB = 8191
+IS_CHARTER = f"(SELECT cache_size FROM pragma_cache_size) IS -{CHARTER_CACHE_KIB}"
+
 
 def sqlite_path(url: str) -> tuple[Path, str]:
     """sqlite:////abs/path.db?synchronous=normal → (path, 'NORMAL'). FULL unless told."""
@@ -29,6 +37,7 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=60000")
+    conn.execute(f"PRAGMA cache_size=-{CHARTER_CACHE_KIB}")
     return conn
 
 

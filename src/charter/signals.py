@@ -12,7 +12,9 @@ class Signals:
         self._events: defaultdict[str, threading.Event] = defaultdict(threading.Event)
 
     def notify(self, key: str) -> None:
-        self._events[key].set()
+        event = self._events[key]
+        if not event.is_set():  # set() takes a lock and wakes waiters: only when needed
+            event.set()
 
     def wait(self, key: str, timeout: float) -> None:
         event = self._events[key]

@@ -4,6 +4,7 @@ into the one canonical form stored and sent on the wire (JSON-ready)."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -25,8 +26,16 @@ def timestamp_text(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_second: list[object] = [None, ""]  # the last whole second formatted, and its text
+
+
 def now_text() -> str:
-    return timestamp_text(dt.datetime.now(dt.UTC))
+    """Now, as timestamp_text() would write it; the seconds part is formatted once a second."""
+    micros = time.time_ns() // 1000
+    second, fraction = divmod(micros, 1_000_000)
+    if _second[0] != second:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{fraction:06d}Z"
 
 
 def _timestamp(entity: str, field: Field, value: Any) -> str:
@@ -99,6 +108,9 @@ def _uuid(entity: str, field: Field, value: Any) -> str:
         raise _bad(entity, field, value, "a UUID") from None
 
 
+_TEXT = frozenset({"string", "text"})
+_DECODED = frozenset({"timestamp", "date", "boolean"})
+
 ENCODERS: dict[str, Callable[[str, Field, Any], Canonical]] = {
     "string": _string,
     "text": _string,
@@ -113,6 +125,8 @@ ENCODERS: dict[str, Callable[[str, Field, Any], Canonical]] = {
 
 
 def encode(entity: Entity, field: Field, value: Any) -> Canonical:
+    if type(value) is str and field.type in _TEXT:  # the common case, without a call
+        return value
     if value is None:
         if field.required:
             raise ValidationError(f"{entity.name}.{field.name} is required")
@@ -122,8 +136,8 @@ def encode(entity: Entity, field: Field, value: Any) -> Canonical:
 
 def decode(field: Field, value: Any) -> Any:
     """Stored or wire form → the Python value a reader expects."""
-    if value is None:
-        return None
+    if value is None or field.type not in _DECODED:
+        return value
     if field.type == "timestamp":
         return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if field.type == "date":

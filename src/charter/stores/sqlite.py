@@ -1,21 +1,21 @@
 """A context's store in one SQLite file.
 
 Single writer in the database itself: every entity and copy table carries
-triggers that refuse INSERT, UPDATE and DELETE unless charter opened the guard
-inside the same transaction, so a plain `sqlite3` connection is refused with a
-message naming the owner. Writers are serialised by BEGIN IMMEDIATE, which also
+triggers that refuse INSERT, UPDATE and DELETE from any connection charter did
+not open (see `_sqlite.IS_CHARTER`), so a plain `sqlite3` connection is refused
+with a message naming the owner. Writers are serialised by BEGIN IMMEDIATE, which also
 makes `unique` and `no_overlap` hold under any concurrency."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
 
-from charter._sqlite import Connections, quote, sqlite_path
+from charter._sqlite import IS_CHARTER, Connections, quote, sqlite_path
 from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.model import Charter, Copy, Entity, Field
@@ -30,8 +30,6 @@ CREATE TABLE IF NOT EXISTS charter_schema (
     kind TEXT NOT NULL, name TEXT NOT NULL, field TEXT NOT NULL, type TEXT NOT NULL,
     PRIMARY KEY (kind, name, field)
 );
-CREATE TABLE IF NOT EXISTS charter_guard (open INTEGER NOT NULL);
-INSERT INTO charter_guard SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM charter_guard);
 CREATE TABLE IF NOT EXISTS charter_outbox (
     seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, entity TEXT NOT NULL,
     entity_id TEXT NOT NULL, version INTEGER NOT NULL, op TEXT NOT NULL,
@@ -148,7 +146,7 @@ class SQLiteStore:
             conn.execute(f'DROP TRIGGER IF EXISTS "{trigger}"')
             conn.execute(
                 f'CREATE TRIGGER "{trigger}" BEFORE {action} ON "{table}" '
-                "WHEN (SELECT open FROM charter_guard) IS NOT 1 "
+                f"WHEN NOT {IS_CHARTER} "
                 f"BEGIN SELECT RAISE(ABORT, {quote(message)}); END"
             )
 
@@ -245,18 +243,8 @@ class SQLiteStore:
 
     # -- owner side -------------------------------------------------------------
 
-    @contextmanager
-    def _guarded(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction in which charter may write its guarded tables."""
-        with self._conns.write() as conn:
-            conn.execute("UPDATE charter_guard SET open = 1")
-            yield conn
-            conn.execute("UPDATE charter_guard SET open = 0")
-
-    @contextmanager
-    def transaction(self) -> Iterator[_Writes]:
-        with self._guarded() as conn:
-            yield _Writes(self, conn)
+    def transaction(self) -> AbstractContextManager[_Writes]:
+        return _Transaction(self)
 
     def fetch(self, entity: Entity, entity_id: str) -> Row | None:
         return _fetch(self, self._conns.get(), entity, entity_id)
@@ -343,7 +331,7 @@ class SQLiteStore:
         parked: Sequence[Parked],
         position: int,
     ) -> list[Parked]:
-        with self._guarded() as conn:
+        with self._conns.write() as conn:
             current = _checkpoint(conn, copy)
             start = current.position if current else 0
             fresh = [(p, e) for p, e in items if p > start]
@@ -431,7 +419,7 @@ class SQLiteStore:
         refresh = self._sql[f"refresh:{copy.name}"]
         now = now_text()
         count = 0
-        with self._guarded() as conn:
+        with self._conns.write() as conn:
             batch: list[tuple[Any, ...]] = []
             for entity_id, version, state in rows:
                 batch.append((entity_id, version, *[state.get(f) for f in copy.fields], now))
@@ -463,6 +451,42 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._conns.close()
+
+
+class _Transaction:
+    """An owner's write transaction; a class rather than a generator, as it is on the
+    hot path of every commit."""
+
+    __slots__ = ("_conn", "_conns", "_store")
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store, self._conns = store, store._conns
+        self._conn: sqlite3.Connection | None = None
+
+    def __enter__(self) -> _Writes:
+        self._conns._writer.acquire()
+        try:
+            conn = self._conn = self._conns.get()
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._conns._writer.release()
+            raise
+        return _Writes(self._store, conn)
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            if kind is None:
+                conn.execute("COMMIT")
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._conns._writer.release()
 
 
 class _Writes:
@@ -499,9 +523,17 @@ class _Writes:
         return cursor.rowcount == 1
 
     def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None:
-        self._conn.executemany(
+        sql = (
             "INSERT INTO charter_outbox (event_id, entity, entity_id, version, op, changed, "
-            "time, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "time, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        if len(events) == 1:
+            e = events[0]
+            row = (e.id, e.entity, e.entity_id, e.version, e.op, ",".join(e.changed), e.time)
+            self._conn.execute(sql, (*row, bodies[0]))
+            return
+        self._conn.executemany(
+            sql,
             [
                 (e.id, e.entity, e.entity_id, e.version, e.op, ",".join(e.changed), e.time, b)
                 for e, b in zip(events, bodies, strict=True)

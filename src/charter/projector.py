@@ -16,6 +16,8 @@ from charter.stores import Store
 from charter.stores.base import Parked, Row
 from charter.values import ENCODERS
 
+_TEXT = frozenset({"string", "text"})
+
 
 class Projector:
     def __init__(

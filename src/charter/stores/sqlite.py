@@ -237,7 +237,13 @@ class SQLiteStore:
             f"AND id = ?1 AND version >= ?2) "
             f"ON CONFLICT (id) DO UPDATE SET {updates} "
         )
-        self._sql[f"apply:{copy.name}"] = upsert + f'WHERE excluded.version > "{table}".version'
+        newer = f'WHERE excluded.version > "{table}".version'
+        self._sql[f"apply:{copy.name}"] = upsert + newer
+        # the same without the tombstone look-up, for a copy that has no deleted ids yet
+        self._sql[f"apply-no-tombstones:{copy.name}"] = (
+            f'INSERT INTO "{table}" ({cols}) VALUES ({marks}) '
+            f"ON CONFLICT (id) DO UPDATE SET {updates} {newer}"
+        )
         self._sql[f"refresh:{copy.name}"] = upsert + f'WHERE excluded.version >= "{table}".version'
         self._sql[f"select-copy:{copy.name}"] = f'SELECT {cols} FROM "{table}"'
 
@@ -375,7 +381,10 @@ class SQLiteStore:
     def _apply_events(
         self, conn: sqlite3.Connection, copy: Copy, items: Sequence[tuple[int, Event]], now: str
     ) -> None:
-        upsert = self._sql[f"apply:{copy.name}"]
+        tombstones = conn.execute(
+            "SELECT 1 FROM charter_tombstone WHERE copy = ? LIMIT 1", (copy.name,)
+        ).fetchone()
+        upsert = self._sql[f"apply{'' if tombstones else '-no-tombstones'}:{copy.name}"]
         fields = copy.fields
         batch: list[tuple[Any, ...]] = []
         for _, event in items:
@@ -384,6 +393,7 @@ class SQLiteStore:
                     conn.executemany(upsert, batch)
                     batch = []
                 _delete_copy_row(conn, copy, event.entity_id, event.version)
+                upsert = self._sql[f"apply:{copy.name}"]
             else:
                 state = event.state or {}
                 batch.append((event.entity_id, event.version, *[state.get(f) for f in fields], now))

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 import charter
 from charter.cli import main
-from tests.conftest import assert_converged, charter_command
+from tests.backends import CONTEXTS
+from tests.conftest import SHOP, assert_converged, charter_command
 
 KEYS = [
     "copy",
@@ -129,3 +130,17 @@ def test_processes_share_the_bus_file(shop_file: Path) -> None:
         for process in (owner, copies):
             process.terminate()
             assert process.wait(timeout=30) == 0
+
+
+def test_check_never_prints_a_password(tmp_path: Path) -> None:
+    path = tmp_path / "charter.yaml"
+    text = SHOP.format(
+        name="shop",
+        bus="nats://relay:s3cret@127.0.0.1:4222",
+        **{ctx: f"postgresql://app:hunter2@127.0.0.1/test?schema={ctx}" for ctx in CONTEXTS},
+    )
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["check", "-f", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.output and "hunter2" not in result.output
+    assert "relay:***@" in result.output and "app:***@" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -93,7 +94,7 @@ def check(path: Path) -> None:
     contexts = Table("context", "team", title="contexts", title_justify="left")
     contexts.add_column("store", overflow="fold")
     for ctx in charter.contexts.values():
-        contexts.add_row(*map(escape, (ctx.name, ctx.team, ctx.store)))
+        contexts.add_row(*map(escape, (ctx.name, ctx.team, redact(ctx.store))))
     entities = Table("entity", "owner", "fields", "why", title="entities", title_justify="left")
     for entity in charter.entities.values():
         fields = ", ".join(
@@ -107,7 +108,7 @@ def check(path: Path) -> None:
         cells = (copy.name, copy.context, copy.of, ", ".join(copy.fields))
         copies.add_row(*map(escape, cells), _seconds(copy.window_s), escape(copy.breaks))
     _console().print(contexts, entities, copies)
-    _console().print(f"bus: {charter.bus}")
+    _console().print(f"bus: {escape(redact(charter.bus))}")
 
 
 @main.command()
@@ -355,6 +356,11 @@ def status_table(rows: list[CopyStatus]) -> Table:
             f"[{colour[row.state]}]{row.state}[/]",
         )
     return table
+
+
+def redact(url: str) -> str:
+    """A URL fit to print: any password replaced by ***."""
+    return re.sub(r"(://[^:/@,]+):[^@/]*@", r"\1:***@", url)
 
 
 def _seconds(value: float) -> str:

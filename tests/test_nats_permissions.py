@@ -60,7 +60,7 @@ def test_a_context_may_publish_only_what_it_owns(tmp_path: Path) -> None:
 
     system = charter.model.load(path).name
     users = [user_name(system, who) for who in ("admin", *CONTEXTS)]
-    passwords = {user: secrets.token_hex(8) for user in users}
+    passwords = {user: "pw" + secrets.token_hex(8) for user in users}  # see natsauth
     env = {password_variable(user): password for user, password in passwords.items()}
 
     def url(servers: nats_servers.Servers, who: str) -> str:

@@ -99,10 +99,13 @@ import asyncio
 import base64
 import bisect
 import contextlib
+import contextvars
 import datetime as dt
 import itertools
 import logging
+import math
 import re
+import secrets
 import threading
 import time
 import zlib
@@ -133,7 +136,12 @@ READER_IDLE_S = 60.0  # a reader nobody pulls from for this long is removed by t
 FETCH_TIMEOUT_S = 0.05  # about the runner's poll interval: an idle fetch returns [] after this
 PUBLISH_TIMEOUT_S = 10.0  # for the acknowledgements of one batch
 API_TIMEOUT_S = 5.0  # one JetStream API request
-CALL_MARGIN_S = 5.0  # on top of the above, before a caller gives up on the loop thread
+CREATE_TIMEOUT_S = 2.0  # one attempt at creating a reader (it takes milliseconds when well)
+READER_SILENCE_S = 2.0  # a reader that answers nothing for this long is abandoned
+FETCH_BUDGET_S = 10.0  # the most one fetch, ack or backlog call may take, all retries included
+ACK_BUDGET_S = 10.0
+BACKLOG_BUDGET_S = 15.0
+CALL_MARGIN_S = 2.0  # on top of a call's budget, before a caller gives up on the loop thread
 DEFAULT_PARTITIONS = 16
 NS = 1_000_000_000
 
@@ -143,6 +151,15 @@ _CONSUMER_NOT_FOUND = 10014
 _NO_MESSAGE = 10037
 _STREAM_NAME_IN_USE = 10058
 _JS_UNAVAILABLE = 10008
+# the final status of a pull request from a consumer that is there: no messages, or fewer
+_ALIVE = ("404", "408")
+
+# The consumers a process makes for itself (readers, counters): `<copy>-read-<hex>`. Copy
+# names have no `-`, so these never look like a copy's durable consumer.
+_SCRATCH = re.compile(r"^[A-Za-z0-9_]+-(read|count)-[0-9a-f]{8}$")
+
+# When the call running in this task must have answered (time.monotonic()); see _call.
+_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("deadline", default=math.inf)
 
 
 class BusError(Error):
@@ -276,6 +293,7 @@ class _Pull:
     requests: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     stale: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    owner: str = ""  # reader: the copy's token, in the names of its consumers
 
 
 class NatsBus:
@@ -297,6 +315,7 @@ class NatsBus:
         self._readers: dict[tuple[str, str], _Pull] = {}
         self._registers: dict[tuple[str, str], _Pull] = {}
         self._register_lock: asyncio.Lock | None = None
+        self._chores: set[asyncio.Task[None]] = set()  # deletes nobody waits for
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._serve, name=f"charter-nats:{system}", daemon=True
@@ -322,12 +341,20 @@ class NatsBus:
                 self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self._loop.close()
 
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+    def _call(self, coro: Coroutine[Any, Any, T], budget: float) -> T:
+        """Run `coro` on the loop thread. Whatever it waits for inside (see _remaining) is
+        cut to `budget`; the caller gives up a moment after that in any case."""
         if self._closed or not self._thread.is_alive():
             coro.close()
             raise BusError(f"the NATS bus for '{self.system}' is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+        async def bounded() -> T:
+            _DEADLINE.set(time.monotonic() + budget)
+            return await coro
+
+        future = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
         servers = ", ".join(self.options.servers)
+        timeout = budget + CALL_MARGIN_S
         try:
             return future.result(timeout)
         except BusError:
@@ -396,12 +423,23 @@ class NatsBus:
         await self._nc.subscribe(f"{self._ack_inbox}.*", cb=self._on_publish_ack)
         await self._ensure_stream()
 
-    async def _api(self, subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+    @staticmethod
+    def _remaining(wait: float) -> float:
+        """`wait`, or less when the call in hand has less time left than that."""
+        return max(0.0, min(wait, _DEADLINE.get() - time.monotonic()))
+
+    async def _api(
+        self,
+        subject: str,
+        request: dict[str, Any] | None = None,
+        timeout: float = API_TIMEOUT_S,
+    ) -> dict[str, Any]:
         payload = orjson.dumps(request) if request is not None else b""
+        timeout = self._remaining(timeout)
+        if timeout <= 0:
+            raise BusError(f"NATS bus: out of time before a request on stream {self.stream}")
         try:
-            msg = await self.nc.request(
-                f"{self._api_prefix}.{subject}", payload, timeout=API_TIMEOUT_S
-            )
+            msg = await self.nc.request(f"{self._api_prefix}.{subject}", payload, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise _ApiError(
                 f"NATS bus: JetStream is not available on {', '.join(self.options.servers)}",
@@ -410,8 +448,8 @@ class NatsBus:
             ) from None
         except nats.errors.TimeoutError:
             raise BusError(
-                f"NATS bus: no answer to {subject.split('.')[0].lower()} request on stream "
-                f"{self.stream} within {API_TIMEOUT_S:.0f}s; try again"
+                f"NATS bus: no answer to {' '.join(subject.split('.')[:2]).lower()} request "
+                f"on stream {self.stream} within {timeout:.1f}s; try again"
             ) from None
         doc: dict[str, Any] = orjson.loads(msg.data)
         error = doc.get("error")
@@ -569,13 +607,13 @@ class NatsBus:
         if not rows:
             return
         items = [(r.event_id, self._subject(r.entity, r.entity_id), r.body) for r in rows]
-        self._call(self._publish(items), PUBLISH_TIMEOUT_S + CALL_MARGIN_S)
+        self._call(self._publish(items), PUBLISH_TIMEOUT_S)
 
     def publish_raw(self, event_id: str, entity: str, subject: str, body: bytes) -> None:
         """Put any bytes on the bus, as a misbehaving producer would (for tests and repair).
         `subject` is the entity id (it picks the partition)."""
         items = [(event_id, self._subject(entity, subject), body)]
-        self._call(self._publish(items), PUBLISH_TIMEOUT_S + CALL_MARGIN_S)
+        self._call(self._publish(items), PUBLISH_TIMEOUT_S)
 
     # ----------------------------------------------------------------- consumers
 
@@ -594,6 +632,29 @@ class NatsBus:
             if exc.err_code != _CONSUMER_NOT_FOUND:
                 raise
 
+    def _forget(self, name: str) -> None:
+        """Delete a consumer of this process in the background: nobody waits for it.
+
+        The meta leader removes a consumer even when the server it was placed on is dead,
+        but then nobody answers: a second attempt says "not found", which is the answer."""
+
+        async def forget() -> None:
+            _DEADLINE.set(time.monotonic() + 2 * API_TIMEOUT_S)
+            for _ in range(2):
+                try:
+                    await self._delete_consumer(name)
+                    return
+                except _ApiError:
+                    return
+                except (BusError, nats.errors.Error, OSError):
+                    continue
+
+        if self._closed or self._nc is None:
+            return
+        task = self._loop.create_task(forget())
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
     @staticmethod
     def _start(config: dict[str, Any], after: int) -> dict[str, Any]:
         if after > 0:
@@ -602,29 +663,54 @@ class NatsBus:
             config["deliver_policy"] = "all"
         return config
 
-    async def _ephemeral(self, subject: str, after: int) -> dict[str, Any]:
-        """A consumer of this process alone, from `after` on; the server removes it when
-        nobody has pulled from it for a minute."""
-        config = self._start(
-            {
-                "ack_policy": "none",
-                "filter_subject": subject,
-                "inactive_threshold": int(READER_IDLE_S * NS),
-                "mem_storage": True,
-                "num_replicas": 1,
-                "replay_policy": "instant",
-            },
-            after,
-        )
-        return await self._api(
-            f"CONSUMER.CREATE.{self.stream}", {"stream_name": self.stream, "config": config}
-        )
+    async def _ephemeral(
+        self, subject: str, after: int, owner: str, kind: str = "read"
+    ) -> dict[str, Any]:
+        """A consumer of this process alone, from `after` on, named `<owner>-<kind>-<hex>`;
+        the server removes it when nobody has pulled from it for a minute.
+
+        It has one replica, which the cluster places on any server of the stream, also on
+        one that died a moment ago (the cluster takes minutes to call a server gone); such
+        a consumer is never answered for. So an attempt without an answer within
+        CREATE_TIMEOUT_S is deleted (by its name) and made again, placed anew."""
+        for attempt in itertools.count(1):
+            name = f"{owner}-{kind}-{secrets.token_hex(4)}"
+            config = self._start(
+                {
+                    "name": name,
+                    "ack_policy": "none",
+                    "filter_subject": subject,
+                    "inactive_threshold": int(READER_IDLE_S * NS),
+                    "mem_storage": True,
+                    "num_replicas": 1,
+                    "replay_policy": "instant",
+                },
+                after,
+            )
+            request = {"stream_name": self.stream, "config": config}
+            try:
+                return await self._api(
+                    f"CONSUMER.CREATE.{self.stream}.{name}", request, CREATE_TIMEOUT_S
+                )
+            except _ApiError:
+                raise  # refused: saying so is all there is to do
+            except BaseException as exc:  # no answer (or the caller gave up): forget it
+                self._forget(name)
+                if not isinstance(exc, BusError) or attempt >= 3 or self._remaining(1) < 1:
+                    raise
+                log.info(
+                    "NATS bus %s: no answer creating consumer %s (a server down?); again",
+                    self.stream,
+                    name,
+                )
+        raise AssertionError("unreachable")
 
     async def _subscribe(self, pull: _Pull) -> None:
         """A fresh inbox for `pull`: what is still on its way to the old one is ignored."""
         if pull.sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await pull.sub.unsubscribe()
+            pull.sub = None
         pull.generation += 1
         generation = pull.generation
         pull.inbox = self.nc.new_inbox()
@@ -641,7 +727,7 @@ class NatsBus:
                 pull.arrived.append(msg)
             elif status != "100":  # 100: heartbeat or flow control; else a request's end
                 pull.ends[msg.subject.rsplit(".", 1)[-1]] = status
-                if status == "503" or "deleted" in str(msg.headers).lower():
+                if status not in _ALIVE:  # 409 consumer deleted, 503 no responders, …
                     pull.stale = True
             pull.wake.set()
 
@@ -649,25 +735,16 @@ class NatsBus:
 
     # reading: one ephemeral consumer per copy in each process ----------------------------
 
-    async def _reader(self, consumer: str, entity: str, after: int) -> _Pull:
-        key = (consumer, entity)
-        reader = self._readers.get(key)
-        if reader is None:
-            reader = _Pull(self._filter(entity))
-            await self._reopen(reader, after)
-            self._readers[key] = reader
-        return reader
-
     async def _reopen(self, reader: _Pull, after: int) -> None:
-        """Read the entity again from `after + 1` on, with a new consumer."""
-        old, reader.name = reader.name, ""
+        """Read the entity again from `after + 1` on, with a new consumer (the old one, if
+        any, is deleted in the background: its server may be dead)."""
+        old, reader.name, reader.stale = reader.name, "", True
         await self._subscribe(reader)
-        reader.base, reader.stale = after, False
+        reader.base = after
         if old:
-            with contextlib.suppress(BusError):
-                await self._delete_consumer(old)
-        info = await self._ephemeral(reader.filter, after)
-        reader.name = str(info["name"])
+            self._forget(old)
+        info = await self._ephemeral(reader.filter, after, reader.owner)
+        reader.name, reader.stale = str(info["name"]), False
 
     def _take(self, pull: _Pull, ordered: bool) -> bool:
         """Move what arrived into `held` (seq order, above `base`). For a reader, False when
@@ -723,6 +800,7 @@ class NatsBus:
 
     @staticmethod
     async def _wait(pull: _Pull, deadline: float, done: Callable[[], bool]) -> None:
+        deadline = min(deadline, _DEADLINE.get())
         while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -733,27 +811,55 @@ class NatsBus:
             except TimeoutError:
                 return
 
-    async def _probe(self, pull: _Pull, batch: int, wait: float) -> str | None:
+    async def _probe(self, pull: _Pull, batch: int, wait: float, silence: float) -> str | None:
         """Ask for what is there now (up to `batch`): the final status of the request
-        (404: nothing, 408: less than `batch`), "" when `batch` came, None without answer."""
+        (404: nothing, 408: less than `batch`), "" when `batch` came, None without answer.
+
+        Waits up to `wait` for all of it; but as long as nothing at all came, up to
+        `silence`: a consumer answers a no_wait request at once, with messages or a status,
+        while one whose server died answers nothing, ever (not even "no responders")."""
         pull.ends.clear()  # the ends of older requests say nothing about this one
         request = await self._request(pull, {"batch": batch, "no_wait": True})
-        await self._wait(
-            pull,
-            time.monotonic() + wait,
-            lambda: request in pull.ends or self._arrived(pull) >= batch,
-        )
+        start = time.monotonic()
+
+        def done() -> bool:
+            return request in pull.ends or self._arrived(pull) >= batch
+
+        await self._wait(pull, start + min(wait, silence), done)
+        if not done():
+            if self._arrived(pull):
+                if wait > silence:
+                    await self._wait(pull, start + wait, done)
+            elif silence > wait:
+                await self._wait(
+                    pull,
+                    start + silence,
+                    lambda: request in pull.ends or self._arrived(pull) > 0,
+                )
         if request in pull.ends:
             return pull.ends.pop(request)
         return "" if self._arrived(pull) >= batch else None
 
     async def _pull(self, reader: _Pull, limit: int) -> None:
         """Up to `limit` events: what is there now, else the first to come within the
-        fetch timeout (the rest of that request arrives for the next fetch)."""
-        end = await self._probe(reader, limit, FETCH_TIMEOUT_S)
-        if self._arrived(reader) or end != "404":
-            reader.stale = reader.stale or end is None  # no answer: is the consumer gone?
+        fetch timeout (the rest of that request arrives for the next fetch). A reader that
+        does not answer at all is marked stale (its server died, or it was removed)."""
+        end = await self._probe(reader, limit, FETCH_TIMEOUT_S, READER_SILENCE_S)
+        if self._arrived(reader):
             return
+        if end is None or end not in _ALIVE:
+            if not reader.stale:
+                log.info(
+                    "NATS bus %s: reader %s of %s %s; reading from a new one",
+                    self.stream,
+                    reader.name,
+                    reader.filter,
+                    "is silent" if end is None else f"answered {end}",
+                )
+            reader.stale = True
+            return
+        if end != "404":
+            return  # 408: some came, and went (to the previous take)
         linger = await self._request(reader, {"batch": limit, "expires": int(FETCH_TIMEOUT_S * NS)})
         await self._wait(
             reader,
@@ -762,33 +868,34 @@ class NatsBus:
         )
 
     async def _fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
-        await self._register(consumer, entity, after)
-        reader = await self._reader(consumer, entity, after)
+        key = (consumer, entity)
+        if key not in self._registers:  # the first time only: a copy's acks keep it current
+            await self._register(consumer, entity, after)
+        reader = self._readers.get(key)
+        if reader is None:
+            reader = self._readers[key] = _Pull(self._filter(entity), owner=token(consumer))
         async with reader.lock:
             for _ in range(2):  # a second time when the reader turned out to be gone
-                if reader.stale:
-                    reader.stale = False
-                    if await self._consumer_info(reader.name) is None:
-                        await self._reopen(reader, after)  # removed: idle, or its server died
-                if after < reader.base or not self._take(reader, ordered=True):
+                if (
+                    not reader.name
+                    or reader.stale
+                    or after < reader.base
+                    or not self._take(reader, ordered=True)
+                ):
                     await self._reopen(reader, after)
                 self._drop(reader, after)
                 if reader.held:
                     break
                 await self._pull(reader, limit)
                 if not self._take(reader, ordered=True):
-                    await self._reopen(reader, after)
-                    continue
+                    reader.stale = True  # a gap: what came before it is still good
                 self._drop(reader, after)
                 if reader.held or not reader.stale:
                     break
             return [Delivery(seq, msg.data) for seq, msg in reader.held[:limit]]
 
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
-        return self._call(
-            self._fetch(consumer, entity, after, max(1, limit)),
-            FETCH_TIMEOUT_S + 6 * API_TIMEOUT_S + CALL_MARGIN_S,
-        )
+        return self._call(self._fetch(consumer, entity, after, max(1, limit)), FETCH_BUDGET_S)
 
     # what a copy has applied: one durable consumer per copy --------------------------------
 
@@ -804,13 +911,15 @@ class NatsBus:
                 "max_deliver": -1,
                 "headers_only": True,
                 "replay_policy": "instant",
+                "num_replicas": 0,  # as many as the stream: it outlives a server's death
             },
             after,
         )
 
     async def _register(self, consumer: str, entity: str, position: int) -> _Pull:
         """The copy's durable consumer: created at `position + 1` when it has none, so the
-        bus keeps what the copy has not applied from then on."""
+        bus keeps what the copy has not applied from then on. Looked up again when it did
+        not answer (its leader died: the cluster elects another one in seconds)."""
         key = (consumer, entity)
         register = self._registers.get(key)
         if register is not None and not register.stale:
@@ -818,31 +927,43 @@ class NatsBus:
         assert self._register_lock is not None
         async with self._register_lock:
             register = self._registers.get(key)
+            if register is not None and not register.stale:
+                return register
             if register is None:
                 register = _Pull(self._filter(entity), token(consumer))
-            info = await self._consumer_info(register.name)
-            config = (info or {}).get("config", {})
-            if info is None or any(
-                config.get(k) != v
-                for k, v in (
-                    ("filter_subject", register.filter),
-                    ("ack_policy", "all"),
-                    ("headers_only", True),
-                )
-            ):
-                if info is not None:  # set up differently (an older charter, by hand): redo
-                    log.warning("NATS bus %s: recreating consumer %s", self.stream, register.name)
-                    await self._delete_consumer(register.name)
-                request = {
-                    "stream_name": self.stream,
-                    "config": self._register_config(register.name, register.filter, position),
-                }
-                await self._api(f"CONSUMER.DURABLE.CREATE.{self.stream}.{register.name}", request)
-                acked = position
-            else:
-                acked = int(info["ack_floor"]["stream_seq"])
-            await self._subscribe(register)
-            register.base, register.stale = acked, False
+            async with register.lock:
+                info = await self._consumer_info(register.name)
+                config = (info or {}).get("config", {})
+                if info is None or any(
+                    config.get(k) != v
+                    for k, v in (
+                        ("filter_subject", register.filter),
+                        ("ack_policy", "all"),
+                        ("headers_only", True),
+                    )
+                ):
+                    if info is not None:  # set up differently (an older charter, by hand): redo
+                        log.warning(
+                            "NATS bus %s: recreating consumer %s", self.stream, register.name
+                        )
+                        await self._delete_consumer(register.name)
+                    request = {
+                        "stream_name": self.stream,
+                        "config": self._register_config(register.name, register.filter, position),
+                    }
+                    await self._api(
+                        f"CONSUMER.DURABLE.CREATE.{self.stream}.{register.name}", request
+                    )
+                    await self._subscribe(register)
+                    acked = position
+                else:
+                    acked = int(info["ack_floor"]["stream_seq"])
+                    if register.sub is None:
+                        await self._subscribe(register)
+                # What this process holds stays: its acks reach whichever server leads now.
+                register.base = acked
+                self._drop(register, acked)
+                register.stale = False
             self._registers[key] = register
             return register
 
@@ -860,7 +981,7 @@ class NatsBus:
                 self._take(register, ordered=False)
                 if register.held and register.held[-1][0] >= position:
                     break
-                end = await self._probe(register, REGISTER_BATCH, API_TIMEOUT_S)
+                end = await self._probe(register, REGISTER_BATCH, API_TIMEOUT_S, READER_SILENCE_S)
                 self._take(register, ordered=False)
                 if end is None:
                     register.stale = True  # no answer: looked up again next time
@@ -871,15 +992,16 @@ class NatsBus:
             if last is None or not last.reply:
                 return  # not delivered to this process: whoever holds it acknowledges
             try:
-                await self.nc.request(last.reply, b"+ACK", timeout=API_TIMEOUT_S)
-            except nats.errors.Error as exc:
+                await self.nc.request(last.reply, b"+ACK", timeout=self._remaining(API_TIMEOUT_S))
+            except (nats.errors.Error, TimeoutError) as exc:
+                register.stale = True
                 raise BusError(
                     f"NATS bus: copy {register.name} applied up to {position}, but the stream "
                     f"did not confirm it ({exc!r}); the next acknowledgement covers it"
                 ) from None
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
-        self._call(self._ack(consumer, entity, position), 8 * API_TIMEOUT_S + CALL_MARGIN_S)
+        self._call(self._ack(consumer, entity, position), ACK_BUDGET_S)
 
     # ----------------------------------------------------------------- positions, lag
 
@@ -898,13 +1020,12 @@ class NatsBus:
         return int(message["seq"]) if message else 0
 
     def head(self, entity: str) -> int:
-        return self._call(self._head(entity), API_TIMEOUT_S + CALL_MARGIN_S)
+        return self._call(self._head(entity), API_TIMEOUT_S)
 
-    async def _count_after(self, subject: str, after: int) -> int:
+    async def _count_after(self, subject: str, after: int, owner: str) -> int:
         """How many events on `subject` come after `after`: a new consumer knows."""
-        info = await self._ephemeral(subject, after)
-        with contextlib.suppress(BusError):  # else it goes away once idle
-            await self._delete_consumer(str(info["name"]))
+        info = await self._ephemeral(subject, after, owner, "count")
+        self._forget(str(info["name"]))  # else it goes away once idle
         return int(info["num_pending"])
 
     async def _backlog(self, consumer: str, entity: str, after: int) -> Backlog:
@@ -912,16 +1033,21 @@ class NatsBus:
         if await self._head(entity) <= after:
             return Backlog(0, None)
         count: int | None = None
-        info = await self._consumer_info(token(consumer))
+        try:
+            info = await self._consumer_info(token(consumer))
+        except BusError:  # its leader died a moment ago, say: count otherwise
+            info = None
         if info is not None and info.get("config", {}).get("filter_subject") == subject:
             if int(info["delivered"]["stream_seq"]) == after:
                 count = int(info["num_pending"])
             elif int(info["ack_floor"]["stream_seq"]) == after:
                 count = int(info["num_pending"]) + int(info["num_ack_pending"])
         if count is None:
-            count = await self._count_after(subject, after)
+            count = await self._count_after(subject, after, token(consumer))
         first = await self._message({"seq": after + 1, "next_by_subj": subject})
-        return Backlog(count, self._commit_time(first) if first else None)
+        # The head is after `after`, so one event at least: a consumer on a server that is
+        # still catching up with the stream may not have it yet.
+        return Backlog(max(count, 1), self._commit_time(first) if first else None)
 
     @staticmethod
     def _commit_time(message: dict[str, Any]) -> str | None:
@@ -938,7 +1064,7 @@ class NatsBus:
         return _parse_time(str(stored)).isoformat().replace("+00:00", "Z")
 
     def backlog(self, consumer: str, entity: str, after: int) -> Backlog:
-        return self._call(self._backlog(consumer, entity, after), 4 * API_TIMEOUT_S + 5)
+        return self._call(self._backlog(consumer, entity, after), BACKLOG_BUDGET_S)
 
     # ----------------------------------------------------------------- compaction
 

@@ -25,10 +25,19 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from charter.errors import ConflictError, ConstraintError, SchemaChangeError
+from charter.errors import ConflictError, ConstraintError
 from charter.events import Event
 from charter.model import Charter, Copy, Entity, Field
 from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
+from charter.stores.common import (
+    OUTBOX_COLUMNS,
+    check_extension,
+    copy_guard_message,
+    entity_guard_message,
+    outbox_row,
+    unstorable,
+    where_clause,
+)
 from charter.values import now_text
 
 _COLUMN_TYPE = {
@@ -39,7 +48,6 @@ _COLUMN_TYPE = {
     "timestamp": "timestamptz",
     "date": "date",
 }
-_OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
 
 _META = """
 CREATE TABLE IF NOT EXISTS {s}.charter_meta (key text PRIMARY KEY, value text NOT NULL);
@@ -233,23 +241,11 @@ class PostgresStore:
             rows = int(count[0]) if count else 0
             for field in fields:
                 old = recorded.get(field.name)
-                if old is not None and old != field.type:
-                    raise SchemaChangeError(
-                        f"{name}.{field.name} changed type from {old} to {field.type} "
-                        f"(charter line {field.line}); the store holds {rows} rows written as "
-                        f"{old}. Add a new field with the new type and move the data instead."
-                    )
-                if field.name in present:
+                if not check_extension(kind, name, table, field, old, rows, field.name in present):
                     continue
                 default = ""
                 if kind == "entity" and field.default is not None:
                     default = " DEFAULT " + sql.Literal(field.default).as_string(conn)
-                elif kind == "entity" and field.required and rows:
-                    raise SchemaChangeError(
-                        f"{name}.{field.name} is new and required, but {table} already holds "
-                        f"{rows} rows that have no value for it (charter line {field.line}). "
-                        "Give it a default or mark it required: false."
-                    )
                 column = f'"{field.name}" {_column_type(field)}{default}'
                 conn.execute(f"ALTER TABLE {self._t(table)} ADD COLUMN {column}")
         with conn.cursor() as cur:
@@ -295,8 +291,7 @@ class PostgresStore:
         self._guard(
             conn,
             table,
-            f"charter: {entity.name} is owned by context '{entity.owner}' (team {team}) and "
-            f"changes only through charter's owner API, so that every change publishes its event",
+            entity_guard_message(entity, team),
         )
 
     def _prepare_copy(
@@ -307,9 +302,7 @@ class PostgresStore:
         self._guard(
             conn,
             copy.table,
-            f"charter: {copy.table} is a read-only copy of {entity.name}, owned by context "
-            f"'{owner}' (team {team}); only charter's projector writes it. "
-            f"Change {entity.name} through '{owner}'.",
+            copy_guard_message(copy, entity, owner, team),
         )
 
     def _compile_entity(self, entity: Entity) -> None:
@@ -374,7 +367,7 @@ class PostgresStore:
         )
 
     def _stream(self, select: str, names: list[str], where: Row | None) -> Iterator[Row]:
-        query, params = _where(select, where, names)
+        query, params = where_clause(select, where, names, "IS NOT DISTINCT FROM %s")
         with (
             self.pool.connection() as conn,
             conn.transaction(),
@@ -390,21 +383,21 @@ class PostgresStore:
     def outbox(self, after: int, limit: int) -> list[OutboxRow]:
         with self.pool.connection() as conn:
             rows = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM {self._t('charter_outbox')} WHERE seq > %s "
+                f"SELECT {OUTBOX_COLUMNS} FROM {self._t('charter_outbox')} WHERE seq > %s "
                 "ORDER BY seq LIMIT %s",
                 (after, limit),
             ).fetchall()
-        return [_outbox_row(r) for r in rows]
+        return [outbox_row(r) for r in rows]
 
     def pending(self, limit: int) -> list[OutboxRow]:
         with self.pool.connection() as conn:
             rows = conn.execute(
-                f"SELECT {', '.join('o.' + c for c in _OUTBOX_COLUMNS.split(', '))} "
+                f"SELECT {', '.join('o.' + c for c in OUTBOX_COLUMNS.split(', '))} "
                 f"FROM {self._t('charter_pending')} p JOIN {self._t('charter_outbox')} o "
                 "USING (seq) ORDER BY p.seq LIMIT %s",
                 (limit,),
             ).fetchall()
-        return [_outbox_row(r) for r in rows]
+        return [outbox_row(r) for r in rows]
 
     def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:
         if rows:
@@ -435,11 +428,11 @@ class PostgresStore:
     def history(self, entity: str, entity_id: str) -> list[OutboxRow]:
         with self.pool.connection() as conn:
             rows = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM {self._t('charter_outbox')} "
+                f"SELECT {OUTBOX_COLUMNS} FROM {self._t('charter_outbox')} "
                 "WHERE entity_id = %s AND entity = %s ORDER BY version",
                 (entity_id, entity),
             ).fetchall()
-        return [_outbox_row(r) for r in rows]
+        return [outbox_row(r) for r in rows]
 
     # -- copy side --------------------------------------------------------------
 
@@ -553,18 +546,7 @@ class PostgresStore:
                 with conn.transaction():
                     self._apply_events(conn, copy, [(position, event)], now)
             except psycopg.Error as exc:
-                failed.append(
-                    Parked(
-                        copy.name,
-                        event.entity_id,
-                        event.version,
-                        event.id,
-                        position,
-                        f"event {event.id} (version {event.version}) cannot be stored: "
-                        f"{str(exc).strip()}",
-                        event.encode(),
-                    )
-                )
+                failed.append(unstorable(copy, position, event, exc))
         return failed
 
     def _delete_copy_row(
@@ -698,31 +680,6 @@ def _fetch(
     if row is None:
         return None
     return dict(zip(store._selects[entity.name], row, strict=True))
-
-
-def _where(select: str, where: Row | None, names: list[str]) -> tuple[str, list[Any]]:
-    if not where:
-        return select, []
-    for name in where:
-        if name not in names:
-            raise KeyError(f"no field '{name}' (fields: {', '.join(names)})")
-    clause = " AND ".join(f'"{name}" IS NOT DISTINCT FROM %s' for name in where)
-    return f"{select} WHERE {clause}", list(where.values())
-
-
-def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
-    seq, event_id, entity, entity_id, version, op, changed, time, body = row
-    return OutboxRow(
-        seq,
-        event_id,
-        entity,
-        entity_id,
-        version,
-        op,
-        tuple(changed.split(",")) if changed else (),
-        time,
-        bytes(body),
-    )
 
 
 def _constraint(

@@ -16,14 +16,22 @@ from typing import Any
 import orjson
 
 from charter._sqlite import IS_CHARTER, Connections, quote, sqlite_path
-from charter.errors import ConstraintError, SchemaChangeError
+from charter.errors import ConstraintError
 from charter.events import Event
 from charter.model import Charter, Copy, Entity, Field
 from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
+from charter.stores.common import (
+    OUTBOX_COLUMNS,
+    check_extension,
+    copy_guard_message,
+    entity_guard_message,
+    outbox_row,
+    unstorable,
+    where_clause,
+)
 from charter.values import now_text
 
 _COLUMN_TYPE = {"integer": "INTEGER", "boolean": "INTEGER", "number": "REAL"}
-_OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
 
 _META = """
 CREATE TABLE IF NOT EXISTS charter_schema (
@@ -116,23 +124,11 @@ class SQLiteStore:
             rows = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
             for field in fields:
                 old = recorded.get(field.name)
-                if old is not None and old != field.type:
-                    raise SchemaChangeError(
-                        f"{name}.{field.name} changed type from {old} to {field.type} "
-                        f"(charter line {field.line}); the store holds {rows} rows written as "
-                        f"{old}. Add a new field with the new type and move the data instead."
-                    )
-                if field.name in present:
+                if not check_extension(kind, name, table, field, old, rows, field.name in present):
                     continue
                 default = ""
                 if kind == "entity" and field.default is not None:
                     default = f" DEFAULT {quote(str(field.default))}"
-                elif kind == "entity" and field.required and rows:
-                    raise SchemaChangeError(
-                        f"{name}.{field.name} is new and required, but {table} already holds "
-                        f"{rows} rows that have no value for it (charter line {field.line}). "
-                        "Give it a default or mark it required: false."
-                    )
                 column = f'"{field.name}" {_column_type(field)}{default}'
                 conn.execute(f'ALTER TABLE "{table}" ADD COLUMN {column}')
         conn.executemany(
@@ -189,8 +185,7 @@ class SQLiteStore:
         self._guard(
             conn,
             table,
-            f"charter: {entity.name} is owned by context '{entity.owner}' (team {team}) and "
-            f"changes only through charter's owner API, so that every change publishes its event",
+            entity_guard_message(entity, team),
         )
 
     def _prepare_copy(
@@ -208,9 +203,7 @@ class SQLiteStore:
         self._guard(
             conn,
             copy.table,
-            f"charter: {copy.table} is a read-only copy of {entity.name}, owned by context "
-            f"'{owner}' (team {team}); only charter's projector writes it. "
-            f"Change {entity.name} through '{owner}'.",
+            copy_guard_message(copy, entity, owner, team),
         )
 
     def _compile_entity(self, entity: Entity) -> None:
@@ -257,7 +250,7 @@ class SQLiteStore:
 
     def rows(self, entity: Entity, where: Row | None = None) -> Iterator[Row]:
         names = ["id", "version", *entity.fields]
-        sql, params = _where(self._sql[f"select:{entity.name}"], where, names)
+        sql, params = where_clause(self._sql[f"select:{entity.name}"], where, names, "IS ?")
         for row in self._conns.get().execute(sql + " ORDER BY id", params):
             yield dict(zip(names, row, strict=True))
 
@@ -265,10 +258,10 @@ class SQLiteStore:
 
     def outbox(self, after: int, limit: int) -> list[OutboxRow]:
         rows = self._conns.get().execute(
-            f"SELECT {_OUTBOX_COLUMNS} FROM charter_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {OUTBOX_COLUMNS} FROM charter_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         )
-        return [_outbox_row(r) for r in rows]
+        return [outbox_row(r) for r in rows]
 
     # The relay's position is kept in memory and saved when the write lock is free, so the
     # relay never queues behind the owner's commits. Saving late only means that after a
@@ -277,11 +270,11 @@ class SQLiteStore:
     def pending(self, limit: int) -> list[OutboxRow]:
         # Writers are serialised, so seq order is commit order and a position never skips.
         rows = self._conns.get().execute(
-            f"SELECT {_OUTBOX_COLUMNS} FROM charter_outbox "
+            f"SELECT {OUTBOX_COLUMNS} FROM charter_outbox "
             "WHERE seq > max((SELECT position FROM charter_relay), ?) ORDER BY seq LIMIT ?",
             (self._relayed, limit),
         )
-        found = [_outbox_row(r) for r in rows]
+        found = [outbox_row(r) for r in rows]
         if not found and self._relayed > self._saved:  # idle: a good moment to save
             self._save_position(block=True)
         return found
@@ -319,11 +312,11 @@ class SQLiteStore:
 
     def history(self, entity: str, entity_id: str) -> list[OutboxRow]:
         rows = self._conns.get().execute(
-            f"SELECT {_OUTBOX_COLUMNS} FROM charter_outbox WHERE entity_id = ? AND entity = ? "
+            f"SELECT {OUTBOX_COLUMNS} FROM charter_outbox WHERE entity_id = ? AND entity = ? "
             "ORDER BY version",
             (entity_id, entity),
         )
-        return [_outbox_row(r) for r in rows]
+        return [outbox_row(r) for r in rows]
 
     # -- copy side --------------------------------------------------------------
 
@@ -412,17 +405,7 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 conn.execute("ROLLBACK TO one")
                 conn.execute("RELEASE one")
-                failed.append(
-                    Parked(
-                        copy.name,
-                        event.entity_id,
-                        event.version,
-                        event.id,
-                        position,
-                        f"event {event.id} (version {event.version}) cannot be stored: {exc}",
-                        event.encode(),
-                    )
-                )
+                failed.append(unstorable(copy, position, event, exc))
         return failed
 
     def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
@@ -449,7 +432,7 @@ class SQLiteStore:
 
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
         names = ["id", "version", *copy.fields, "synced_at"]
-        sql, params = _where(self._sql[f"select-copy:{copy.name}"], where, names)
+        sql, params = where_clause(self._sql[f"select-copy:{copy.name}"], where, names, "IS ?")
         for row in self._conns.get().execute(sql + " ORDER BY id", params):
             yield dict(zip(names, row, strict=True))
 
@@ -562,16 +545,6 @@ def _fetch(
     return dict(zip(["id", "version", *entity.fields], row, strict=True))
 
 
-def _where(sql: str, where: Row | None, names: list[str]) -> tuple[str, list[Any]]:
-    if not where:
-        return sql, []
-    for name in where:
-        if name not in names:
-            raise KeyError(f"no field '{name}' (fields: {', '.join(names)})")
-    clause = " AND ".join(f'"{name}" IS ?' for name in where)
-    return f"{sql} WHERE {clause}", list(where.values())
-
-
 def _checkpoint(conn: sqlite3.Connection, copy: Copy) -> Checkpoint | None:
     row = conn.execute(
         "SELECT position, applied_at, fields FROM charter_checkpoint WHERE copy = ?", (copy.name,)
@@ -587,21 +560,6 @@ def _delete_copy_row(conn: sqlite3.Connection, copy: Copy, entity_id: str, versi
         "INSERT INTO charter_tombstone VALUES (?, ?, ?) ON CONFLICT (copy, id) "
         "DO UPDATE SET version = max(version, excluded.version)",
         (copy.name, entity_id, version),
-    )
-
-
-def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
-    seq, event_id, entity, entity_id, version, op, changed, time, body = row
-    return OutboxRow(
-        seq,
-        event_id,
-        entity,
-        entity_id,
-        version,
-        op,
-        tuple(changed.split(",")) if changed else (),
-        time,
-        bytes(body),
     )
 
 

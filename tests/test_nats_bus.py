@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from charter.buses.base import Delivery
-from charter.buses.nats import BusError, NatsBus, parse_url, stream_name
+from charter.buses.nats import FETCH_BUDGET_S, BusError, NatsBus, parse_url, stream_name
 from charter.events import Event
 from charter.stores.base import OutboxRow
 from tests import nats_servers
@@ -337,3 +337,47 @@ def test_a_three_node_cluster_loses_no_event_when_a_node_dies() -> None:
     assert max(counts.values()) == 1, "an event id is on the stream twice"
     assert len(got) == total
     print(f"cluster: {total} events, {retries} batch retries while the leader was replaced")
+
+
+def test_a_reader_whose_server_dies_is_replaced_within_seconds() -> None:
+    """A reader has one replica. When its server dies it is never answered for again (the
+    cluster takes minutes to call the server gone, and may even place new consumers on
+    it): the bus abandons it and reads from a new one, and no call hangs meanwhile."""
+    key = ("copy", "Customer")
+    servers = nats_servers.cluster(3)
+    with servers, NatsBus(servers.url + "?replicas=3", "readers") as bus:
+        bus.publish(rows(100))
+        first = drain(bus, *key, count=100)
+        before = bus._readers[key].name
+        info = bus._call(bus._api(f"CONSUMER.INFO.{bus.stream}.{before}"), 10)
+        host = int(info["cluster"]["leader"].removeprefix("n"))
+        servers.kill(host)
+        started, longest, after, rest = time.monotonic(), 0.0, first[-1].position, []
+        second, published = rows(100, start=100), False
+        while len(rest) < 100:
+            assert time.monotonic() - started < 30, f"{len(rest)} of 100 events"
+            call = time.monotonic()
+            try:
+                if not published:
+                    bus.publish(second)  # the stream may be electing a leader: again
+                    published = True
+                batch = bus.fetch(*key, after, 1000)
+                if batch:
+                    bus.ack(*key, batch[-1].position)
+            except BusError:
+                batch = []
+            longest = max(longest, time.monotonic() - call)
+            rest += batch
+            after = batch[-1].position if batch else after
+        recovered = time.monotonic() - started
+        assert bus._readers[key].name != before
+        assert longest < FETCH_BUDGET_S + 2, f"a call took {longest:.1f}s"
+        # new consumers (here the counters of backlog) may be placed on the dead server
+        # for minutes: the bus makes them again until one lands on a live one
+        for _ in range(6):
+            assert bus.backlog("other", "Customer", 0).events == 200
+        servers.restart(host)
+        bus.publish(rows(100, start=200))
+        rest += drain(bus, *key, after, count=100)
+    assert [d.position for d in first + rest] == list(range(1, 301))
+    print(f"reader replaced {recovered:.1f}s after its server died; longest call {longest:.1f}s")

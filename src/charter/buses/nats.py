@@ -56,26 +56,26 @@ only applies a newer version (G3, G4).
 
 Reading and acknowledging are two consumers:
 
-- Reading: in each process, each copy reads its entity through an ephemeral pull consumer
-  of its own (no acks, memory, one replica, removed by the server after a minute without
-  pulls), created at ``after + 1``. So every process that runs a copy sees the entity's
-  whole log in order, exactly as from the SQLite bus. This matters: two ``charter run``
-  processes may run the same copy at once (the conformance suite does), and a shared
-  durable consumer would split the events between them while the copy's store skips
-  positions at or below its checkpoint, which would silently lose one process's share.
-  After a crash the next process starts at its checkpoint + 1 at once: no acknowledgement
-  timeout to wait for, no in-flight state on the server. A gap in the reader's delivery
-  sequence (deliveries lost in a reconnect), a reader the server removed, or a caller going
-  back behind what it had: the reader is reopened at the caller's ``after + 1``. What was
-  fetched but not applied (the copy's transaction failed) is handed out again, in order.
-- Acknowledging: each copy has one durable pull consumer (named after the copy, filtered
-  on its entity, AckAll, headers only, ack wait 30 s). It records what the copy has
-  applied: ``ack(position)``, called after the copy's transaction committed (never
-  ``fetch``), pulls its headers up to ``position`` and acknowledges that one, and so
-  everything before it. Any process may do it: the copy is one store, so a committed
-  position is applied. The copy's first ``fetch`` or ``ack`` registers it: the durable
-  consumer is created at ``position + 1`` when it is missing, and from then on compaction
-  keeps what the copy has not applied. Compaction, ``backlog`` and operators
+- Reading: in each process, each copy reads its entity through an ephemeral pull consumer of
+  its own (``<copy>-read-<random>``: no acks, memory, one replica, removed by the server
+  after a minute without pulls), created at ``after + 1``. So every process that runs a copy
+  sees the entity's whole log in order, exactly as from the SQLite bus. This matters: two
+  ``charter run`` processes may run the same copy at once (the conformance suite does), and
+  a shared durable consumer would split the events between them while the copy's store skips
+  positions at or below its checkpoint, which would silently lose one process's share. After
+  a crash the next process starts at its checkpoint + 1 at once: no acknowledgement timeout
+  to wait for, no in-flight state on the server. A gap in the reader's delivery sequence
+  (deliveries lost in a reconnect), a reader the server removed, or a caller going back
+  behind what it had: the reader is reopened at the caller's ``after + 1``. What was fetched
+  but not applied (the copy's transaction failed) is handed out again, in order.
+- Acknowledging: each copy has one durable pull consumer (named after the copy, filtered on
+  its entity, AckAll, headers only, ack wait 30 s, as many replicas as the stream). It
+  records what the copy has applied: ``ack(position)``, called after the copy's transaction
+  committed (never ``fetch``), pulls its headers up to ``position`` and acknowledges that
+  one, and so everything before it. Any process may do it: the copy is one store, so a
+  committed position is applied. The copy's first ``fetch`` or ``ack`` registers it: the
+  durable consumer is created at ``position + 1`` when it is missing, and from then on
+  compaction keeps what the copy has not applied. Compaction, ``backlog`` and operators
   (``nats consumer report``) read it.
 
 ``head(entity)`` is the stream sequence of the entity's newest event (0 when none);
@@ -86,6 +86,28 @@ first of them (the time the stream stored it, if the event is unreadable).
 
 The duplicate window is a time window: within two minutes an event id is dropped even if
 compaction has already purged the event (harmless: every copy had applied it).
+
+When a server of a cluster dies (G7). The stream and the copies' durable consumers have
+replicas: the cluster elects new leaders among the living in seconds (the client meanwhile
+reconnects to another server of the URL). A reader has one replica, on any server of the
+stream, and dies with its server. Worse, JetStream (2.9) calls a server that vanished
+without a goodbye (SIGKILL, a lost machine) offline only after minutes; until then nothing
+answers for the consumers it held, not even "no responders" (API requests about them, and
+pulls, time out), and the cluster keeps placing new one-replica consumers on it (a third of
+them, on three servers), whose creation is never answered either. So:
+
+- a reader that answers nothing to a pull within ``READER_SILENCE_S`` (a living one answers
+  a no-wait pull at once) is abandoned: deleted in the background (the meta leader removes
+  it even while its server is dead) and replaced by a new one at the copy's position;
+- a reader (or counter) whose creation is not answered within ``CREATE_TIMEOUT_S`` is
+  deleted the same way, by its name, and made again, placed anew, while the call has time;
+- a copy's durable consumer that does not answer is looked up again at the next ``ack``
+  (by then another server leads it); ``fetch`` does not wait for it;
+- compaction is skipped while a consumer that may be a copy's does not answer (its floor is
+  unknown); readers and counters are recognised by their names.
+
+Every call has a budget (``FETCH_BUDGET_S`` and the like) that bounds all its waits and
+retries together: a caller gets its answer, or a ``BusError``, within seconds.
 
 Threads. The bus is synchronous: it owns an asyncio event loop in a daemon thread and every
 call submits a coroutine to it and waits for the answer with a timeout, so a call made while
@@ -155,8 +177,8 @@ _JS_UNAVAILABLE = 10008
 _ALIVE = ("404", "408")
 
 # The consumers a process makes for itself (readers, counters): `<copy>-read-<hex>`. Copy
-# names have no `-`, so these never look like a copy's durable consumer.
-_SCRATCH = re.compile(r"^[A-Za-z0-9_]+-(read|count)-[0-9a-f]{8}$")
+# names are letters, digits and `_`, so these never look like a copy's durable consumer.
+_SCRATCH = re.compile(r"^[A-Za-z0-9_-]+-(read|count)-[0-9a-f]{8}$")
 
 # When the call running in this task must have answered (time.monotonic()); see _call.
 _DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("deadline", default=math.inf)
@@ -672,8 +694,9 @@ class NatsBus:
         It has one replica, which the cluster places on any server of the stream, also on
         one that died a moment ago (the cluster takes minutes to call a server gone); such
         a consumer is never answered for. So an attempt without an answer within
-        CREATE_TIMEOUT_S is deleted (by its name) and made again, placed anew."""
-        for attempt in itertools.count(1):
+        CREATE_TIMEOUT_S is deleted (by its name) and made again, placed anew, as long as
+        the call has time for it."""
+        while True:
             name = f"{owner}-{kind}-{secrets.token_hex(4)}"
             config = self._start(
                 {
@@ -696,14 +719,13 @@ class NatsBus:
                 raise  # refused: saying so is all there is to do
             except BaseException as exc:  # no answer (or the caller gave up): forget it
                 self._forget(name)
-                if not isinstance(exc, BusError) or attempt >= 3 or self._remaining(1) < 1:
+                if not isinstance(exc, BusError) or self._remaining(2) < 1:
                     raise
                 log.info(
                     "NATS bus %s: no answer creating consumer %s (a server down?); again",
                     self.stream,
                     name,
                 )
-        raise AssertionError("unreachable")
 
     async def _subscribe(self, pull: _Pull) -> None:
         """A fresh inbox for `pull`: what is still on its way to the old one is ignored."""
@@ -845,8 +867,8 @@ class NatsBus:
         fetch timeout (the rest of that request arrives for the next fetch). A reader that
         does not answer at all is marked stale (its server died, or it was removed)."""
         end = await self._probe(reader, limit, FETCH_TIMEOUT_S, READER_SILENCE_S)
-        if self._arrived(reader):
-            return
+        if self._arrived(reader) or (end is None and time.monotonic() >= _DEADLINE.get()):
+            return  # (out of time: the reader may well be alive)
         if end is None or end not in _ALIVE:
             if not reader.stale:
                 log.info(
@@ -859,7 +881,7 @@ class NatsBus:
             reader.stale = True
             return
         if end != "404":
-            return  # 408: some came, and went (to the previous take)
+            return  # 408: the request ended, and nothing more is there now
         linger = await self._request(reader, {"batch": limit, "expires": int(FETCH_TIMEOUT_S * NS)})
         await self._wait(
             reader,
@@ -1068,15 +1090,27 @@ class NatsBus:
 
     # ----------------------------------------------------------------- compaction
 
-    async def _durables(self) -> list[dict[str, Any]]:
+    async def _durables(self) -> list[dict[str, Any]] | None:
+        """Every durable consumer of the stream; None when some consumer, not known to be
+        one of the readers or counters of a charter process, did not answer (its server
+        died, say): it may be a copy's, and what the copy has not applied must stay."""
         found: list[dict[str, Any]] = []
         offset = 0
         while True:
             doc = await self._api(f"CONSUMER.LIST.{self.stream}", {"offset": offset})
             page = doc.get("consumers") or []
+            missing = [str(n) for n in doc.get("missing") or []]
+            unknown = [n for n in missing if not _SCRATCH.match(n)]
+            if unknown:
+                log.warning(
+                    "NATS bus %s: consumers %s did not answer; no compaction this time",
+                    self.stream,
+                    ", ".join(unknown),
+                )
+                return None
             found.extend(c for c in page if c.get("config", {}).get("durable_name"))
-            offset += len(page)
-            if not page or offset >= int(doc.get("total", 0)):
+            offset += len(page) + len(missing)
+            if not (page or missing) or offset >= int(doc.get("total", 0)):
                 return found
 
     async def _purge_point(self, subject: str, floor: int, cutoff: float) -> int:
@@ -1118,8 +1152,11 @@ class NatsBus:
         )
         if not entities:
             return 0
+        durables = await self._durables()
+        if durables is None:
+            return 0
         floors: list[tuple[str, int]] = []
-        for consumer in await self._durables():
+        for consumer in durables:
             subject = consumer["config"].get("filter_subject") or ">"
             if int(consumer.get("num_ack_pending", 0)) == 0:
                 floor = int(consumer["delivered"]["stream_seq"])

@@ -2,7 +2,7 @@
 peer (the ``eventsourcing`` library, see ``peer_eventsourcing.py``), with ratios and the
 targets from the issue.
 
-    .venv/bin/python benchmarks/run.py                 # everything (~15-20 minutes)
+    .venv/bin/python benchmarks/run.py                 # everything (~25-35 minutes)
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
@@ -995,7 +995,7 @@ def source_revision() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
+            ["git", "status", "--porcelain", "--", ":/src"],
             cwd=HERE,
             capture_output=True,
             text=True,

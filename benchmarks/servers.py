@@ -123,8 +123,8 @@ class Sizes:
     latency_s: float
 
 
-FULL = Sizes(5, 400, 50_000, 2, 100_000, 10.0)
-QUICK = Sizes(3, 150, 20_000, 1, 20_000, 3.0)
+FULL = Sizes(10, 200, 50_000, 3, 100_000, 10.0)
+QUICK = Sizes(4, 100, 20_000, 1, 20_000, 3.0)
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,72 @@ def verdict(ok: bool) -> str:
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+class CpuMeter:
+    """CPU time over a stretch, from /proc: the whole machine (busy share of all cores, other
+    tenants included), this process (with `pids`, e.g. a `charter run` child), and the local
+    PostgreSQL server's processes (none when it runs elsewhere). Tells whether a figure was
+    bound by the CPU of this 2-core machine, and who used it."""
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = {os.getpid(), *pids}
+        self.machine = self.ours = self.postgres = self.wall = 0.0
+
+    @staticmethod
+    def _ticks(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    @staticmethod
+    def _postgres() -> set[int]:
+        found = set()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as cmd:
+                        if cmd.read(9) == b"postgres:":
+                            found.add(int(entry))
+                except OSError:
+                    pass
+        return found
+
+    @staticmethod
+    def _machine() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values) - idle, sum(values)
+
+    def __enter__(self) -> CpuMeter:
+        self._pg = self._postgres()
+        self._start = {pid: self._ticks(pid) for pid in self.pids | self._pg}
+        self._busy, self._all = self._machine()
+        self._wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        hz = os.sysconf("SC_CLK_TCK")
+        self.wall = time.perf_counter() - self._wall
+        busy, total = self._machine()
+        self.machine = (busy - self._busy) / max(1, total - self._all)
+        pg = self._pg | self._postgres()  # backends that ended in between are not counted
+
+        def used(pids: set[int]) -> float:
+            return sum(self._ticks(p) - self._start.get(p, 0) for p in pids) / hz
+
+        self.ours, self.postgres = used(self.pids), used(pg)
+
+    def per(self, n: int) -> str:
+        """CPU per item, in µs."""
+        return (
+            f"machine {self.machine:.0%} busy; CPU per item: charter's process(es) "
+            f"{self.ours / n * 1e6:,.0f} µs, PostgreSQL {self.postgres / n * 1e6:,.0f} µs"
+        )
 
 
 # --- servers: URLs, settings, clean-up -------------------------------------------------------
@@ -464,6 +530,7 @@ def bench_pg_writes(servers: Servers, sizes: Sizes, report: Report) -> None:
         try:
             seconds: dict[str, float] = dict.fromkeys(WRITER_NAMES, 0.0)
             per_round: dict[str, list[float]] = {name: [] for name in WRITER_NAMES}
+            cpu: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in WRITER_NAMES}
             order = list(WRITER_NAMES)
             for r in range(rounds + 1):  # round 0 warms up the pools, caches and plans
                 order.append(order.pop(0))
@@ -472,16 +539,20 @@ def bench_pg_writes(servers: Servers, sizes: Sizes, report: Report) -> None:
                     work = writes_work(
                         name, tag, k, ctx, raw_pool, raw_schema, sql_pool, sql_schema
                     )
-                    elapsed = timed_threads(work, WRITERS)
+                    with CpuMeter() as meter:
+                        elapsed = timed_threads(work, WRITERS)
                     if r > 0:
                         seconds[name] += elapsed
                         per_round[name].append(WRITERS * k / elapsed)
-                say(
-                    f"  round {r}{' (warm-up)' if r == 0 else ''}: "
-                    + ", ".join(
-                        f"{name} {per_round[name][-1]:,.0f}/s" for name in WRITER_NAMES if r > 0
+                        for i, value in enumerate(
+                            (meter.ours, meter.postgres, meter.machine * elapsed)
+                        ):
+                            cpu[name][i] += value
+                if r > 0:
+                    say(
+                        f"  round {r}: "
+                        + ", ".join(f"{name} {per_round[name][-1]:,.0f}/s" for name in WRITER_NAMES)
                     )
-                )
             body = body_size(servers.pg, ours.schemas["customers"])
         finally:
             raw_pool.close()
@@ -516,6 +587,15 @@ def bench_pg_writes(servers: Servers, sizes: Sizes, report: Report) -> None:
         "BEGIN; set_config('charter.guard'); INSERT entity (guard trigger); a one-row "
         "executemany of INSERT outbox RETURNING seq + INSERT pending; COMMIT. "
         f"charter = ctx.transaction() + tx.create(). Outbox body {body:.0f} bytes on average"
+    )
+    report.note(
+        "pg-writes: CPU per commit (this process; the local PostgreSQL's processes) and how busy "
+        "the whole 2-core machine was: "
+        + "; ".join(
+            f"{name} {cpu[name][0] / total * 1e6:,.0f} µs + {cpu[name][1] / total * 1e6:,.0f} µs, "
+            f"{cpu[name][2] / seconds[name]:.0%} busy"
+            for name in WRITER_NAMES
+        )
     )
     report.note(
         f"pg-writes: charter / psycopg sending charter's SQL = "
@@ -739,54 +819,63 @@ def bench_relay(servers: Servers, sizes: Sizes, report: Report) -> None:
         f"\n[relay-nats] relay to JetStream: {n:,} events in a PostgreSQL outbox, "
         f"Relay.step() loops (batch {RELAY_BATCH}), {rounds} round(s), beside nats-py"
     )
+    ours_label = "charter"
     with deployment(servers, "relay") as dep:
         ctx = dep.system.context("customers")
         schema = dep.schemas["customers"]
         start = time.perf_counter()
         fill_outbox(ctx, n)
         say(f"  outbox filled: {n:,} events in {time.perf_counter() - start:.1f} s")
-        raw_seconds: dict[str, list[float]] = {m: [] for m in RAW_METHODS}
         body = body_size(servers.pg, schema)
-        ours: list[float] = []
+        seconds: dict[str, list[float]] = {m: [] for m in (*RAW_METHODS, ours_label)}
+        cpu: dict[str, float] = dict.fromkeys(seconds, 0.0)
+        busy: dict[str, float] = dict.fromkeys(seconds, 0.0)
         parts_total: dict[str, float] = {}
         steps = 0
+        order = [ours_label, *RAW_METHODS]
         for r in range(rounds):
             if r > 0:
-                dep.system.store("customers").rewind(0)
+                dep.system.store("customers").rewind(0)  # every event pending again
             vacuum(servers.pg, schema, ["charter_outbox", "charter_pending"])
-            for m, method in enumerate(RAW_METHODS):
-                name = f"{dep.name}_raw{r}{m}"
-                NatsBus(servers.nats, name).close()  # the stream exactly as charter makes it
+            for m, method in enumerate(order):
+                name = f"{dep.name}_r{r}{m}"
                 try:
-                    items = outbox_items(servers.pg, schema, f"charter.{token(name)}")
-                    elapsed = asyncio.run(
-                        raw_publish(servers.nats, stream_name(name), items, method)
-                    )
+                    if method == ours_label:
+                        with CpuMeter() as meter:
+                            elapsed, parts, steps = charter_relay_round(servers, dep, name, n)
+                        for key, value in parts.items():
+                            parts_total[key] = parts_total.get(key, 0.0) + value
+                        detail = (
+                            " ("
+                            + ", ".join(f"{k} {v / elapsed:.0%}" for k, v in parts.items())
+                            + f"; {steps} steps)"
+                        )
+                    else:
+                        NatsBus(servers.nats, name).close()  # the stream as charter makes it
+                        items = outbox_items(servers.pg, schema, f"charter.{token(name)}")
+                        with CpuMeter() as meter:
+                            elapsed = asyncio.run(
+                                raw_publish(servers.nats, stream_name(name), items, method)
+                            )
+                        detail = ""
                 finally:
                     delete_stream(servers.nats, name)
-                raw_seconds[method].append(elapsed)
-                say(f"  round {r}: nats-py {method}: {n / elapsed:,.0f} events/s")
-            name = f"{dep.name}_relay{r}"
-            try:
-                elapsed, parts, steps = charter_relay_round(servers, dep, name, n)
-            finally:
-                delete_stream(servers.nats, name)
-            ours.append(elapsed)
-            for key, value in parts.items():
-                parts_total[key] = parts_total.get(key, 0.0) + value
-            say(
-                f"  round {r}: charter Relay.step(): {n / elapsed:,.0f} events/s ("
-                + ", ".join(f"{k} {v / elapsed:.0%}" for k, v in parts.items())
-                + f"; {steps} steps)"
-            )
-    raw_rates = {m: n * len(v) / sum(v) for m, v in raw_seconds.items()}
-    best = max(raw_rates, key=lambda m: raw_rates[m])
-    rate = n * len(ours) / sum(ours)
-    ratio = rate / raw_rates[best]
+                seconds[method].append(elapsed)
+                cpu[method] += meter.ours
+                busy[method] += meter.machine * elapsed
+                say(f"  round {r}: {method}: {n / elapsed:,.0f} events/s{detail}")
+            order = order[1:] + order[:1]  # the next round in another order
+    rates = {m: n * len(v) / sum(v) for m, v in seconds.items()}
+    best = max(RAW_METHODS, key=lambda m: rates[m])
+    rate = rates[ours_label]
+    ratio = rate / rates[best]
+    paired = statistics.median(
+        raw_s / ours_s for raw_s, ours_s in zip(seconds[best], seconds[ours_label], strict=True)
+    )
     report.rows.append(
         Row(
             f"2. relay, PostgreSQL outbox → JetStream, {n:,} events (events/s)",
-            f"{raw_rates[best]:,.0f} nats-py ({best})",
+            f"{rates[best]:,.0f} nats-py ({best})",
             f"{rate:,.0f}",
             f"{ratio:.2f} of nats-py",
             "≥ 20,000/s; ≥ 0.50",
@@ -795,22 +884,32 @@ def bench_relay(servers: Servers, sizes: Sizes, report: Report) -> None:
     )
     report.note(
         f"relay-nats: {n:,} events ({body:.0f}-byte CloudEvents on average) per "
-        f"round, {rounds} round(s), each on a fresh stream made by charter's NatsBus (file "
-        "storage, 1 replica, 2 min duplicate window), subjects per entity and partition as "
-        "charter picks them, Nats-Msg-Id = event id. nats-py, events/s: "
-        + "; ".join(f"{m} {r:,.0f}" for m, r in raw_rates.items())
-        + ". Every acknowledgement checked, none a duplicate, and the stream's count checked"
+        f"round, {rounds} round(s), the four publishers in a rotating order, each on a fresh "
+        "stream made by charter's NatsBus (file storage, 1 replica, 2 min duplicate window), "
+        "subjects per entity and partition as charter picks them, Nats-Msg-Id = event id; "
+        "every nats-py acknowledgement checked (none an error or a duplicate) and every "
+        "stream's message count checked. Events/s per round: "
+        + "; ".join(f"{m} " + ", ".join(f"{n / v:,.0f}" for v in seconds[m]) for m in seconds)
+        + f". Median of the per-round ratios charter / best nats-py: {paired:.2f}"
     )
-    spent = sum(ours)
+    report.note(
+        "relay-nats: CPU of this process per event, and how busy the machine was: "
+        + "; ".join(
+            f"{m} {cpu[m] / (n * len(seconds[m])) * 1e6:.0f} µs ({busy[m] / sum(seconds[m]):.0%})"
+            for m in seconds
+        )
+    )
+    spent = sum(seconds[ours_label])
+    total_steps = len(seconds[ours_label]) * steps
     report.note(
         f"relay-nats: charter's time by part (all rounds): store.pending "
         f"{parts_total['pending'] / spent:.0%}, bus.publish {parts_total['publish'] / spent:.0%}, "
         f"store.mark_relayed {parts_total['mark_relayed'] / spent:.0%}; per {RELAY_BATCH}-event "
         "step: "
-        + ", ".join(f"{k} {v / (len(ours) * steps) * 1e3:.1f} ms" for k, v in parts_total.items())
+        + ", ".join(f"{k} {v / total_steps * 1e3:.1f} ms" for k, v in parts_total.items())
         + ". The outbox (and pending table) vacuumed and analyzed before each round, as "
-        "autovacuum would have by then; round 2 and later re-queue every event with "
-        "Relay.rewind()'s store.rewind(0)"
+        "autovacuum would have by then; rounds after the first re-queue every event with "
+        "store.rewind(0) (what Relay.rewind() calls)"
     )
 
 
@@ -929,8 +1028,8 @@ def alive(proc: subprocess.Popen[bytes], folder: Path) -> Callable[[], None]:
     return check
 
 
-def e2e(servers: Servers, n: int, per: int, separate: bool) -> tuple[float, float, int]:
-    """(owner's rate, end-to-end rate, runner errors) in changes/s."""
+def e2e(servers: Servers, n: int, per: int, separate: bool) -> tuple[float, float, int, str]:
+    """(owner's rate, end-to-end rate in changes/s, runner errors, CPU use)."""
     tag = "e2e_proc" if separate else "e2e"
     errors = 0
     with deployment(servers, tag) as dep:
@@ -941,24 +1040,27 @@ def e2e(servers: Servers, n: int, per: int, separate: bool) -> tuple[float, floa
         with contextlib.ExitStack() as stack:
             check: Callable[[], None] | None = None
             runner: Runner | None = None
+            pids: list[int] = []
             if separate:
                 proc = stack.enter_context(charter_run(dep.folder))
                 check = alive(proc, dep.folder)
+                pids.append(proc.pid)
             else:
                 runner = Runner(system).start()
                 stack.callback(runner.stop)
             maker.batch(per)  # warm-up, drained before the clock starts
             progress.wait(120, check)
-            start = time.perf_counter()
-            written = maker.write(n, per)
-            progress.wait(check=check)
-            elapsed = time.perf_counter() - start
+            with CpuMeter(*pids) as meter:
+                start = time.perf_counter()
+                written = maker.write(n, per)
+                progress.wait(check=check)
+                elapsed = time.perf_counter() - start
             if runner is not None:
                 errors = len(runner.errors)
                 if runner.errors:
                     say(f"  runner errors: {len(runner.errors)}, first: {runner.errors[0]!r}")
         check_copies(servers, dep, maker)
-    return n / written, n / elapsed, errors
+    return n / written, n / elapsed, errors, meter.per(n)
 
 
 def raw_owner_pg(servers: Servers, n: int, per: int) -> float:
@@ -1017,7 +1119,7 @@ def bench_e2e(servers: Servers, sizes: Sizes, report: Report, separate: bool) ->
     if separate:
         variants.append(("runner as `charter run` process", True))
     for label, apart in variants:
-        writer_rate, rate, errors = e2e(servers, n, per, apart)
+        writer_rate, rate, errors, used = e2e(servers, n, per, apart)
         say(f"  charter, {label}: {rate:,.0f} changes/s (owner wrote at {writer_rate:,.0f}/s)")
         report.rows.append(
             Row(
@@ -1035,6 +1137,7 @@ def bench_e2e(servers: Servers, sizes: Sizes, report: Report, separate: bool) ->
             "clock from the first write until charter's status() shows both copies with zero "
             "lag; both copies then checked against the owner (row counts, 201 sampled rows)"
             + (f"; {errors} transient runner errors (retried)" if errors else "")
+            + f"; {used} (the item: one change)"
         )
     report.note(
         f"pg-nats-e2e: psycopg owner side = the same changes as plain psycopg, one thread: "
@@ -1047,11 +1150,14 @@ def bench_e2e(servers: Servers, sizes: Sizes, report: Report, separate: bool) ->
 # --- 4. propagation latency ------------------------------------------------------------------
 
 
+LATENCY_WRITERS = 8
+
+
 def paced_writes(
-    ctx: ContextHandle, seconds: float, rate: float, tag: str, writers: int = 4
+    ctx: ContextHandle, seconds: float, rate: float, tag: str, writers: int = LATENCY_WRITERS
 ) -> tuple[list[str], float]:
     """One create per transaction, change i due at start + i/rate, spread over `writers`
-    threads (one PostgreSQL commit with its fsync takes about a millisecond, so one thread
+    threads (one charter commit on PostgreSQL takes several milliseconds here, so one thread
     alone could not keep a steady 1,000/s). Returns the ids and the rate achieved."""
     n = int(seconds * rate)
     ids = [""] * n
@@ -1103,7 +1209,7 @@ def latencies(servers: Servers, dep: Deployment, ids: list[str]) -> list[float]:
 
 def latency_run(
     servers: Servers, seconds: float, rate: float, separate: bool
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, str]:
     tag = "lat_proc" if separate else "lat"
     with deployment(servers, tag) as dep:
         system = dep.system
@@ -1112,17 +1218,23 @@ def latency_run(
         ctx = system.context("customers")
         with contextlib.ExitStack() as stack:
             check: Callable[[], None] | None = None
+            pids: list[int] = []
             if separate:
                 proc = stack.enter_context(charter_run(dep.folder))
                 check = alive(proc, dep.folder)
+                pids.append(proc.pid)
             else:
                 runner = Runner(system).start()
                 stack.callback(runner.stop)
             paced_writes(ctx, 0.5, rate, "warm")
             progress.wait(120, check)
-            ids, achieved = paced_writes(ctx, seconds, rate, "c")
+            with CpuMeter(*pids) as meter:
+                ids, achieved = paced_writes(ctx, seconds, rate, "c")
             progress.wait(120, check)
-        return latencies(servers, dep, ids), achieved
+        return latencies(servers, dep, ids), achieved, meter.per(len(ids))
+
+
+LOW_RATE = 300.0  # a reference point below saturation (in-process runner, details only)
 
 
 def bench_latency(servers: Servers, sizes: Sizes, report: Report, separate: bool) -> None:
@@ -1135,7 +1247,7 @@ def bench_latency(servers: Servers, sizes: Sizes, report: Report, separate: bool
     if separate:
         cases.append(("runner as `charter run` process", True))
     for label, apart in cases:
-        values, achieved = latency_run(servers, seconds, rate, apart)
+        values, achieved, used = latency_run(servers, seconds, rate, apart)
         p50, p99, top = percentile(values, 50), percentile(values, 99), max(values)
         say(
             f"  {label}: p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max {top * 1e3:.1f} ms "
@@ -1146,18 +1258,31 @@ def bench_latency(servers: Servers, sizes: Sizes, report: Report, separate: bool
                 f"4. latency owner commit → both copies at 1,000/s, {label}",
                 "n/a",
                 f"p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms",
-                f"max {top * 1e3:.1f} ms",
+                f"max {top * 1e3:.1f} ms; paced at {achieved:,.0f}/s",
                 "p99 ≤ 50 ms",
                 verdict(p99 <= 0.050),
             )
         )
         report.note(
             f"pg-nats-latency, {label}: {len(values):,} changes, one create per transaction "
-            f"from 4 writer threads paced to {rate:,.0f}/s ({achieved:,.0f}/s achieved); "
+            f"from {LATENCY_WRITERS} writer threads paced to {rate:,.0f}/s "
+            f"({achieved:,.0f}/s achieved); "
             f"mean {statistics.fmean(values) * 1e3:.1f} ms, p90 "
             f"{percentile(values, 90) * 1e3:.1f} ms; from the event's commit stamp to the "
-            "later copy's synced_at stamp (both charter's, same clock)"
+            f"later copy's synced_at stamp (both charter's, same clock); while writing: {used} "
+            "(the item: one change)"
         )
+    values, achieved, used = latency_run(servers, min(seconds, 5.0), LOW_RATE, False)
+    say(
+        f"  reference, runner in background threads at {LOW_RATE:,.0f}/s: p50 "
+        f"{percentile(values, 50) * 1e3:.1f} ms, p99 {percentile(values, 99) * 1e3:.1f} ms"
+    )
+    report.note(
+        f"pg-nats-latency, reference below saturation: the runner in background threads at "
+        f"{LOW_RATE:,.0f} changes/s ({achieved:,.0f}/s achieved, {len(values):,} changes): p50 "
+        f"{percentile(values, 50) * 1e3:.1f} ms, p99 {percentile(values, 99) * 1e3:.1f} ms, "
+        f"max {max(values) * 1e3:.1f} ms; {used}"
+    )
 
 
 # --- running and the report ------------------------------------------------------------------

@@ -54,6 +54,7 @@ import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from psycopg_pool import ConnectionPool
+from workload import ChangeMaker
 
 import charter
 from charter.buses.nats import NatsBus, stream_name, token
@@ -947,34 +948,6 @@ class Progress:
             if began > deadline:
                 raise TimeoutError("the copies did not catch up in time")
             time.sleep(max(0.02, 2 * (time.perf_counter() - began)))
-
-
-class ChangeMaker:
-    """~90% creates, ~10% e-mail updates of customers from earlier transactions."""
-
-    def __init__(self, ctx: ContextHandle, seed: int = 1234) -> None:
-        self.ctx, self.rng = ctx, random.Random(seed)
-        self.known: list[str] = []
-        self.seq = 0
-
-    def batch(self, size: int) -> None:
-        seq, self.seq = self.seq, self.seq + 1
-        n_updates = min(int(size * UPDATE_FRACTION), len(self.known))
-        with self.ctx.transaction() as tx:
-            for k, cid in enumerate(self.rng.sample(self.known, n_updates)):
-                tx.update(ENTITY, cid, email=f"moved{seq}-{k}@example.org")
-            for i in range(size - n_updates):
-                record = tx.create(ENTITY, name=f"name{seq}-{i}", email=f"c{seq}-{i}@example.org")
-                self.known.append(record.id)
-
-    def write(self, n: int, per_transaction: int) -> float:
-        start = time.perf_counter()
-        done = 0
-        while done < n:
-            size = min(per_transaction, n - done)
-            self.batch(size)
-            done += size
-        return time.perf_counter() - start
 
 
 def check_copies(servers: Servers, dep: Deployment, maker: ChangeMaker) -> None:

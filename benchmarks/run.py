@@ -27,7 +27,6 @@ import importlib.metadata
 import os
 import platform
 import random
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -39,13 +38,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 import peer_eventsourcing as peer
 import servers
-from workload import ChangeMaker
+from workload import ChangeMaker, alive, charter_run
 
 import charter
 from charter.events import Event
@@ -224,46 +223,6 @@ class Progress:
                 raise TimeoutError("the copies did not catch up in time")
             # Never spend more than about half the time asking (a long backlog costs counts).
             time.sleep(max(0.005, time.perf_counter() - began))
-
-
-def charter_command() -> list[str]:
-    script = Path(sys.executable).parent / "charter"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from charter.cli import main; main()"]
-
-
-@contextmanager
-def charter_run(folder: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`charter run` in a process of its own, sharing the files; stopped with SIGTERM."""
-    log: IO[bytes] = (folder / f"run{'-'.join(('', *options))}.log").open("wb")
-    proc = subprocess.Popen(
-        [*charter_command(), "run", "-f", str(folder / "charter.yaml"), *options],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=folder,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-
-
-def alive(proc: subprocess.Popen[bytes], folder: Path) -> Callable[[], None]:
-    def check() -> None:
-        if proc.poll() is not None:
-            logs = sorted(folder.glob("run*.log"))
-            tail = "".join(log.read_text(errors="replace")[-2000:] for log in logs)
-            raise RuntimeError(f"charter run exited with {proc.returncode}:\n{tail}")
-
-    return check
 
 
 def check_copies(system: System, maker: ChangeMaker) -> None:

@@ -33,10 +33,7 @@ import importlib.metadata
 import os
 import random
 import secrets
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import nats
@@ -54,7 +51,7 @@ import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from psycopg_pool import ConnectionPool
-from workload import ChangeMaker
+from workload import ChangeMaker, alive, charter_run
 
 import charter
 from charter.buses.nats import NatsBus, stream_name, token
@@ -968,45 +965,6 @@ def check_copies(servers: Servers, dep: Deployment, maker: ChangeMaker) -> None:
             count = int(row[0]) if row else 0
             if count != len(maker.known):
                 raise RuntimeError(f"{name}: {count} rows, the owner has {len(maker.known)}")
-
-
-def charter_command() -> list[str]:
-    script = Path(sys.executable).parent / "charter"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from charter.cli import main; main()"]
-
-
-@contextmanager
-def charter_run(folder: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`charter run` in a process of its own; stopped with SIGTERM."""
-    log: IO[bytes] = (folder / "run.log").open("wb")
-    proc = subprocess.Popen(
-        [*charter_command(), "run", "-f", str(folder / "charter.yaml"), *options],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=folder,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-
-
-def alive(proc: subprocess.Popen[bytes], folder: Path) -> Callable[[], None]:
-    def check() -> None:
-        if proc.poll() is not None:
-            tail = (folder / "run.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"charter run exited with {proc.returncode}:\n{tail}")
-
-    return check
 
 
 def e2e(servers: Servers, n: int, per: int, separate: bool) -> tuple[float, float, int, str]:

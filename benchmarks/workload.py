@@ -1,11 +1,19 @@
-"""The change mix every end-to-end benchmark writes: ~90% creates, ~10% e-mail updates of
-customers from earlier transactions (the peer's pipeline mix, see peer_eventsourcing.py);
-every e-mail address unique, since the charter's Customer says so."""
+"""What the end-to-end benchmarks share: a `charter run` process of their own, and the
+change mix they write: ~90% creates, ~10% e-mail updates of customers from earlier
+transactions (the peer's pipeline mix, see peer_eventsourcing.py); every e-mail address
+unique, since the charter's Customer says so."""
 
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
 
 from peer_eventsourcing import UPDATE_FRACTION
 
@@ -41,3 +49,43 @@ class ChangeMaker:
             self.batch(size)
             done += size
         return time.perf_counter() - start
+
+
+def charter_command() -> list[str]:
+    script = Path(sys.executable).parent / "charter"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from charter.cli import main; main()"]
+
+
+@contextmanager
+def charter_run(folder: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`charter run` in a process of its own, sharing the files; stopped with SIGTERM."""
+    log: IO[bytes] = (folder / f"run{'-'.join(('', *options))}.log").open("wb")
+    proc = subprocess.Popen(
+        [*charter_command(), "run", "-f", str(folder / "charter.yaml"), *options],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=folder,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def alive(proc: subprocess.Popen[bytes], folder: Path) -> Callable[[], None]:
+    def check() -> None:
+        if proc.poll() is not None:
+            logs = sorted(folder.glob("run*.log"))
+            tail = "".join(log.read_text(errors="replace")[-2000:] for log in logs)
+            raise RuntimeError(f"charter run exited with {proc.returncode}:\n{tail}")
+
+    return check

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -543,8 +542,3 @@ def _singular(word: str) -> str:
 def _hint(word: str, choices: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f"did you mean '{close[0]}'?" if close else ""
-
-
-def iter_fields(entity: Entity, names: tuple[str, ...] | None = None) -> Iterator[Field]:
-    for name in names if names is not None else tuple(entity.fields):
-        yield entity.fields[name]

@@ -70,7 +70,6 @@ class SQLiteStore:
         self.url = url
         path, synchronous = sqlite_path(url)
         self._conns = Connections(path, synchronous)
-        self._entities: dict[str, Entity] = {}
         self._sql: dict[str, str] = {}
         self._relayed = self._saved = 0  # relay position: in memory / known to be saved
 
@@ -90,7 +89,6 @@ class SQLiteStore:
                 owner = charter.contexts[entity.owner]
                 self._prepare_copy(conn, copy, entity, owner.name, owner.team)
         for entity in owned:
-            self._entities[entity.name] = entity
             self._compile_entity(entity)
         for copy in copies:
             self._compile_copy(copy)

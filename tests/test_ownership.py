@@ -195,6 +195,25 @@ def test_unique_and_no_overlap_are_enforced_by_the_owner(shop: System) -> None:
         tx.create("Appointment", user_id=other, starts_at=nine, ends_at=nine + hour)
 
 
+def test_refused_transactions_leave_the_store_usable(shop: System) -> None:
+    """Many refusals in a row, each with changes queued behind the one refused, and the
+    store still commits (on PostgreSQL the changes go in one pipeline,
+    where an error once left psycopg believing in statements the server never prepared)."""
+    customers = shop.context("customers")
+    ada = new_customer(shop, "ada@example.com")
+    for attempt in range(12):
+        with pytest.raises(charter.ConstraintError, match="email must be unique"):
+            with customers.transaction() as tx:
+                tx.create("Customer", name="Copy", email="ada@example.com", password_hash="x")
+                tx.create("Customer", name="F", email=f"f{attempt}@example.com", password_hash="x")
+    for number in range(12):
+        with customers.transaction() as tx:
+            tx.update("Customer", ada.id, name=f"Ada {number}")
+            tx.create("Customer", name="F", email=f"f{number}@example.com", password_hash="x")
+    assert customers.get("Customer", ada.id)["name"] == "Ada 11"
+    assert len(customers.filter("Customer")) == 13
+
+
 def test_an_owner_finds_its_records_by_field(shop: System) -> None:
     ada = new_customer(shop, "ada@example.com")
     new_customer(shop, "bob@example.com")

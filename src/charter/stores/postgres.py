@@ -25,7 +25,6 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from charter.errors import ConflictError, ConstraintError
 from charter.events import Event
 from charter.model import Charter, Copy, Entity, Field
 from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
@@ -38,6 +37,7 @@ from charter.stores.common import (
     unstorable,
     where_clause,
 )
+from charter.stores.postgres_writes import IDLE, Writes, pipelined
 from charter.values import now_text
 
 _COLUMN_TYPE = {
@@ -141,6 +141,7 @@ class PostgresStore:
                     min_size=1,
                     max_size=self._pool_size,
                     kwargs={"autocommit": True},
+                    configure=_open_guard,
                     open=True,
                     name=f"charter-{self.schema}",
                 )
@@ -318,23 +319,51 @@ class PostgresStore:
         )
         self._sql[f"select:{entity.name}"] = f"SELECT {', '.join(selects)} FROM {table}"
         self._selects[entity.name] = names
+        # the owner's queued changes, many rows a statement (see postgres_writes)
+        types = ["text", "integer", *(_column_type(f) for f in entity.fields.values())]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        aliases = ", ".join(f"c{i}" for i in range(len(names)))
+        self._sql[f"insert-many:{entity.name}"] = (
+            f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays})"
+        )
+        sets = ", ".join(f'"{n}" = u.c{i}' for i, n in enumerate(names) if i)
+        self._sql[f"update-many:{entity.name}"] = (
+            f"UPDATE {table} AS t SET {sets} FROM unnest({arrays}, %s::integer[]) "
+            f"AS u({aliases}, old) WHERE t.id = u.c0 AND t.version = u.old"
+        )
+        self._sql[f"delete-many:{entity.name}"] = (
+            f"DELETE FROM {table} AS t USING unnest(%s::text[], %s::integer[]) AS d(id, old) "
+            "WHERE t.id = d.id AND t.version = d.old"
+        )
 
     def _compile_copy(self, copy: Copy, entity: Entity) -> None:
         names = ["id", "version", *copy.fields, "synced_at"]
         cols = ", ".join(f'"{n}"' for n in names)
-        casts = (
-            ["%s", "%s"] + [f"%s::{_column_type(entity.fields[f])}" for f in copy.fields] + ["%s"]
-        )
+        types = ["text", "integer", *(_column_type(entity.fields[f]) for f in copy.fields)]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        aliases = ", ".join(f"c{i}" for i in range(len(types)))
+        picks = ", ".join(f"u.c{i}" for i in range(len(types)))
         updates = ", ".join(f'"{n}" = excluded."{n}"' for n in names[1:])
         table = self._t(copy.table)
+        # Newer versions only, never a record already deleted (its tombstone), many a statement.
         upsert = (
-            f"INSERT INTO {table} ({cols}) SELECT {', '.join(casts)} WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {self._t('charter_tombstone')} WHERE copy = %s "
-            f"AND id = %s AND version >= %s) "
+            f"INSERT INTO {table} ({cols}) SELECT {picks}, %s "
+            f"FROM unnest({arrays}) AS u({aliases}) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {self._t('charter_tombstone')} AS t "
+            "WHERE t.copy = %s AND t.id = u.c0 AND t.version >= u.c1) "
             f"ON CONFLICT (id) DO UPDATE SET {updates} "
         )
         self._sql[f"apply:{copy.name}"] = upsert + f"WHERE excluded.version > {table}.version"
         self._sql[f"refresh:{copy.name}"] = upsert + f"WHERE excluded.version >= {table}.version"
+        tombstone = self._t("charter_tombstone")
+        self._sql[f"delete:{copy.name}"] = (
+            "WITH d AS (SELECT * FROM unnest(%s::text[], %s::integer[]) AS d(id, version)), "
+            f"gone AS (DELETE FROM {table} AS c USING d "
+            "WHERE c.id = d.id AND c.version < d.version) "
+            f"INSERT INTO {tombstone} (copy, id, version) SELECT %s, d.id, d.version FROM d "
+            f"ON CONFLICT (copy, id) DO UPDATE SET version = greatest({tombstone}.version, "
+            "excluded.version)"
+        )
         selects = (
             ["id", "version"]
             + [_canonical(f, entity.fields[f].type) for f in copy.fields]
@@ -343,23 +372,53 @@ class PostgresStore:
         self._sql[f"select-copy:{copy.name}"] = f"SELECT {', '.join(selects)} FROM {table}"
         self._selects[f"copy:{copy.name}"] = names
 
-    @contextmanager
-    def _guarded(self) -> Iterator[psycopg.Connection[Any]]:
-        """A transaction in which charter may write its guarded tables."""
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT set_config('charter.guard', 'open', true)")
-            yield conn
-
     # -- owner side -------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[_Writes]:
-        with self._guarded() as conn:
-            yield _Writes(self, conn)
+    def transaction(self) -> Iterator[Writes]:
+        with self.pool.connection() as conn:
+            writes = Writes(self, conn)
+            try:
+                yield writes
+            except BaseException:
+                writes.rollback()
+                raise
+            writes.commit()
 
     def fetch(self, entity: Entity, entity_id: str) -> Row | None:
         with self.pool.connection() as conn:
-            return _fetch(self, conn, entity, entity_id, lock=False)
+            return self._fetch(conn, entity, entity_id, lock=False)
+
+    def _fetch(
+        self, conn: psycopg.Connection[Any], entity: Entity, entity_id: str, lock: bool
+    ) -> Row | None:
+        query = self._sql[f"select:{entity.name}"] + " WHERE id = %s"
+        row = conn.execute(query + (" FOR UPDATE" if lock else ""), (entity_id,)).fetchone()
+        if row is None:
+            return None
+        return dict(zip(self._selects[entity.name], row, strict=True))
+
+    def _outbox_statement(self, items: Sequence[tuple[Event, bytes]]) -> tuple[str, list[Any]]:
+        """The outbox rows of one transaction, and their pending marks, in one statement."""
+        outbox, pending = self._t("charter_outbox"), self._t("charter_pending")
+        columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
+        ids, entities, entity_ids, versions, ops, changed, times, bodies = columns
+        for event, body in items:
+            ids.append(event.id)
+            entities.append(event.entity)
+            entity_ids.append(event.entity_id)
+            versions.append(event.version)
+            ops.append(event.op)
+            changed.append(",".join(event.changed))
+            times.append(event.time)
+            bodies.append(body)
+        query = (
+            f"WITH o AS (INSERT INTO {outbox} (event_id, entity, entity_id, version, op, "
+            "changed, time, body) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
+            "%s::integer[], %s::text[], %s::text[], %s::text[], %s::bytea[]) RETURNING seq) "
+            f"INSERT INTO {pending} SELECT seq FROM o"
+        )
+        return query, columns
 
     def rows(self, entity: Entity, where: Row | None = None) -> Iterator[Row]:
         yield from self._stream(
@@ -459,136 +518,144 @@ class PostgresStore:
         parked: Sequence[Parked],
         position: int,
     ) -> list[Parked]:
-        with self._guarded() as conn:
-            current = self._checkpoint(conn, copy, lock=True)
-            start = current.position if current else 0
-            fresh = [(p, e) for p, e in items if p > start]
-            failed: list[Parked] = []
-            now = now_text()
-            if fresh:
-                try:
-                    with conn.transaction():
-                        self._apply_events(conn, copy, fresh, now)
-                except psycopg.Error:
-                    failed = self._apply_one_by_one(conn, copy, fresh, now)
-            late = [p for p in (*parked, *failed) if p.position > start]
-            if late:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        f"INSERT INTO {self._t('charter_parked')} "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                        [
-                            (
-                                p.copy,
-                                p.entity_id,
-                                p.version,
-                                p.event_id,
-                                p.position,
-                                p.reason,
-                                p.body,
-                                now,
-                            )
-                            for p in late
-                        ],
-                    )
-            if position > start:
-                conn.execute(
-                    f"INSERT INTO {self._t('charter_checkpoint')} VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (copy) DO UPDATE SET position = excluded.position, "
-                    "applied_at = excluded.applied_at",
-                    (copy.name, position, now, orjson.dumps(copy.fields).decode()),
-                )
-            return failed
+        with self.pool.connection() as conn:
+            try:
+                return self._apply(conn, copy, items, parked, position, one_by_one=False)
+            except psycopg.Error:
+                if conn.closed or not items:
+                    raise
+            # Something in the batch the table refuses: find it, park it, apply the rest.
+            return self._apply(conn, copy, items, parked, position, one_by_one=True)
 
-    def _apply_events(
+    def _apply(
         self,
         conn: psycopg.Connection[Any],
         copy: Copy,
         items: Sequence[tuple[int, Event]],
-        now: str,
-    ) -> None:
-        upsert = self._sql[f"apply:{copy.name}"]
-        fields = copy.fields
-        batch: list[tuple[Any, ...]] = []
-        with conn.cursor() as cur:
-            for _, event in items:
-                if event.op == "deleted":
-                    if batch:
-                        cur.executemany(upsert, batch)
-                        batch = []
-                    self._delete_copy_row(cur, copy, event.entity_id, event.version)
-                else:
-                    state = event.state or {}
-                    batch.append(
-                        (
-                            event.entity_id,
-                            event.version,
-                            *[state.get(f) for f in fields],
-                            now,
-                            copy.name,
-                            event.entity_id,
-                            event.version,
-                        )
+        parked: Sequence[Parked],
+        position: int,
+        one_by_one: bool,
+    ) -> list[Parked]:
+        """One transaction, two round trips: lock the checkpoint; the rest and the commit."""
+        try:
+            lock = (
+                f"SELECT position FROM {self._t('charter_checkpoint')} WHERE copy = %s FOR UPDATE"
+            )
+            _, locked = pipelined(conn, [("BEGIN", None), (lock, (copy.name,))])
+            row = locked.fetchone()
+            start = int(row[0]) if row else 0
+            fresh = [(p, e) for p, e in items if p > start]
+            now = now_text()
+            failed: list[Parked] = []
+            statements: list[tuple[str, Sequence[Any] | None]] = []
+            if one_by_one:
+                failed = self._apply_each(conn, copy, fresh, now)
+            else:
+                statements.extend(self._apply_statements(copy, fresh, now))
+            late = [p for p in (*parked, *failed) if p.position > start]
+            if late:
+                statements.append(self._park_statement(late, now))
+            if position > start:
+                statements.append(
+                    (
+                        f"INSERT INTO {self._t('charter_checkpoint')} VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT (copy) DO UPDATE SET position = excluded.position, "
+                        "applied_at = excluded.applied_at",
+                        (copy.name, position, now, orjson.dumps(copy.fields).decode()),
                     )
-            if batch:
-                cur.executemany(upsert, batch)
+                )
+            pipelined(conn, [*statements, ("COMMIT", None)])
+            return failed
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != IDLE:
+                conn.execute("ROLLBACK")
+            raise
 
-    def _apply_one_by_one(
+    def _park_statement(self, parked: Sequence[Parked], now: str) -> tuple[str, list[Any]]:
+        columns: list[list[Any]] = [[] for _ in range(7)]
+        for p in parked:
+            for column, value in zip(
+                columns,
+                (p.copy, p.entity_id, p.version, p.event_id, p.position, p.reason, p.body),
+                strict=True,
+            ):
+                column.append(value)
+        query = (
+            f"INSERT INTO {self._t('charter_parked')} SELECT *, %s FROM unnest(%s::text[], "
+            "%s::text[], %s::integer[], %s::text[], %s::bigint[], %s::text[], %s::bytea[])"
+        )
+        return query, [now, *columns]
+
+    def _apply_statements(
+        self, copy: Copy, items: Sequence[tuple[int, Event]], now: str
+    ) -> list[tuple[str, Sequence[Any]]]:
+        """A batch as at most two statements: each id's newest event (events carry the
+        whole state, so the newest is all that matters), ids sorted so that two processes
+        applying one copy lock its rows in the same order."""
+        newest: dict[str, Event] = {}
+        for _, event in items:
+            seen = newest.get(event.entity_id)
+            if seen is None or event.version > seen.version:
+                newest[event.entity_id] = event
+        upserts: list[Event] = []
+        deletes: list[Event] = []
+        for entity_id in sorted(newest):
+            event = newest[entity_id]
+            (deletes if event.op == "deleted" else upserts).append(event)
+        statements: list[tuple[str, Sequence[Any]]] = []
+        if upserts:
+            states = [e.state or {} for e in upserts]
+            columns = [[e.entity_id for e in upserts], [e.version for e in upserts]]
+            columns += [[state.get(f) for state in states] for f in copy.fields]
+            statements.append((self._sql[f"apply:{copy.name}"], [now, *columns, copy.name]))
+        if deletes:
+            ids, versions = [e.entity_id for e in deletes], [e.version for e in deletes]
+            statements.append((self._sql[f"delete:{copy.name}"], [ids, versions, copy.name]))
+        return statements
+
+    def _apply_each(
         self,
         conn: psycopg.Connection[Any],
         copy: Copy,
         items: Sequence[tuple[int, Event]],
         now: str,
     ) -> list[Parked]:
+        """Event by event, each under a savepoint; what fails is returned, to be parked."""
         failed: list[Parked] = []
         for position, event in items:
+            conn.execute("SAVEPOINT charter_event")
             try:
-                with conn.transaction():
-                    self._apply_events(conn, copy, [(position, event)], now)
+                for query, params in self._apply_statements(copy, [(position, event)], now):
+                    conn.execute(query, params)
             except psycopg.Error as exc:
+                conn.execute("ROLLBACK TO SAVEPOINT charter_event")
                 failed.append(unstorable(copy, position, event, exc))
+            else:
+                conn.execute("RELEASE SAVEPOINT charter_event")
         return failed
-
-    def _delete_copy_row(
-        self, cur: psycopg.Cursor[Any], copy: Copy, entity_id: str, version: int
-    ) -> None:
-        cur.execute(
-            f"DELETE FROM {self._t(copy.table)} WHERE id = %s AND version < %s",
-            (entity_id, version),
-        )
-        cur.execute(
-            f"INSERT INTO {self._t('charter_tombstone')} VALUES (%s, %s, %s) "
-            "ON CONFLICT (copy, id) DO UPDATE SET version = "
-            f"greatest({self._t('charter_tombstone')}.version, excluded.version)",
-            (copy.name, entity_id, version),
-        )
 
     def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
         refresh = self._sql[f"refresh:{copy.name}"]
         now = now_text()
         count = 0
-        with self._guarded() as conn, conn.cursor() as cur:
-            batch: list[tuple[Any, ...]] = []
-            for entity_id, version, state in rows:
-                batch.append(
-                    (
-                        entity_id,
-                        version,
-                        *[state.get(f) for f in copy.fields],
-                        now,
-                        copy.name,
-                        entity_id,
-                        version,
-                    )
-                )
+        with self.pool.connection() as conn, conn.transaction():
+
+            def send(batch: list[tuple[str, int, Row]]) -> None:
+                columns = [[b[0] for b in batch], [b[1] for b in batch]]
+                columns += [[b[2].get(f) for b in batch] for f in copy.fields]
+                conn.execute(refresh, [now, *columns, copy.name])
+
+            batch: list[tuple[str, int, Row]] = []
+            for item in rows:
+                batch.append(item)
                 if len(batch) >= 1000:
-                    cur.executemany(refresh, batch)
+                    send(batch)
                     count += len(batch)
                     batch = []
             if batch:
-                cur.executemany(refresh, batch)
+                send(batch)
                 count += len(batch)
-            cur.execute(
+            conn.execute(
                 f"INSERT INTO {self._t('charter_checkpoint')} VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (copy) DO UPDATE SET position = greatest("
                 f"{self._t('charter_checkpoint')}.position, excluded.position), "
@@ -620,91 +687,6 @@ class PostgresStore:
                 self._pool = None
 
 
-class _Writes:
-    """The store's half of one owner transaction."""
-
-    __slots__ = ("_conn", "_store")
-
-    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
-        self._store, self._conn = store, conn
-
-    def fetch(self, entity: Entity, entity_id: str) -> Row | None:
-        return _fetch(self._store, self._conn, entity, entity_id, lock=True)
-
-    def insert(self, entity: Entity, row: Row) -> None:
-        try:
-            self._conn.execute(self._store._sql[f"insert:{entity.name}"], tuple(row.values()))
-        except (pg_errors.IntegrityError, pg_errors.DeadlockDetected) as exc:
-            raise _constraint(entity, row, exc) from None
-
-    def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool:
-        values = list(row.values())[1:]
-        try:
-            cursor = self._conn.execute(
-                self._store._sql[f"update:{entity.name}"], (*values, entity_id, old_version)
-            )
-        except (pg_errors.IntegrityError, pg_errors.DeadlockDetected) as exc:
-            raise _constraint(entity, row, exc) from None
-        return cursor.rowcount == 1
-
-    def delete(self, entity: Entity, entity_id: str, old_version: int) -> bool:
-        cursor = self._conn.execute(
-            f"DELETE FROM {self._store._t(entity.table)} WHERE id = %s AND version = %s",
-            (entity_id, old_version),
-        )
-        return cursor.rowcount == 1
-
-    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None:
-        outbox, pending = self._store._t("charter_outbox"), self._store._t("charter_pending")
-        with self._conn.cursor() as cur:
-            cur.executemany(
-                f"WITH o AS (INSERT INTO {outbox} (event_id, entity, entity_id, version, op, "
-                "changed, time, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq) "
-                f"INSERT INTO {pending} SELECT seq FROM o",
-                [
-                    (e.id, e.entity, e.entity_id, e.version, e.op, ",".join(e.changed), e.time, b)
-                    for e, b in zip(events, bodies, strict=True)
-                ],
-            )
-
-
-def _fetch(
-    store: PostgresStore,
-    conn: psycopg.Connection[Any],
-    entity: Entity,
-    entity_id: str,
-    lock: bool,
-) -> Row | None:
-    query = store._sql[f"select:{entity.name}"] + " WHERE id = %s" + (" FOR UPDATE" if lock else "")
-    row = conn.execute(query, (entity_id,)).fetchone()
-    if row is None:
-        return None
-    return dict(zip(store._selects[entity.name], row, strict=True))
-
-
-def _constraint(
-    entity: Entity, row: Row, exc: pg_errors.IntegrityError | pg_errors.DeadlockDetected
-) -> ConstraintError | ConflictError:
-    constraint = exc.diag.constraint_name or ""
-    if isinstance(exc, pg_errors.DeadlockDetected):
-        # Two transactions each waited on the other's overlapping row: one of them loses,
-        # as it would have had they come one after the other.
-        if "exclusion constraint" in (exc.diag.context or "") and entity.constraints:
-            exc = pg_errors.ExclusionViolation()
-            constraint = f"{entity.table}_no_overlap_1"
-        else:
-            return ConflictError(f"{entity.name}: a concurrent transaction won; retry")
-    if isinstance(exc, pg_errors.ExclusionViolation):
-        rule = entity.constraints[int(constraint.rsplit("_", 1)[-1]) - 1]
-        return ConstraintError(
-            f"{entity.name} no_overlap: another {entity.name} with the same "
-            f"{', '.join(rule.per) or 'scope'} overlaps [{rule.start}, {rule.end})"
-        )
-    prefix, suffix = f"{entity.table}_", "_unique"
-    if isinstance(exc, pg_errors.UniqueViolation) and constraint.endswith(suffix):
-        field = constraint.removeprefix(prefix).removesuffix(suffix)
-        return ConstraintError(
-            f"{entity.name}.{field} must be unique: {row.get(field)!r} is already used by "
-            f"another {entity.name}"
-        )
-    return ConstraintError(f"{entity.name}: {exc.diag.message_primary or exc}")
+def _open_guard(conn: psycopg.Connection[Any]) -> None:
+    """charter's own connections may write the guarded tables; nobody else's may."""
+    conn.execute("SELECT set_config('charter.guard', 'open', false)")

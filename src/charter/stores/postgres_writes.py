@@ -1,0 +1,227 @@
+"""An owner transaction on PostgreSQL, sent in as few round trips as it can be.
+
+The owner's changes are queued, not sent one by one: at commit, runs of the same kind of
+change to the same entity become one statement each (an `INSERT … SELECT FROM unnest`, an
+`UPDATE … FROM unnest`, a `DELETE … USING unnest`), the outbox rows one more, and all of
+them go to the server in one pipeline with the `BEGIN` and the `COMMIT`. A transaction that
+only creates is one round trip; one that updates also reads each record it updates, with
+`FOR UPDATE`, when it updates it (the owner needs the current state to make the event).
+
+What this changes for the caller: a `unique` or `no_overlap` violation is reported when
+the transaction commits rather than by the `create` or `update` that caused it, as a
+`ConstraintError` from the `with` block. The whole transaction is rolled back either way
+(on PostgreSQL a failed statement aborts its transaction), so nothing else changes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from charter.errors import ConflictError, ConstraintError
+from charter.events import Event
+from charter.model import Entity
+from charter.stores.base import Row
+
+if TYPE_CHECKING:
+    from charter.stores.postgres import PostgresStore
+
+Statement = tuple[str, Sequence[Any] | None]  # a query and its parameters
+Cursor = psycopg.Cursor[Any]
+IDLE = psycopg.pq.TransactionStatus.IDLE
+_KEY = re.compile(r"Key \((?P<columns>.*)\)=\((?P<values>.*)\) (already exists|conflicts)")
+
+
+@dataclass(slots=True)
+class _Run:
+    """Consecutive changes of one kind to one entity: one statement at commit."""
+
+    kind: str  # insert | update | delete
+    entity: Entity
+    rows: list[Row] = field(default_factory=list)
+    old_versions: list[int] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+
+
+class Writes:
+    """The store's half of one owner transaction: reads now, writes at commit."""
+
+    __slots__ = ("_begun", "_conn", "_outbox", "_runs", "_store", "_written")
+
+    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
+        self._store, self._conn = store, conn
+        self._begun = False
+        self._runs: list[_Run] = []
+        self._written: dict[tuple[str, str], Row | None] = {}  # None: deleted here
+        self._outbox: list[tuple[Event, bytes]] = []
+
+    # -- what the owner calls ---------------------------------------------------------
+
+    def fetch(self, entity: Entity, entity_id: str) -> Row | None:
+        key = (entity.name, entity_id)
+        if key in self._written:  # changed in this transaction: its state is here
+            row = self._written[key]
+            return dict(row) if row is not None else None
+        if not self._begun:
+            self._conn.execute("BEGIN")
+            self._begun = True
+        return self._store._fetch(self._conn, entity, entity_id, lock=True)
+
+    def insert(self, entity: Entity, row: Row) -> None:
+        self._queue("insert", entity, row, 0)
+
+    def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool:
+        # The row was read FOR UPDATE (or written) in this transaction: nobody can change
+        # it before the commit. The statement still checks the version, and says so if not.
+        self._queue("update", entity, row, old_version)
+        return True
+
+    def delete(self, entity: Entity, entity_id: str, old_version: int) -> bool:
+        self._queue("delete", entity, {"id": entity_id}, old_version)
+        self._written[(entity.name, entity_id)] = None
+        return True
+
+    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None:
+        self._outbox.extend(zip(events, bodies, strict=True))
+
+    def _queue(self, kind: str, entity: Entity, row: Row, old_version: int) -> None:
+        run = self._runs[-1] if self._runs else None
+        entity_id = row["id"]
+        # An UPDATE … FROM with one id twice would change that row once: start a new run.
+        if run is None or run.kind != kind or run.entity is not entity or entity_id in run.ids:
+            run = _Run(kind, entity)
+            self._runs.append(run)
+        run.rows.append(row)
+        run.old_versions.append(old_version)
+        run.ids.add(entity_id)
+        if kind != "delete":
+            self._written[(entity.name, entity_id)] = row
+
+    # -- commit and rollback ----------------------------------------------------------
+
+    def commit(self) -> None:
+        if not self._runs and not self._outbox:
+            if self._begun:
+                self._conn.execute("COMMIT")
+            return
+        statements: list[Statement] = [] if self._begun else [("BEGIN", None)]
+        skip = len(statements)
+        statements += [self._statement(run) for run in self._runs]
+        if self._outbox:
+            statements.append(self._store._outbox_statement(self._outbox))
+        checked = any(run.kind != "insert" for run in self._runs)
+        if not checked:  # nothing to look at before committing: commit in the same trip
+            statements.append(("COMMIT", None))
+        try:
+            cursors = pipelined(self._conn, statements)[skip:]
+        except (pg_errors.IntegrityError, pg_errors.DeadlockDetected) as exc:
+            self.rollback()
+            raise self._refusal(exc) from None
+        except BaseException:
+            self.rollback()
+            raise
+        if checked:
+            for run, cursor in zip(self._runs, cursors, strict=False):
+                if run.kind != "insert" and cursor.rowcount != len(run.rows):
+                    self.rollback()
+                    raise ConflictError(
+                        f"{run.entity.name}: a record changed while this transaction "
+                        "updated it; read it again and retry"
+                    )
+            self._conn.execute("COMMIT")
+        self._begun = False
+
+    def rollback(self) -> None:
+        self._begun = False
+        if not self._conn.closed and self._conn.info.transaction_status != IDLE:
+            self._conn.execute("ROLLBACK")
+
+    def _statement(self, run: _Run) -> tuple[str, Sequence[Any]]:
+        store = self._store
+        names = store._selects[run.entity.name]
+        if run.kind == "delete":
+            ids = [row["id"] for row in run.rows]
+            return store._sql[f"delete-many:{run.entity.name}"], (ids, run.old_versions)
+        columns = [[row[name] for row in run.rows] for name in names]
+        if run.kind == "insert":
+            return store._sql[f"insert-many:{run.entity.name}"], columns
+        return store._sql[f"update-many:{run.entity.name}"], (*columns, run.old_versions)
+
+    def _refusal(
+        self, exc: pg_errors.IntegrityError | pg_errors.DeadlockDetected
+    ) -> ConstraintError | ConflictError:
+        """The caller's error for a refused statement: which rule, which value."""
+        table = exc.diag.table_name or ""
+        entity = next((r.entity for r in self._runs if r.entity.table == table), None)
+        if entity is None:
+            entity = next((r.entity for r in self._runs), None)
+        if entity is None:
+            return ConstraintError(f"{exc.diag.message_primary or exc}")
+        return constraint_error(entity, exc)
+
+
+def pipelined(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> list[Cursor]:
+    """Send the statements in one round trip; the first error they met, if any, is raised
+    (caught here rather than by the pipeline's exit, which would log it as a warning)."""
+    first: psycopg.Error | None = None
+    cursors: list[Cursor] = []
+    try:
+        with conn.pipeline():
+            try:
+                for query, params in statements:
+                    cursors.append(conn.execute(query, params))
+            except psycopg.Error as exc:
+                first = exc
+    except psycopg.Error as exc:
+        first = first or exc
+    if first is not None:
+        _forget_prepared(conn)
+        raise first
+    return cursors
+
+
+def _forget_prepared(conn: psycopg.Connection[Any]) -> None:
+    """After an error in a pipeline, psycopg (3.3) may count as prepared a statement whose
+    preparation the error made the server skip, and fail on it ("prepared statement
+    _pg3_… does not exist") for the life of the connection. Clearing its cache makes it
+    deallocate everything after the next statement (the ROLLBACK) and start afresh."""
+    prepared = getattr(conn, "_prepared", None)
+    clear = getattr(prepared, "clear", None)
+    if callable(clear):
+        clear()
+    else:  # a psycopg without that cache: take no chances with this connection
+        conn.close()
+
+
+def constraint_error(
+    entity: Entity, exc: pg_errors.IntegrityError | pg_errors.DeadlockDetected
+) -> ConstraintError | ConflictError:
+    constraint = exc.diag.constraint_name or ""
+    if isinstance(exc, pg_errors.DeadlockDetected):
+        # Two transactions each waited on the other's overlapping row: one of them loses,
+        # as it would have had they come one after the other.
+        if "exclusion constraint" in (exc.diag.context or "") and entity.constraints:
+            exc = pg_errors.ExclusionViolation()
+            constraint = f"{entity.table}_no_overlap_1"
+        else:
+            return ConflictError(f"{entity.name}: a concurrent transaction won; retry")
+    if isinstance(exc, pg_errors.ExclusionViolation):
+        rule = entity.constraints[int(constraint.rsplit("_", 1)[-1]) - 1]
+        return ConstraintError(
+            f"{entity.name} no_overlap: another {entity.name} with the same "
+            f"{', '.join(rule.per) or 'scope'} overlaps [{rule.start}, {rule.end})"
+        )
+    prefix, suffix = f"{entity.table}_", "_unique"
+    if isinstance(exc, pg_errors.UniqueViolation) and constraint.endswith(suffix):
+        name = constraint.removeprefix(prefix).removesuffix(suffix)
+        key = _KEY.search(exc.diag.message_detail or "")
+        value = key.group("values") if key else "?"
+        return ConstraintError(
+            f"{entity.name}.{name} must be unique: {value!r} is already used by "
+            f"another {entity.name}"
+        )
+    return ConstraintError(f"{entity.name}: {exc.diag.message_primary or exc}")

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -31,6 +32,14 @@ def _reachable(url: str) -> bool:
 
 
 needs_nats = pytest.mark.skipif(not _reachable(NATS), reason=f"no NATS server at {NATS}")
+
+
+def durable(bus: NatsBus, name: str, *acked_by: NatsBus) -> dict[str, Any] | None:
+    """A copy's durable consumer as the server has it, once the acknowledgements on their
+    way from `bus` and `acked_by` have landed (they go in the background)."""
+    for one in (bus, *acked_by):
+        one._call(one._settle(), 10)
+    return bus._call(bus._consumer_info(name), 10)
 
 
 def rows(count: int, entity: str = "Customer", ids: int = 7, start: int = 0) -> list[OutboxRow]:
@@ -194,7 +203,7 @@ def test_two_processes_running_one_copy_each_read_every_event_in_order(system: s
             thread.join()
         assert ids_of(results["1"]) == ids_of(results["2"]) == [r.event_id for r in published]
         # the copy's durable consumer knows it has applied everything, whoever acknowledged
-        info = two._call(two._consumer_info("copy"), 10)
+        info = durable(two, "copy", one)
         assert info is not None and info["ack_floor"]["stream_seq"] == one.head("Customer")
         assert one.compact(0.0) == 3000
 
@@ -205,14 +214,14 @@ def test_ack_moves_the_consumer_and_a_start_registers_a_new_copy(bus: NatsBus) -
     got = bus.fetch("a", "Customer", 0, 10)
     assert bus.backlog("a", "Customer", 0).events == 10
     bus.ack("a", "Customer", got[3].position)  # AckAll: acknowledges the first four
-    info = bus._call(bus._consumer_info("a"), 10)
+    info = durable(bus, "a")
     assert info is not None and info["ack_floor"]["stream_seq"] == got[3].position
     assert info["num_ack_pending"] == 6
     assert bus.backlog("a", "Customer", got[3].position).events == 6
 
     head = bus.head("Customer")  # a new copy: backfilled at head, then registered
     bus.ack("b", "Customer", head)
-    info = bus._call(bus._consumer_info("b"), 10)
+    info = durable(bus, "b")
     assert info is not None and info["config"]["opt_start_seq"] == head + 1
     later = rows(3, start=10)
     bus.publish(later)

@@ -202,10 +202,12 @@ def test_refused_transactions_leave_the_store_usable(shop: System) -> None:
     customers = shop.context("customers")
     ada = new_customer(shop, "ada@example.com")
     for attempt in range(12):
-        with pytest.raises(charter.ConstraintError, match="email must be unique"):
-            with customers.transaction() as tx:
-                tx.create("Customer", name="Copy", email="ada@example.com", password_hash="x")
-                tx.create("Customer", name="F", email=f"f{attempt}@example.com", password_hash="x")
+        with (
+            pytest.raises(charter.ConstraintError, match="email must be unique"),
+            customers.transaction() as tx,
+        ):
+            tx.create("Customer", name="Copy", email="ada@example.com", password_hash="x")
+            tx.create("Customer", name="F", email=f"f{attempt}@example.com", password_hash="x")
     for number in range(12):
         with customers.transaction() as tx:
             tx.update("Customer", ada.id, name=f"Ada {number}")

@@ -336,6 +336,8 @@ class NatsBus:
         self._ack_ids = itertools.count(1)
         self._readers: dict[tuple[str, str], _Pull] = {}
         self._registers: dict[tuple[str, str], _Pull] = {}
+        self._ack_wanted: dict[tuple[str, str], int] = {}  # what copies asked to acknowledge
+        self._ack_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._register_lock: asyncio.Lock | None = None
         self._chores: set[asyncio.Task[None]] = set()  # deletes nobody waits for
         self._loop = asyncio.new_event_loop()
@@ -1023,7 +1025,49 @@ class NatsBus:
                 ) from None
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
-        self._call(self._ack(consumer, entity, position), ACK_BUDGET_S)
+        """Returns at once: the copy's durable consumer is told in the background, with one
+        acknowledgement for all the positions that came meanwhile, so a projector never
+        waits for it. compact, backlog and close first wait for what is on its way. If the
+        stream cannot be told now, it is told later: the next acknowledgement covers it."""
+        if self._closed or not self._thread.is_alive():
+            raise BusError(f"the NATS bus for '{self.system}' is closed")
+        self._loop.call_soon_threadsafe(self._want_ack, (consumer, entity), position)
+
+    def _want_ack(self, key: tuple[str, str], position: int) -> None:
+        if position > self._ack_wanted.get(key, -1):
+            self._ack_wanted[key] = position
+        task = self._ack_tasks.get(key)
+        if task is None or task.done():
+            self._ack_tasks[key] = self._loop.create_task(self._acknowledge(key))
+
+    async def _acknowledge(self, key: tuple[str, str]) -> None:
+        done, failures = -1, 0
+        while self._nc is not None:
+            position = self._ack_wanted.get(key, -1)
+            if position <= done:
+                return
+            _DEADLINE.set(time.monotonic() + ACK_BUDGET_S)
+            try:
+                await self._ack(*key, position)
+                done, failures = position, 0
+            except (BusError, nats.errors.Error, OSError, TimeoutError) as exc:
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning(
+                        "NATS bus %s: copy %s applied up to %d; telling the stream failed "
+                        "(%s), trying again",
+                        self.stream,
+                        key[0],
+                        position,
+                        exc,
+                    )
+                await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+
+    async def _settle(self) -> None:
+        """Wait (within the call's budget) for the acknowledgements on their way."""
+        tasks = [task for task in self._ack_tasks.values() if not task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._remaining(ACK_BUDGET_S))
 
     # ----------------------------------------------------------------- positions, lag
 
@@ -1051,6 +1095,7 @@ class NatsBus:
         return int(info["num_pending"])
 
     async def _backlog(self, consumer: str, entity: str, after: int) -> Backlog:
+        await self._settle()
         subject = self._filter(entity)
         if await self._head(entity) <= after:
             return Backlog(0, None)
@@ -1142,6 +1187,7 @@ class NatsBus:
         return low + 1
 
     async def _compact(self, retention_s: float) -> int:
+        await self._settle()
         cutoff = time.time() - retention_s
         info = await self._api(
             f"STREAM.INFO.{self.stream}", {"subjects_filter": f"{self._prefix}.>"}
@@ -1182,6 +1228,8 @@ class NatsBus:
     async def _shutdown(self) -> None:
         if self._nc is None or self._nc.is_closed:
             return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settle(), 3)
         readers = [r.name for r in self._readers.values() if r.name]
         if readers and self._nc.is_connected:  # else they go away once idle
             with contextlib.suppress(BusError, TimeoutError):

@@ -10,6 +10,7 @@ a row that commits late."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -37,7 +38,7 @@ from charter.stores.common import (
     unstorable,
     where_clause,
 )
-from charter.stores.postgres_writes import IDLE, Writes, pipelined
+from charter.stores.postgres_writes import IDLE, Statement, Writes, pipelined
 from charter.values import now_text
 
 _COLUMN_TYPE = {
@@ -129,6 +130,7 @@ class PostgresStore:
         self.schema = self._schema_option or "public"
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
+        self._relayed: list[int] = []  # published, not yet unmarked (see pending)
         self._sql: dict[str, str] = {}
         self._selects: dict[str, list[str]] = {}
 
@@ -356,13 +358,14 @@ class PostgresStore:
         self._sql[f"apply:{copy.name}"] = upsert + f"WHERE excluded.version > {table}.version"
         self._sql[f"refresh:{copy.name}"] = upsert + f"WHERE excluded.version >= {table}.version"
         tombstone = self._t("charter_tombstone")
+        # (a fragment of a WITH list: see _apply_parts)
         self._sql[f"delete:{copy.name}"] = (
-            "WITH d AS (SELECT * FROM unnest(%s::text[], %s::integer[]) AS d(id, version)), "
+            "d AS (SELECT * FROM unnest(%s::text[], %s::integer[]) AS d(id, version)), "
             f"gone AS (DELETE FROM {table} AS c USING d "
-            "WHERE c.id = d.id AND c.version < d.version) "
-            f"INSERT INTO {tombstone} (copy, id, version) SELECT %s, d.id, d.version FROM d "
-            f"ON CONFLICT (copy, id) DO UPDATE SET version = greatest({tombstone}.version, "
-            "excluded.version)"
+            "WHERE c.id = d.id AND c.version < d.version), "
+            f"t AS (INSERT INTO {tombstone} (copy, id, version) SELECT %s, d.id, d.version "
+            f"FROM d ON CONFLICT (copy, id) DO UPDATE SET version = greatest({tombstone}.version, "
+            "excluded.version))"
         )
         selects = (
             ["id", "version"]
@@ -398,9 +401,17 @@ class PostgresStore:
             return None
         return dict(zip(self._selects[entity.name], row, strict=True))
 
-    def _outbox_statement(self, items: Sequence[tuple[Event, bytes]]) -> tuple[str, list[Any]]:
-        """The outbox rows of one transaction, and their pending marks, in one statement."""
-        outbox, pending = self._t("charter_outbox"), self._t("charter_pending")
+    def _outbox_insert(self, items: Sequence[tuple[Event, bytes]]) -> tuple[str, Sequence[Any]]:
+        """The outbox rows of one transaction, as an INSERT … RETURNING seq."""
+        outbox = self._t("charter_outbox")
+        head = (
+            f"INSERT INTO {outbox} (event_id, entity, entity_id, version, op, changed, time, body) "
+        )
+        if len(items) == 1:  # one row: scalar parameters cost psycopg far less than arrays
+            event, body = items[0]
+            row = (event.id, event.entity, event.entity_id, event.version, event.op)
+            params = (*row, ",".join(event.changed), event.time, body)
+            return head + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq", params
         columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
         ids, entities, entity_ids, versions, ops, changed, times, bodies = columns
         for event, body in items:
@@ -412,13 +423,25 @@ class PostgresStore:
             changed.append(",".join(event.changed))
             times.append(event.time)
             bodies.append(body)
-        query = (
-            f"WITH o AS (INSERT INTO {outbox} (event_id, entity, entity_id, version, op, "
-            "changed, time, body) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
-            "%s::integer[], %s::text[], %s::text[], %s::text[], %s::bytea[]) RETURNING seq) "
-            f"INSERT INTO {pending} SELECT seq FROM o"
+        query = head + (
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[], "
+            "%s::text[], %s::text[], %s::text[], %s::bytea[]) RETURNING seq"
         )
         return query, columns
+
+    def _outbox_statement(
+        self, items: Sequence[tuple[Event, bytes]], before: Statement | None = None
+    ) -> Statement:
+        """The outbox rows of one transaction and their pending marks, in one statement;
+        with `before`, an INSERT that goes with them (one statement is one transaction)."""
+        insert, params = self._outbox_insert(items)
+        pending = self._t("charter_pending")
+        query = f"WITH o AS ({insert}) INSERT INTO {pending} SELECT seq FROM o"
+        if before is None:
+            return query, params
+        first, first_params = before
+        query = f"WITH e AS ({first}), {query.removeprefix('WITH ')}"
+        return query, [*(first_params or ()), *params]
 
     def rows(self, entity: Entity, where: Row | None = None) -> Iterator[Row]:
         yield from self._stream(
@@ -448,26 +471,50 @@ class PostgresStore:
             ).fetchall()
         return [outbox_row(r) for r in rows]
 
+    # What the relay has published is unmarked with its next read, in the same round trip;
+    # if it stops before that, the events are published again, and the bus drops them.
+
     def pending(self, limit: int) -> list[OutboxRow]:
+        select = (
+            f"SELECT {', '.join('o.' + c for c in OUTBOX_COLUMNS.split(', '))} "
+            f"FROM {self._t('charter_pending')} p JOIN {self._t('charter_outbox')} o "
+            "USING (seq) "
+        )
+        with self._lock:
+            done, self._relayed = self._relayed, []
         with self.pool.connection() as conn:
-            rows = conn.execute(
-                f"SELECT {', '.join('o.' + c for c in OUTBOX_COLUMNS.split(', '))} "
-                f"FROM {self._t('charter_pending')} p JOIN {self._t('charter_outbox')} o "
-                "USING (seq) ORDER BY p.seq LIMIT %s",
-                (limit,),
-            ).fetchall()
+            statement: Statement
+            if done:  # (the SELECT sees the rows the DELETE removes: one snapshot)
+                statement = (
+                    f"WITH done AS (DELETE FROM {self._t('charter_pending')} "
+                    f"WHERE seq = ANY(%s)) {select} WHERE p.seq <> ALL(%s) "
+                    "ORDER BY p.seq LIMIT %s",
+                    (done, done, limit),
+                )
+            else:
+                statement = (select + "ORDER BY p.seq LIMIT %s", (limit,))
+            rows = conn.execute(*statement).fetchall()
         return [outbox_row(r) for r in rows]
 
     def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:
-        if rows:
-            with self.pool.connection() as conn:
-                conn.execute(
-                    f"DELETE FROM {self._t('charter_pending')} WHERE seq = ANY(%s)",
-                    ([r.seq for r in rows],),
-                )
+        with self._lock:
+            self._relayed.extend(r.seq for r in rows)
+
+    def _marks(self) -> list[tuple[str, Sequence[Any]]]:
+        """The statement that unmarks what was relayed since the last one (if anything)."""
+        with self._lock:
+            done, self._relayed = self._relayed, []
+        if not done:
+            return []
+        return [(f"DELETE FROM {self._t('charter_pending')} WHERE seq = ANY(%s)", (done,))]
+
+    def _flush_marks(self, conn: psycopg.Connection[Any]) -> None:
+        for query, params in self._marks():
+            conn.execute(query, params)
 
     def rewind(self, after: int = 0) -> None:
         with self.pool.connection() as conn:
+            self._flush_marks(conn)
             conn.execute(
                 f"INSERT INTO {self._t('charter_pending')} SELECT seq FROM "
                 f"{self._t('charter_outbox')} WHERE seq > %s ON CONFLICT DO NOTHING",
@@ -476,6 +523,7 @@ class PostgresStore:
 
     def unrelayed(self, entity: str) -> Backlog:
         with self.pool.connection() as conn:
+            self._flush_marks(conn)
             row = conn.execute(
                 f"SELECT count(*), min(o.time) FROM {self._t('charter_pending')} p "
                 f"JOIN {self._t('charter_outbox')} o USING (seq) WHERE o.entity = %s",
@@ -520,58 +568,82 @@ class PostgresStore:
     ) -> list[Parked]:
         with self.pool.connection() as conn:
             try:
-                return self._apply(conn, copy, items, parked, position, one_by_one=False)
+                self._apply_batch(conn, copy, items, parked, position)
+                return []
             except psycopg.Error:
                 if conn.closed or not items:
                     raise
             # Something in the batch the table refuses: find it, park it, apply the rest.
-            return self._apply(conn, copy, items, parked, position, one_by_one=True)
+            return self._apply_one_by_one(conn, copy, items, parked, position)
 
-    def _apply(
+    def _apply_batch(
         self,
         conn: psycopg.Connection[Any],
         copy: Copy,
         items: Sequence[tuple[int, Event]],
         parked: Sequence[Parked],
         position: int,
-        one_by_one: bool,
+    ) -> None:
+        """The whole batch in one transaction and one round trip. What another process
+        running this copy applied already changes nothing: a copy takes only newer versions,
+        never a deleted record again, parks only what is past its checkpoint, and its
+        checkpoint only moves forward."""
+        now = now_text()
+        parts = self._apply_parts(copy, items, now)
+        if parked:
+            park, params = self._park_statement(copy, parked, now)
+            parts.append((f"p AS ({park})", [*(params or ())]))
+        conn.execute(*self._with(parts, self._checkpoint_statement(copy, position, now)))
+
+    def _apply_one_by_one(
+        self,
+        conn: psycopg.Connection[Any],
+        copy: Copy,
+        items: Sequence[tuple[int, Event]],
+        parked: Sequence[Parked],
+        position: int,
     ) -> list[Parked]:
-        """One transaction, two round trips: lock the checkpoint; the rest and the commit."""
+        """Event by event, each under a savepoint; what fails is parked."""
+        now = now_text()
+        lock = f"SELECT position FROM {self._t('charter_checkpoint')} WHERE copy = %s FOR UPDATE"
         try:
-            lock = (
-                f"SELECT position FROM {self._t('charter_checkpoint')} WHERE copy = %s FOR UPDATE"
-            )
             _, locked = pipelined(conn, [("BEGIN", None), (lock, (copy.name,))])
             row = locked.fetchone()
             start = int(row[0]) if row else 0
-            fresh = [(p, e) for p, e in items if p > start]
-            now = now_text()
             failed: list[Parked] = []
-            statements: list[tuple[str, Sequence[Any] | None]] = []
-            if one_by_one:
-                failed = self._apply_each(conn, copy, fresh, now)
-            else:
-                statements.extend(self._apply_statements(copy, fresh, now))
-            late = [p for p in (*parked, *failed) if p.position > start]
-            if late:
-                statements.append(self._park_statement(late, now))
-            if position > start:
-                statements.append(
-                    (
-                        f"INSERT INTO {self._t('charter_checkpoint')} VALUES (%s, %s, %s, %s) "
-                        "ON CONFLICT (copy) DO UPDATE SET position = excluded.position, "
-                        "applied_at = excluded.applied_at",
-                        (copy.name, position, now, orjson.dumps(copy.fields).decode()),
-                    )
-                )
-            pipelined(conn, [*statements, ("COMMIT", None)])
+            for at, event in items:
+                if at <= start:
+                    continue
+                conn.execute("SAVEPOINT charter_event")
+                try:
+                    parts = self._apply_parts(copy, [(at, event)], now)
+                    conn.execute(*self._with(parts, ("SELECT 1", None)))
+                except psycopg.Error as exc:
+                    conn.execute("ROLLBACK TO SAVEPOINT charter_event")
+                    failed.append(unstorable(copy, at, event, exc))
+                else:
+                    conn.execute("RELEASE SAVEPOINT charter_event")
+            statements: list[Statement] = []
+            if parked or failed:
+                statements.append(self._park_statement(copy, [*parked, *failed], now))
+            statements += [self._checkpoint_statement(copy, position, now), ("COMMIT", None)]
+            pipelined(conn, statements)
             return failed
         except BaseException:
-            if not conn.closed and conn.info.transaction_status != IDLE:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
-    def _park_statement(self, parked: Sequence[Parked], now: str) -> tuple[str, list[Any]]:
+    def _checkpoint_statement(self, copy: Copy, position: int, now: str) -> Statement:
+        table = self._t("charter_checkpoint")
+        return (
+            f"INSERT INTO {table} VALUES (%s, %s, %s, %s) ON CONFLICT (copy) DO UPDATE "
+            "SET position = excluded.position, applied_at = excluded.applied_at "
+            f"WHERE excluded.position > {table}.position",
+            (copy.name, position, now, orjson.dumps(copy.fields).decode()),
+        )
+
+    def _park_statement(self, copy: Copy, parked: Sequence[Parked], now: str) -> Statement:
+        """Parks what is past the checkpoint (what is not was parked when it was passed)."""
         columns: list[list[Any]] = [[] for _ in range(7)]
         for p in parked:
             for column, value in zip(
@@ -581,17 +653,20 @@ class PostgresStore:
             ):
                 column.append(value)
         query = (
-            f"INSERT INTO {self._t('charter_parked')} SELECT *, %s FROM unnest(%s::text[], "
-            "%s::text[], %s::integer[], %s::text[], %s::bigint[], %s::text[], %s::bytea[])"
+            f"INSERT INTO {self._t('charter_parked')} SELECT u.*, %s FROM unnest(%s::text[], "
+            "%s::text[], %s::integer[], %s::text[], %s::bigint[], %s::text[], %s::bytea[]) "
+            "AS u(copy, entity_id, version, event_id, position, reason, body) "
+            "WHERE u.position > coalesce((SELECT position FROM "
+            f"{self._t('charter_checkpoint')} WHERE copy = %s), 0)"
         )
-        return query, [now, *columns]
+        return query, [now, *columns, copy.name]
 
-    def _apply_statements(
+    def _apply_parts(
         self, copy: Copy, items: Sequence[tuple[int, Event]], now: str
-    ) -> list[tuple[str, Sequence[Any]]]:
-        """A batch as at most two statements: each id's newest event (events carry the
-        whole state, so the newest is all that matters), ids sorted so that two processes
-        applying one copy lock its rows in the same order."""
+    ) -> list[tuple[str, list[Any]]]:
+        """A batch as the parts of one statement's WITH list: each id's newest event (events
+        carry the whole state, so the newest is all that matters), ids sorted so that two
+        processes applying one copy lock its rows in the same order."""
         newest: dict[str, Event] = {}
         for _, event in items:
             seen = newest.get(event.entity_id)
@@ -602,37 +677,26 @@ class PostgresStore:
         for entity_id in sorted(newest):
             event = newest[entity_id]
             (deletes if event.op == "deleted" else upserts).append(event)
-        statements: list[tuple[str, Sequence[Any]]] = []
+        parts: list[tuple[str, list[Any]]] = []
         if upserts:
             states = [e.state or {} for e in upserts]
             columns = [[e.entity_id for e in upserts], [e.version for e in upserts]]
             columns += [[state.get(f) for state in states] for f in copy.fields]
-            statements.append((self._sql[f"apply:{copy.name}"], [now, *columns, copy.name]))
+            upsert = self._sql[f"apply:{copy.name}"]
+            parts.append((f"u AS ({upsert})", [now, *columns, copy.name]))
         if deletes:
             ids, versions = [e.entity_id for e in deletes], [e.version for e in deletes]
-            statements.append((self._sql[f"delete:{copy.name}"], [ids, versions, copy.name]))
-        return statements
+            parts.append((self._sql[f"delete:{copy.name}"], [ids, versions, copy.name]))
+        return parts
 
-    def _apply_each(
-        self,
-        conn: psycopg.Connection[Any],
-        copy: Copy,
-        items: Sequence[tuple[int, Event]],
-        now: str,
-    ) -> list[Parked]:
-        """Event by event, each under a savepoint; what fails is returned, to be parked."""
-        failed: list[Parked] = []
-        for position, event in items:
-            conn.execute("SAVEPOINT charter_event")
-            try:
-                for query, params in self._apply_statements(copy, [(position, event)], now):
-                    conn.execute(query, params)
-            except psycopg.Error as exc:
-                conn.execute("ROLLBACK TO SAVEPOINT charter_event")
-                failed.append(unstorable(copy, position, event, exc))
-            else:
-                conn.execute("RELEASE SAVEPOINT charter_event")
-        return failed
+    @staticmethod
+    def _with(parts: Sequence[tuple[str, list[Any]]], main: Statement) -> Statement:
+        """One statement: `parts` as its WITH list, then `main`. One statement is one
+        transaction on an autocommit connection, in one round trip."""
+        if not parts:
+            return main
+        query = "WITH " + ", ".join(part for part, _ in parts) + " " + main[0]
+        return query, [*(p for _, params in parts for p in params), *(main[1] or ())]
 
     def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
         refresh = self._sql[f"refresh:{copy.name}"]
@@ -681,10 +745,18 @@ class PostgresStore:
         ]
 
     def close(self) -> None:
+        if self._relayed and self._pool is not None:
+            with contextlib.suppress(psycopg.Error), self.pool.connection() as conn:
+                self._flush_marks(conn)
         with self._lock:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    if not conn.closed and conn.info.transaction_status != IDLE:
+        conn.execute("ROLLBACK")
 
 
 def _open_guard(conn: psycopg.Connection[Any]) -> None:

@@ -108,6 +108,15 @@ class Writes:
             if self._begun:
                 self._conn.execute("COMMIT")
             return
+        if not self._begun and len(self._runs) == 1 and self._runs[0].kind == "insert":
+            # The common case (only creates, nothing read): one statement, which on an
+            # autocommit connection is a transaction of its own.
+            statement = self._store._outbox_statement(self._outbox, self._statement(self._runs[0]))
+            try:
+                self._conn.execute(*statement)
+            except (pg_errors.IntegrityError, pg_errors.DeadlockDetected) as exc:
+                raise self._refusal(exc) from None
+            return
         statements: list[Statement] = [] if self._begun else [("BEGIN", None)]
         skip = len(statements)
         statements += [self._statement(run) for run in self._runs]
@@ -142,14 +151,16 @@ class Writes:
 
     def _statement(self, run: _Run) -> tuple[str, Sequence[Any]]:
         store = self._store
-        names = store._selects[run.entity.name]
+        name = run.entity.name
         if run.kind == "delete":
             ids = [row["id"] for row in run.rows]
-            return store._sql[f"delete-many:{run.entity.name}"], (ids, run.old_versions)
-        columns = [[row[name] for row in run.rows] for name in names]
+            return store._sql[f"delete-many:{name}"], (ids, run.old_versions)
+        if run.kind == "insert" and len(run.rows) == 1:  # scalars cost less than arrays
+            return store._sql[f"insert:{name}"], tuple(run.rows[0].values())
+        columns = [[row[column] for row in run.rows] for column in store._selects[name]]
         if run.kind == "insert":
-            return store._sql[f"insert-many:{run.entity.name}"], columns
-        return store._sql[f"update-many:{run.entity.name}"], (*columns, run.old_versions)
+            return store._sql[f"insert-many:{name}"], columns
+        return store._sql[f"update-many:{name}"], (*columns, run.old_versions)
 
     def _refusal(
         self, exc: pg_errors.IntegrityError | pg_errors.DeadlockDetected

@@ -204,6 +204,36 @@ def poison(event_id: str, subject: str, version: int, data: object) -> OutboxRow
     )
 
 
+def test_an_event_the_copys_store_refuses_is_parked_and_its_batch_still_applies(
+    shop: System,
+) -> None:
+    """A well-formed event whose value one store cannot keep (PostgreSQL text holds no NUL
+    character; SQLite does): where it is refused, it is parked for its id alone, and the
+    rest of its batch lands, before and after it."""
+    make_changes(shop, 30)
+    runner = charter.Runner(shop)
+    runner.drain()
+    victim = next(iter(shop.context("orders").copy("order_customers")))
+    make_changes(shop, 30, seed=3)  # same batch as the event below: not drained in between
+    shop.bus.publish([poison("nul-1", victim.id, 99, {"name": "a\x00b", "email": "n@x"})])
+    make_changes(shop, 30, seed=4)
+    runner.drain()
+    copy = shop.context("orders").copy("order_customers")
+    parked = shop.store("orders").parked(shop.charter.copies["order_customers"])
+    row = copy.get(victim.id)
+    assert row is not None
+    if row.version == 99:  # this store keeps it
+        assert row["name"] == "a\x00b" and parked == []
+    else:
+        assert [(p.entity_id, p.event_id, p.version) for p in parked] == [(victim.id, "nul-1", 99)]
+        assert "nul-1" in parked[0].reason
+    owner = shop.context("customers")
+    for record in copy:  # every other change arrived
+        if record.id != victim.id:
+            want = owner.get("Customer", record.id)
+            assert want is not None and record.version == want.version
+
+
 def test_a_poison_event_is_parked_for_its_id_and_the_others_keep_flowing(
     shop: System, shop_file: Path
 ) -> None:

@@ -792,6 +792,9 @@ class NatsBus:
                 pull.last_dseq = dseq
             if seq <= pull.base:
                 continue
+            if not pull.held or seq > pull.held[-1][0]:  # the usual case: in order
+                pull.held.append((seq, msg))
+                continue
             index = bisect.bisect_left(pull.held, seq, key=lambda item: item[0])
             if index < len(pull.held) and pull.held[index][0] == seq:
                 pull.held[index] = (seq, msg)  # delivered again: keep the newest (its ack)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import psycopg
 from psycopg import errors as pg_errors
 
@@ -26,6 +27,8 @@ from charter.errors import ConflictError, ConstraintError
 from charter.events import Event
 from charter.model import Entity
 from charter.stores.base import Row
+
+OLD = "charter.old_version"  # the version an owner's UPDATE or DELETE expects to find
 
 if TYPE_CHECKING:
     from charter.stores.postgres import PostgresStore
@@ -152,15 +155,18 @@ class Writes:
     def _statement(self, run: _Run) -> tuple[str, Sequence[Any]]:
         store = self._store
         name = run.entity.name
-        if run.kind == "delete":
-            ids = [row["id"] for row in run.rows]
-            return store._sql[f"delete-many:{name}"], (ids, run.old_versions)
-        if run.kind == "insert" and len(run.rows) == 1:  # scalars cost less than arrays
+        if run.kind == "insert" and len(run.rows) == 1:  # scalars cost less than a document
             return store._sql[f"insert:{name}"], tuple(run.rows[0].values())
-        columns = [[row[column] for row in run.rows] for column in store._selects[name]]
+        rows: list[Row]
         if run.kind == "insert":
-            return store._sql[f"insert-many:{name}"], columns
-        return store._sql[f"update-many:{name}"], (*columns, run.old_versions)
+            rows = run.rows
+        else:
+            pairs = zip(run.rows, run.old_versions, strict=True)
+            if run.kind == "update":
+                rows = [{**row, OLD: old} for row, old in pairs]
+            else:
+                rows = [{"id": row["id"], OLD: old} for row, old in pairs]
+        return store._sql[f"{run.kind}-many:{name}"], (orjson.dumps(rows).decode(),)
 
     def _refusal(
         self, exc: pg_errors.IntegrityError | pg_errors.DeadlockDetected

@@ -153,6 +153,7 @@ T = TypeVar("T")
 DUPLICATE_WINDOW_S = 120.0
 ACK_WAIT_S = 30.0
 MAX_ACK_PENDING = 50_000
+ACK_INTERVAL_S = 0.1  # a copy's durable consumer is told at most this often (or when asked)
 REGISTER_BATCH = 1000  # headers pulled at a time from a copy's durable consumer
 READER_IDLE_S = 60.0  # a reader nobody pulls from for this long is removed by the server
 FETCH_TIMEOUT_S = 0.05  # about the runner's poll interval: an idle fetch returns [] after this
@@ -298,6 +299,16 @@ def _ack_sequences(reply: str | None) -> tuple[int, int] | None:
 
 
 @dataclass(eq=False)
+class _Batch:
+    """Publishes awaiting their acknowledgements: one event for the lot, not one each."""
+
+    size: int
+    got: dict[str, Msg] = field(default_factory=dict)  # reply subject -> acknowledgement
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: bool = False  # the connection went while waiting
+
+
+@dataclass(eq=False)
 class _Pull:
     """A pull consumer as this process uses it: its inbox, what arrived, what it holds."""
 
@@ -331,13 +342,14 @@ class NatsBus:
         self._api_prefix = "$JS.API"
         self._closed = False
         self._nc: Client | None = None
-        self._acks: dict[str, asyncio.Future[Msg | None]] = {}
+        self._acks: dict[str, _Batch] = {}  # reply subject -> the batch awaiting it
         self._ack_inbox = ""
         self._ack_ids = itertools.count(1)
         self._readers: dict[tuple[str, str], _Pull] = {}
         self._registers: dict[tuple[str, str], _Pull] = {}
         self._ack_wanted: dict[tuple[str, str], int] = {}  # what copies asked to acknowledge
         self._ack_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._hurry: asyncio.Event | None = None  # set: acknowledge now, do not wait to gather
         self._register_lock: asyncio.Lock | None = None
         self._chores: set[asyncio.Task[None]] = set()  # deletes nobody waits for
         self._loop = asyncio.new_event_loop()
@@ -402,15 +414,16 @@ class NatsBus:
 
     async def _open(self) -> None:
         self._register_lock = asyncio.Lock()
+        self._hurry = asyncio.Event()
 
         async def on_error(exc: Exception) -> None:
             log.warning("NATS bus %s: %s", self.stream, exc)
 
         async def on_disconnect() -> None:
             # what was sent on the lost connection will not be acknowledged: say so now
-            for future in list(self._acks.values()):
-                if not future.done():
-                    future.set_result(None)
+            for batch in set(self._acks.values()):
+                batch.lost = True
+                batch.done.set()
             if not self._closed:
                 log.info("NATS bus %s: disconnected, reconnecting", self.stream)
 
@@ -571,34 +584,33 @@ class NatsBus:
         return f"{self._prefix}.{token(entity)}.>"
 
     async def _on_publish_ack(self, msg: Msg) -> None:
-        future = self._acks.pop(msg.subject, None)
-        if future is not None and not future.done():
-            future.set_result(msg)
+        batch = self._acks.pop(msg.subject, None)
+        if batch is not None:
+            batch.got[msg.subject] = msg
+            if len(batch.got) == batch.size:
+                batch.done.set()
 
     async def _publish(self, items: Sequence[tuple[str, str, bytes]]) -> None:
-        loop = asyncio.get_running_loop()
         nc = self.nc
-        waiting: list[tuple[str, asyncio.Future[Msg | None]]] = []
+        batch = _Batch(len(items))
+        replies: list[str] = []
         try:
             for event_id, subject, body in items:
                 reply = f"{self._ack_inbox}.{next(self._ack_ids)}"
-                future: asyncio.Future[Msg | None] = loop.create_future()
-                self._acks[reply] = future
-                waiting.append((reply, future))
+                self._acks[reply] = batch
+                replies.append(reply)
                 await nc.publish(subject, body, reply=reply, headers={"Nats-Msg-Id": event_id})
-            futures = [f for _, f in waiting]
-            if futures:
-                await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT_S)
+            if replies:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(batch.done.wait(), PUBLISH_TIMEOUT_S)
         except nats.errors.Error as exc:
             raise BusError(f"NATS bus: publishing to {self.stream} failed: {exc!r}") from None
         finally:
-            for reply, future in waiting:
+            for reply in replies:
                 self._acks.pop(reply, None)
-                if not future.done():
-                    future.cancel()
         missing, reason = 0, ""
-        for _, future in waiting:
-            problem = self._ack_problem(future)
+        for reply in replies:
+            problem = self._ack_problem(batch, batch.got.get(reply))
             if problem:
                 missing += 1
                 reason = reason or problem
@@ -609,15 +621,16 @@ class NatsBus:
             )
 
     @staticmethod
-    def _ack_problem(future: asyncio.Future[Msg | None]) -> str:
-        if future.cancelled():
-            return f"no acknowledgement within {PUBLISH_TIMEOUT_S:.0f}s"
-        msg = future.result()
+    def _ack_problem(batch: _Batch, msg: Msg | None) -> str:
         if msg is None:
-            return "the connection to the server was lost"
+            if batch.lost:
+                return "the connection to the server was lost"
+            return f"no acknowledgement within {PUBLISH_TIMEOUT_S:.0f}s"
         status = msg.headers.get("Status") if msg.headers else None
         if status:
             return "no stream leader" if status == "503" else f"status {status}"
+        if msg.data.startswith(b'{"stream":'):  # the usual answer: stored (no "error" key)
+            return ""
         try:
             doc = orjson.loads(msg.data)
         except orjson.JSONDecodeError:
@@ -1053,6 +1066,10 @@ class NatsBus:
             try:
                 await self._ack(*key, position)
                 done, failures = position, 0
+                # let the next positions gather: one acknowledgement for them all
+                assert self._hurry is not None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), ACK_INTERVAL_S)
             except (BusError, nats.errors.Error, OSError, TimeoutError) as exc:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
@@ -1069,8 +1086,12 @@ class NatsBus:
     async def _settle(self) -> None:
         """Wait (within the call's budget) for the acknowledgements on their way."""
         tasks = [task for task in self._ack_tasks.values() if not task.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self._remaining(ACK_BUDGET_S))
+        if tasks and self._hurry is not None:
+            self._hurry.set()
+            try:
+                await asyncio.wait(tasks, timeout=self._remaining(ACK_BUDGET_S))
+            finally:
+                self._hurry.clear()
 
     # ----------------------------------------------------------------- positions, lag
 

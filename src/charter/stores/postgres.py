@@ -41,6 +41,9 @@ from charter.stores.common import (
 from charter.stores.postgres_writes import IDLE, OLD, Statement, Writes, pipelined
 from charter.values import now_text
 
+UNMARK_AT = 1000  # relayed events unmarked together (see PostgresStore.pending)
+UNMARK_AFTER_S = 0.05
+
 _COLUMN_TYPE = {
     "integer": "bigint",
     "number": "double precision",
@@ -131,6 +134,7 @@ class PostgresStore:
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         self._relayed: list[int] = []  # published, not yet unmarked (see pending)
+        self._marked = 0.0  # when the oldest of them was published
         self._sql: dict[str, str] = {}
         self._selects: dict[str, list[str]] = {}
 
@@ -471,8 +475,10 @@ class PostgresStore:
             ).fetchall()
         return [outbox_row(r) for r in rows]
 
-    # What the relay has published is unmarked with its next read, in the same round trip;
-    # if it stops before that, the events are published again, and the bus drops them.
+    # What the relay has published is unmarked by a later read, in the same statement, once
+    # UNMARK_AT events or UNMARK_AFTER_S seconds have gathered (one commit for many steps);
+    # meanwhile the reads skip them. If the relay stops first, they are published again, and
+    # the bus drops them.
 
     def pending(self, limit: int) -> list[OutboxRow]:
         select = (
@@ -481,24 +487,30 @@ class PostgresStore:
             "USING (seq) "
         )
         with self._lock:
-            done, self._relayed = self._relayed, []
+            marks = self._relayed
+            due = len(marks) >= UNMARK_AT or time.monotonic() - self._marked >= UNMARK_AFTER_S
+            if due:
+                self._relayed = []
+        statement: Statement
+        if not marks:
+            statement = (select + "ORDER BY p.seq LIMIT %s", (limit,))
+        elif not due:
+            statement = (select + "WHERE p.seq <> ALL(%s) ORDER BY p.seq LIMIT %s", (marks, limit))
+        else:  # (the SELECT sees the rows the DELETE removes: one snapshot)
+            statement = (
+                f"WITH done AS (DELETE FROM {self._t('charter_pending')} WHERE seq = ANY(%s)) "
+                f"{select} WHERE p.seq <> ALL(%s) ORDER BY p.seq LIMIT %s",
+                (marks, marks, limit),
+            )
         with self.pool.connection() as conn:
-            statement: Statement
-            if done:  # (the SELECT sees the rows the DELETE removes: one snapshot)
-                statement = (
-                    f"WITH done AS (DELETE FROM {self._t('charter_pending')} "
-                    f"WHERE seq = ANY(%s)) {select} WHERE p.seq <> ALL(%s) "
-                    "ORDER BY p.seq LIMIT %s",
-                    (done, done, limit),
-                )
-            else:
-                statement = (select + "ORDER BY p.seq LIMIT %s", (limit,))
             rows = conn.execute(*statement).fetchall()
         return [outbox_row(r) for r in rows]
 
     def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:
         with self._lock:
-            self._relayed.extend(r.seq for r in rows)
+            if not self._relayed:
+                self._marked = time.monotonic()
+            self._relayed = [*self._relayed, *(r.seq for r in rows)]
 
     def _marks(self) -> list[tuple[str, Sequence[Any]]]:
         """The statement that unmarks what was relayed since the last one (if anything)."""

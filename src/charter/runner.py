@@ -106,6 +106,11 @@ class Runner:
                 continue
             signals.wait(worker.wake_key, idle)
             idle = min(idle * 2, self.poll_interval)
+        if isinstance(worker, Relay):
+            try:
+                worker.finish()  # the batch on its way lands, and is marked
+            except Exception as exc:
+                self.errors.append(exc)
 
     def _housekeep(self) -> None:
         while not self._stop.wait(self.compact_every):

@@ -6,7 +6,7 @@ events after a position, and forget what every copy has applied."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +26,10 @@ class Bus(Protocol):
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
         """Publish in order. Publishing an event id twice keeps one."""
+
+    def publish_begin(self, rows: Sequence[OutboxRow]) -> Callable[[], None]:
+        """Start publishing; the function returned waits until it is done (and raises as
+        publish would). Lets the relay read its next batch meanwhile."""
 
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         """Events of `entity` after position `after`, in order, for `consumer` (a copy)."""

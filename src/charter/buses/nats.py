@@ -283,6 +283,10 @@ def _parse_time(stamp: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+def _nothing() -> None:
+    return None
+
+
 def _ack_sequences(reply: str | None) -> tuple[int, int] | None:
     """(stream sequence, consumer delivery sequence) from a JetStream ack subject."""
     if not reply or not reply.startswith("$JS.ACK."):
@@ -380,6 +384,10 @@ class NatsBus:
     def _call(self, coro: Coroutine[Any, Any, T], budget: float) -> T:
         """Run `coro` on the loop thread. Whatever it waits for inside (see _remaining) is
         cut to `budget`; the caller gives up a moment after that in any case."""
+        return self._submit(coro, budget)()
+
+    def _submit(self, coro: Coroutine[Any, Any, T], budget: float) -> Callable[[], T]:
+        """Start `coro` on the loop thread; returns what waits for its answer (as _call)."""
         if self._closed or not self._thread.is_alive():
             coro.close()
             raise BusError(f"the NATS bus for '{self.system}' is closed")
@@ -391,18 +399,22 @@ class NatsBus:
         future = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
         servers = ", ".join(self.options.servers)
         timeout = budget + CALL_MARGIN_S
-        try:
-            return future.result(timeout)
-        except BusError:
-            raise
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            if not future.done():
-                future.cancel()
-                raise BusError(
-                    f"NATS bus ({servers}): no answer within {timeout:.0f}s "
-                    "(servers down or reconnecting); try again"
-                ) from None
-            raise BusError(f"NATS bus ({servers}): {exc!r}; try again") from exc
+
+        def answer() -> T:
+            try:
+                return future.result(timeout)
+            except BusError:
+                raise
+            except (TimeoutError, OSError, nats.errors.Error) as exc:
+                if not future.done():
+                    future.cancel()
+                    raise BusError(
+                        f"NATS bus ({servers}): no answer within {timeout:.0f}s "
+                        "(servers down or reconnecting); try again"
+                    ) from None
+                raise BusError(f"NATS bus ({servers}): {exc!r}; try again") from exc
+
+        return answer
 
     @property
     def nc(self) -> Client:
@@ -641,10 +653,13 @@ class NatsBus:
         return ""
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
+        self.publish_begin(rows)()
+
+    def publish_begin(self, rows: Sequence[OutboxRow]) -> Callable[[], None]:
         if not rows:
-            return
+            return _nothing
         items = [(r.event_id, self._subject(r.entity, r.entity_id), r.body) for r in rows]
-        self._call(self._publish(items), PUBLISH_TIMEOUT_S)
+        return self._submit(self._publish(items), PUBLISH_TIMEOUT_S)
 
     def publish_raw(self, event_id: str, entity: str, subject: str, body: bytes) -> None:
         """Put any bytes on the bus, as a misbehaving producer would (for tests and repair).

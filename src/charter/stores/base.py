@@ -87,8 +87,9 @@ class Store(Protocol):
     def outbox(self, after: int, limit: int) -> list[OutboxRow]:
         """The owner's events after `seq`, in commit order: its full history."""
 
-    def pending(self, limit: int) -> list[OutboxRow]:
-        """Committed events not yet relayed, oldest first. Never skips one that commits late."""
+    def pending(self, limit: int, skip: Sequence[OutboxRow] = ()) -> list[OutboxRow]:
+        """Committed events not yet relayed, oldest first, but for `skip` (the batch on its
+        way to the bus, read before). Never skips one that commits late."""
 
     def mark_relayed(self, rows: Sequence[OutboxRow]) -> None: ...
 

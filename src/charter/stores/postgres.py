@@ -41,6 +41,8 @@ from charter.stores.common import (
 from charter.stores.postgres_writes import IDLE, OLD, Statement, Writes, pipelined
 from charter.values import now_text
 
+# (a hashed subplan: `<> ALL(array)` compares each row with every element, 4x slower here)
+_NOT_PASSED = "p.seq NOT IN (SELECT unnest(%s::bigint[]))"
 UNMARK_AT = 1000  # relayed events unmarked together (see PostgresStore.pending)
 UNMARK_AFTER_S = 0.05
 
@@ -480,7 +482,7 @@ class PostgresStore:
     # meanwhile the reads skip them. If the relay stops first, they are published again, and
     # the bus drops them.
 
-    def pending(self, limit: int) -> list[OutboxRow]:
+    def pending(self, limit: int, skip: Sequence[OutboxRow] = ()) -> list[OutboxRow]:
         select = (
             f"SELECT {', '.join('o.' + c for c in OUTBOX_COLUMNS.split(', '))} "
             f"FROM {self._t('charter_pending')} p JOIN {self._t('charter_outbox')} o "
@@ -491,19 +493,20 @@ class PostgresStore:
             due = len(marks) >= UNMARK_AT or time.monotonic() - self._marked >= UNMARK_AFTER_S
             if due:
                 self._relayed = []
+        passed = [*marks, *(r.seq for r in skip)]
         statement: Statement
-        if not marks:
+        if not passed:
             statement = (select + "ORDER BY p.seq LIMIT %s", (limit,))
-        elif not due:
-            statement = (select + "WHERE p.seq <> ALL(%s) ORDER BY p.seq LIMIT %s", (marks, limit))
+        elif not due or not marks:
+            statement = (select + f"WHERE {_NOT_PASSED} ORDER BY p.seq LIMIT %s", (passed, limit))
         else:  # (the SELECT sees the rows the DELETE removes: one snapshot)
             statement = (
                 f"WITH done AS (DELETE FROM {self._t('charter_pending')} WHERE seq = ANY(%s)) "
-                f"{select} WHERE p.seq <> ALL(%s) ORDER BY p.seq LIMIT %s",
-                (marks, marks, limit),
+                f"{select} WHERE {_NOT_PASSED} ORDER BY p.seq LIMIT %s",
+                (marks, passed, limit),
             )
         with self.pool.connection() as conn:
-            rows = conn.execute(*statement).fetchall()
+            rows = conn.execute(*statement, binary=True).fetchall()  # bytea: no hex to decode
         return [outbox_row(r) for r in rows]
 
     def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:

@@ -265,12 +265,13 @@ class SQLiteStore:
     # relay never queues behind the owner's commits. Saving late only means that after a
     # crash a few events are published again, which the bus drops by event id (G3).
 
-    def pending(self, limit: int) -> list[OutboxRow]:
+    def pending(self, limit: int, skip: Sequence[OutboxRow] = ()) -> list[OutboxRow]:
         # Writers are serialised, so seq order is commit order and a position never skips.
+        after = max(self._relayed, skip[-1].seq if skip else 0)
         rows = self._conns.get().execute(
             f"SELECT {OUTBOX_COLUMNS} FROM charter_outbox "
             "WHERE seq > max((SELECT position FROM charter_relay), ?) ORDER BY seq LIMIT ?",
-            (self._relayed, limit),
+            (after, limit),
         )
         found = [outbox_row(r) for r in rows]
         if not found and self._relayed > self._saved:  # idle: a good moment to save

@@ -169,12 +169,12 @@ def percentile(values: Sequence[float], q: float) -> float:
 class CpuMeter:
     """CPU time over a stretch, from /proc: the whole machine (busy share of all cores, other
     tenants included), this process (with `pids`, e.g. a `charter run` child), and the local
-    PostgreSQL server's processes (none when it runs elsewhere). Tells whether a figure was
-    bound by the CPU of this 2-core machine, and who used it."""
+    PostgreSQL and NATS servers' processes (none when they run elsewhere). Tells whether a
+    figure was bound by the CPU of this 2-core machine, and who used it."""
 
     def __init__(self, *pids: int) -> None:
         self.pids = {os.getpid(), *pids}
-        self.machine = self.ours = self.postgres = self.wall = 0.0
+        self.machine = self.ours = self.postgres = self.nats = self.wall = 0.0
 
     @staticmethod
     def _ticks(pid: int) -> int:
@@ -186,17 +186,26 @@ class CpuMeter:
             return 0
 
     @staticmethod
-    def _postgres() -> set[int]:
+    def _named(prefix: bytes) -> set[int]:
+        """The processes whose command line starts with `prefix`."""
         found = set()
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
                     with open(f"/proc/{entry}/cmdline", "rb") as cmd:
-                        if cmd.read(9) == b"postgres:":
+                        if cmd.read(len(prefix)) == prefix:
                             found.add(int(entry))
                 except OSError:
                     pass
         return found
+
+    @classmethod
+    def _postgres(cls) -> set[int]:
+        return cls._named(b"postgres:")
+
+    @classmethod
+    def _nats(cls) -> set[int]:
+        return cls._named(b"nats-server") | cls._named(b"/usr/sbin/nats-server")
 
     @staticmethod
     def _machine() -> tuple[int, int]:
@@ -206,8 +215,8 @@ class CpuMeter:
         return sum(values) - idle, sum(values)
 
     def __enter__(self) -> CpuMeter:
-        self._pg = self._postgres()
-        self._start = {pid: self._ticks(pid) for pid in self.pids | self._pg}
+        self._pg, self._nats_pids = self._postgres(), self._nats()
+        self._start = {pid: self._ticks(pid) for pid in self.pids | self._pg | self._nats_pids}
         self._busy, self._all = self._machine()
         self._wall = time.perf_counter()
         return self
@@ -222,13 +231,14 @@ class CpuMeter:
         def used(pids: set[int]) -> float:
             return sum(self._ticks(p) - self._start.get(p, 0) for p in pids) / hz
 
-        self.ours, self.postgres = used(self.pids), used(pg)
+        self.ours, self.postgres, self.nats = used(self.pids), used(pg), used(self._nats_pids)
 
     def per(self, n: int) -> str:
         """CPU per item, in µs."""
         return (
             f"machine {self.machine:.0%} busy; CPU per item: charter's process(es) "
-            f"{self.ours / n * 1e6:,.0f} µs, PostgreSQL {self.postgres / n * 1e6:,.0f} µs"
+            f"{self.ours / n * 1e6:,.0f} µs, PostgreSQL {self.postgres / n * 1e6:,.0f} µs, "
+            f"NATS server {self.nats / n * 1e6:,.0f} µs"
         )
 
 
@@ -987,9 +997,11 @@ def check_copies(servers: Servers, dep: Deployment, maker: ChangeMaker) -> None:
                 raise RuntimeError(f"{name}: {count} rows, the owner has {len(maker.known)}")
 
 
-def e2e(servers: Servers, n: int, per: int, separate: bool) -> tuple[float, float, int, str]:
-    """(owner's rate, end-to-end rate in changes/s, runner errors, CPU use)."""
-    tag = "e2e_proc" if separate else "e2e"
+def e2e(servers: Servers, n: int, per: int, processes: int) -> tuple[float, float, int, str]:
+    """(owner's rate, end-to-end rate in changes/s, runner errors, CPU use). `processes`: 0
+    for the runner in threads of this process, 1 for one `charter run`, 3 for one
+    `charter run --context X` per context."""
+    tag = ("e2e", "e2e_proc", "", "e2e_ctx")[processes]
     errors = 0
     with deployment(servers, tag) as dep:
         system = dep.system
@@ -997,16 +1009,23 @@ def e2e(servers: Servers, n: int, per: int, separate: bool) -> tuple[float, floa
         progress = Progress(system)
         maker = ChangeMaker(system.context("customers"))
         with contextlib.ExitStack() as stack:
-            check: Callable[[], None] | None = None
+            checks: list[Callable[[], None]] = []
             runner: Runner | None = None
             pids: list[int] = []
-            if separate:
-                proc = stack.enter_context(charter_run(dep.folder))
-                check = alive(proc, dep.folder)
+            for options in [()] if processes == 1 else [("--context", c) for c in CONTEXTS]:
+                if not processes:
+                    break
+                proc = stack.enter_context(charter_run(dep.folder, *options))
+                checks.append(alive(proc, dep.folder))
                 pids.append(proc.pid)
-            else:
+            if not processes:
                 runner = Runner(system).start()
                 stack.callback(runner.stop)
+
+            def check() -> None:
+                for one in checks:
+                    one()
+
             maker.batch(per)  # warm-up, drained before the clock starts
             progress.wait(120, check)
             with CpuMeter(*pids) as meter:
@@ -1074,11 +1093,12 @@ def bench_e2e(servers: Servers, sizes: Sizes, report: Report, separate: bool) ->
     say(f"\n[pg-nats-e2e] end to end PostgreSQL → NATS → PostgreSQL: {n:,} changes, {per} a tx")
     raw = raw_owner_pg(servers, n, per)
     say(f"  psycopg, owner side only: {raw:,.0f} changes/s")
-    variants = [("runner in background threads", False)]
+    variants = [("runner in background threads", 0)]
     if separate:
-        variants.append(("runner as `charter run` process", True))
-    for label, apart in variants:
-        writer_rate, rate, errors, used = e2e(servers, n, per, apart)
+        variants.append(("runner as `charter run` process", 1))
+        variants.append(("runner as 3 `charter run --context` processes", 3))
+    for label, processes in variants:
+        writer_rate, rate, errors, used = e2e(servers, n, per, processes)
         say(f"  charter, {label}: {rate:,.0f} changes/s (owner wrote at {writer_rate:,.0f}/s)")
         report.rows.append(
             Row(

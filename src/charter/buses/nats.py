@@ -47,7 +47,8 @@ consumer per partition (parallel copies) still sees each id in order. Keep the n
 partitions once chosen. A copy today reads its whole entity (filter
 ``charter.<system>.<Entity>.>``) in stream order.
 
-Publishing is pipelined (all publishes are written, then the acknowledgements collected),
+Publishing is pipelined (all publishes are written, then the acknowledgements collected;
+``publish_begin`` returns before they are, so the relay can read its next batch meanwhile),
 in order, on one connection; ``publish`` raises when any event was not acknowledged and
 the relay publishes the whole batch again (the duplicate window drops what the stream
 already has). If a batch failed half-way, the retry may store an event after newer events
@@ -71,8 +72,11 @@ Reading and acknowledging are two consumers:
 - Acknowledging: each copy has one durable pull consumer (named after the copy, filtered on
   its entity, AckAll, headers only, ack wait 30 s, as many replicas as the stream). It
   records what the copy has applied: ``ack(position)``, called after the copy's transaction
-  committed (never ``fetch``), pulls its headers up to ``position`` and acknowledges that
-  one, and so everything before it. Any process may do it: the copy is one store, so a
+  committed (never ``fetch``), returns at once; in the background the bus pulls the
+  consumer's headers up to ``position`` and acknowledges that one, and so everything
+  before it, at most every ``ACK_INTERVAL_S`` per copy (one acknowledgement for all the
+  positions that came meanwhile; ``compact``, ``backlog`` and ``close`` first send what is
+  on its way). Any process may do it: the copy is one store, so a
   committed position is applied. The copy's first ``fetch`` or ``ack`` registers it: the
   durable consumer is created at ``position + 1`` when it is missing, and from then on
   compaction keeps what the copy has not applied. Compaction, ``backlog`` and operators

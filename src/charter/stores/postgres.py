@@ -38,7 +38,7 @@ from charter.stores.common import (
     unstorable,
     where_clause,
 )
-from charter.stores.postgres_writes import IDLE, OLD, Statement, Writes, pipelined
+from charter.stores.postgres_writes import OLD, Statement, Writes, pipelined, rollback
 from charter.values import now_text
 
 # (a hashed subplan: `<> ALL(array)` compares each row with every element, 4x slower here)
@@ -645,7 +645,7 @@ class PostgresStore:
             pipelined(conn, statements)
             return failed
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
 
     def _checkpoint_statement(self, copy: Copy, position: int, now: str) -> Statement:
@@ -769,11 +769,6 @@ class PostgresStore:
 def _record(names: Sequence[str], types: Sequence[str]) -> str:
     """The column list of a json_to_recordset: each JSON key, typed as its column."""
     return ", ".join(f'"{name}" {kind}' for name, kind in zip(names, types, strict=True))
-
-
-def _rollback(conn: psycopg.Connection[Any]) -> None:
-    if not conn.closed and conn.info.transaction_status != IDLE:
-        conn.execute("ROLLBACK")
 
 
 def _open_guard(conn: psycopg.Connection[Any]) -> None:

@@ -149,8 +149,7 @@ class Writes:
 
     def rollback(self) -> None:
         self._begun = False
-        if not self._conn.closed and self._conn.info.transaction_status != IDLE:
-            self._conn.execute("ROLLBACK")
+        rollback(self._conn)
 
     def _statement(self, run: _Run) -> tuple[str, Sequence[Any]]:
         store = self._store
@@ -179,6 +178,12 @@ class Writes:
         if entity is None:
             return ConstraintError(f"{exc.diag.message_primary or exc}")
         return constraint_error(entity, exc)
+
+
+def rollback(conn: psycopg.Connection[Any]) -> None:
+    """End whatever transaction the connection is in (an autocommit one is in none)."""
+    if not conn.closed and conn.info.transaction_status != IDLE:
+        conn.execute("ROLLBACK")
 
 
 def pipelined(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> list[Cursor]:

@@ -116,7 +116,7 @@ class Writes:
             # autocommit connection is a transaction of its own.
             statement = self._store._outbox_statement(self._outbox, self._statement(self._runs[0]))
             try:
-                self._conn.execute(*statement)
+                self._conn.execute(*statement, prepare=True)  # no join: safe to prepare
             except (pg_errors.IntegrityError, pg_errors.DeadlockDetected) as exc:
                 raise self._refusal(exc) from None
             return

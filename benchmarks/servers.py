@@ -433,17 +433,20 @@ def raw_sql(schema: str) -> tuple[str, str, str]:
     )
 
 
-def charter_sql(schema: str) -> tuple[str, str, str]:
-    """(open the guard, insert entity, insert outbox + pending row): the statements charter's
-    PostgreSQL store sends for one create (stores/postgres.py, at git HEAD)."""
+def charter_sql(schema: str) -> str:
+    """The one statement charter's PostgreSQL store sends for a transaction of one create
+    (stores/postgres.py and postgres_writes.py, at git HEAD), on an autocommit connection
+    whose session opened the guard when the pool made it."""
     return (
-        "SELECT set_config('charter.guard', 'open', true)",
-        f'INSERT INTO "{schema}"."customer" ("id", "version", "name", "email") '
-        "VALUES (%s, %s, %s, %s)",
-        f'WITH o AS (INSERT INTO "{schema}"."charter_outbox" (event_id, entity, entity_id, '
-        "version, op, changed, time, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-        f'RETURNING seq) INSERT INTO "{schema}"."charter_pending" SELECT seq FROM o',
+        f'WITH e AS (INSERT INTO "{schema}"."customer" ("id", "version", "name", "email") '
+        f'VALUES (%s, %s, %s, %s)), o AS (INSERT INTO "{schema}"."charter_outbox" (event_id, '
+        "entity, entity_id, version, op, changed, time, body) VALUES (%s, %s, %s, %s, %s, %s, "
+        f'%s, %s) RETURNING seq) INSERT INTO "{schema}"."charter_pending" SELECT seq FROM o'
     )
+
+
+def open_guard(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SELECT set_config('charter.guard', 'open', false)")
 
 
 def event_row(entity_id: str, version: int, name: str, email: str) -> OutboxParams:
@@ -481,13 +484,16 @@ def create_rows(n: int, tag: str) -> list[tuple[EntityParams, OutboxParams]]:
     return rows
 
 
-def make_pool(url: str, size: int) -> ConnectionPool:
+def make_pool(
+    url: str, size: int, configure: Callable[[psycopg.Connection[Any]], None] | None = None
+) -> ConnectionPool:
     """A pool with the settings charter's PostgreSQL store gives its own."""
     return ConnectionPool(
         conninfo(url),
         min_size=1,
         max_size=size,
         kwargs={"autocommit": True},
+        configure=configure,
         open=True,
         name="bench-raw",
     )
@@ -542,7 +548,7 @@ def bench_pg_writes(servers: Servers, sizes: Sizes, report: Report) -> None:
         with pg_connect(servers.pg) as conn:
             conn.execute(RAW_TABLES.format(s=raw_schema))
         raw_pool = make_pool(servers.pg, WRITERS)
-        sql_pool = make_pool(servers.pg, WRITERS)
+        sql_pool = make_pool(servers.pg, WRITERS, open_guard)
         try:
             seconds: dict[str, float] = dict.fromkeys(WRITER_NAMES, 0.0)
             per_round: dict[str, list[float]] = {name: [] for name in WRITER_NAMES}
@@ -599,9 +605,10 @@ def bench_pg_writes(servers: Servers, sizes: Sizes, report: Report) -> None:
         "pg-writes: psycopg = BEGIN; INSERT entity row; INSERT outbox row (event id, entity, "
         "id, version, op, changed, time, CloudEvent body); COMMIT, on the same table "
         "definitions and indexes as charter's, ids and bodies made before the clock starts. "
-        "psycopg, charter's SQL = the statements charter sends, on a charter-made schema: "
-        "BEGIN; set_config('charter.guard'); INSERT entity (guard trigger); a one-row "
-        "executemany of INSERT outbox RETURNING seq + INSERT pending; COMMIT. "
+        "psycopg, charter's SQL = the one statement charter sends, on a charter-made schema, "
+        "autocommit (so a transaction of its own): WITH e AS (INSERT entity, guard trigger), "
+        "o AS (INSERT outbox RETURNING seq) INSERT pending, on sessions whose guard the pool "
+        "opened. "
         f"charter = ctx.transaction() + tx.create(). Outbox body {body:.0f} bytes on average"
     )
     report.note(
@@ -649,15 +656,12 @@ def writes_work(
                     conn.execute(outbox, outbox_row)
 
         return plain
-    guard, insert, outbox = charter_sql(sql_schema)
+    statement = charter_sql(sql_schema)
 
     def same_sql(t: int) -> None:
         for entity_row, outbox_row in rows[t]:
-            with sql_pool.connection() as conn, conn.transaction():
-                conn.execute(guard)
-                conn.execute(insert, entity_row)
-                with conn.cursor() as cur:
-                    cur.executemany(outbox, [outbox_row])
+            with sql_pool.connection() as conn:
+                conn.execute(statement, (*entity_row, *outbox_row), prepare=True)
 
     return same_sql
 

@@ -50,7 +50,8 @@ NEVER_BY_ITSELF = 2**31  # psycopg's prepare_threshold: prepare only with prepar
 PREPARED = True  # … which the simple statements run most often pass (no joins to misplan)
 UNMARK_AT = 1000  # relayed events unmarked together (see PostgresStore.pending)
 UNMARK_AFTER_S = 0.05
-VACUUM_EVERY = 20_000  # relayed events between two vacuums of the pending table
+VACUUM_EVERY = 20_000  # relayed events between two vacuums of the pending table, or
+VACUUM_AFTER_S = 2.0  # seconds (when anything was relayed): a few ms on a small table
 
 _COLUMN_TYPE = {
     "integer": "bigint",
@@ -144,6 +145,7 @@ class PostgresStore:
         self._relayed: list[int] = []  # published, not yet unmarked (see pending)
         self._marked = 0.0  # when the oldest of them was published
         self._unmarked = 0  # since the pending table was last vacuumed
+        self._vacuumed = time.monotonic()
         self._sql: dict[str, str] = {}
         self._selects: dict[str, list[str]] = {}
 
@@ -521,7 +523,8 @@ class PostgresStore:
             rows = conn.execute(*statement, binary=True).fetchall()  # bytea: no hex to decode
             if due and marks:
                 self._unmarked += len(marks)
-                if self._unmarked >= VACUUM_EVERY:
+                since = time.monotonic() - self._vacuumed
+                if self._unmarked >= VACUUM_EVERY or since >= VACUUM_AFTER_S:
                     self._vacuum_pending(conn)
         return [outbox_row(r) for r in rows]
 
@@ -529,10 +532,12 @@ class PostgresStore:
         """The pending table is a queue: every relayed row leaves a dead one behind, and the
         relay's ordered read steps over all of them until a vacuum. Autovacuum looks once a
         minute, by when a busy relay has read past hundreds of thousands (its reads grew from
-        0.8k to 7.6k buffers over 100,000 changes), so the relay vacuums it itself."""
-        self._unmarked = 0
+        0.8k to 7.6k buffers over 100,000 changes), so the relay vacuums it itself, every
+        VACUUM_EVERY events or VACUUM_AFTER_S seconds. Without truncating: that would take
+        a lock that stops the owner's commits for a moment."""
+        self._unmarked, self._vacuumed = 0, time.monotonic()
         try:
-            conn.execute(f"VACUUM {self._t('charter_pending')}")
+            conn.execute(f"VACUUM (TRUNCATE false) {self._t('charter_pending')}")
         except psycopg.Error as exc:  # not the table's owner, say: autovacuum will do it
             log.info("charter: could not vacuum %s: %s", self._t("charter_pending"), exc)
 

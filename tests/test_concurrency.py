@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import random
 import threading
 import uuid
 from collections import Counter, defaultdict
@@ -32,6 +31,7 @@ from tests.workers import (
     create_customers,
     run_threads,
     run_worker_processes,
+    write_customers,
 )
 
 THREADS = 20
@@ -272,31 +272,6 @@ def test_optimistic_updates_from_20_threads_lose_no_update(shop: System) -> None
 # -- projectors running while owners write: copies never go back ---------------------------
 
 
-def write_mix(system: System, seed: int, transactions: int) -> None:
-    """Creates, updates and deletes of this writer's own customers, 1 to 10 per transaction."""
-    rng = random.Random(seed)
-    customers = system.context("customers")
-    alive: list[str] = []
-    for number in range(transactions):
-        with customers.transaction() as tx:
-            for k in range(rng.randint(1, 10)):
-                roll = rng.random()
-                if roll < 0.3 or len(alive) < 3:
-                    email = f"m{seed}-{number}-{k}@example.com"
-                    alive.append(
-                        tx.create("Customer", email=email, name=email, password_hash="h").id
-                    )
-                elif roll < 0.95:
-                    tx.update(
-                        "Customer",
-                        rng.choice(alive),
-                        name=f"{seed} {number} {k}",
-                        address=f"{k} street",
-                    )
-                else:
-                    tx.delete("Customer", alive.pop(rng.randrange(len(alive))))
-
-
 def test_copies_never_go_back_while_owners_write_and_projectors_run(
     shop: System, shop_file: Path
 ) -> None:
@@ -345,7 +320,7 @@ def test_copies_never_go_back_while_owners_write_and_projectors_run(
             problems.append(f"the sampler died: {exc!r}")
 
     def writer(seed: int) -> Outcome:
-        write_mix(shop, seed, transactions=150)
+        write_customers(shop, seed, 150, per=(1, 10), creates=0.3, deletes=0.05, keep=3)
         return Outcome()
 
     sampler = threading.Thread(target=sampler_body)

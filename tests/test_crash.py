@@ -31,7 +31,7 @@ from charter.relay import Relay
 from charter.stores.base import OutboxRow
 from charter.system import System
 from tests.conftest import assert_converged, charter_command
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, write_customers
 
 
 def crash_seed() -> int:
@@ -443,22 +443,7 @@ def test_owner_writer_killed_mid_transaction_keeps_outbox_and_rows_in_step(
 
 def make_changes(system: System, count: int, seed: int) -> None:
     """`count` transactions of 1 to 5 creates, updates and deletes of customers."""
-    rng = random.Random(seed)
-    customers = system.context("customers")
-    alive: list[str] = []
-    for number in range(count):
-        with customers.transaction() as tx:
-            for k in range(rng.randint(1, 5)):
-                roll = rng.random()
-                if roll < 0.35 or len(alive) < 3:
-                    email = f"r{seed}-{number}-{k}@example.com"
-                    alive.append(
-                        tx.create("Customer", email=email, name=email, password_hash="h").id
-                    )
-                elif roll < 0.9:
-                    tx.update("Customer", rng.choice(alive), name=f"{number} {k}", address="x")
-                else:
-                    tx.delete("Customer", alive.pop(rng.randrange(len(alive))))
+    write_customers(system, seed, count, per=(1, 5), creates=0.35, keep=3, tag="r")
 
 
 def republish_everything(system: System) -> int:

@@ -4,7 +4,6 @@ the path owner → outbox → relay → bus → projector → copy."""
 from __future__ import annotations
 
 import datetime as dt
-import random
 import uuid
 from pathlib import Path
 
@@ -20,31 +19,12 @@ from charter.stores.base import OutboxRow
 from charter.system import System
 from tests.backends import Backend
 from tests.conftest import assert_converged
+from tests.workers import write_customers
 
 
 def make_changes(system: System, count: int, seed: int = 1) -> list[str]:
     """A mix of creates, updates and deletes of customers; returns the ids still alive."""
-    rng = random.Random(seed)
-    unique = uuid.uuid4().hex  # e-mails never collide, whatever the seed
-    customers = system.context("customers")
-    alive: list[str] = []
-    for i in range(count):
-        with customers.transaction() as tx:
-            roll = rng.random()
-            if roll < 0.4 or not alive:
-                alive.append(
-                    tx.create(
-                        "Customer",
-                        email=f"{unique}-c{i}@x",
-                        name=f"C{i}",
-                        password_hash="h",
-                    ).id
-                )
-            elif roll < 0.9:
-                tx.update("Customer", rng.choice(alive), name=f"N{i}", address=f"street {i}")
-            else:
-                tx.delete("Customer", alive.pop(rng.randrange(len(alive))))
-    return alive
+    return write_customers(system, seed, count, tag=uuid.uuid4().hex)
 
 
 def outbox_events(system: System) -> list[Event]:

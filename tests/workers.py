@@ -36,6 +36,41 @@ BOOKING_DAY = dt.datetime(2030, 1, 7, 8, 0, tzinfo=dt.UTC)
 SLOT = dt.timedelta(minutes=15)
 
 
+def write_customers(
+    system: System,
+    seed: int,
+    transactions: int,
+    *,
+    per: tuple[int, int] = (1, 1),
+    creates: float = 0.4,
+    deletes: float = 0.1,
+    keep: int = 1,
+    tag: str = "m",
+) -> list[str]:
+    """`transactions` transactions of `per` (at least, at most) random changes to customers:
+    creates and deletes in these shares, updates otherwise, a create while fewer than
+    `keep` are alive. E-mails carry `tag` and `seed`, so writers never collide. Returns
+    the ids still alive."""
+    rng = random.Random(seed)
+    customers = system.context("customers")
+    alive: list[str] = []
+    for number in range(transactions):
+        with customers.transaction() as tx:
+            for k in range(rng.randint(*per)):
+                roll = rng.random()
+                if roll < creates or len(alive) < keep:
+                    email = f"{tag}{seed}-{number}-{k}@example.com"
+                    alive.append(
+                        tx.create("Customer", email=email, name=email, password_hash="h").id
+                    )
+                elif roll < 1 - deletes:
+                    name, address = f"{seed} {number} {k}", f"{k} street"
+                    tx.update("Customer", rng.choice(alive), name=name, address=address)
+                else:
+                    tx.delete("Customer", alive.pop(rng.randrange(len(alive))))
+    return alive
+
+
 @dataclass
 class Outcome:
     """What one thread did: what it committed, how often a constraint refused it, and

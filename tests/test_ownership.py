@@ -197,23 +197,32 @@ def test_unique_and_no_overlap_are_enforced_by_the_owner(shop: System) -> None:
 
 def test_refused_transactions_leave_the_store_usable(shop: System) -> None:
     """Many refusals in a row, each with changes queued behind the one refused, and the
-    store still commits (on PostgreSQL the changes go in one pipeline,
-    where an error once left psycopg believing in statements the server never prepared)."""
+    store still commits the same shapes of transaction (on PostgreSQL those changes go in
+    one statement or one pipeline, which the refusal aborts half-way)."""
     customers = shop.context("customers")
     ada = new_customer(shop, "ada@example.com")
+
+    def fresh(tx: charter.Transaction, n: str) -> str:
+        return tx.create("Customer", name=n, email=f"{n}@example.com", password_hash="x").id
+
     for attempt in range(12):
         with (
             pytest.raises(charter.ConstraintError, match="email must be unique"),
             customers.transaction() as tx,
         ):
+            created = fresh(tx, f"f{attempt}")
             tx.create("Customer", name="Copy", email="ada@example.com", password_hash="x")
-            tx.create("Customer", name="F", email=f"f{attempt}@example.com", password_hash="x")
+            if attempt % 2:  # an update queued behind the refused create
+                tx.update("Customer", created, name="renamed")
     for number in range(12):
         with customers.transaction() as tx:
+            created = fresh(tx, f"g{number}")
+            if number % 2:
+                tx.update("Customer", created, name="renamed")
             tx.update("Customer", ada.id, name=f"Ada {number}")
-            tx.create("Customer", name="F", email=f"f{number}@example.com", password_hash="x")
     assert customers.get("Customer", ada.id)["name"] == "Ada 11"
     assert len(customers.filter("Customer")) == 13
+    assert len(customers.filter("Customer", name="renamed")) == 6
 
 
 def test_an_owner_finds_its_records_by_field(shop: System) -> None:

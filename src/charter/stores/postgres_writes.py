@@ -188,7 +188,13 @@ def rollback(conn: psycopg.Connection[Any]) -> None:
 
 def pipelined(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> list[Cursor]:
     """Send the statements in one round trip; the first error they met, if any, is raised
-    (caught here rather than by the pipeline's exit, which would log it as a warning)."""
+    (caught here rather than by the pipeline's exit, which would log it as a warning).
+
+    None of them is prepared (charter's pools prepare only on request, see
+    postgres.NEVER_BY_ITSELF): after an error in a pipeline, psycopg 3.3 can count as
+    prepared a statement it prepared automatically but whose preparation the server
+    skipped, and then fails on it ("prepared statement _pg3_N does not exist") for the life
+    of the connection. 20 threads racing for unique e-mails met it (test_concurrency)."""
     first: psycopg.Error | None = None
     cursors: list[Cursor] = []
     try:
@@ -201,22 +207,8 @@ def pipelined(conn: psycopg.Connection[Any], statements: Sequence[Statement]) ->
     except psycopg.Error as exc:
         first = first or exc
     if first is not None:
-        _forget_prepared(conn)
         raise first
     return cursors
-
-
-def _forget_prepared(conn: psycopg.Connection[Any]) -> None:
-    """After an error in a pipeline, psycopg (3.3) may count as prepared a statement whose
-    preparation the error made the server skip, and fail on it ("prepared statement
-    _pg3_… does not exist") for the life of the connection. Clearing its cache makes it
-    deallocate everything after the next statement (the ROLLBACK) and start afresh."""
-    prepared = getattr(conn, "_prepared", None)
-    clear = getattr(prepared, "clear", None)
-    if callable(clear):
-        clear()
-    else:  # a psycopg without that cache: take no chances with this connection
-        conn.close()
 
 
 def constraint_error(

@@ -547,17 +547,12 @@ class PostgresStore:
                 self._marked = time.monotonic()
             self._relayed = [*self._relayed, *(r.seq for r in rows)]
 
-    def _marks(self) -> list[tuple[str, Sequence[Any]]]:
-        """The statement that unmarks what was relayed since the last one (if anything)."""
+    def _flush_marks(self, conn: psycopg.Connection[Any]) -> None:
+        """Unmark now what was relayed since the last unmarking (if anything)."""
         with self._lock:
             done, self._relayed = self._relayed, []
-        if not done:
-            return []
-        return [(f"DELETE FROM {self._t('charter_pending')} WHERE seq = ANY(%s)", (done,))]
-
-    def _flush_marks(self, conn: psycopg.Connection[Any]) -> None:
-        for query, params in self._marks():
-            conn.execute(query, params)
+        if done:
+            conn.execute(f"DELETE FROM {self._t('charter_pending')} WHERE seq = ANY(%s)", (done,))
 
     def rewind(self, after: int = 0) -> None:
         with self.pool.connection() as conn:

@@ -1,11 +1,12 @@
 """An owner transaction on PostgreSQL, sent in as few round trips as it can be.
 
-The owner's changes are queued, not sent one by one: at commit, runs of the same kind of
-change to the same entity become one statement each (an `INSERT … SELECT FROM unnest`, an
-`UPDATE … FROM unnest`, a `DELETE … USING unnest`), the outbox rows one more, and all of
-them go to the server in one pipeline with the `BEGIN` and the `COMMIT`. A transaction that
-only creates is one round trip; one that updates also reads each record it updates, with
-`FOR UPDATE`, when it updates it (the owner needs the current state to make the event).
+The owner's changes are queued, not sent one by one. A transaction that only creates
+becomes one statement at commit (the entity rows, the outbox rows and their pending marks
+as one `WITH` list) on an autocommit connection: one round trip, a transaction of its own.
+One that also updates or deletes reads each record it changes, `FOR UPDATE`, when it
+changes it (the owner needs the current state to make the event); at commit, runs of the
+same kind of change to the same entity become one statement each (rows passed as one JSON
+document to `json_to_recordset`), and they go to the server in one pipeline.
 
 What this changes for the caller: a `unique` or `no_overlap` violation is reported when
 the transaction commits rather than by the `create` or `update` that caused it, as a

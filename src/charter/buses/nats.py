@@ -146,7 +146,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from charter.buses.base import Delivery
+from charter.buses.base import Delivery, published
 from charter.errors import Error
 from charter.stores.base import Backlog, OutboxRow
 
@@ -285,10 +285,6 @@ def _parse_time(stamp: str) -> dt.datetime:
         text = head + (frac[:7] if frac else "") + tail
     moment = dt.datetime.fromisoformat(text)
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-
-
-def _nothing() -> None:
-    return None
 
 
 def _ack_sequences(reply: str | None) -> tuple[int, int] | None:
@@ -661,7 +657,7 @@ class NatsBus:
 
     def publish_begin(self, rows: Sequence[OutboxRow]) -> Callable[[], None]:
         if not rows:
-            return _nothing
+            return published
         items = [(r.event_id, self._subject(r.entity, r.entity_id), r.body) for r in rows]
         return self._submit(self._publish(items), PUBLISH_TIMEOUT_S)
 

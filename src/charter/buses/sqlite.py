@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from charter._sqlite import Connections, sqlite_path
-from charter.buses.base import Delivery
+from charter.buses.base import Delivery, published
 from charter.stores.base import Backlog, OutboxRow
 
 _SCHEMA = """
@@ -50,7 +50,7 @@ class SQLiteBus:
 
     def publish_begin(self, rows: Sequence[OutboxRow]) -> Callable[[], None]:
         self.publish(rows)  # a local file: done before there is anything to overlap
-        return _done
+        return published
 
     def publish_raw(self, event_id: str, entity: str, subject: str, body: bytes) -> None:
         """Put any bytes on the bus, as a misbehaving producer would (for tests and repair)."""
@@ -117,7 +117,3 @@ class SQLiteBus:
 
     def close(self) -> None:
         self._conns.close()
-
-
-def _done() -> None:
-    return None

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from charter import model
 from charter.errors import CharterError, Error
+from charter.lanes import Lane
 from charter.runner import Runner
 from charter.status import BREACH, CopyStatus, status
 from charter.system import System
@@ -111,6 +112,13 @@ def check(path: Path) -> None:
     _console().print(f"bus: {escape(redact(charter.bus))}")
 
 
+def _lane(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Lane | None:
+    try:
+        return Lane.parse(value) if value else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
 @charter_file
 @click.option("--context", "contexts", multiple=True, help="Run only this context (repeatable).")
@@ -122,6 +130,12 @@ def check(path: Path) -> None:
 @click.option(
     "--poll", default=0.01, show_default=True, help="Longest sleep between polls, in seconds."
 )
+@click.option(
+    "--lane",
+    callback=_lane,
+    metavar="K/N",
+    help="Share the copies' work among N processes: this one applies lane K's ids.",
+)
 @reports_errors
 def run(
     path: Path,
@@ -130,13 +144,23 @@ def run(
     relays: bool,
     projectors: bool,
     poll: float,
+    lane: Lane | None,
 ) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM."""
     with System.load(path) as system:
-        runner = Runner(
-            system, contexts or None, poll_interval=poll, relays=relays, projectors=projectors
-        )
+        try:
+            runner = Runner(
+                system,
+                contexts or None,
+                poll_interval=poll,
+                relays=relays,
+                projectors=projectors,
+                lane=lane,
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--lane") from None
         names = ", ".join(contexts) if contexts else "all contexts"
+        names += f", lane {lane}" if lane else ""
         if once:
             moved = runner.drain()
             _console().print(f"drained {names}: {moved} events moved")

@@ -29,6 +29,7 @@ OWNER_TABLES = {
 }
 PROJECTOR_TABLES = {
     "charter_checkpoint": {"SELECT", "INSERT", "UPDATE"},
+    "charter_lane": {"SELECT", "INSERT", "UPDATE"},
     "charter_tombstone": {"SELECT", "INSERT", "UPDATE"},
     "charter_parked": {"SELECT", "INSERT"},
     "charter_schema": {"SELECT"},

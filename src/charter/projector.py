@@ -1,6 +1,7 @@
 """Bus → copy. Applies an event only when its version is newer than the copy's,
 in the same transaction as the checkpoint (G3, G4); parks what it cannot apply,
-for that id alone, and keeps going (G8)."""
+for that id alone, and keeps going (G8). With a lane, applies only the lane's share of
+the ids (charter.lanes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 from charter.buses import Bus
 from charter.errors import EventError, ValidationError
 from charter.events import Event, decode
+from charter.lanes import Lane
 from charter.model import Copy, Entity
 from charter.stores import Store
 from charter.stores.base import Parked, Row
@@ -28,9 +30,13 @@ class Projector:
         owner_store: Store,
         bus: Bus,
         batch: int = 1000,
+        lane: Lane | None = None,
     ) -> None:
+        if lane is not None:
+            lane.check(bus.partitions)
         self.copy, self.entity, self.store = copy, entity, store
-        self.owner_store, self.bus, self.batch = owner_store, bus, batch
+        self.owner_store, self.bus, self.batch, self.lane = owner_store, bus, batch, lane
+        self.taken = 0  # events this worker applied or parked (its lane's share)
         self._position: int | None = None
         self._fields = [entity.fields[name] for name in copy.fields]
 
@@ -47,23 +53,35 @@ class Projector:
             return 0
         items: list[tuple[int, Event]] = []
         parked: list[Parked] = []
+        lane = self.lane
         for delivery in deliveries:
+            if lane is not None and not lane.holds(delivery.partition):
+                continue  # another lane's
             try:
                 items.append((delivery.position, self._check(decode(delivery.body))))
             except (EventError, ValidationError) as exc:
                 parked.append(self._park(delivery.position, delivery.body, str(exc)))
         last = deliveries[-1].position
-        self.store.apply(self.copy, items, parked, last)
+        self.store.apply(self.copy, items, parked, last, lane)
+        self.taken += len(items) + len(parked)
         self._position = last
-        self.bus.ack(self.copy.name, self.entity.name, last)
+        self.bus.ack(self.copy.name, self.entity.name, self._applied(last))
         return len(deliveries)
+
+    def _applied(self, position: int) -> int:
+        """What the copy as a whole has applied: `position`, or with lanes, where the
+        slowest lane is."""
+        if self.lane is None:
+            return position
+        whole = self.store.checkpoint(self.copy)
+        return whole.position if whole else 0
 
     def _start(self) -> int:
         """Where to read from; a new copy, or one with new fields, is first filled from the
         owner's current state (not by replaying history)."""
-        checkpoint = self.store.checkpoint(self.copy)
+        checkpoint = self.store.checkpoint(self.copy, self.lane)
         if checkpoint is not None and checkpoint.fields == self.copy.fields:
-            self.bus.ack(self.copy.name, self.entity.name, checkpoint.position)
+            self.bus.ack(self.copy.name, self.entity.name, self._applied(checkpoint.position))
             return checkpoint.position
         position = checkpoint.position if checkpoint else self.bus.head(self.entity.name)
         self.store.backfill(self.copy, self._snapshot(), position)

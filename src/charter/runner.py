@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from charter.errors import Error
+from charter.lanes import Lane
 from charter.projector import Projector
 from charter.relay import Relay
 from charter.system import System
@@ -24,7 +25,9 @@ class Worker(Protocol):
 class Runner:
     """The pipeline for `contexts` (all when None): relays for what they own, projectors
     for the copies they keep. Relays and projectors can run apart (relays=False or
-    projectors=False), e.g. under the service's and the projector's database roles."""
+    projectors=False), e.g. under the service's and the projector's database roles. With
+    a `lane`, this runner's projectors apply only that lane's share of each copy, and other
+    runners the other lanes (charter.lanes)."""
 
     def __init__(
         self,
@@ -36,6 +39,7 @@ class Runner:
         compact_every: float = 60.0,
         relays: bool = True,
         projectors: bool = True,
+        lane: Lane | None = None,
     ) -> None:
         charter = system.charter
         names = list(contexts) if contexts is not None else list(charter.contexts)
@@ -60,6 +64,7 @@ class Runner:
                         system.store(entity.owner),
                         system.bus,
                         batch,
+                        lane,
                     )
                 )
         self._stop = threading.Event()

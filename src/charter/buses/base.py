@@ -15,14 +15,17 @@ from charter.stores.base import Backlog, OutboxRow
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One event as the bus hands it out: its position on the bus and the CloudEvent body."""
+    """One event as the bus hands it out: its position on the bus, the CloudEvent body, and
+    the partition of its record (charter.lanes), known without reading the body."""
 
     position: int
     body: bytes
+    partition: int = 0
 
 
 class Bus(Protocol):
     url: str
+    partitions: int  # of each entity's events (charter.lanes)
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
         """Publish in order. Publishing an event id twice keeps one."""

@@ -134,7 +134,6 @@ import re
 import secrets
 import threading
 import time
-import zlib
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -148,6 +147,7 @@ from nats.aio.subscription import Subscription
 
 from charter.buses.base import Delivery, published
 from charter.errors import Error
+from charter.lanes import PARTITIONS, partition
 from charter.stores.base import Backlog, OutboxRow
 
 log = logging.getLogger("charter.buses.nats")
@@ -169,7 +169,6 @@ FETCH_BUDGET_S = 10.0  # the most one fetch, ack or backlog call may take, all r
 ACK_BUDGET_S = 10.0
 BACKLOG_BUDGET_S = 15.0
 CALL_MARGIN_S = 2.0  # on top of a call's budget, before a caller gives up on the loop thread
-DEFAULT_PARTITIONS = 16
 NS = 1_000_000_000
 
 # JetStream API error codes this module tells apart
@@ -225,7 +224,7 @@ def parse_url(url: str) -> NatsUrl:
     hosts = [h.strip() for h in netloc.split(",") if h.strip()]
     if not hosts:
         raise ValueError(f"NATS bus URL '{url}': no server (expected nats://host:port)")
-    options = {"replicas": 1, "partitions": DEFAULT_PARTITIONS}
+    options = {"replicas": 1, "partitions": PARTITIONS}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in options:
             raise ValueError(f"NATS bus URL: unknown option '{key}' (known: {', '.join(options)})")
@@ -287,6 +286,12 @@ def _parse_time(stamp: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+def _partition(msg: Msg) -> int:
+    """The partition from the subject (the last token); 0 for a subject charter did not make."""
+    last = msg.subject.rpartition(".")[2]
+    return int(last) if last.isdigit() else 0
+
+
 def _ack_sequences(reply: str | None) -> tuple[int, int] | None:
     """(stream sequence, consumer delivery sequence) from a JetStream ack subject."""
     if not reply or not reply.startswith("$JS.ACK."):
@@ -341,6 +346,7 @@ class NatsBus:
         self.url = url
         self.system = system
         self.options = parse_url(url)
+        self.partitions = self.options.partitions
         self.stream = stream_name(system)
         self._prefix = f"charter.{token(system)}"
         self._api_prefix = "$JS.API"
@@ -589,8 +595,7 @@ class NatsBus:
     # ----------------------------------------------------------------- publishing
 
     def _subject(self, entity: str, entity_id: str) -> str:
-        part = zlib.crc32(entity_id.encode()) % self.options.partitions
-        return f"{self._prefix}.{token(entity)}.{part}"
+        return f"{self._prefix}.{token(entity)}.{partition(entity_id, self.partitions)}"
 
     def _filter(self, entity: str) -> str:
         return f"{self._prefix}.{token(entity)}.>"
@@ -947,7 +952,7 @@ class NatsBus:
                 self._drop(reader, after)
                 if reader.held or not reader.stale:
                     break
-            return [Delivery(seq, msg.data) for seq, msg in reader.held[:limit]]
+            return [Delivery(seq, msg.data, _partition(msg)) for seq, msg in reader.held[:limit]]
 
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         return self._call(self._fetch(consumer, entity, after, max(1, limit)), FETCH_BUDGET_S)

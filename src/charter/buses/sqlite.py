@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from charter._sqlite import Connections, sqlite_path
 from charter.buses.base import Delivery, published
+from charter.lanes import PARTITIONS, partition
 from charter.stores.base import Backlog, OutboxRow
 
 _SCHEMA = """
@@ -29,6 +30,8 @@ CREATE TABLE IF NOT EXISTS consumers (
 
 class SQLiteBus:
     """Events in one table, ordered by an autoincrement sequence that compaction never reuses."""
+
+    partitions = PARTITIONS
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -62,10 +65,12 @@ class SQLiteBus:
 
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         rows = self._conns.get().execute(
-            "SELECT seq, body FROM events WHERE entity = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, body, subject FROM events WHERE entity = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
             (entity, after, limit),
         )
-        return [Delivery(seq, bytes(body)) for seq, body in rows]
+        parts = self.partitions
+        return [Delivery(seq, bytes(body), partition(key, parts)) for seq, body, key in rows]
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
         """Recorded when the write lock is free (it only feeds compaction, which may wait);

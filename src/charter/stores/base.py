@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from charter.events import Event
+from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity
 
 Row = dict[str, Any]
@@ -100,16 +101,20 @@ class Store(Protocol):
     def history(self, entity: str, entity_id: str) -> list[OutboxRow]: ...
 
     # copy side
-    def checkpoint(self, copy: Copy) -> Checkpoint | None: ...
+    def checkpoint(self, copy: Copy, lane: Lane | None = None) -> Checkpoint | None:
+        """Where the copy has got to as a whole (charter.lanes), or where `lane` starts."""
+
     def apply(
         self,
         copy: Copy,
         items: Sequence[tuple[int, Event]],
         parked: Sequence[Parked],
         position: int,
+        lane: Lane | None = None,
     ) -> list[Parked]:
-        """Apply events newer than each id's version, park what fails, move the checkpoint:
-        all in one transaction. Returns the events parked while applying."""
+        """Apply events newer than each id's version, park what fails, move the checkpoint
+        (the whole copy's, or `lane`'s): all in one transaction. Returns the events parked
+        while applying."""
 
     def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int: ...
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]: ...

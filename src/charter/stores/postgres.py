@@ -28,6 +28,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from charter.events import Event
+from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field
 from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
 from charter.stores.common import (
@@ -78,6 +79,10 @@ CREATE TABLE IF NOT EXISTS {s}.charter_pending (seq bigint PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {s}.charter_checkpoint (
     copy text PRIMARY KEY, position bigint NOT NULL, applied_at text, fields text NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {s}.charter_lane (
+    copy text NOT NULL, lanes integer NOT NULL, lane integer NOT NULL,
+    position bigint NOT NULL, applied_at text, PRIMARY KEY (copy, lanes, lane)
+);
 CREATE TABLE IF NOT EXISTS {s}.charter_tombstone (
     copy text NOT NULL, id text NOT NULL, version integer NOT NULL, PRIMARY KEY (copy, id)
 );
@@ -96,7 +101,8 @@ END $$;
 
 
 def _fingerprint(charter: Charter, context: str) -> str:
-    """Everything about a context that shapes its tables, triggers and messages."""
+    """Everything about a context that shapes its tables, triggers and messages (charter's
+    own tables included, so a new version of them is created in an existing schema)."""
     teams = {name: ctx.team for name, ctx in charter.contexts.items()}
     shape = (
         [(e, teams[e.owner]) for e in charter.owned_by(context)],
@@ -105,7 +111,7 @@ def _fingerprint(charter: Charter, context: str) -> str:
             for c in charter.copies_in(context)
         ],
     )
-    return hashlib.sha256(repr(shape).encode()).hexdigest()
+    return hashlib.sha256((_META + repr(shape)).encode()).hexdigest()
 
 
 def _column_type(field: Field) -> str:
@@ -585,19 +591,26 @@ class PostgresStore:
 
     # -- copy side --------------------------------------------------------------
 
-    def checkpoint(self, copy: Copy) -> Checkpoint | None:
+    def checkpoint(self, copy: Copy, lane: Lane | None = None) -> Checkpoint | None:
+        mine = (lane.lanes, lane.number) if lane else (0, 0)
+        cp, lanes = self._t("charter_checkpoint"), self._t("charter_lane")
         with self.pool.connection() as conn:
-            return self._checkpoint(conn, copy, lock=False)
-
-    def _checkpoint(
-        self, conn: psycopg.Connection[Any], copy: Copy, lock: bool
-    ) -> Checkpoint | None:
-        row = conn.execute(
-            f"SELECT position, applied_at, fields FROM {self._t('charter_checkpoint')} "
-            "WHERE copy = %s" + (" FOR UPDATE" if lock else ""),
-            (copy.name,),
-            prepare=PREPARED,
-        ).fetchone()
+            row = conn.execute(
+                # the whole copy: its own position, or the lowest of a complete set of lanes
+                # if higher (charter.lanes); a lane: its own, or the whole copy's if higher
+                "SELECT greatest(c.position, l.position, m.position), "
+                "greatest(c.applied_at, l.applied_at), c.fields "
+                f"FROM {cp} AS c LEFT JOIN LATERAL ("
+                "  SELECT max(low) AS position, max(last) AS applied_at FROM ("
+                "    SELECT min(position) AS low, max(applied_at) AS last"
+                f"    FROM {lanes} WHERE copy = c.copy GROUP BY lanes HAVING count(*) = lanes"
+                "  ) AS complete"
+                f") AS l ON true LEFT JOIN {lanes} AS m "
+                "  ON m.copy = c.copy AND m.lanes = %s AND m.lane = %s "
+                "WHERE c.copy = %s",
+                (*mine, copy.name),
+                prepare=PREPARED,
+            ).fetchone()
         if row is None:
             return None
         return Checkpoint(int(row[0]), row[1], tuple(orjson.loads(row[2])))
@@ -608,16 +621,17 @@ class PostgresStore:
         items: Sequence[tuple[int, Event]],
         parked: Sequence[Parked],
         position: int,
+        lane: Lane | None = None,
     ) -> list[Parked]:
         with self.pool.connection() as conn:
             try:
-                self._apply_batch(conn, copy, items, parked, position)
+                self._apply_batch(conn, copy, items, parked, position, lane)
                 return []
             except psycopg.Error:
                 if conn.closed or not items:
                     raise
             # Something in the batch the table refuses: find it, park it, apply the rest.
-            return self._apply_one_by_one(conn, copy, items, parked, position)
+            return self._apply_one_by_one(conn, copy, items, parked, position, lane)
 
     def _apply_batch(
         self,
@@ -626,6 +640,7 @@ class PostgresStore:
         items: Sequence[tuple[int, Event]],
         parked: Sequence[Parked],
         position: int,
+        lane: Lane | None,
     ) -> None:
         """The whole batch in one transaction and one round trip. What another process
         running this copy applied already changes nothing: a copy takes only newer versions,
@@ -634,9 +649,9 @@ class PostgresStore:
         now = now_text()
         parts = self._apply_parts(copy, items, now)
         if parked:
-            park, params = self._park_statement(copy, parked, now)
+            park, params = self._park_statement(copy, parked, now, lane)
             parts.append((f"p AS ({park})", [*(params or ())]))
-        conn.execute(*self._with(parts, self._checkpoint_statement(copy, position, now)))
+        conn.execute(*self._with(parts, self._checkpoint_statement(copy, position, now, lane)))
 
     def _apply_one_by_one(
         self,
@@ -645,17 +660,18 @@ class PostgresStore:
         items: Sequence[tuple[int, Event]],
         parked: Sequence[Parked],
         position: int,
+        lane: Lane | None,
     ) -> list[Parked]:
         """Event by event, each under a savepoint; what fails is parked."""
         now = now_text()
-        lock = f"SELECT position FROM {self._t('charter_checkpoint')} WHERE copy = %s FOR UPDATE"
+        start, params = self._start(copy, lane, lock=True)
         try:
-            _, locked = pipelined(conn, [("BEGIN", None), (lock, (copy.name,))])
+            _, locked = pipelined(conn, [("BEGIN", None), (f"SELECT {start}", params)])
             row = locked.fetchone()
-            start = int(row[0]) if row else 0
+            start_at = int(row[0]) if row else 0
             failed: list[Parked] = []
             for at, event in items:
-                if at <= start:
+                if at <= start_at:
                     continue
                 conn.execute("SAVEPOINT charter_event")
                 try:
@@ -668,15 +684,39 @@ class PostgresStore:
                     conn.execute("RELEASE SAVEPOINT charter_event")
             statements: list[Statement] = []
             if parked or failed:
-                statements.append(self._park_statement(copy, [*parked, *failed], now))
-            statements += [self._checkpoint_statement(copy, position, now), ("COMMIT", None)]
+                statements.append(self._park_statement(copy, [*parked, *failed], now, lane))
+            statements += [self._checkpoint_statement(copy, position, now, lane), ("COMMIT", None)]
             pipelined(conn, statements)
             return failed
         except BaseException:
             rollback(conn)
             raise
 
-    def _checkpoint_statement(self, copy: Copy, position: int, now: str) -> Statement:
+    def _start(self, copy: Copy, lane: Lane | None, lock: bool = False) -> tuple[str, list[Any]]:
+        """An SQL expression for where the copy (or `lane`) is, so that only what is past it
+        is parked; `lock` holds the checkpoint's row against another process's batch."""
+        whole = f"(SELECT position FROM {self._t('charter_checkpoint')} WHERE copy = %s"
+        whole += " FOR UPDATE)" if lock and lane is None else ")"
+        if lane is None:
+            return f"coalesce({whole}, 0)", [copy.name]
+        own = (
+            f"(SELECT position FROM {self._t('charter_lane')} "
+            "WHERE copy = %s AND lanes = %s AND lane = %s" + (" FOR UPDATE)" if lock else ")")
+        )
+        params = [copy.name, copy.name, lane.lanes, lane.number]
+        return f"coalesce(greatest({whole}, {own}), 0)", params
+
+    def _checkpoint_statement(
+        self, copy: Copy, position: int, now: str, lane: Lane | None
+    ) -> Statement:
+        if lane is not None:
+            table = self._t("charter_lane")
+            return (
+                f"INSERT INTO {table} VALUES (%s, %s, %s, %s, %s) ON CONFLICT (copy, lanes, lane) "
+                "DO UPDATE SET position = excluded.position, applied_at = excluded.applied_at "
+                f"WHERE excluded.position > {table}.position",
+                (copy.name, lane.lanes, lane.number, position, now),
+            )
         table = self._t("charter_checkpoint")
         return (
             f"INSERT INTO {table} VALUES (%s, %s, %s, %s) ON CONFLICT (copy) DO UPDATE "
@@ -685,7 +725,9 @@ class PostgresStore:
             (copy.name, position, now, orjson.dumps(copy.fields).decode()),
         )
 
-    def _park_statement(self, copy: Copy, parked: Sequence[Parked], now: str) -> Statement:
+    def _park_statement(
+        self, copy: Copy, parked: Sequence[Parked], now: str, lane: Lane | None
+    ) -> Statement:
         """Parks what is past the checkpoint (what is not was parked when it was passed)."""
         columns: list[list[Any]] = [[] for _ in range(7)]
         for p in parked:
@@ -695,14 +737,14 @@ class PostgresStore:
                 strict=True,
             ):
                 column.append(value)
+        start, params = self._start(copy, lane)
         query = (
             f"INSERT INTO {self._t('charter_parked')} SELECT u.*, %s FROM unnest(%s::text[], "
             "%s::text[], %s::integer[], %s::text[], %s::bigint[], %s::text[], %s::bytea[]) "
-            "AS u(copy, entity_id, version, event_id, position, reason, body) "
-            "WHERE u.position > coalesce((SELECT position FROM "
-            f"{self._t('charter_checkpoint')} WHERE copy = %s), 0)"
+            f"AS u(copy, entity_id, version, event_id, position, reason, body) "
+            f"WHERE u.position > {start}"
         )
-        return query, [now, *columns, copy.name]
+        return query, [now, *columns, *params]
 
     def _apply_parts(
         self, copy: Copy, items: Sequence[tuple[int, Event]], now: str

@@ -18,6 +18,7 @@ import orjson
 from charter._sqlite import IS_CHARTER, Connections, quote, sqlite_path
 from charter.errors import ConstraintError
 from charter.events import Event
+from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field
 from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
 from charter.stores.common import (
@@ -48,6 +49,10 @@ CREATE TABLE IF NOT EXISTS charter_relay (id INTEGER PRIMARY KEY CHECK (id = 1),
 INSERT OR IGNORE INTO charter_relay VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS charter_checkpoint (
     copy TEXT PRIMARY KEY, position INTEGER NOT NULL, applied_at TEXT, fields TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charter_lane (
+    copy TEXT NOT NULL, lanes INTEGER NOT NULL, lane INTEGER NOT NULL,
+    position INTEGER NOT NULL, applied_at TEXT, PRIMARY KEY (copy, lanes, lane)
 );
 CREATE TABLE IF NOT EXISTS charter_tombstone (
     copy TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (copy, id)
@@ -319,8 +324,8 @@ class SQLiteStore:
 
     # -- copy side --------------------------------------------------------------
 
-    def checkpoint(self, copy: Copy) -> Checkpoint | None:
-        return _checkpoint(self._conns.get(), copy)
+    def checkpoint(self, copy: Copy, lane: Lane | None = None) -> Checkpoint | None:
+        return _checkpoint(self._conns.get(), copy, lane)
 
     def apply(
         self,
@@ -328,9 +333,10 @@ class SQLiteStore:
         items: Sequence[tuple[int, Event]],
         parked: Sequence[Parked],
         position: int,
+        lane: Lane | None = None,
     ) -> list[Parked]:
         with self._conns.write() as conn:
-            current = _checkpoint(conn, copy)
+            current = _checkpoint(conn, copy, lane)
             start = current.position if current else 0
             fresh = [(p, e) for p, e in items if p > start]
             failed: list[Parked] = []
@@ -362,7 +368,13 @@ class SQLiteStore:
                         for p in late
                     ],
                 )
-            if position > start:
+            if position > start and lane is not None:
+                conn.execute(
+                    "INSERT INTO charter_lane VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
+                    "SET position = excluded.position, applied_at = excluded.applied_at",
+                    (copy.name, lane.lanes, lane.number, position, now_text()),
+                )
+            elif position > start:
                 conn.execute(
                     "INSERT INTO charter_checkpoint VALUES (?, ?, ?, ?) ON CONFLICT (copy) DO "
                     "UPDATE SET position = excluded.position, applied_at = excluded.applied_at",
@@ -544,13 +556,30 @@ def _fetch(
     return dict(zip(["id", "version", *entity.fields], row, strict=True))
 
 
-def _checkpoint(conn: sqlite3.Connection, copy: Copy) -> Checkpoint | None:
+def _checkpoint(conn: sqlite3.Connection, copy: Copy, lane: Lane | None) -> Checkpoint | None:
+    """The whole copy's position: its own, or the lowest of a complete set of lanes if
+    higher (charter.lanes); a lane's: its own, or the whole copy's if higher."""
     row = conn.execute(
-        "SELECT position, applied_at, fields FROM charter_checkpoint WHERE copy = ?", (copy.name,)
+        "SELECT max(c.position, coalesce(l.position, 0)), "
+        "max(coalesce(c.applied_at, ''), coalesce(l.applied_at, '')), c.fields "
+        "FROM charter_checkpoint AS c LEFT JOIN ("
+        "  SELECT max(low) AS position, max(last) AS applied_at FROM ("
+        "    SELECT min(position) AS low, max(applied_at) AS last, count(*) = lanes AS complete"
+        "    FROM charter_lane WHERE copy = ?1 GROUP BY lanes)"
+        "  WHERE complete) AS l WHERE c.copy = ?1",
+        (copy.name,),
     ).fetchone()
     if row is None:
         return None
-    return Checkpoint(int(row[0]), row[1], tuple(orjson.loads(row[2])))
+    whole, applied_at, fields = row
+    position = int(whole)
+    if lane is not None:
+        mine = conn.execute(
+            "SELECT position FROM charter_lane WHERE copy = ? AND lanes = ? AND lane = ?",
+            (copy.name, lane.lanes, lane.number),
+        ).fetchone()
+        position = max(position, int(mine[0]) if mine else 0)
+    return Checkpoint(position, applied_at or None, tuple(orjson.loads(fields)))
 
 
 def _delete_copy_row(conn: sqlite3.Connection, copy: Copy, entity_id: str, version: int) -> None:

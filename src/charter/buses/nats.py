@@ -44,8 +44,9 @@ subject lets a NATS authorization config allow a context to publish only on
 ``charter.<system>.<Entity>.>`` for the entities it owns (G1 on the bus). The partition is a
 stable function of the id, so every version of one record travels on one subject: a later
 consumer per partition (parallel copies) still sees each id in order. Keep the number of
-partitions once chosen. A copy today reads its whole entity (filter
-``charter.<system>.<Entity>.>``) in stream order.
+partitions once chosen. A copy reads its whole entity (filter
+``charter.<system>.<Entity>.>``) in stream order; each delivery carries its partition (from
+the subject), so a projector lane (charter.lanes) skips other lanes' events unread.
 
 Publishing is pipelined (all publishes are written, then the acknowledgements collected;
 ``publish_begin`` returns before they are, so the relay can read its next batch meanwhile),

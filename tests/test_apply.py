@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import charter
 from charter.cli import main
+from charter.lanes import Lane
 from tests.backends import CONTEXTS, POSTGRES
 from tests.conftest import SHOP
 
@@ -112,9 +113,11 @@ def test_services_run_under_their_own_roles(pg_shop: tuple[Path, str, str]) -> N
     with charter.load(path) as admin:  # a new copy is backfilled by an operator (admin)
         charter.Runner(admin, ["orders", "shipping"]).drain()
     with charter.load(service_path) as shop:
-        with shop.context("customers").transaction() as tx:
-            tx.update("Customer", ada.id, name="Ada L")
-        charter.Runner(shop, ["customers"]).drain()
-        charter.Runner(shop, ["orders", "shipping"], relays=False).drain()
-        copy = shop.context("orders").copy("order_customers").get(ada.id)
-        assert copy is not None and copy.name == "Ada L" and copy.version == 2
+        for version, name in ((2, "Ada L"), (3, "Ada Lovelace")):
+            with shop.context("customers").transaction() as tx:
+                tx.update("Customer", ada.id, name=name)
+            charter.Runner(shop, ["customers"]).drain()
+            for lane in (Lane(1, 2), Lane(2, 2)):  # lanes keep their checkpoints, as projectors
+                charter.Runner(shop, ["orders", "shipping"], relays=False, lane=lane).drain()
+            copy = shop.context("orders").copy("order_customers").get(ada.id)
+            assert copy is not None and copy.name == name and copy.version == version

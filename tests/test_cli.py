@@ -26,6 +26,7 @@ KEYS = [
     "last_applied_at",
     "parked",
     "state",
+    "lanes",
 ]
 
 

@@ -5,6 +5,7 @@ SIGKILL catches up without applying a version twice."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -12,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import charter
+from charter.cli import main
 from charter.lanes import Lane, partition
 from charter.projector import Projector
 from charter.runner import Runner
@@ -101,13 +104,18 @@ def test_a_lane_that_does_not_run_holds_the_copy_back(shop: System, shop_file: P
             copy = next(c for c in shop.charter.copies_in(name))
             state = copy_status(shop, copy)
             assert not state.synced and state.lag_events > 0, state
+            assert [(x.lane, x.position) for x in state.lanes] == [("1/2", head), ("2/2", None)]
             assert whole_position(shop, copy.name) < head
+        shown = CliRunner().invoke(main, ["status", "-f", str(shop_file)]).output
+        assert "order_customers lanes: 1/2 at" in shown and "2/2 never ran" in shown, shown
         Runner(systems[1], COPIES, relays=False, lane=Lane(2, 2)).drain()
     finally:
         for system in systems:
             system.close()
     assert all(state.synced for state in charter.status(shop))
     assert {whole_position(shop, name) for name in shop.charter.copies} == {head}
+    shown = json.loads(CliRunner().invoke(main, ["status", "--json", "-f", str(shop_file)]).output)
+    assert [lane["position"] for lane in shown[0]["lanes"]] == [head, head]
     assert_converged(shop)
 
 

@@ -242,6 +242,9 @@ def status_command(path: Path, as_json: bool, strict: bool) -> None:
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
     else:
         _console().print(status_table(rows))
+        for row in rows:
+            if row.lanes:
+                _console().print(lanes_line(row), highlight=False)
     if strict and any(row.state == BREACH for row in rows):
         sys.exit(EXIT_BREACH)
 
@@ -380,6 +383,18 @@ def status_table(rows: list[CopyStatus]) -> Table:
             f"[{colour[row.state]}]{row.state}[/]",
         )
     return table
+
+
+def lanes_line(row: CopyStatus) -> str:
+    """Where each lane of a copy is, the slowest marked: the one holding the copy back."""
+    known = [lane.position for lane in row.lanes if lane.position is not None]
+    slowest = min(known) if len(known) == len(row.lanes) and min(known) < max(known) else None
+    parts = []
+    for lane in row.lanes:
+        where = "never ran" if lane.position is None else f"at {lane.position}"
+        mark = " (slowest)" if lane.position is not None and lane.position == slowest else ""
+        parts.append(f"{lane.lane} {where}{mark}")
+    return f"{row.copy} lanes: {', '.join(parts)}; bus head {row.lanes[0].head}"
 
 
 def redact(url: str) -> str:

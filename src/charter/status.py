@@ -14,6 +14,16 @@ OK, BREACH, NEVER_SYNCED = "OK", "BREACH", "NEVER_SYNCED"
 
 
 @dataclass(frozen=True)
+class LaneStatus:
+    """One lane of a copy: the position it has applied (None: never), and the bus head."""
+
+    lane: str
+    position: int | None
+    head: int
+    last_applied_at: str | None
+
+
+@dataclass(frozen=True)
 class CopyStatus:
     copy: str
     of: str
@@ -25,6 +35,7 @@ class CopyStatus:
     last_applied_at: str | None
     parked: int
     state: str
+    lanes: tuple[LaneStatus, ...] = ()  # when the copy runs in lanes (charter.lanes)
 
     @property
     def synced(self) -> bool:
@@ -47,6 +58,7 @@ JSON_KEYS = (
     "last_applied_at",
     "parked",
     "state",
+    "lanes",
 )
 
 
@@ -69,6 +81,8 @@ def copy_status(system: System, copy: Copy) -> CopyStatus:
     lag_events = unrelayed.events + on_bus.events
     lag_s = max(_age(unrelayed.oldest, now), _age(on_bus.oldest, now))
     parked = len(system.store(copy.context).parked(copy))
+    lanes = system.store(copy.context).lanes(copy)
+    head = system.bus.head(entity.name) if lanes else 0
     if checkpoint is None:
         state = NEVER_SYNCED
     elif lag_s > copy.window_s:
@@ -86,6 +100,7 @@ def copy_status(system: System, copy: Copy) -> CopyStatus:
         checkpoint.applied_at if checkpoint else None,
         parked,
         state,
+        tuple(LaneStatus(str(x.lane), x.position, head, x.applied_at) for x in lanes),
     )
 
 

@@ -56,6 +56,28 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class LaneCheckpoint:
+    """How far one lane of a copy has got (None: it never applied anything)."""
+
+    lane: Lane
+    position: int | None
+    applied_at: str | None
+
+
+def latest_lanes(rows: Sequence[tuple[int, int, int, str | None]]) -> list[LaneCheckpoint]:
+    """The lanes of the layout that applied last, from (lanes, lane, position, applied_at)
+    rows; the lanes of it that never ran are there too, with no position."""
+    if not rows:
+        return []
+    lanes = max(rows, key=lambda row: row[3] or "")[0]
+    have = {row[1]: row for row in rows if row[0] == lanes}
+    return [
+        LaneCheckpoint(Lane(k, lanes), *(have[k][2:] if k in have else (None, None)))
+        for k in range(1, lanes + 1)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
     """Events not yet through one step of the pipeline: how many, and the oldest commit time."""
 
@@ -103,6 +125,9 @@ class Store(Protocol):
     # copy side
     def checkpoint(self, copy: Copy, lane: Lane | None = None) -> Checkpoint | None:
         """Where the copy has got to as a whole (charter.lanes), or where `lane` starts."""
+
+    def lanes(self, copy: Copy) -> list[LaneCheckpoint]:
+        """The copy's lanes as last run (empty when it never ran in lanes)."""
 
     def apply(
         self,

@@ -30,7 +30,15 @@ from psycopg_pool import ConnectionPool
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field
-from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
+from charter.stores.base import (
+    Backlog,
+    Checkpoint,
+    LaneCheckpoint,
+    OutboxRow,
+    Parked,
+    Row,
+    latest_lanes,
+)
 from charter.stores.common import (
     OUTBOX_COLUMNS,
     check_extension,
@@ -614,6 +622,15 @@ class PostgresStore:
         if row is None:
             return None
         return Checkpoint(int(row[0]), row[1], tuple(orjson.loads(row[2])))
+
+    def lanes(self, copy: Copy) -> list[LaneCheckpoint]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT lanes, lane, position, applied_at "
+                f"FROM {self._t('charter_lane')} WHERE copy = %s",
+                (copy.name,),
+            ).fetchall()
+        return latest_lanes(rows)
 
     def apply(
         self,

@@ -20,7 +20,15 @@ from charter.errors import ConstraintError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field
-from charter.stores.base import Backlog, Checkpoint, OutboxRow, Parked, Row
+from charter.stores.base import (
+    Backlog,
+    Checkpoint,
+    LaneCheckpoint,
+    OutboxRow,
+    Parked,
+    Row,
+    latest_lanes,
+)
 from charter.stores.common import (
     OUTBOX_COLUMNS,
     check_extension,
@@ -326,6 +334,13 @@ class SQLiteStore:
 
     def checkpoint(self, copy: Copy, lane: Lane | None = None) -> Checkpoint | None:
         return _checkpoint(self._conns.get(), copy, lane)
+
+    def lanes(self, copy: Copy) -> list[LaneCheckpoint]:
+        rows = self._conns.get().execute(
+            "SELECT lanes, lane, position, applied_at FROM charter_lane WHERE copy = ?",
+            (copy.name,),
+        )
+        return latest_lanes(rows.fetchall())
 
     def apply(
         self,

@@ -1001,11 +1001,24 @@ def check_copies(servers: Servers, dep: Deployment, maker: ChangeMaker) -> None:
                 raise RuntimeError(f"{name}: {count} rows, the owner has {len(maker.known)}")
 
 
-def e2e(servers: Servers, n: int, per: int, processes: int) -> tuple[float, float, int, str]:
-    """(owner's rate, end-to-end rate in changes/s, runner errors, CPU use). `processes`: 0
-    for the runner in threads of this process, 1 for one `charter run`, 3 for one
-    `charter run --context X` per context."""
-    tag = ("e2e", "e2e_proc", "", "e2e_ctx")[processes]
+# How the runner runs in the end-to-end benchmark: the `charter run` processes' options
+# (none: the runner in threads of the benchmark's own process).
+LAYOUTS: dict[str, list[tuple[str, ...]]] = {
+    "e2e": [],
+    "e2e_proc": [()],
+    "e2e_ctx": [("--context", c) for c in CONTEXTS],
+    "e2e_lanes": [
+        ("--no-projectors",),
+        ("--no-relays", "--lane", "1/2"),
+        ("--no-relays", "--lane", "2/2"),
+    ],
+}
+
+
+def e2e(servers: Servers, n: int, per: int, tag: str) -> tuple[float, float, int, str]:
+    """(owner's rate, end-to-end rate in changes/s, runner errors, CPU use), the runner run
+    as LAYOUTS[tag] says."""
+    processes = LAYOUTS[tag]
     errors = 0
     with deployment(servers, tag) as dep:
         system = dep.system
@@ -1016,9 +1029,7 @@ def e2e(servers: Servers, n: int, per: int, processes: int) -> tuple[float, floa
             checks: list[Callable[[], None]] = []
             runner: Runner | None = None
             pids: list[int] = []
-            for options in [()] if processes == 1 else [("--context", c) for c in CONTEXTS]:
-                if not processes:
-                    break
+            for options in processes:
                 proc = stack.enter_context(charter_run(dep.folder, *options))
                 checks.append(alive(proc, dep.folder))
                 pids.append(proc.pid)
@@ -1097,12 +1108,13 @@ def bench_e2e(servers: Servers, sizes: Sizes, report: Report, separate: bool) ->
     say(f"\n[pg-nats-e2e] end to end PostgreSQL → NATS → PostgreSQL: {n:,} changes, {per} a tx")
     raw = raw_owner_pg(servers, n, per)
     say(f"  psycopg, owner side only: {raw:,.0f} changes/s")
-    variants = [("runner in background threads", 0)]
+    variants = [("runner in background threads", "e2e")]
     if separate:
-        variants.append(("runner as `charter run` process", 1))
-        variants.append(("runner as 3 `charter run --context` processes", 3))
-    for label, processes in variants:
-        writer_rate, rate, errors, used = e2e(servers, n, per, processes)
+        variants.append(("runner as `charter run` process", "e2e_proc"))
+        variants.append(("runner as 3 `charter run --context` processes", "e2e_ctx"))
+        variants.append(("runner as a relay process + 2 `--lane` projector processes", "e2e_lanes"))
+    for label, layout in variants:
+        writer_rate, rate, errors, used = e2e(servers, n, per, layout)
         say(f"  charter, {label}: {rate:,.0f} changes/s (owner wrote at {writer_rate:,.0f}/s)")
         report.rows.append(
             Row(

@@ -61,7 +61,8 @@ def charter_command() -> list[str]:
 @contextmanager
 def charter_run(folder: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
     """`charter run` in a process of its own, sharing the files; stopped with SIGTERM."""
-    log: IO[bytes] = (folder / f"run{'-'.join(('', *options))}.log").open("wb")
+    name = "-".join(("run", *options)).replace("/", "of")
+    log: IO[bytes] = (folder / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         [*charter_command(), "run", "-f", str(folder / "charter.yaml"), *options],
         stdout=log,

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import charter
 from charter.cli import main
+from charter.errors import BackfillError
 from charter.lanes import Lane
 from tests.backends import CONTEXTS, POSTGRES
 from tests.conftest import SHOP
@@ -110,6 +111,18 @@ def test_services_run_under_their_own_roles(pg_shop: tuple[Path, str, str]) -> N
         # the projector role cannot read customers' tables, so the owner's rows come to it
         # through events only: run customers' relay, then the copies under their own roles
         charter.Runner(shop, ["customers"]).drain()
+    # a projector that has only its own context's credentials cannot fill a new copy from
+    # the owner's records: it says so, and an operator runs the first drain
+    only_orders = as_service.replace(f"{system}_customers@", f"{system}_orders_projector@").replace(
+        f"{system}_calendar@", f"{system}_orders_projector@"
+    )
+    projector_path = path.with_name("projector.yaml")
+    projector_path.write_text(only_orders)
+    with (
+        charter.load(projector_path) as projector,
+        pytest.raises(BackfillError, match=r"needs a first fill .*permission denied"),
+    ):
+        charter.Runner(projector, ["orders"], relays=False).drain()
     with charter.load(path) as admin:  # a new copy is backfilled by an operator (admin)
         charter.Runner(admin, ["orders", "shipping"]).drain()
     with charter.load(service_path) as shop:

@@ -65,5 +65,10 @@ class EventError(Error):
     """An event that cannot be read or applied. Names the event id and version."""
 
 
+class BackfillError(Error):
+    """A copy needs a first fill from its owner's current records, and they cannot be read
+    from here (the projector's role or credentials do not reach the owner's store)."""
+
+
 class SchemaChangeError(Error):
     """A charter change that would lose or corrupt data already in a store."""

@@ -5,12 +5,12 @@ the ids (charter.lanes)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 
 from charter.buses import Bus
-from charter.errors import EventError, ValidationError
+from charter.errors import BackfillError, EventError, ValidationError
 from charter.events import Event, decode
 from charter.lanes import Lane
 from charter.model import Copy, Entity
@@ -27,7 +27,7 @@ class Projector:
         copy: Copy,
         entity: Entity,
         store: Store,
-        owner_store: Store,
+        owner_store: Callable[[], Store],
         bus: Bus,
         batch: int = 1000,
         lane: Lane | None = None,
@@ -89,8 +89,20 @@ class Projector:
         return position
 
     def _snapshot(self) -> Iterator[tuple[str, int, Row]]:
-        for row in self.owner_store.rows(self.entity):
-            yield row["id"], row["version"], row
+        try:
+            for row in self.owner_store().rows(self.entity):
+                yield row["id"], row["version"], row
+        except Exception as exc:  # the owner's store is out of this process's reach
+            owner = self.entity.owner
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackfillError(
+                f"copy '{self.copy.name}' needs a first fill from the current "
+                f"{self.entity.name} records of '{owner}', and this process cannot read "
+                f"them ({cause}). Run its first drain once where the store of '{owner}' "
+                f"is readable, e.g. `charter run --once --context {self.copy.context}` with a "
+                "charter whose URLs carry an operator's credentials; from then on the "
+                "projector needs only the bus."
+            ) from exc
 
     def _check(self, event: Event) -> Event:
         where = f"event {event.id} (version {event.version})"

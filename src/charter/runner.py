@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Protocol
 
 from charter.errors import Error
@@ -61,7 +62,7 @@ class Runner:
                         copy,
                         entity,
                         system.store(name),
-                        system.store(entity.owner),
+                        partial(system.store, entity.owner),  # only for a backfill
                         system.bus,
                         batch,
                         lane,

@@ -15,7 +15,7 @@ from charter.events import Event, decode
 from charter.lanes import Lane
 from charter.model import Copy, Entity
 from charter.stores import Store
-from charter.stores.base import Parked, Row
+from charter.stores.base import Checkpoint, Parked, Row
 from charter.values import ENCODERS
 
 _TEXT = frozenset({"string", "text"})
@@ -80,13 +80,18 @@ class Projector:
         """Where to read from; a new copy, or one with new fields, is first filled from the
         owner's current state (not by replaying history)."""
         checkpoint = self.store.checkpoint(self.copy, self.lane)
-        if checkpoint is not None and checkpoint.fields == self.copy.fields:
-            self.bus.ack(self.copy.name, self.entity.name, self._applied(checkpoint.position))
-            return checkpoint.position
-        position = checkpoint.position if checkpoint else self.bus.head(self.entity.name)
-        self.store.backfill(self.copy, self._snapshot(), position)
-        self.bus.ack(self.copy.name, self.entity.name, position)
-        return position
+        if checkpoint is None or checkpoint.fields != self.copy.fields:
+            # The fill stands for the whole copy, so it goes from where the whole copy is
+            # (a lane may be ahead of the others); a second process filling at the same
+            # time may leave the checkpoint lower than `position`, never higher.
+            whole = self.store.checkpoint(self.copy) if self.lane else checkpoint
+            position = whole.position if whole else self.bus.head(self.entity.name)
+            self.store.backfill(self.copy, self._snapshot(), position)
+            checkpoint = self.store.checkpoint(self.copy, self.lane) or Checkpoint(
+                position, None, self.copy.fields
+            )
+        self.bus.ack(self.copy.name, self.entity.name, self._applied(checkpoint.position))
+        return checkpoint.position
 
     def _snapshot(self) -> Iterator[tuple[str, int, Row]]:
         try:

@@ -82,6 +82,9 @@ def copy_status(system: System, copy: Copy) -> CopyStatus:
     lag_s = max(_age(unrelayed.oldest, now), _age(on_bus.oldest, now))
     parked = len(system.store(copy.context).parked(copy))
     lanes = system.store(copy.context).lanes(copy)
+    whole = checkpoint.position if checkpoint else 0
+    if all((lane.position or 0) < whole for lane in lanes):
+        lanes = []  # a layout from an earlier run: the copy went on without it
     head = system.bus.head(entity.name) if lanes else 0
     if checkpoint is None:
         state = NEVER_SYNCED
@@ -100,7 +103,15 @@ def copy_status(system: System, copy: Copy) -> CopyStatus:
         checkpoint.applied_at if checkpoint else None,
         parked,
         state,
-        tuple(LaneStatus(str(x.lane), x.position, head, x.applied_at) for x in lanes),
+        tuple(
+            LaneStatus(
+                str(x.lane),
+                None if x.position is None else max(x.position, whole),
+                head,
+                x.applied_at,
+            )
+            for x in lanes
+        ),
     )
 
 

@@ -46,7 +46,8 @@ stable function of the id, so every version of one record travels on one subject
 consumer per partition (parallel copies) still sees each id in order. Keep the number of
 partitions once chosen. A copy reads its whole entity (filter
 ``charter.<system>.<Entity>.>``) in stream order; each delivery carries its partition (from
-the subject), so a projector lane (charter.lanes) skips other lanes' events unread.
+the subject), so a projector lane (charter.lanes) skips other lanes' events without
+decoding them (it still receives them: each lane reads the whole entity).
 
 Publishing is pipelined (all publishes are written, then the acknowledgements collected;
 ``publish_begin`` returns before they are, so the relay can read its next batch meanwhile),
@@ -931,7 +932,9 @@ class NatsBus:
     async def _fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         key = (consumer, entity)
         if key not in self._registers:  # the first time only: a copy's acks keep it current
-            await self._register(consumer, entity, after)
+            # at what the copy asked to acknowledge, if lower: a lane reads from its own
+            # position, which may be past what the copy as a whole has applied
+            await self._register(consumer, entity, min(after, self._ack_wanted.get(key, after)))
         reader = self._readers.get(key)
         if reader is None:
             reader = self._readers[key] = _Pull(self._filter(entity), owner=token(consumer))
@@ -1188,7 +1191,8 @@ class NatsBus:
         offset = 0
         while True:
             doc = await self._api(f"CONSUMER.LIST.{self.stream}", {"offset": offset})
-            page = doc.get("consumers") or []
+            listed = doc.get("consumers") or []
+            page = [c for c in listed if c]  # null: a reader removed while it was listed
             missing = [str(n) for n in doc.get("missing") or []]
             unknown = [n for n in missing if not _SCRATCH.match(n)]
             if unknown:
@@ -1199,8 +1203,8 @@ class NatsBus:
                 )
                 return None
             found.extend(c for c in page if c.get("config", {}).get("durable_name"))
-            offset += len(page) + len(missing)
-            if not (page or missing) or offset >= int(doc.get("total", 0)):
+            offset += len(listed) + len(missing)
+            if not (listed or missing) or offset >= int(doc.get("total", 0)):
                 return found
 
     async def _purge_point(self, subject: str, floor: int, cutoff: float) -> int:

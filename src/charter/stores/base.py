@@ -141,7 +141,13 @@ class Store(Protocol):
         (the whole copy's, or `lane`'s): all in one transaction. Returns the events parked
         while applying."""
 
-    def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int: ...
+    def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
+        """Write the owner's current `rows` into the copy (newer or equal versions win) and
+        set the checkpoint to `position` with the copy's fields. If another fill already
+        set it higher, it goes down to `position`: what comes after is read again (and
+        applied only where newer), so a record deleted after the other fill's snapshot
+        cannot be missed."""
+
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]: ...
     def parked(self, copy: Copy) -> list[Parked]: ...
 

@@ -695,6 +695,8 @@ class PostgresStore:
                     parts = self._apply_parts(copy, [(at, event)], now)
                     conn.execute(*self._with(parts, ("SELECT 1", None)))
                 except psycopg.Error as exc:
+                    if (exc.sqlstate or "")[:2] in _TRANSIENT:
+                        raise  # not the event's fault: the batch is tried again
                     conn.execute("ROLLBACK TO SAVEPOINT charter_event")
                     failed.append(unstorable(copy, at, event, exc))
                 else:
@@ -745,7 +747,8 @@ class PostgresStore:
     def _park_statement(
         self, copy: Copy, parked: Sequence[Parked], now: str, lane: Lane | None
     ) -> Statement:
-        """Parks what is past the checkpoint (what is not was parked when it was passed)."""
+        """Parks what is past the checkpoint (what is not was parked when it was passed),
+        once (another process or lane may have parked it)."""
         columns: list[list[Any]] = [[] for _ in range(7)]
         for p in parked:
             for column, value in zip(
@@ -759,7 +762,8 @@ class PostgresStore:
             f"INSERT INTO {self._t('charter_parked')} SELECT u.*, %s FROM unnest(%s::text[], "
             "%s::text[], %s::integer[], %s::text[], %s::bigint[], %s::text[], %s::bytea[]) "
             f"AS u(copy, entity_id, version, event_id, position, reason, body) "
-            f"WHERE u.position > {start}"
+            f"WHERE u.position > {start} AND NOT EXISTS (SELECT 1 FROM "
+            f"{self._t('charter_parked')} AS p WHERE p.copy = u.copy AND p.position = u.position)"
         )
         return query, [now, *columns, *params]
 
@@ -820,7 +824,7 @@ class PostgresStore:
                 count += len(batch)
             conn.execute(
                 f"INSERT INTO {self._t('charter_checkpoint')} VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (copy) DO UPDATE SET position = greatest("
+                "ON CONFLICT (copy) DO UPDATE SET position = least("
                 f"{self._t('charter_checkpoint')}.position, excluded.position), "
                 "fields = excluded.fields, applied_at = excluded.applied_at",
                 (copy.name, position, now, orjson.dumps(copy.fields).decode()),
@@ -851,6 +855,11 @@ class PostgresStore:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+
+
+# SQLSTATE classes of failures that pass (deadlock, serialization, lock or statement
+# timeout, resources, connection): an event that meets one is not parked as unstorable.
+_TRANSIENT = frozenset({"08", "40", "53", "55", "57"})
 
 
 def _record(names: Sequence[str], types: Sequence[str]) -> str:

@@ -367,8 +367,10 @@ class SQLiteStore:
                     failed = self._apply_one_by_one(conn, copy, fresh, now)
             late = [p for p in (*parked, *failed) if p.position > start]
             if late:
-                conn.executemany(
-                    "INSERT INTO charter_parked VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                conn.executemany(  # once: another process or lane may have parked it
+                    "INSERT INTO charter_parked SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
+                    "WHERE NOT EXISTS (SELECT 1 FROM charter_parked WHERE copy = ?1 "
+                    "AND position = ?5)",
                     [
                         (
                             p.copy,
@@ -385,8 +387,10 @@ class SQLiteStore:
                 )
             if position > start and lane is not None:
                 conn.execute(
-                    "INSERT INTO charter_lane VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
-                    "SET position = excluded.position, applied_at = excluded.applied_at",
+                    "INSERT INTO charter_lane VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (copy, lanes, lane) DO UPDATE "
+                    "SET position = excluded.position, applied_at = excluded.applied_at "
+                    "WHERE excluded.position > position",
                     (copy.name, lane.lanes, lane.number, position, now_text()),
                 )
             elif position > start:
@@ -450,7 +454,7 @@ class SQLiteStore:
             count += len(batch)
             conn.execute(
                 "INSERT INTO charter_checkpoint VALUES (?, ?, ?, ?) ON CONFLICT (copy) DO UPDATE "
-                "SET position = max(position, excluded.position), fields = excluded.fields, "
+                "SET position = min(position, excluded.position), fields = excluded.fields, "
                 "applied_at = excluded.applied_at",
                 (copy.name, position, now, orjson.dumps(copy.fields).decode()),
             )

@@ -161,7 +161,14 @@ def test_lane_processes_share_a_copy_and_a_killed_one_catches_up(
             target=write_paced, args=(shop, 4000, 3.0, random.Random(7)), daemon=True
         )
         writer.start()
-        time.sleep(1.5)  # half-way through the writes
+        copy = shop.charter.copies["order_customers"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # killed once it has applied some of its share
+            if any(x.lane == Lane(2, 3) and x.position for x in shop.store("orders").lanes(copy)):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("lane 2/3 applied nothing in 30 s")
         assert lanes[2].kill() == -signal.SIGKILL
         time.sleep(0.5)
         lanes[2] = lane(2)
@@ -220,8 +227,7 @@ def test_a_new_field_filled_while_a_lane_is_behind_misses_no_delete(
             Runner(system, COPIES, relays=False, lane=Lane(number, 2)).drain()
     with charter.load(shop_file) as system:
         assert_converged(system)
-    # asked of `shop`, whose relay holds the last relayed marks (PostgreSQL unmarks lazily)
-    assert all(state.synced for state in charter.status(shop))
+        assert all(state.synced for state in charter.status(system))
 
 
 def test_the_bus_keeps_what_a_lane_behind_has_not_applied(shop: System, shop_file: Path) -> None:

@@ -57,7 +57,15 @@ def authorization(charter: Charter) -> str:
     ]
     for context in charter.contexts.values():
         user = user_name(charter.name, context.name)
-        owned = [f"{prefix}.{token(e.name)}.>" for e in charter.owned_by(context.name)]
+        owned = [
+            subject
+            for e in charter.owned_by(context.name)
+            for subject in (f"{prefix}.{token(e.name)}.>", f"{prefix}._note.fill.{token(e.name)}.>")
+        ]
+        owned += [  # fill requests, for its own copies (charter.fills)
+            f"{prefix}._note.fillreq.{token(c.of)}.{token(c.name)}"
+            for c in charter.copies_in(context.name)
+        ]
         lines += [
             f"    # {context.name} (team {context.team}) publishes only what it owns",
             f'    {{user: "{user}", password: ${password_variable(user)}, permissions: {{',

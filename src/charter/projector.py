@@ -5,13 +5,16 @@ the ids (charter.lanes)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 
 import orjson
 
+from charter import fills
 from charter.buses import Bus
 from charter.errors import BackfillError, EventError, ValidationError
 from charter.events import Event, decode
+from charter.fills import FillMark, FillRequest
 from charter.lanes import Lane
 from charter.model import Copy, Entity
 from charter.stores import Store
@@ -86,7 +89,12 @@ class Projector:
             # time may leave the checkpoint lower than `position`, never higher.
             whole = self.store.checkpoint(self.copy) if self.lane else checkpoint
             position = whole.position if whole else self.bus.head(self.entity.name)
-            self.store.backfill(self.copy, self._snapshot(), position)
+            try:
+                self.store.backfill(self.copy, self._snapshot(), position)
+            except BackfillError as unreachable:  # then through the bus (charter.fills)
+                mark = self._fill_mark(unreachable)
+                at = min(position, mark.start) if whole else mark.start
+                self.store.backfill(self.copy, self._fill(mark), at)
             checkpoint = self.store.checkpoint(self.copy, self.lane) or Checkpoint(
                 position, None, self.copy.fields
             )
@@ -98,16 +106,57 @@ class Projector:
             for row in self.owner_store().rows(self.entity):
                 yield row["id"], row["version"], row
         except Exception as exc:  # the owner's store is out of this process's reach
-            owner = self.entity.owner
-            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackfillError(str(exc)) from exc
+
+    def _fill_mark(self, unreachable: BackfillError) -> FillMark:
+        """The owner's answer to this copy's fill request; asks (once) when there is none,
+        and says what it waits for."""
+        entity, copy, owner = self.entity.name, self.copy.name, self.entity.owner
+        asked = self.bus.note(fills.REQUEST, entity, copy)
+        request = FillRequest.decode(asked) if asked else None
+        if request is None or request.fields != self.copy.fields:
+            request = FillRequest(secrets.token_hex(8), self.copy.fields)
+            self.bus.put_note(fills.REQUEST, entity, copy, request.encode())
+        answered = self.bus.note(fills.MARK, entity, copy)
+        mark = FillMark.decode(answered) if answered else None
+        if mark is None or mark.request != request.request:
             raise BackfillError(
-                f"copy '{self.copy.name}' needs a first fill from the current "
-                f"{self.entity.name} records of '{owner}', and this process cannot read "
-                f"them ({cause}). Run its first drain once where the store of '{owner}' "
-                f"is readable, e.g. `charter run --once --context {self.copy.context}` with a "
-                "charter whose URLs carry an operator's credentials; from then on the "
-                "projector needs only the bus."
-            ) from exc
+                f"copy '{copy}' needs a first fill from the current {entity} records of "
+                f"'{owner}', which this process cannot read ({_first_line(unreachable)}); it "
+                f"asked for one on the bus, which the relay of '{owner}' answers within "
+                "seconds when it runs (or run the copy's first drain once with credentials "
+                f"that can read '{owner}')"
+            ) from unreachable.__cause__
+        return mark
+
+    def _fill(self, mark: FillMark) -> Iterator[tuple[str, int, Row]]:
+        """The records of a fill on the bus (and of the events between them, which only
+        newer versions win over), read from the mark's start to its end. A fill the bus no
+        longer holds whole (compacted meanwhile) fills nothing, and is asked for again."""
+        seen, after = 0, mark.start
+        while after < mark.end:
+            deliveries = self.bus.fetch(self.copy.name, self.entity.name, after, self.batch)
+            if not deliveries:
+                break
+            for delivery in deliveries:
+                if delivery.position > mark.end:
+                    break
+                seen += delivery.event_id.endswith(mark.suffix)
+                try:
+                    event = self._check(decode(delivery.body))
+                except (EventError, ValidationError):
+                    continue  # parked when it is read again after the fill
+                if event.op != "deleted" and event.state is not None:
+                    yield event.entity_id, event.version, event.state
+            after = deliveries[-1].position
+        if seen < mark.count:
+            again = FillRequest(secrets.token_hex(8), self.copy.fields)
+            self.bus.put_note(fills.REQUEST, self.entity.name, self.copy.name, again.encode())
+            raise BackfillError(
+                f"copy '{self.copy.name}': the bus holds {seen} of the {mark.count} records "
+                f"of the fill '{self.entity.owner}' published (compacted meanwhile); "
+                "asked for a new one."
+            )
 
     def _check(self, event: Event) -> Event:
         where = f"event {event.id} (version {event.version})"
@@ -143,3 +192,9 @@ class Projector:
             reason,
             body,
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__

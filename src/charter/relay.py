@@ -1,11 +1,19 @@
 """Outbox → bus. At least once: the position moves only after the bus has the
-events, and the bus drops an event id it already holds."""
+events, and the bus drops an event id it already holds.
+
+The relay also answers fill requests for copies of what its context owns (charter.fills):
+a projector that may not read the owner's store fills its copy from there."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
 
+from charter import fills
 from charter.buses import Bus
+from charter.fills import FillMark, FillRequest
+from charter.model import Copy, Entity
 from charter.signals import Signals
 from charter.stores import Store
 from charter.stores.base import OutboxRow
@@ -19,10 +27,13 @@ class Relay:
         bus: Bus,
         signals: Signals | None = None,
         batch: int = 1000,
+        copies: Sequence[tuple[Copy, Entity]] = (),
     ) -> None:
         self.context, self.store, self.bus = context, store, bus
         self.signals, self.batch = signals, batch
         self._flight: tuple[list[OutboxRow], Callable[[], None]] | None = None
+        self._copies = list(copies)  # copies of what this context owns
+        self._checked = 0.0  # when fill requests were last looked for
 
     @property
     def wake_key(self) -> str:
@@ -34,17 +45,20 @@ class Relay:
         Under load the next batch is read while this one is on its way to the bus; it is
         sent once this one has landed (and been marked), so the bus gets them in order."""
         flight, self._flight = self._flight, None
+        filled = 0
+        if flight is None and time.monotonic() - self._checked >= fills.CHECK_EVERY_S:
+            filled = self.answer_fill_requests()
         if flight is None:
             rows = self.store.pending(self.batch)
             if not rows:
-                return 0
+                return filled
             flight = (rows, self.bus.publish_begin(rows))
         full = len(flight[0]) >= self.batch
         ahead = self.store.pending(self.batch, flight[0]) if full else []
         moved = self._land(flight)
         if ahead:
             self._flight = (ahead, self.bus.publish_begin(ahead))
-        return moved
+        return filled + moved
 
     def finish(self) -> None:
         """Wait for the batch on its way, if any (when stopping)."""
@@ -60,6 +74,38 @@ class Relay:
             for entity in {row.entity for row in rows}:
                 self.signals.notify(f"bus:{entity}")
         return len(rows)
+
+    def answer_fill_requests(self) -> int:
+        """Publish a fill for each copy whose newest request has none yet; returns how many
+        records were published."""
+        self._checked = time.monotonic()
+        published = 0
+        for copy, entity in self._copies:
+            asked = self.bus.note(fills.REQUEST, entity.name, copy.name)
+            if asked is None:
+                continue
+            request = FillRequest.decode(asked)
+            answered = self.bus.note(fills.MARK, entity.name, copy.name)
+            if answered is None or FillMark.decode(answered).request != request.request:
+                published += self.fill(copy, entity, request)
+        return published
+
+    def fill(self, copy: Copy, entity: Entity, request: FillRequest) -> int:
+        """Publish the owner's current state for `copy`, and where it is; returns how many
+        records. Events committed meanwhile come after `start` too, so a copy that reads
+        from `start` misses nothing."""
+        suffix = fills.fill_suffix(request.request)
+        start = self.bus.head(entity.name)
+        count, after = 0, ""
+        while rows := self.store.current(entity, after, self.batch):
+            self.bus.publish([dataclasses.replace(r, event_id=r.event_id + suffix) for r in rows])
+            count, after = count + len(rows), rows[-1].entity_id
+        end = self.bus.head(entity.name)
+        mark = FillMark(request.request, request.fields, start, end, count)
+        self.bus.put_note(fills.MARK, entity.name, copy.name, mark.encode())
+        if self.signals is not None:
+            self.signals.notify(f"bus:{entity.name}")
+        return count
 
     def rewind(self, after: int = 0) -> None:
         """Publish again everything after `after`: heals a bus that lost acknowledged

@@ -51,8 +51,13 @@ class Runner:
         self.workers: list[Worker] = []
         for name in names if relays else ():
             if charter.owned_by(name):
+                fills = [
+                    (copy, charter.entities[copy.of])
+                    for copy in charter.copies.values()
+                    if charter.entities[copy.of].owner == name
+                ]
                 self.workers.append(
-                    Relay(name, system.store(name), system.bus, system.signals, batch)
+                    Relay(name, system.store(name), system.bus, system.signals, batch, fills)
                 )
         for name in names if projectors else ():
             for copy in charter.copies_in(name):

@@ -21,6 +21,7 @@ class Delivery:
     position: int
     body: bytes
     partition: int = 0
+    event_id: str = ""  # as published (a fill's events carry a suffix: FillMark)
 
 
 class Bus(Protocol):
@@ -39,6 +40,13 @@ class Bus(Protocol):
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
         """A consumer has applied everything up to `position` (lets the bus compact)."""
+
+    def put_note(self, kind: str, entity: str, copy: str, body: bytes) -> None:
+        """Keep a small value under (kind, entity, copy); the newest one replaces any before
+        it. Owners and copies talk through these (charter.fills)."""
+
+    def note(self, kind: str, entity: str, copy: str) -> bytes | None:
+        """The newest value put under (kind, entity, copy), if any."""
 
     def head(self, entity: str) -> int:
         """The position of the newest event of `entity` (0 when none)."""

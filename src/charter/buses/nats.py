@@ -294,6 +294,10 @@ def _partition(msg: Msg) -> int:
     return int(last) if last.isdigit() else 0
 
 
+def _event_id(msg: Msg) -> str:
+    return msg.headers.get("Nats-Msg-Id", "") if msg.headers else ""
+
+
 def _ack_sequences(reply: str | None) -> tuple[int, int] | None:
     """(stream sequence, consumer delivery sequence) from a JetStream ack subject."""
     if not reply or not reply.startswith("$JS.ACK."):
@@ -956,7 +960,10 @@ class NatsBus:
                 self._drop(reader, after)
                 if reader.held or not reader.stale:
                     break
-            return [Delivery(seq, msg.data, _partition(msg)) for seq, msg in reader.held[:limit]]
+            return [
+                Delivery(seq, msg.data, _partition(msg), _event_id(msg))
+                for seq, msg in reader.held[:limit]
+            ]
 
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         return self._call(self._fetch(consumer, entity, after, max(1, limit)), FETCH_BUDGET_S)
@@ -1128,6 +1135,19 @@ class NatsBus:
             raise
         message: dict[str, Any] = doc["message"]
         return message
+
+    def _note_subject(self, kind: str, entity: str, copy: str) -> str:
+        """Outside the entities' subjects: readers and compaction never see notes."""
+        return f"{self._prefix}._note.{kind}.{token(entity)}.{token(copy)}"
+
+    def put_note(self, kind: str, entity: str, copy: str, body: bytes) -> None:
+        item = (f"note-{secrets.token_hex(8)}", self._note_subject(kind, entity, copy), body)
+        self._call(self._publish([item]), PUBLISH_TIMEOUT_S)
+
+    def note(self, kind: str, entity: str, copy: str) -> bytes | None:
+        request = {"last_by_subj": self._note_subject(kind, entity, copy)}
+        message = self._call(self._message(request), API_TIMEOUT_S)
+        return base64.b64decode(message["data"]) if message else None
 
     async def _head(self, entity: str) -> int:
         message = await self._message({"last_by_subj": self._filter(entity)})

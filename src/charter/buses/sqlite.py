@@ -21,6 +21,10 @@ CREATE TABLE IF NOT EXISTS events (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_entity_seq ON events (entity, seq);
+CREATE TABLE IF NOT EXISTS notes (
+    kind TEXT NOT NULL, entity TEXT NOT NULL, copy TEXT NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (kind, entity, copy)
+);
 CREATE TABLE IF NOT EXISTS consumers (
     consumer TEXT NOT NULL, entity TEXT NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (consumer, entity)
@@ -65,12 +69,15 @@ class SQLiteBus:
 
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         rows = self._conns.get().execute(
-            "SELECT seq, body, subject FROM events WHERE entity = ? AND seq > ? "
+            "SELECT seq, body, subject, event_id FROM events WHERE entity = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
             (entity, after, limit),
         )
         parts = self.partitions
-        return [Delivery(seq, bytes(body), partition(key, parts)) for seq, body, key in rows]
+        return [
+            Delivery(seq, bytes(body), partition(key, parts), event_id)
+            for seq, body, key, event_id in rows
+        ]
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
         """Recorded when the write lock is free (it only feeds compaction, which may wait);
@@ -88,6 +95,25 @@ class SQLiteBus:
                 conn.execute(sql, params)
         else:
             self._conns.try_write(sql, params)
+
+    def put_note(self, kind: str, entity: str, copy: str, body: bytes) -> None:
+        with self._conns.write() as conn:
+            conn.execute(
+                "INSERT INTO notes VALUES (?, ?, ?, ?) ON CONFLICT (kind, entity, copy) "
+                "DO UPDATE SET body = excluded.body",
+                (kind, entity, copy, body),
+            )
+
+    def note(self, kind: str, entity: str, copy: str) -> bytes | None:
+        row = (
+            self._conns.get()
+            .execute(
+                "SELECT body FROM notes WHERE kind = ? AND entity = ? AND copy = ?",
+                (kind, entity, copy),
+            )
+            .fetchone()
+        )
+        return bytes(row[0]) if row else None
 
     def head(self, entity: str) -> int:
         row = (

@@ -122,6 +122,10 @@ class Store(Protocol):
     def unrelayed(self, entity: str) -> Backlog: ...
     def history(self, entity: str, entity_id: str) -> list[OutboxRow]: ...
 
+    def current(self, entity: Entity, after: str = "", limit: int = 1000) -> list[OutboxRow]:
+        """The event of each live record's current version, ids after `after` in order: the
+        owner's current state as events, to fill a copy through the bus (charter.fills)."""
+
     # copy side
     def checkpoint(self, copy: Copy, lane: Lane | None = None) -> Checkpoint | None:
         """Where the copy has got to as a whole (charter.lanes), or where `lane` starts."""

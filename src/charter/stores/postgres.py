@@ -599,6 +599,19 @@ class PostgresStore:
             ).fetchall()
         return [outbox_row(r) for r in rows]
 
+    def current(self, entity: Entity, after: str = "", limit: int = 1000) -> list[OutboxRow]:
+        columns = ", ".join("o." + c for c in OUTBOX_COLUMNS.split(", "))
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {columns} FROM {self._t(entity.table)} AS e "
+                f"JOIN {self._t('charter_outbox')} AS o "
+                "ON o.entity_id = e.id AND o.version = e.version AND o.entity = %s "
+                "WHERE e.id > %s ORDER BY e.id LIMIT %s",
+                (entity.name, after, limit),
+                binary=True,
+            ).fetchall()
+        return [outbox_row(r) for r in rows]
+
     # -- copy side --------------------------------------------------------------
 
     def checkpoint(self, copy: Copy, lane: Lane | None = None) -> Checkpoint | None:

@@ -330,6 +330,16 @@ class SQLiteStore:
         )
         return [outbox_row(r) for r in rows]
 
+    def current(self, entity: Entity, after: str = "", limit: int = 1000) -> list[OutboxRow]:
+        columns = ", ".join("o." + c for c in OUTBOX_COLUMNS.split(", "))
+        rows = self._conns.get().execute(
+            f'SELECT {columns} FROM "{entity.table}" AS e JOIN charter_outbox AS o '
+            "ON o.entity_id = e.id AND o.version = e.version AND o.entity = ? "
+            "WHERE e.id > ? ORDER BY e.id LIMIT ?",
+            (entity.name, after, limit),
+        )
+        return [outbox_row(r) for r in rows]
+
     # -- copy side --------------------------------------------------------------
 
     def checkpoint(self, copy: Copy, lane: Lane | None = None) -> Checkpoint | None:

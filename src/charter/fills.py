@@ -1,0 +1,65 @@
+"""Filling a copy through the bus, for a projector that may not read the owner's store.
+
+A new copy (or a copy with new fields) starts from the owner's current state. When its
+projector can read the owner's store, it reads it (charter.projector). When it cannot (it
+runs under its own context's role, `charter apply`), it asks on the bus: a *fill request*
+note, with the copy's fields. The owner's relay, which reads its own store, answers: it
+publishes the current version of every live record as events (under event ids with a
+suffix, so the bus does not drop them as duplicates) and then a *fill mark* note saying
+where they are: after `start`, up to `end`, `count` of them. The projector reads them from
+the bus into the copy and goes on from `start`, so whatever was committed meanwhile is
+applied too. Notes are small keyed values on the bus (the newest per key is kept); neither
+side needs the other's database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+REQUEST, MARK = "fillreq", "fill"  # the two kinds of notes, per (entity, copy)
+CHECK_EVERY_S = 1.0  # how often an owner's relay looks for fill requests
+
+
+@dataclass(frozen=True, slots=True)
+class FillRequest:
+    request: str  # a fresh id per request
+    fields: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"request": self.request, "fields": self.fields})
+
+    @classmethod
+    def decode(cls, body: bytes) -> FillRequest:
+        doc = orjson.loads(body)
+        return cls(str(doc["request"]), tuple(str(f) for f in doc["fields"]))
+
+
+@dataclass(frozen=True, slots=True)
+class FillMark:
+    request: str  # the request it answers
+    fields: tuple[str, ...]
+    start: int
+    end: int
+    count: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"request": self.request, "fields": self.fields, "start": self.start}
+            | {"end": self.end, "count": self.count}
+        )
+
+    @classmethod
+    def decode(cls, body: bytes) -> FillMark:
+        doc = orjson.loads(body)
+        fields = tuple(str(f) for f in doc["fields"])
+        return cls(str(doc["request"]), fields, int(doc["start"]), int(doc["end"]), doc["count"])
+
+    @property
+    def suffix(self) -> str:
+        """What the event ids of this fill end with."""
+        return fill_suffix(self.request)
+
+
+def fill_suffix(request: str) -> str:
+    return f"~fill~{request}"

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -32,6 +33,11 @@ class Backend:
     def cleanup(self, urls: dict[str, str]) -> None:
         """Remove what urls() made outside the test's folder."""
 
+    def out_of_reach(self, store_url: str) -> str:
+        """A URL of the same kind of store that this process cannot open (as a projector
+        holding only its own context's credentials cannot open the owner's)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return self.name
 
@@ -45,6 +51,9 @@ class SQLiteBackend(Backend):
         urls["bus"] = f"sqlite:///{folder}/bus.db"
         urls["name"] = "shop"
         return urls
+
+    def out_of_reach(self, store_url: str) -> str:
+        return "sqlite:////dev/null/charter/store.db"  # no folder can be made there
 
     def raw_execute(self, store_url: str, sql: str) -> None:
         conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
@@ -71,6 +80,10 @@ class PostgresBackend(Backend):
         urls["name"] = f"shop_{prefix}"
         urls["prefix"] = prefix
         return urls
+
+    def out_of_reach(self, store_url: str) -> str:
+        parts = urlsplit(store_url)  # a role that does not exist
+        return urlunsplit(parts._replace(netloc=f"charter_nobody@{parts.hostname}:{parts.port}"))
 
     def raw_execute(self, store_url: str, sql: str) -> None:
         base, _, schema = store_url.partition("?schema=")

@@ -77,6 +77,9 @@ def test_a_context_may_publish_only_what_it_owns(tmp_path: Path) -> None:
             with pytest.raises(BusError):
                 orders.publish([event("Customer", "c2", "forged")])  # refused by the server
             orders.publish([event("Order", "o1", "e2")])  # its own entity is fine
+            orders.put_note("fillreq", "Customer", "order_customers", b"{}")  # its copy's
+            with pytest.raises(BusError):  # a fill mark is the owner's to publish
+                orders.put_note("fill", "Customer", "order_customers", b"{}")
             deadline = time.monotonic() + 10
             got = []  # an empty fetch only means "not yet": ask again
             while not got and time.monotonic() < deadline:

@@ -92,7 +92,7 @@ class Projector:
             try:
                 self.store.backfill(self.copy, self._snapshot(), position)
             except BackfillError as unreachable:  # then through the bus (charter.fills)
-                mark = self._fill_mark(unreachable)
+                mark = self._fill_mark(unreachable, position)
                 at = min(position, mark.start) if whole else mark.start
                 self.store.backfill(self.copy, self._fill(mark), at)
             checkpoint = self.store.checkpoint(self.copy, self.lane) or Checkpoint(
@@ -108,13 +108,15 @@ class Projector:
         except Exception as exc:  # the owner's store is out of this process's reach
             raise BackfillError(str(exc)) from exc
 
-    def _fill_mark(self, unreachable: BackfillError) -> FillMark:
+    def _fill_mark(self, unreachable: BackfillError, position: int) -> FillMark:
         """The owner's answer to this copy's fill request; asks (once) when there is none,
-        and says what it waits for."""
+        and says what it waits for. Asking registers the copy on the bus at `position` (as
+        far as it got, or the head), so that compaction keeps the fill until it is read."""
         entity, copy, owner = self.entity.name, self.copy.name, self.entity.owner
         asked = self.bus.note(fills.REQUEST, entity, copy)
         request = FillRequest.decode(asked) if asked else None
         if request is None or request.fields != self.copy.fields:
+            self.bus.ack(copy, entity, position)
             request = FillRequest(secrets.token_hex(8), self.copy.fields)
             self.bus.put_note(fills.REQUEST, entity, copy, request.encode())
         answered = self.bus.note(fills.MARK, entity, copy)

@@ -1262,8 +1262,12 @@ class NatsBus:
             f"STREAM.INFO.{self.stream}", {"subjects_filter": f"{self._prefix}.>"}
         )
         last = int(info["state"].get("last_seq", 0))
-        entities = sorted(
-            {".".join(s.split(".")[:3]) + ".>" for s in (info["state"].get("subjects") or {})}
+        entities = sorted(  # (not the notes: they are not events, and stay)
+            {
+                ".".join(s.split(".")[:3]) + ".>"
+                for s in (info["state"].get("subjects") or {})
+                if not s.startswith(f"{self._prefix}._note.")
+            }
         )
         if not entities:
             return 0

@@ -167,6 +167,9 @@ class PostgresStore:
     def pool(self) -> ConnectionPool:
         with self._lock:
             if self._pool is None:
+                # A server that refuses us (no such role, a wrong password) says so here, at
+                # once, rather than after the pool's 30 s of trying again.
+                psycopg.connect(self._conninfo, connect_timeout=10).close()
                 self._pool = ConnectionPool(
                     self._conninfo,
                     min_size=1,

@@ -84,6 +84,11 @@ Reading and acknowledging are two consumers:
   compaction keeps what the copy has not applied. Compaction, ``backlog`` and operators
   (``nats consumer report``) read it.
 
+Notes (charter.fills: fill requests and fill marks) are small values kept as the newest
+message on ``charter.<system>._note.<kind>.<Entity>.<copy>``, read with a direct get of
+the last message on that subject; they are outside every entity's subjects, so readers and
+compaction never touch them.
+
 ``head(entity)`` is the stream sequence of the entity's newest event (0 when none);
 ``backlog`` counts the entity's events after the copy's position (from the durable
 consumer's num_pending + num_ack_pending when its ack floor is that position, else with a

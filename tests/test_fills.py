@@ -89,6 +89,10 @@ def test_a_new_field_is_filled_through_the_bus_too(shop_file: Path, backend: Bac
         write_customers(shop, seed=42, transactions=40, per=(1, 4), keep=30)
         relay(shop)
         asks_for_a_fill(projector, contexts=("orders",))  # only its copy has a new field
+        with pytest.raises(BackfillError):
+            project(projector)  # shipping's copy goes on meanwhile
+        shipping = shop.context("shipping").copy("shipping_customers")
+        assert len(shipping) == len(list(shop.context("customers").filter("Customer")))
         relay(shop)
         project(projector)
         assert_converged(shop)

@@ -78,14 +78,28 @@ class Runner:
         self.errors: list[BaseException] = []
 
     def drain(self) -> int:
-        """Run every worker until none has anything left; returns how many events moved."""
+        """Run every worker until none has anything left; returns how many events moved.
+        A worker that fails is left out and the others go on; the first failure is raised
+        at the end (with the others as notes)."""
         total = 0
+        failed: dict[int, Exception] = {}
         while True:
-            moved = sum(worker.step() for worker in self.workers)
+            moved = 0
+            for number, worker in enumerate(self.workers):
+                if number not in failed:
+                    try:
+                        moved += worker.step()
+                    except Exception as exc:
+                        failed[number] = exc
             total += moved
             if moved == 0:
                 break
         self.system.bus.compact(self.system.charter.retention_s)
+        if failed:
+            first, *others = failed.values()
+            for other in others:
+                first.add_note(f"and: {other}")
+            raise first
         return total
 
     def start(self) -> Runner:

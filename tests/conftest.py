@@ -113,6 +113,13 @@ def assert_converged(system: System) -> None:
         )
 
 
+def edit(path: Path, old: str, new: str) -> None:
+    """Change a charter file as its maintainer would: the first `old` becomes `new`."""
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
 def charter_command(*args: str) -> list[str]:
     """The `charter` command as a separate process, from this test's interpreter."""
     return [sys.executable, "-m", "charter.cli", *args]

@@ -8,7 +8,7 @@ import pytest
 
 import charter
 from charter.system import System
-from tests.conftest import assert_converged
+from tests.conftest import assert_converged, edit
 
 
 def fill(path: Path, count: int = 30) -> list[str]:
@@ -21,12 +21,6 @@ def fill(path: Path, count: int = 30) -> list[str]:
                 )
         charter.Runner(system).drain()
         return ids
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
 
 
 def test_a_new_field_with_a_default_extends_a_table_with_rows(shop_file: Path) -> None:

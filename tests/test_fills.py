@@ -17,7 +17,7 @@ from charter.fills import FillMark
 from charter.runner import Runner
 from charter.system import System
 from tests.backends import Backend
-from tests.conftest import assert_converged
+from tests.conftest import assert_converged, edit
 from tests.workers import write_customers
 
 COPIES = ("orders", "shipping")
@@ -82,8 +82,7 @@ def test_a_new_field_is_filled_through_the_bus_too(shop_file: Path, backend: Bac
     with charter.load(shop_file) as shop:
         write_customers(shop, seed=41, transactions=80, per=(1, 4), keep=30)
         Runner(shop).drain()
-    text = shop_file.read_text()
-    shop_file.write_text(text.replace("fields: [name, email]", "fields: [name, email, address]"))
+    edit(shop_file, "fields: [name, email]", "fields: [name, email, address]")
     projector = projector_charter(shop_file, backend)
     with charter.load(shop_file) as shop:
         write_customers(shop, seed=42, transactions=40, per=(1, 4), keep=30)
@@ -106,8 +105,7 @@ def test_a_fill_the_bus_no_longer_holds_whole_is_asked_for_again(
     """Asking registers the copy on the bus, so compaction keeps the fill (retention 0s
     here); a fill the bus lost part of anyway (its mark says more records than came) is
     asked for again, and the new answer fills the copy."""
-    text = shop_file.read_text()
-    shop_file.write_text(text.replace("retention: 1h", "retention: 0s"))
+    edit(shop_file, "retention: 1h", "retention: 0s")
     projector = projector_charter(shop_file, backend)
     with charter.load(shop_file) as shop:
         write_customers(shop, seed=51, transactions=80, per=(1, 4), keep=30)

@@ -22,7 +22,7 @@ from charter.projector import Projector
 from charter.runner import Runner
 from charter.status import copy_status
 from charter.system import System
-from tests.conftest import assert_converged, charter_command
+from tests.conftest import assert_converged, charter_command, edit
 from tests.test_crash import ApplyLog, all_events, assert_pipeline_healthy, write_paced
 from tests.workers import WorkerProcess, write_customers
 
@@ -193,12 +193,6 @@ def test_lane_is_checked_against_the_bus(shop: System) -> None:
         Lane.parse("2-4")
     with pytest.raises(ValueError, match="between 1 and n"):
         Lane.parse("5/4")
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
 
 
 def customers_deleted_by_a_late_lane(shop: System, shop_file: Path) -> None:

@@ -13,9 +13,14 @@ side needs the other's database."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from charter.buses.base import Bus
 
 REQUEST, MARK = "fillreq", "fill"  # the two kinds of notes, per (entity, copy)
 CHECK_EVERY_S = 1.0  # how often an owner's relay looks for fill requests
@@ -63,3 +68,22 @@ class FillMark:
 
 def fill_suffix(request: str) -> str:
     return f"~fill~{request}"
+
+
+def ask(bus: Bus, entity: str, copy: str, fields: tuple[str, ...]) -> FillRequest:
+    """Put a new fill request for `copy` on the bus."""
+    request = FillRequest(secrets.token_hex(8), fields)
+    bus.put_note(REQUEST, entity, copy, request.encode())
+    return request
+
+
+def request_for(bus: Bus, entity: str, copy: str) -> FillRequest | None:
+    """The newest fill request for `copy`, if any."""
+    body = bus.note(REQUEST, entity, copy)
+    return FillRequest.decode(body) if body else None
+
+
+def mark_for(bus: Bus, entity: str, copy: str) -> FillMark | None:
+    """The newest fill mark for `copy`, if any."""
+    body = bus.note(MARK, entity, copy)
+    return FillMark.decode(body) if body else None

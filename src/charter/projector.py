@@ -5,7 +5,6 @@ the ids (charter.lanes)."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 
 import orjson
@@ -14,7 +13,7 @@ from charter import fills
 from charter.buses import Bus
 from charter.errors import BackfillError, EventError, ValidationError
 from charter.events import Event, decode
-from charter.fills import FillMark, FillRequest
+from charter.fills import FillMark
 from charter.lanes import Lane
 from charter.model import Copy, Entity
 from charter.stores import Store
@@ -113,14 +112,11 @@ class Projector:
         and says what it waits for. Asking registers the copy on the bus at `position` (as
         far as it got, or the head), so that compaction keeps the fill until it is read."""
         entity, copy, owner = self.entity.name, self.copy.name, self.entity.owner
-        asked = self.bus.note(fills.REQUEST, entity, copy)
-        request = FillRequest.decode(asked) if asked else None
+        request = fills.request_for(self.bus, entity, copy)
         if request is None or request.fields != self.copy.fields:
             self.bus.ack(copy, entity, position)
-            request = FillRequest(secrets.token_hex(8), self.copy.fields)
-            self.bus.put_note(fills.REQUEST, entity, copy, request.encode())
-        answered = self.bus.note(fills.MARK, entity, copy)
-        mark = FillMark.decode(answered) if answered else None
+            request = fills.ask(self.bus, entity, copy, self.copy.fields)
+        mark = fills.mark_for(self.bus, entity, copy)
         if mark is None or mark.request != request.request:
             raise BackfillError(
                 f"copy '{copy}' needs a first fill from the current {entity} records of "
@@ -152,8 +148,7 @@ class Projector:
                     yield event.entity_id, event.version, event.state
             after = deliveries[-1].position
         if seen < mark.count:
-            again = FillRequest(secrets.token_hex(8), self.copy.fields)
-            self.bus.put_note(fills.REQUEST, self.entity.name, self.copy.name, again.encode())
+            fills.ask(self.bus, self.entity.name, self.copy.name, self.copy.fields)
             raise BackfillError(
                 f"copy '{self.copy.name}': the bus holds {seen} of the {mark.count} records "
                 f"of the fill '{self.entity.owner}' published (compacted meanwhile); "

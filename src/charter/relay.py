@@ -81,12 +81,11 @@ class Relay:
         self._checked = time.monotonic()
         published = 0
         for copy, entity in self._copies:
-            asked = self.bus.note(fills.REQUEST, entity.name, copy.name)
-            if asked is None:
+            request = fills.request_for(self.bus, entity.name, copy.name)
+            if request is None:
                 continue
-            request = FillRequest.decode(asked)
-            answered = self.bus.note(fills.MARK, entity.name, copy.name)
-            if answered is None or FillMark.decode(answered).request != request.request:
+            mark = fills.mark_for(self.bus, entity.name, copy.name)
+            if mark is None or mark.request != request.request:
                 published += self.fill(copy, entity, request)
         return published
 

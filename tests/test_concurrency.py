@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import multiprocessing
 import threading
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import charter
+from charter._sqlite import connect
 from charter.events import decode
 from charter.stores.base import OutboxRow
 from charter.system import System
@@ -340,3 +343,31 @@ def test_copies_never_go_back_while_owners_write_and_projectors_run(
     assert samples >= 5
     moving = sum(1 for versions in versions_seen.values() if len(versions) > 1)
     assert moving > 0, "the sampler never saw a copy change: it proved nothing"
+
+
+def _open_new_files_together(barrier: Any, folder: str, rounds: int) -> None:
+    """One of several processes opening the same new SQLite files at the same moment."""
+    try:
+        for round_ in range(rounds):
+            barrier.wait(30)
+            connect(Path(folder) / f"{round_}.db").close()
+    except BaseException:
+        barrier.abort()  # the others stop at once instead of waiting for this one
+        raise
+
+
+def test_processes_opening_one_new_sqlite_file_together_all_get_in(tmp_path: Path) -> None:
+    """Switching a new file to WAL answers "database is locked" without waiting when
+    several processes race for it; every one of them must still open it."""
+    spawn = multiprocessing.get_context("spawn")
+    processes, rounds = 8, 150
+    barrier = spawn.Barrier(processes)
+    workers = [
+        spawn.Process(target=_open_new_files_together, args=(barrier, str(tmp_path), rounds))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [worker.exitcode for worker in workers] == [0] * processes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,8 @@ SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 CHARTER_CACHE_KIB = 8191
 IS_CHARTER = f"(SELECT cache_size FROM pragma_cache_size) IS -{CHARTER_CACHE_KIB}"
 
+_LOCKED_WAIT_S = 60.0  # as long as the busy timeout
+
 
 def sqlite_path(url: str) -> tuple[Path, str]:
     """sqlite:////abs/path.db?synchronous=normal → (path, 'NORMAL'). FULL unless told."""
@@ -34,11 +37,30 @@ def sqlite_path(url: str) -> tuple[Path, str]:
 def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=60000")
+    _switch_to_wal(conn, path)
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute(f"PRAGMA cache_size=-{CHARTER_CACHE_KIB}")
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
+    """Turn WAL on, retrying while other processes open the same new file.
+
+    Switching the journal mode needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, when waiting could deadlock: several
+    processes opening one new file together hit this."""
+    deadline = time.monotonic() + _LOCKED_WAIT_S
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"{path}: {exc}") from exc
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 class Connections:

@@ -6,7 +6,11 @@ that compaction took away is asked for again."""
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +18,7 @@ import charter
 from charter import fills
 from charter.errors import BackfillError
 from charter.fills import FillMark
+from charter.relay import Relay
 from charter.runner import Runner
 from charter.system import System
 from tests.backends import Backend
@@ -117,5 +122,145 @@ def test_a_fill_the_bus_no_longer_holds_whole_is_asked_for_again(
         shop.bus.put_note(fills.MARK, "Customer", "order_customers", lost.encode())
         asks_for_a_fill(projector, "asked for a new one", ("orders",))
         relay(shop)  # answers the new request
+        project(projector)
+        assert_converged(shop)
+
+
+# -- two relays, duplicates, status and bad notes (found in review) --------------------
+
+
+class _HookedStore:
+    """The owner's store, with a hook run by the relay's fill as it reads each page."""
+
+    def __init__(self, store: Any, hook: Callable[[str], None]) -> None:
+        self._store, self._hook = store, hook
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def current(self, entity: Any, after: str = "", limit: int = 1000) -> Any:
+        self._hook(after)
+        return self._store.current(entity, after, limit)
+
+
+def _answering_relay(system: System, hook: Callable[[str], None], batch: int = 1000) -> Relay:
+    """The relay of customers that answers order_customers' fill requests, with a hook."""
+    spec = system.charter
+    only = [(spec.copies["order_customers"], spec.entities["Customer"])]
+    store = _HookedStore(system.store("customers"), hook)
+    return Relay("customers", store, system.bus, None, batch, only)  # type: ignore[arg-type]
+
+
+def _order_copy_ids(system: System) -> set[str]:
+    copy = system.charter.copies["order_customers"]
+    return {row["id"] for row in system.store("orders").copy_rows(copy)}
+
+
+def _create(system: System, *names: str) -> list[str]:
+    ids = []
+    for name in names:
+        with system.context("customers").transaction() as tx:
+            record = tx.create("Customer", email=f"{name}@x.org", name=name, password_hash="h")
+            ids.append(record.id)
+    return ids
+
+
+def test_a_fill_holding_two_versions_of_a_record_fills_the_copy(
+    shop_file: Path, backend: Backend
+) -> None:
+    """Another relay (another `charter run`) relays an update while the fill is being
+    published: the fill's range holds two versions of that record, and the copy takes the
+    newer (PostgreSQL refused the whole fill, every time, for good)."""
+    projector = projector_charter(shop_file, backend)
+    with charter.load(shop_file) as shop, charter.load(shop_file) as other:
+        ids = _create(shop, "a", "b", "c")
+        relay(shop)
+        asks_for_a_fill(projector, contexts=("orders",))
+        plain = Relay("customers", other.store("customers"), other.bus)
+
+        def update_and_relay_elsewhere(after: str) -> None:
+            if after == "":  # the fill has read nothing yet
+                with shop.context("customers").transaction() as tx:
+                    tx.update("Customer", ids[0], name="changed")
+                while plain.step():
+                    pass
+
+        _answering_relay(shop, update_and_relay_elsewhere).answer_fill_requests()
+        with charter.load(projector) as system:
+            Runner(system, ["orders"], relays=False).drain()
+        assert _order_copy_ids(shop) == set(ids)
+        record = shop.context("orders").copy("order_customers").get(ids[0])
+        assert record is not None and record.name == "changed"
+
+
+def test_two_relays_answering_one_request_leave_no_record_out(
+    shop_file: Path, backend: Backend
+) -> None:
+    """Relay A publishes `a`; relay B, which saw no mark yet, answers the same request too
+    and writes the later mark; `b` changes in between. The copy must still get `a`, which
+    only A's answer carried (B's repeat of it was dropped as a duplicate)."""
+    projector = projector_charter(shop_file, backend)
+    with charter.load(shop_file) as shop, charter.load(shop_file) as other:
+        a, b = _create(shop, "a", "b")
+        relay(shop)
+        asks_for_a_fill(projector, contexts=("orders",))
+        b_started, b_may_go = threading.Event(), threading.Event()
+
+        def b_waits(after: str) -> None:
+            if after == "":
+                b_started.set()
+                assert b_may_go.wait(30)
+
+        relay_b = _answering_relay(other, b_waits)
+        thread = threading.Thread(target=relay_b.answer_fill_requests)
+        pages: list[str] = []
+
+        def a_lets_b_in(after: str) -> None:
+            pages.append(after)
+            if len(pages) == 2:  # A has published `a` and is about to read `b`
+                thread.start()
+                assert b_started.wait(30)
+
+        _answering_relay(shop, a_lets_b_in, batch=1).answer_fill_requests()
+        with shop.context("customers").transaction() as tx:
+            tx.update("Customer", b, name="b2")
+        b_may_go.set()
+        thread.join(30)
+        relay(shop)
+        with charter.load(projector) as system:
+            Runner(system, ["orders"], relays=False).drain()
+        assert _order_copy_ids(shop) == {a, b}
+
+
+def test_a_fill_for_one_copy_does_not_make_the_others_look_late(
+    shop_file: Path, backend: Backend
+) -> None:
+    """A fill's events keep their records' commit times; the lag of a copy that had applied
+    everything is the fill's age, not the age of the oldest record."""
+    edit(shop_file, "window: 1m", "window: 3s")  # shipping_customers
+    projector = projector_charter(shop_file, backend)
+    with charter.load(shop_file) as shop:
+        _create(shop, "a", "b", "c")
+        time.sleep(3.5)  # the records are now older than shipping's window
+        relay(shop)
+        Runner(shop, ["shipping"], relays=False).drain()
+        asks_for_a_fill(projector, contexts=("orders",))
+        relay(shop)  # answers the fill; nothing new was committed
+        shipping = {s.copy: s for s in charter.status(shop)}["shipping_customers"]
+        assert shipping.lag_events > 0 and shipping.state == "OK", shipping
+        assert shipping.lag_s < 3.0
+
+
+def test_an_unreadable_request_holds_up_no_other_copy(shop_file: Path, backend: Backend) -> None:
+    projector = projector_charter(shop_file, backend)
+    with charter.load(shop_file) as shop:
+        _create(shop, "a")
+        relay(shop)
+        asks_for_a_fill(projector, contexts=("shipping",))
+        shop.bus.put_note(fills.REQUEST, "Customer", "order_customers", b'{"request": "x"}')
+        relay(shop)
+        assert fills.mark_for(shop.bus, "Customer", "shipping_customers") is not None
+        asks_for_a_fill(projector, contexts=("orders",))  # asks anew over the unreadable one
+        relay(shop)
         project(projector)
         assert_converged(shop)

@@ -9,10 +9,16 @@ suffix, so the bus does not drop them as duplicates) and then a *fill mark* note
 where they are: after `start`, up to `end`, `count` of them. The projector reads them from
 the bus into the copy and goes on from `start`, so whatever was committed meanwhile is
 applied too. Notes are small keyed values on the bus (the newest per key is kept); neither
-side needs the other's database."""
+side needs the other's database.
+
+A request carries `since`, the position at which the copy registered on the bus when it
+asked; the answer's range starts there. So when two relays of the owner answer the same
+request (two `charter run` processes), whichever mark the copy reads, its range holds both
+answers' events (the bus drops the second answer's events that repeat the first's)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,20 +30,24 @@ if TYPE_CHECKING:
 
 REQUEST, MARK = "fillreq", "fill"  # the two kinds of notes, per (entity, copy)
 CHECK_EVERY_S = 1.0  # how often an owner's relay looks for fill requests
+MARKER = "~fill~"  # in the event id of every event a fill publishes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class FillRequest:
     request: str  # a fresh id per request
     fields: tuple[str, ...]
+    since: int  # where the copy registered on the bus: the answer's range starts there
 
     def encode(self) -> bytes:
-        return orjson.dumps({"request": self.request, "fields": self.fields})
+        return orjson.dumps({"request": self.request, "fields": self.fields, "since": self.since})
 
     @classmethod
     def decode(cls, body: bytes) -> FillRequest:
         doc = orjson.loads(body)
-        return cls(str(doc["request"]), tuple(str(f) for f in doc["fields"]))
+        return cls(str(doc["request"]), tuple(str(f) for f in doc["fields"]), int(doc["since"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +68,8 @@ class FillMark:
     def decode(cls, body: bytes) -> FillMark:
         doc = orjson.loads(body)
         fields = tuple(str(f) for f in doc["fields"])
-        return cls(str(doc["request"]), fields, int(doc["start"]), int(doc["end"]), doc["count"])
+        start, end, count = int(doc["start"]), int(doc["end"]), int(doc["count"])
+        return cls(str(doc["request"]), fields, start, end, count)
 
     @property
     def suffix(self) -> str:
@@ -67,23 +78,33 @@ class FillMark:
 
 
 def fill_suffix(request: str) -> str:
-    return f"~fill~{request}"
+    return f"{MARKER}{request}"
 
 
-def ask(bus: Bus, entity: str, copy: str, fields: tuple[str, ...]) -> FillRequest:
-    """Put a new fill request for `copy` on the bus."""
-    request = FillRequest(secrets.token_hex(8), fields)
+def ask(bus: Bus, entity: str, copy: str, fields: tuple[str, ...], since: int) -> FillRequest:
+    """Put a new fill request for `copy`, registered on the bus at `since`, on the bus."""
+    request = FillRequest(secrets.token_hex(8), fields, since)
     bus.put_note(REQUEST, entity, copy, request.encode())
     return request
 
 
 def request_for(bus: Bus, entity: str, copy: str) -> FillRequest | None:
-    """The newest fill request for `copy`, if any."""
+    """The newest fill request for `copy`; None if there is none or it is unreadable (the
+    copy's projector then asks anew, which replaces it)."""
     body = bus.note(REQUEST, entity, copy)
-    return FillRequest.decode(body) if body else None
+    try:
+        return FillRequest.decode(body) if body else None
+    except (ValueError, KeyError, TypeError) as exc:  # orjson's errors are ValueErrors
+        log.warning("unreadable fill request for copy %s of %s, ignored: %r", copy, entity, exc)
+        return None
 
 
 def mark_for(bus: Bus, entity: str, copy: str) -> FillMark | None:
-    """The newest fill mark for `copy`, if any."""
+    """The newest fill mark for `copy`; None if there is none or it is unreadable (the
+    copy then waits, and asks anew)."""
     body = bus.note(MARK, entity, copy)
-    return FillMark.decode(body) if body else None
+    try:
+        return FillMark.decode(body) if body else None
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("unreadable fill mark for copy %s of %s, ignored: %r", copy, entity, exc)
+        return None

@@ -115,7 +115,7 @@ class Projector:
         request = fills.request_for(self.bus, entity, copy)
         if request is None or request.fields != self.copy.fields:
             self.bus.ack(copy, entity, position)
-            request = fills.ask(self.bus, entity, copy, self.copy.fields)
+            request = fills.ask(self.bus, entity, copy, self.copy.fields, position)
         mark = fills.mark_for(self.bus, entity, copy)
         if mark is None or mark.request != request.request:
             raise BackfillError(
@@ -130,12 +130,18 @@ class Projector:
     def _fill(self, mark: FillMark) -> Iterator[tuple[str, int, Row]]:
         """The records of a fill on the bus (and of the events between them, which only
         newer versions win over), read from the mark's start to its end. A fill the bus no
-        longer holds whole (compacted meanwhile) fills nothing, and is asked for again."""
+        longer holds whole fills nothing, and is asked for again; one it does not hand out
+        now (a reconnect, say) is read again later."""
         seen, after = 0, mark.start
         while after < mark.end:
             deliveries = self.bus.fetch(self.copy.name, self.entity.name, after, self.batch)
             if not deliveries:
-                break
+                if self.bus.head(self.entity.name) >= mark.end:
+                    raise BackfillError(
+                        f"copy '{self.copy.name}': the bus handed out its fill up to "
+                        f"{after} of {mark.end} for now; reading it again"
+                    )
+                break  # the bus lost it: asked for again below
             for delivery in deliveries:
                 if delivery.position > mark.end:
                     break
@@ -148,7 +154,7 @@ class Projector:
                     yield event.entity_id, event.version, event.state
             after = deliveries[-1].position
         if seen < mark.count:
-            fills.ask(self.bus, self.entity.name, self.copy.name, self.copy.fields)
+            fills.ask(self.bus, self.entity.name, self.copy.name, self.copy.fields, mark.start)
             raise BackfillError(
                 f"copy '{self.copy.name}': the bus holds {seen} of the {mark.count} records "
                 f"of the fill '{self.entity.owner}' published (compacted meanwhile); "

@@ -91,10 +91,10 @@ class Relay:
 
     def fill(self, copy: Copy, entity: Entity, request: FillRequest) -> int:
         """Publish the owner's current state for `copy`, and where it is; returns how many
-        records. Events committed meanwhile come after `start` too, so a copy that reads
-        from `start` misses nothing."""
+        records. The range starts where the copy registered when it asked, so events
+        committed meanwhile, and another relay's answer to the same request, are in it too."""
         suffix = fills.fill_suffix(request.request)
-        start = self.bus.head(entity.name)
+        start = min(request.since, self.bus.head(entity.name))
         count, after = 0, ""
         while rows := self.store.current(entity, after, self.batch):
             self.bus.publish([dataclasses.replace(r, event_id=r.event_id + suffix) for r in rows])

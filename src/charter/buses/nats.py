@@ -152,6 +152,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from charter import fills
 from charter.buses.base import Delivery, published
 from charter.errors import Error
 from charter.lanes import PARTITIONS, partition
@@ -1191,9 +1192,11 @@ class NatsBus:
 
     @staticmethod
     def _commit_time(message: dict[str, Any]) -> str | None:
-        """The CloudEvent `time` of a stored message; the time it was stored if unreadable."""
+        """The CloudEvent `time` of a stored message; the time it was stored if unreadable,
+        or if a fill published it (its body keeps the record's commit time)."""
         try:
-            doc = orjson.loads(base64.b64decode(message.get("data") or ""))
+            filled = fills.MARKER.encode() in base64.b64decode(message.get("hdrs") or "")
+            doc = None if filled else orjson.loads(base64.b64decode(message.get("data") or ""))
             if isinstance(doc, dict) and isinstance(doc.get("time"), str) and doc["time"]:
                 return str(doc["time"])
         except (orjson.JSONDecodeError, ValueError):

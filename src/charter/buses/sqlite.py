@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from charter import fills
 from charter._sqlite import Connections, sqlite_path
 from charter.buses.base import Delivery, published
 from charter.lanes import PARTITIONS, partition
@@ -127,8 +128,11 @@ class SQLiteBus:
         count, oldest = (
             self._conns.get()
             .execute(
-                "SELECT count(*), min(time) FROM events WHERE entity = ? AND seq > ?",
-                (entity, after),
+                # A fill's events keep their records' commit times; their age is the fill's.
+                "SELECT count(*), min(CASE WHEN instr(event_id, ?) THEN "
+                "strftime('%Y-%m-%dT%H:%M:%fZ', published_at, 'unixepoch') ELSE time END) "
+                "FROM events WHERE entity = ? AND seq > ?",
+                (fills.MARKER, entity, after),
             )
             .fetchone()
         )

@@ -827,7 +827,13 @@ class PostgresStore:
         with self.pool.connection() as conn, conn.transaction():
 
             def send(batch: list[tuple[str, int, Row]]) -> None:
-                states = [{**state, "id": i, "version": v} for i, v, state in batch]
+                # One row per id: ON CONFLICT refuses to touch a row twice in a statement,
+                # and a fill through the bus may hold several versions of one record.
+                newest: dict[str, tuple[int, Row]] = {}
+                for i, v, state in batch:
+                    if i not in newest or v > newest[i][0]:
+                        newest[i] = (v, state)
+                states = [{**state, "id": i, "version": v} for i, (v, state) in newest.items()]
                 conn.execute(refresh, [now, orjson.dumps(states).decode(), copy.name])
 
             batch: list[tuple[str, int, Row]] = []

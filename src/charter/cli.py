@@ -8,7 +8,7 @@ import os
 import re
 import signal
 import sys
-import threading
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -165,10 +165,13 @@ def run(
             moved = runner.drain()
             _console().print(f"drained {names}: {moved} events moved")
             return
-        stop = threading.Event()
+        # The handler only appends to a list: it runs on the main thread between any two
+        # bytecodes, and setting a threading.Event there deadlocks when the signal lands
+        # while the main thread holds that Event's lock inside wait().
+        signals: list[int] = []
 
         def on_signal(signum: int, _frame: object) -> None:
-            stop.set()
+            signals.append(signum)
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
@@ -177,7 +180,8 @@ def run(
             f"running {names}: {len(runner.workers)} workers; SIGINT or SIGTERM to stop",
             highlight=False,
         )
-        while not stop.wait(1.0):
+        while not signals:
+            time.sleep(0.1)
             while runner.errors:
                 _console(stderr=True).print(f"[yellow]warning[/] {runner.errors.pop(0)}")
         runner.stop()

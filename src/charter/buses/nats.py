@@ -93,7 +93,7 @@ compaction never touch them.
 ``backlog`` counts the entity's events after the copy's position (from the durable
 consumer's num_pending + num_ack_pending when its ack floor is that position, else with a
 short-lived consumer started there) and reads the commit time (CloudEvent ``time``) of the
-first of them (the time the stream stored it, if the event is unreadable).
+first of them (the time the stream stored it, if the event is unreadable or a fill's).
 
 The duplicate window is a time window: within two minutes an event id is dropped even if
 compaction has already purged the event (harmless: every copy had applied it).

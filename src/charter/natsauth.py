@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from charter.buses.nats import stream_name, token
+from charter.buses.nats import note_subject, stream_name, token
+from charter.fills import MARK, REQUEST
 from charter.model import Charter
 
 
@@ -60,11 +61,10 @@ def authorization(charter: Charter) -> str:
         owned = [
             subject
             for e in charter.owned_by(context.name)
-            for subject in (f"{prefix}.{token(e.name)}.>", f"{prefix}._note.fill.{token(e.name)}.>")
+            for subject in (f"{prefix}.{token(e.name)}.>", note_subject(prefix, MARK, e.name, ">"))
         ]
         owned += [  # fill requests, for its own copies (charter.fills)
-            f"{prefix}._note.fillreq.{token(c.of)}.{token(c.name)}"
-            for c in charter.copies_in(context.name)
+            note_subject(prefix, REQUEST, c.of, c.name) for c in charter.copies_in(context.name)
         ]
         lines += [
             f"    # {context.name} (team {context.team}) publishes only what it owns",

@@ -52,9 +52,9 @@ class Runner:
         for name in names if relays else ():
             if charter.owned_by(name):
                 fills = [
-                    (copy, charter.entities[copy.of])
-                    for copy in charter.copies.values()
-                    if charter.entities[copy.of].owner == name
+                    (copy, entity)
+                    for entity in charter.owned_by(name)
+                    for copy in charter.copies_of(entity.name)
                 ]
                 self.workers.append(
                     Relay(name, system.store(name), system.bus, system.signals, batch, fills)

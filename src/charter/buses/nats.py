@@ -178,6 +178,7 @@ ACK_BUDGET_S = 10.0
 BACKLOG_BUDGET_S = 15.0
 CALL_MARGIN_S = 2.0  # on top of a call's budget, before a caller gives up on the loop thread
 NS = 1_000_000_000
+NOTES = "_note"  # the subject token under which notes live
 
 # JetStream API error codes this module tells apart
 _STREAM_NOT_FOUND = 10059
@@ -262,6 +263,12 @@ def token(name: str) -> str:
     if not safe:
         raise ValueError("an empty name cannot be a NATS subject token")
     return safe
+
+
+def note_subject(prefix: str, kind: str, entity: str, copy: str) -> str:
+    """Where a note lives (charter.fills), outside every entity's subjects, so readers and
+    compaction never see notes. `copy` may be the wildcard ``>``."""
+    return f"{prefix}.{NOTES}.{kind}.{token(entity)}.{copy if copy == '>' else token(copy)}"
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -1142,16 +1149,13 @@ class NatsBus:
         message: dict[str, Any] = doc["message"]
         return message
 
-    def _note_subject(self, kind: str, entity: str, copy: str) -> str:
-        """Outside the entities' subjects: readers and compaction never see notes."""
-        return f"{self._prefix}._note.{kind}.{token(entity)}.{token(copy)}"
-
     def put_note(self, kind: str, entity: str, copy: str, body: bytes) -> None:
-        item = (f"note-{secrets.token_hex(8)}", self._note_subject(kind, entity, copy), body)
+        subject = note_subject(self._prefix, kind, entity, copy)
+        item = (f"note-{secrets.token_hex(8)}", subject, body)
         self._call(self._publish([item]), PUBLISH_TIMEOUT_S)
 
     def note(self, kind: str, entity: str, copy: str) -> bytes | None:
-        request = {"last_by_subj": self._note_subject(kind, entity, copy)}
+        request = {"last_by_subj": note_subject(self._prefix, kind, entity, copy)}
         message = self._call(self._message(request), API_TIMEOUT_S)
         return base64.b64decode(message["data"]) if message else None
 
@@ -1274,7 +1278,7 @@ class NatsBus:
             {
                 ".".join(s.split(".")[:3]) + ".>"
                 for s in (info["state"].get("subjects") or {})
-                if not s.startswith(f"{self._prefix}._note.")
+                if not s.startswith(f"{self._prefix}.{NOTES}.")
             }
         )
         if not entities:

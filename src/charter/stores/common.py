@@ -11,6 +11,7 @@ from charter.model import Copy, Entity, Field
 from charter.stores.base import OutboxRow, Parked, Row
 
 OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
+OUTBOX_COLUMNS_OF_O = ", ".join("o." + c for c in OUTBOX_COLUMNS.split(", "))  # alias `o`
 
 
 def entity_guard_message(entity: Entity, team: str) -> str:

@@ -41,6 +41,7 @@ from charter.stores.base import (
 )
 from charter.stores.common import (
     OUTBOX_COLUMNS,
+    OUTBOX_COLUMNS_OF_O,
     check_extension,
     copy_guard_message,
     entity_guard_message,
@@ -515,7 +516,7 @@ class PostgresStore:
 
     def pending(self, limit: int, skip: Sequence[OutboxRow] = ()) -> list[OutboxRow]:
         select = (
-            f"SELECT {', '.join('o.' + c for c in OUTBOX_COLUMNS.split(', '))} "
+            f"SELECT {OUTBOX_COLUMNS_OF_O} "
             f"FROM {self._t('charter_pending')} p JOIN {self._t('charter_outbox')} o "
             "USING (seq) "
         )
@@ -603,10 +604,9 @@ class PostgresStore:
         return [outbox_row(r) for r in rows]
 
     def current(self, entity: Entity, after: str = "", limit: int = 1000) -> list[OutboxRow]:
-        columns = ", ".join("o." + c for c in OUTBOX_COLUMNS.split(", "))
         with self.pool.connection() as conn:
             rows = conn.execute(
-                f"SELECT {columns} FROM {self._t(entity.table)} AS e "
+                f"SELECT {OUTBOX_COLUMNS_OF_O} FROM {self._t(entity.table)} AS e "
                 f"JOIN {self._t('charter_outbox')} AS o "
                 "ON o.entity_id = e.id AND o.version = e.version AND o.entity = %s "
                 "WHERE e.id > %s ORDER BY e.id LIMIT %s",

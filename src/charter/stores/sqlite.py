@@ -31,6 +31,7 @@ from charter.stores.base import (
 )
 from charter.stores.common import (
     OUTBOX_COLUMNS,
+    OUTBOX_COLUMNS_OF_O,
     check_extension,
     copy_guard_message,
     entity_guard_message,
@@ -331,9 +332,8 @@ class SQLiteStore:
         return [outbox_row(r) for r in rows]
 
     def current(self, entity: Entity, after: str = "", limit: int = 1000) -> list[OutboxRow]:
-        columns = ", ".join("o." + c for c in OUTBOX_COLUMNS.split(", "))
         rows = self._conns.get().execute(
-            f'SELECT {columns} FROM "{entity.table}" AS e JOIN charter_outbox AS o '
+            f'SELECT {OUTBOX_COLUMNS_OF_O} FROM "{entity.table}" AS e JOIN charter_outbox AS o '
             "ON o.entity_id = e.id AND o.version = e.version AND o.entity = ? "
             "WHERE e.id > ? ORDER BY e.id LIMIT ?",
             (entity.name, after, limit),

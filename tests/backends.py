@@ -21,6 +21,7 @@ class Backend:
 
     name = "abstract"
     raw_error: type[Exception] = Exception
+    processes = True  # its stores and bus can be shared by several processes
 
     def urls(self, folder: Path) -> dict[str, str]:
         """The charter name, each context's store URL and the bus URL, fresh for `folder`."""
@@ -101,4 +102,31 @@ class PostgresBackend(Backend):
             NatsBus.delete_stream(NATS, urls["name"])
 
 
-BACKENDS: list[Backend] = [SQLiteBackend(), PostgresBackend("nats")]
+class MemoryBackend(Backend):
+    """The reference store and bus (memory://): shared by the threads of one process."""
+
+    name = "memory"
+    processes = False
+
+    def urls(self, folder: Path) -> dict[str, str]:
+        prefix = "t" + uuid.uuid4().hex[:10]
+        urls = {ctx: f"memory://{prefix}/{ctx}" for ctx in CONTEXTS}
+        urls["bus"] = f"memory://{prefix}/bus"
+        urls["name"] = "shop"
+        return urls
+
+    def out_of_reach(self, store_url: str) -> str:
+        import pytest
+
+        pytest.skip("memory: no credentials to lack (charter.sim fills through its bus)")
+
+    def cleanup(self, urls: dict[str, str]) -> None:
+        from charter.buses import memory as memory_bus
+        from charter.stores import memory as memory_store
+
+        for ctx in CONTEXTS:
+            memory_store.forget(urls[ctx])
+        memory_bus.forget(urls["bus"])
+
+
+BACKENDS: list[Backend] = [SQLiteBackend(), PostgresBackend("nats"), MemoryBackend()]

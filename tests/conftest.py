@@ -73,9 +73,31 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return request.param  # type: ignore[no-any-return]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "processes: needs stores and a bus several processes share")
+    config.addinivalue_line("markers", "sql: writes to a store with plain SQL, past charter")
+    config.addinivalue_line("markers", "races: needs threads that interleave inside the store")
+
+
+def _unsupported(request: pytest.FixtureRequest, backend: Backend) -> str:
+    """Why this test cannot run on `backend` (empty: it can)."""
+    if backend.processes:
+        return ""
+    if request.node.get_closest_marker("processes"):
+        return f"{backend.name}: its stores and bus live in one process"
+    if request.node.get_closest_marker("sql"):
+        return f"{backend.name}: no SQL, and no way past charter's API"
+    if request.node.get_closest_marker("races"):
+        return f"{backend.name}: under the GIL its operations never interleave mid-way"
+    return ""
+
+
 @pytest.fixture
-def shop_file(tmp_path: Path, backend: Backend) -> Iterator[Path]:
+def shop_file(tmp_path: Path, backend: Backend, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A charter file for the shop, its stores and bus fresh for this test."""
+    reason = _unsupported(request, backend)
+    if reason:
+        pytest.skip(reason)
     path = tmp_path / "charter.yaml"
     urls = backend.urls(tmp_path)
     path.write_text(SHOP.format(**urls))

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 import charter
@@ -94,6 +95,7 @@ def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     assert "cannot read the charter" in missing.output and "Traceback" not in missing.output
 
 
+@pytest.mark.processes
 def test_run_stops_cleanly_on_sigterm_and_sigint(shop_file: Path) -> None:
     create(shop_file, 50)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,6 +115,7 @@ def test_run_stops_cleanly_on_sigterm_and_sigint(shop_file: Path) -> None:
         assert_converged(system)
 
 
+@pytest.mark.processes
 def test_processes_share_the_bus_file(shop_file: Path) -> None:
     owner = subprocess.Popen(charter_command("run", "-f", str(shop_file), "--context", "customers"))
     copies = subprocess.Popen(

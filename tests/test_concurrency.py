@@ -93,6 +93,7 @@ def test_colliding_emails_from_20_threads_have_exactly_one_winner_each(shop: Sys
     assert_one_winner_per_email(shop, outcome)
 
 
+@pytest.mark.processes
 def test_colliding_emails_from_4_processes_have_exactly_one_winner_each(
     shop: System, shop_file: Path
 ) -> None:
@@ -109,7 +110,9 @@ def _moment(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-@pytest.mark.parametrize("workers", ["20 threads", "4 processes"])
+@pytest.mark.parametrize(
+    "workers", ["20 threads", pytest.param("4 processes", marks=pytest.mark.processes)]
+)
 def test_overlapping_bookings_commit_only_disjoint_appointments(
     shop: System,
     shop_file: Path,
@@ -216,6 +219,7 @@ def test_bookings_crossing_in_opposite_order_one_commits_the_other_is_refused(
 # -- optimistic concurrency: read, then update(expected_version=…) --------------------------
 
 
+@pytest.mark.races
 def test_optimistic_updates_from_20_threads_lose_no_update(shop: System) -> None:
     """20 threads read a customer and update it with expected_version, retrying on
     ConflictError until each has 5 updates: none lost, none refused without cause."""

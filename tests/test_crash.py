@@ -254,6 +254,7 @@ def progress(system: System) -> tuple[int, ...]:
     return (system.bus.head("Customer"), *(c.position if c else -1 for c in checkpoints))
 
 
+@pytest.mark.processes
 def test_charter_run_killed_at_random_moments_applies_every_version_once(
     shop: System, shop_file: Path
 ) -> None:
@@ -320,6 +321,7 @@ def test_charter_run_killed_at_random_moments_applies_every_version_once(
     assert applied > 0, context
 
 
+@pytest.mark.processes
 def test_charter_run_restarting_while_an_owner_transaction_is_open(
     shop: System, shop_file: Path
 ) -> None:
@@ -370,6 +372,7 @@ def assert_rolled_back(system: System, pending: list[list[Any]]) -> None:
             assert record is not None and record.version < version, f"{op} {entity_id} kept"
 
 
+@pytest.mark.processes
 def test_owner_writer_killed_mid_transaction_keeps_outbox_and_rows_in_step(
     shop: System, shop_file: Path
 ) -> None:

@@ -138,6 +138,7 @@ def test_the_number_of_lanes_can_change_from_run_to_run(shop: System, shop_file:
     assert seen == sorted(seen)
 
 
+@pytest.mark.processes
 def test_lane_processes_share_a_copy_and_a_killed_one_catches_up(
     shop: System, shop_file: Path
 ) -> None:

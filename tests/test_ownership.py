@@ -39,6 +39,7 @@ def test_non_owner_cannot_read_owner_table_through_the_api(shop: System) -> None
         shop.context("orders").get("Customer", ada.id)
 
 
+@pytest.mark.sql
 @pytest.mark.parametrize(
     "sql",
     [
@@ -60,6 +61,7 @@ def test_raw_write_to_a_copy_is_refused_by_the_database(
     assert [r.name for r in shop.context("orders").copy("order_customers")] == ["Ada"]
 
 
+@pytest.mark.sql
 def test_raw_write_to_an_owner_table_is_refused_because_it_would_skip_the_outbox(
     shop: System, backend: Backend
 ) -> None:

@@ -19,11 +19,12 @@ answers' events (the bus drops the second answer's events that repeat the first'
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
+
+from charter import clock
 
 if TYPE_CHECKING:
     from charter.buses.base import Bus
@@ -83,7 +84,7 @@ def fill_suffix(request: str) -> str:
 
 def ask(bus: Bus, entity: str, copy: str, fields: tuple[str, ...], since: int) -> FillRequest:
     """Put a new fill request for `copy`, registered on the bus at `since`, on the bus."""
-    request = FillRequest(secrets.token_hex(8), fields, since)
+    request = FillRequest(clock.token(8), fields, since)
     bus.put_note(REQUEST, entity, copy, request.encode())
     return request
 

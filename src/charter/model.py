@@ -302,7 +302,9 @@ class _Reader:
 
     def _url(self, mapping: dict[str, Any], key: str, default: str, base: Path) -> str:
         url = str(mapping.get(key) or default)
-        if not url.startswith(("sqlite:///", "postgresql://", "postgres://", "nats://")):
+        if not url.startswith(
+            ("sqlite:///", "postgresql://", "postgres://", "nats://", "memory://")
+        ):
             self.problem(
                 self._line(mapping, key),
                 f"{key} '{url}' is not a URL charter knows",

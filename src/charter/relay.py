@@ -7,10 +7,9 @@ a projector that may not read the owner's store fills its copy from there."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 
-from charter import fills
+from charter import clock, fills
 from charter.buses import Bus
 from charter.fills import FillMark, FillRequest
 from charter.model import Copy, Entity
@@ -46,7 +45,7 @@ class Relay:
         sent once this one has landed (and been marked), so the bus gets them in order."""
         flight, self._flight = self._flight, None
         filled = 0
-        if flight is None and time.monotonic() - self._checked >= fills.CHECK_EVERY_S:
+        if flight is None and clock.monotonic() - self._checked >= fills.CHECK_EVERY_S:
             filled = self.answer_fill_requests()
         if flight is None:
             rows = self.store.pending(self.batch)
@@ -78,7 +77,7 @@ class Relay:
     def answer_fill_requests(self) -> int:
         """Publish a fill for each copy whose newest request has none yet; returns how many
         records were published."""
-        self._checked = time.monotonic()
+        self._checked = clock.monotonic()
         published = 0
         for copy, entity in self._copies:
             request = fills.request_for(self.bus, entity.name, copy.name)

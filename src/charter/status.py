@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from charter import clock
 from charter.model import Copy
 from charter.system import System
 
@@ -74,7 +75,7 @@ def _age(moment: str | None, now: dt.datetime) -> float:
 
 def copy_status(system: System, copy: Copy) -> CopyStatus:
     entity = system.charter.entities[copy.of]
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.fromtimestamp(clock.time_s(), dt.UTC)
     checkpoint = system.store(copy.context).checkpoint(copy)
     unrelayed = system.store(entity.owner).unrelayed(entity.name)
     on_bus = system.bus.backlog(copy.name, entity.name, checkpoint.position if checkpoint else 0)

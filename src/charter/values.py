@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from charter import clock
 from charter.errors import ValidationError
 from charter.model import Entity, Field
 
@@ -31,7 +32,7 @@ _second: list[object] = [None, ""]  # the last whole second formatted, and its t
 
 def now_text() -> str:
     """Now, as timestamp_text() would write it; the seconds part is formatted once a second."""
-    micros = time.time_ns() // 1000
+    micros = clock.time_ns() // 1000
     second, fraction = divmod(micros, 1_000_000)
     if _second[0] != second:
         _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))

@@ -15,7 +15,11 @@ def open_bus(url: str, system: str) -> Bus:
         from charter.buses.nats import NatsBus
 
         return NatsBus(url, system)
-    raise ValueError(f"no bus for '{url}' (supported: sqlite:///…, nats://…)")
+    if url.startswith("memory://"):
+        from charter.buses.memory import MemoryBus
+
+        return MemoryBus(url)
+    raise ValueError(f"no bus for '{url}' (supported: sqlite:///…, nats://…, memory://…)")
 
 
 __all__ = ["Bus", "Delivery", "open_bus"]

@@ -15,7 +15,11 @@ def open_store(url: str) -> Store:
         from charter.stores.postgres import PostgresStore
 
         return PostgresStore(url)
-    raise ValueError(f"no store for '{url}' (supported: sqlite:///…, postgresql://…)")
+    if url.startswith("memory://"):
+        from charter.stores.memory import MemoryStore
+
+        return MemoryStore(url)
+    raise ValueError(f"no store for '{url}' (supported: sqlite:///…, postgresql://…, memory://…)")
 
 
 __all__ = ["Store", "open_store"]

@@ -1,0 +1,211 @@
+"""The reference bus: events in this process's memory (``memory://NAME``), and on
+request a bus that misbehaves on purpose.
+
+Small and obviously right, so that it can be read as the meaning of the `Bus` protocol;
+every open of the same URL in one process shares one log. `Faults` make it do, on a
+seeded random generator, what real brokers do within their promises: refuse a publish,
+store one but lose the reply (the relay sends it again), hand out a delivery twice,
+hand out a batch out of order, hand out only part of what is there (a slow consumer), and
+on `lose_newest` forget events it had acknowledged (nats-server 2.9 acknowledges before
+its data reaches disk). Positions are never reused: a lost event leaves a hole."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from charter import clock, fills
+from charter.buses.base import Delivery, published
+from charter.errors import Error
+from charter.lanes import PARTITIONS, partition
+from charter.stores.base import Backlog, OutboxRow
+from charter.values import timestamp_text
+
+
+class BusFault(Error):
+    """The bus refused or lost a publish on purpose (memory bus with `Faults`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """How often each kind of misbehaviour happens (0: never, 1: always), on `seed`."""
+
+    seed: int = 0
+    refuse_publish: float = 0.0  # nothing stored, the publisher told so
+    lose_reply: float = 0.0  # stored, but the publisher told it failed
+    duplicate: float = 0.0  # a fetch hands a delivery out twice
+    reorder: float = 0.0  # a fetch hands its batch out shuffled
+    delay: float = 0.0  # a fetch hands out only the first part of what is there
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    seq: int
+    event_id: str
+    entity: str
+    subject: str
+    time: str
+    published_at: float
+    body: bytes
+
+
+@dataclass
+class _Log:
+    events: list[_Stored] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    next_seq: int = 1
+    consumers: dict[tuple[str, str], int] = field(default_factory=dict)
+    notes: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+_OPEN: dict[str, _Log] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def forget(url: str) -> None:
+    """Drop what a memory:// bus holds (a test's clean-up)."""
+    with _OPEN_LOCK:
+        _OPEN.pop(url.split("?", 1)[0], None)
+
+
+class MemoryBus:
+    """One ordered log for every entity, a position per event, dedup by event id."""
+
+    def __init__(self, url: str, faults: Faults | None = None) -> None:
+        self.url = url
+        query = parse_qs(urlsplit(url).query)
+        self.partitions = int(query.get("partitions", [PARTITIONS])[0])
+        with _OPEN_LOCK:
+            self._log = _OPEN.setdefault(url.split("?", 1)[0], _Log())
+        self.faults = faults or Faults()
+        self._rng = random.Random(self.faults.seed)
+        self.fault: Callable[[str], None] | None = None  # as MemoryStore.fault
+        self.compact_ignores_consumers = False  # a planted bug, for charter.sim's tests
+
+    def _touch(self, operation: str) -> None:
+        if self.fault is not None:
+            self.fault(operation)
+
+    def _happens(self, chance: float) -> bool:
+        return chance > 0 and self._rng.random() < chance
+
+    def publish(self, rows: Sequence[OutboxRow]) -> None:
+        self._touch("publish")
+        if self._happens(self.faults.refuse_publish):
+            raise BusFault(f"{self.url}: publish of {len(rows)} events refused (fault)")
+        now, log = clock.time_s(), self._log
+        with log.lock:
+            for row in rows:
+                if row.event_id in log.ids:
+                    continue
+                log.ids.add(row.event_id)
+                log.events.append(
+                    _Stored(
+                        log.next_seq,
+                        row.event_id,
+                        row.entity,
+                        row.entity_id,
+                        row.time,
+                        now,
+                        row.body,
+                    )
+                )
+                log.next_seq += 1
+        if self._happens(self.faults.lose_reply):
+            raise BusFault(f"{self.url}: no reply to a publish of {len(rows)} events (fault)")
+
+    def publish_begin(self, rows: Sequence[OutboxRow]) -> Callable[[], None]:
+        self.publish(rows)
+        return published
+
+    def publish_raw(self, event_id: str, entity: str, subject: str, body: bytes | str) -> None:
+        """Put any bytes (or text) on the bus, as a misbehaving producer would."""
+        row = OutboxRow(0, event_id, entity, subject, 0, "", (), "", body)  # type: ignore[arg-type]
+        self.publish([row])
+
+    def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
+        self._touch("fetch")
+        with self._log.lock:
+            found = [e for e in self._log.events if e.entity == entity and e.seq > after][:limit]
+        if found and self._happens(self.faults.delay):
+            found = found[: self._rng.randrange(len(found))]
+        batch = [
+            Delivery(e.seq, e.body, partition(e.subject, self.partitions), e.event_id)
+            for e in found
+        ]
+        if batch and self._happens(self.faults.duplicate):
+            again = batch[self._rng.randrange(len(batch))]
+            batch.insert(self._rng.randrange(len(batch) + 1), again)
+        if len(batch) > 1 and self._happens(self.faults.reorder):
+            self._rng.shuffle(batch)
+        return batch
+
+    def ack(self, consumer: str, entity: str, position: int) -> None:
+        self._touch("ack")
+        with self._log.lock:
+            key = (consumer, entity)
+            self._log.consumers[key] = max(position, self._log.consumers.get(key, 0))
+
+    def put_note(self, kind: str, entity: str, copy: str, body: bytes) -> None:
+        self._touch("put_note")
+        with self._log.lock:
+            self._log.notes[(kind, entity, copy)] = bytes(body)
+
+    def note(self, kind: str, entity: str, copy: str) -> bytes | None:
+        self._touch("note")
+        with self._log.lock:
+            return self._log.notes.get((kind, entity, copy))
+
+    def head(self, entity: str) -> int:
+        self._touch("head")
+        with self._log.lock:
+            return max((e.seq for e in self._log.events if e.entity == entity), default=0)
+
+    def backlog(self, consumer: str, entity: str, after: int) -> Backlog:
+        self._touch("backlog")
+        with self._log.lock:
+            behind = [e for e in self._log.events if e.entity == entity and e.seq > after]
+        # A fill's events keep their records' commit times; their age is the fill's.
+        times = [_published(e) if fills.MARKER in e.event_id else e.time for e in behind if e.time]
+        return Backlog(len(behind), min(times, default=None))
+
+    def compact(self, retention_s: float) -> int:
+        self._touch("compact")
+        cutoff = clock.time_s() - retention_s
+        log = self._log
+        with log.lock:
+            applied: dict[str, int] = {}
+            for (_, entity), position in log.consumers.items():
+                applied[entity] = min(position, applied.get(entity, position))
+            if self.compact_ignores_consumers:
+                applied = {}
+            keep = [
+                e
+                for e in log.events
+                if e.published_at >= cutoff or e.seq > applied.get(e.entity, 2**63)
+            ]
+            gone = len(log.events) - len(keep)
+            log.events = keep
+        return gone
+
+    def lose_newest(self, count: int) -> list[str]:
+        """Forget the newest `count` events, acknowledged or not, as a broker that lost
+        unsynced data in a crash does; returns their event ids. Their ids are forgotten
+        too, so publishing them again (a relay's rewind) is accepted."""
+        with self._log.lock:
+            lost = self._log.events[len(self._log.events) - count :] if count > 0 else []
+            del self._log.events[len(self._log.events) - len(lost) :]
+            self._log.ids.difference_update(e.event_id for e in lost)
+        return [e.event_id for e in lost]
+
+    def close(self) -> None:
+        """Nothing to release: the log stays for the next open of the same URL."""
+
+
+def _published(event: _Stored) -> str:
+    return timestamp_text(dt.datetime.fromtimestamp(event.published_at, dt.UTC))

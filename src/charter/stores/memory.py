@@ -1,0 +1,480 @@
+"""The reference store: one context's data in this process's memory (``memory://NAME``).
+
+Small and obviously right, so that it can be read as the meaning of the `Store`
+protocol, and fast to set up, so that users' own unit tests and charter's simulation
+(charter.sim) can run a whole system without a database. Every open of the same URL in
+one process sees the same data; nothing survives the process. One owner transaction at a
+time holds the store (as SQLite's BEGIN IMMEDIATE does); its changes stay in the
+transaction until it commits, so a reader never sees half of one.
+
+A world that misbehaves on purpose sets `fault`: it is called with the name of every
+operation before the operation touches anything, and may raise (the simulation's crash).
+There is no other way in than charter's API, so no guard is needed against other writers."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from charter import values
+from charter.errors import ConstraintError
+from charter.events import Event
+from charter.lanes import Lane
+from charter.model import Charter, Copy, Entity, Field
+from charter.stores.base import (
+    Backlog,
+    Checkpoint,
+    LaneCheckpoint,
+    OutboxRow,
+    Parked,
+    Row,
+    latest_lanes,
+)
+from charter.stores.common import check_extension
+
+_DELETED = None  # in a transaction's changes: the id was deleted
+
+
+@dataclass
+class _Data:
+    """What one memory:// URL holds: as a database would, tables and their bookkeeping."""
+
+    schema: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    entities: dict[str, dict[str, Row]] = field(default_factory=dict)
+    outbox: list[OutboxRow] = field(default_factory=list)
+    relayed: int = 0
+    copies: dict[str, dict[str, Row]] = field(default_factory=dict)
+    checkpoints: dict[str, tuple[int, str | None, tuple[str, ...]]] = field(default_factory=dict)
+    lanes: dict[tuple[str, int, int], tuple[int, str | None]] = field(default_factory=dict)
+    tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
+    parked: dict[str, list[Parked]] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # any read or write
+    writer: threading.Lock = field(default_factory=threading.Lock)  # one owner tx at a time
+
+
+_OPEN: dict[str, _Data] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def forget(url: str) -> None:
+    """Drop what a memory:// URL holds (a test's clean-up)."""
+    with _OPEN_LOCK:
+        _OPEN.pop(_key(url), None)
+
+
+def _key(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+class MemoryStore:
+    """One context's tables as dictionaries."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        with _OPEN_LOCK:
+            self._data = _OPEN.setdefault(_key(url), _Data())
+        self.fault: Callable[[str], None] | None = None
+
+    def _touch(self, operation: str) -> None:
+        if self.fault is not None:
+            self.fault(operation)
+
+    # -- schema ---------------------------------------------------------------
+
+    def prepare(self, charter: Charter, context: str) -> None:
+        self._touch("prepare")
+        data = self._data
+        with data.lock:
+            for entity in charter.owned_by(context):
+                rows = data.entities.setdefault(entity.name, {})
+                new = self._extend(
+                    "entity", entity.name, entity.table, list(entity.fields.values()), len(rows)
+                )
+                for f in new:
+                    default = None if f.default is None else values.encode(entity, f, f.default)
+                    for row in rows.values():
+                        row[f.name] = default
+            for copy in charter.copies_in(context):
+                entity = charter.entities[copy.of]
+                rows = data.copies.setdefault(copy.name, {})
+                fields = [entity.fields[name] for name in copy.fields]
+                for f in self._extend("copy", copy.name, copy.table, fields, len(rows)):
+                    for row in rows.values():
+                        row[f.name] = None
+                data.parked.setdefault(copy.name, [])
+
+    def _extend(
+        self, kind: str, name: str, table: str, fields: list[Field], rows: int
+    ) -> list[Field]:
+        """The fields that are new; SchemaChangeError for a change that would lose data."""
+        recorded = self._data.schema.setdefault((kind, name), {})
+        new = [
+            f
+            for f in fields
+            if check_extension(kind, name, table, f, recorded.get(f.name), rows, f.name in recorded)
+        ]
+        recorded.update({f.name: f.type for f in fields})
+        return new
+
+    # -- owner side -------------------------------------------------------------
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+    def fetch(self, entity: Entity, entity_id: str) -> Row | None:
+        self._touch("fetch")
+        with self._data.lock:
+            row = self._data.entities[entity.name].get(entity_id)
+            return _owner_row(entity, row) if row else None
+
+    def rows(self, entity: Entity, where: Row | None = None) -> Iterator[Row]:
+        self._touch("rows")
+        names = ["id", "version", *entity.fields]
+        _check_where(where, names)
+        with self._data.lock:
+            found = [_owner_row(entity, r) for r in self._data.entities[entity.name].values()]
+        yield from sorted(_matching(found, where), key=_by_id)
+
+    # -- relay side -------------------------------------------------------------
+
+    def outbox(self, after: int, limit: int) -> list[OutboxRow]:
+        self._touch("outbox")
+        with self._data.lock:
+            return [r for r in self._data.outbox if r.seq > after][:limit]
+
+    def pending(self, limit: int, skip: Sequence[OutboxRow] = ()) -> list[OutboxRow]:
+        self._touch("pending")
+        with self._data.lock:
+            after = max(self._data.relayed, skip[-1].seq if skip else 0)
+            return [r for r in self._data.outbox if r.seq > after][:limit]
+
+    def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:
+        self._touch("mark_relayed")
+        if rows:
+            with self._data.lock:
+                self._data.relayed = max(self._data.relayed, rows[-1].seq)
+
+    def rewind(self, after: int = 0) -> None:
+        self._touch("rewind")
+        with self._data.lock:
+            self._data.relayed = after
+
+    def unrelayed(self, entity: str) -> Backlog:
+        self._touch("unrelayed")
+        with self._data.lock:
+            rows = [
+                r for r in self._data.outbox if r.entity == entity and r.seq > self._data.relayed
+            ]
+        return Backlog(len(rows), min((r.time for r in rows), default=None))
+
+    def history(self, entity: str, entity_id: str) -> list[OutboxRow]:
+        self._touch("history")
+        with self._data.lock:
+            rows = [r for r in self._data.outbox if r.entity == entity and r.entity_id == entity_id]
+        return sorted(rows, key=lambda r: r.version)
+
+    def current(self, entity: Entity, after: str = "", limit: int = 1000) -> list[OutboxRow]:
+        self._touch("current")
+        with self._data.lock:
+            live = {
+                i: r["version"] for i, r in self._data.entities[entity.name].items() if i > after
+            }
+            events = {
+                r.entity_id: r
+                for r in self._data.outbox
+                if r.entity == entity.name and live.get(r.entity_id) == r.version
+            }
+        return [events[i] for i in sorted(events)][:limit]
+
+    # -- copy side --------------------------------------------------------------
+
+    def checkpoint(self, copy: Copy, lane: Lane | None = None) -> Checkpoint | None:
+        self._touch("checkpoint")
+        with self._data.lock:
+            return self._checkpoint(copy, lane)
+
+    def _checkpoint(self, copy: Copy, lane: Lane | None) -> Checkpoint | None:
+        """The whole copy's position: its own, or the lowest of a complete set of lanes if
+        higher (charter.lanes); a lane's: its own, or the whole copy's if higher."""
+        saved = self._data.checkpoints.get(copy.name)
+        if saved is None:
+            return None
+        position, applied_at, fields = saved
+        layouts: dict[int, list[tuple[int, str | None]]] = {}
+        for (name, lanes, _), where in self._data.lanes.items():
+            if name == copy.name:
+                layouts.setdefault(lanes, []).append(where)
+        for lanes, rows in layouts.items():
+            if len(rows) == lanes:  # a complete set of lanes
+                position = max(position, min(p for p, _ in rows))
+                applied_at = max([applied_at or "", *(a or "" for _, a in rows)]) or None
+        if lane is not None:
+            mine = self._data.lanes.get((copy.name, lane.lanes, lane.number))
+            position = max(position, mine[0] if mine else 0)
+        return Checkpoint(position, applied_at, fields)
+
+    def lanes(self, copy: Copy) -> list[LaneCheckpoint]:
+        self._touch("lanes")
+        with self._data.lock:
+            rows = [
+                (lanes, number, position, applied_at)
+                for (name, lanes, number), (position, applied_at) in self._data.lanes.items()
+                if name == copy.name
+            ]
+        return latest_lanes(rows)
+
+    def apply(
+        self,
+        copy: Copy,
+        items: Sequence[tuple[int, Event]],
+        parked: Sequence[Parked],
+        position: int,
+        lane: Lane | None = None,
+    ) -> list[Parked]:
+        self._touch("apply")
+        data, now = self._data, values.now_text()
+        with data.lock:
+            current = self._checkpoint(copy, lane)
+            start = current.position if current else 0
+            for at, event in items:
+                if at > start:
+                    self._apply_event(copy, event, now)
+            already = {p.position for p in data.parked[copy.name]}
+            data.parked[copy.name].extend(
+                _stamped(p, now) for p in parked if p.position > start and p.position not in already
+            )
+            if position > start and lane is not None:
+                key = (copy.name, lane.lanes, lane.number)
+                if position > data.lanes.get(key, (0, None))[0]:
+                    data.lanes[key] = (position, now)
+            elif position > start:
+                data.checkpoints[copy.name] = (position, now, copy.fields)
+        return []  # a dictionary takes any value: nothing fails to be stored
+
+    def _apply_event(self, copy: Copy, event: Event, now: str) -> None:
+        """The version guard (G3, G4): only a newer version than the copy's, and never one
+        at or below the version at which the id was deleted."""
+        rows = self._data.copies[copy.name]
+        held = rows.get(event.entity_id)
+        if held is not None and held["version"] >= event.version:
+            return
+        if self._data.tombstones.get((copy.name, event.entity_id), 0) >= event.version:
+            return
+        if event.op == "deleted":
+            rows.pop(event.entity_id, None)
+            self._data.tombstones[(copy.name, event.entity_id)] = event.version
+        else:
+            rows[event.entity_id] = _copy_row(
+                copy, event.entity_id, event.version, event.state, now
+            )
+
+    def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
+        self._touch("backfill")
+        data, now = self._data, values.now_text()
+        staged = [(i, v, dict(state)) for i, v, state in rows]  # read before taking the lock
+        with data.lock:
+            table = data.copies[copy.name]
+            for entity_id, version, state in staged:
+                held = table.get(entity_id)
+                if held is not None and held["version"] > version:
+                    continue
+                if data.tombstones.get((copy.name, entity_id), 0) >= version:
+                    continue
+                table[entity_id] = _copy_row(copy, entity_id, version, state, now)
+            saved = data.checkpoints.get(copy.name)
+            at = min(position, saved[0]) if saved else position
+            data.checkpoints[copy.name] = (at, now, copy.fields)
+        return len(staged)
+
+    def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
+        self._touch("copy_rows")
+        names = ["id", "version", *copy.fields, "synced_at"]
+        _check_where(where, names)
+        with self._data.lock:
+            found = [{n: r.get(n) for n in names} for r in self._data.copies[copy.name].values()]
+        yield from sorted(_matching(found, where), key=_by_id)
+
+    def parked(self, copy: Copy) -> list[Parked]:
+        self._touch("parked")
+        with self._data.lock:
+            return sorted(self._data.parked[copy.name], key=lambda p: p.position)
+
+    def close(self) -> None:
+        """Nothing to release: the data stays for the next open of the same URL."""
+
+
+class _Transaction:
+    """One owner transaction: holds the store's writer lock; its changes are kept apart
+    and made visible together at commit."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> _Writes:
+        self._store._touch("begin")
+        self._store._data.writer.acquire()
+        self._writes = _Writes(self._store)
+        return self._writes
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        data = self._store._data
+        try:
+            if kind is None:
+                self._store._touch("commit")
+                self._writes._commit()
+        finally:
+            data.writer.release()
+
+
+class _Writes:
+    """The store's half of one owner transaction: changed rows by (entity, id), and the
+    events to append, applied to the store at commit."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store, self._data = store, store._data
+        self._changes: dict[tuple[str, str], Row | None] = {}
+        self._events: list[tuple[Event, bytes]] = []
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Changes made inside are undone, alone, when the block raises."""
+        changes, events = dict(self._changes), list(self._events)
+        try:
+            yield
+        except BaseException:
+            self._changes, self._events = changes, events
+            raise
+
+    def _row(self, entity: Entity, entity_id: str) -> Row | None:
+        key = (entity.name, entity_id)
+        if key in self._changes:
+            return self._changes[key]
+        with self._data.lock:
+            return self._data.entities[entity.name].get(entity_id)
+
+    def _visible(self, entity: Entity) -> dict[str, Row]:
+        """Every row of `entity` as this transaction sees it."""
+        with self._data.lock:
+            rows = dict(self._data.entities[entity.name])
+        for (name, entity_id), row in self._changes.items():
+            if name == entity.name:
+                if row is _DELETED:
+                    rows.pop(entity_id, None)
+                else:
+                    rows[entity_id] = row
+        return rows
+
+    def fetch(self, entity: Entity, entity_id: str) -> Row | None:
+        self._store._touch("tx.fetch")
+        row = self._row(entity, entity_id)
+        return _owner_row(entity, row) if row else None
+
+    def insert(self, entity: Entity, row: Row) -> None:
+        self._store._touch("tx.insert")
+        self._check_constraints(entity, row)
+        self._changes[(entity.name, row["id"])] = dict(row)
+
+    def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool:
+        self._store._touch("tx.update")
+        held = self._row(entity, entity_id)
+        if held is None or held["version"] != old_version:
+            return False
+        self._check_constraints(entity, row)
+        self._changes[(entity.name, entity_id)] = dict(row)
+        return True
+
+    def delete(self, entity: Entity, entity_id: str, old_version: int) -> bool:
+        self._store._touch("tx.delete")
+        held = self._row(entity, entity_id)
+        if held is None or held["version"] != old_version:
+            return False
+        self._changes[(entity.name, entity_id)] = _DELETED
+        return True
+
+    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None:
+        self._store._touch("tx.append")
+        self._events.extend(zip(events, bodies, strict=True))
+
+    def _check_constraints(self, entity: Entity, row: Row) -> None:
+        others = [r for i, r in self._visible(entity).items() if i != row["id"]]
+        for f in entity.fields.values():
+            value = row.get(f.name)
+            if f.unique and value is not None and any(r.get(f.name) == value for r in others):
+                raise ConstraintError(
+                    f"{entity.name}.{f.name} must be unique: {value!r} is already used by "
+                    f"another {entity.name}"
+                )
+        for rule in entity.constraints:
+            start, end = row.get(rule.start), row.get(rule.end)
+            if start is None or end is None:
+                continue
+            for other in others:
+                if any(other.get(p) != row.get(p) for p in rule.per):
+                    continue
+                low, high = other.get(rule.start), other.get(rule.end)
+                if low is not None and high is not None and low < end and start < high:
+                    raise ConstraintError(
+                        f"{entity.name} no_overlap: another {entity.name} with the same "
+                        f"{', '.join(rule.per) or 'scope'} overlaps [{rule.start}, {rule.end})"
+                    )
+
+    def _commit(self) -> None:
+        data = self._data
+        with data.lock:
+            for (name, entity_id), row in self._changes.items():
+                if row is _DELETED:
+                    data.entities[name].pop(entity_id, None)
+                else:
+                    data.entities[name][entity_id] = row
+            seq = data.outbox[-1].seq if data.outbox else 0
+            for event, body in self._events:
+                seq += 1
+                data.outbox.append(
+                    OutboxRow(
+                        seq,
+                        event.id,
+                        event.entity,
+                        event.entity_id,
+                        event.version,
+                        event.op,
+                        event.changed,
+                        event.time,
+                        body,
+                    )
+                )
+
+
+def _owner_row(entity: Entity, row: Row) -> Row:
+    return {"id": row["id"], "version": row["version"]} | {n: row.get(n) for n in entity.fields}
+
+
+def _copy_row(copy: Copy, entity_id: str, version: int, state: Row | None, now: str) -> Row:
+    state = state or {}
+    row: Row = {"id": entity_id, "version": version}
+    row.update({name: state.get(name) for name in copy.fields})
+    row["synced_at"] = now
+    return row
+
+
+def _stamped(parked: Parked, now: str) -> Parked:
+    return dataclasses.replace(parked, parked_at=now)
+
+
+def _check_where(where: Row | None, names: list[str]) -> None:
+    for name in where or ():
+        if name not in names:
+            raise KeyError(f"no field '{name}' (fields: {', '.join(names)})")
+
+
+def _matching(rows: list[Row], where: Row | None) -> list[Row]:
+    if not where:
+        return rows
+    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+
+
+def _by_id(row: Row) -> Any:
+    return row["id"]

@@ -1,0 +1,153 @@
+"""What every `Bus` promises, as pytest test cases: subclass `BusContract` and give
+`make_bus`. Each test uses a fresh bus for a system of its own."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from charter import clock
+from charter.buses.base import Bus
+from charter.ids import uuid7
+from charter.lanes import partition
+from charter.stores.base import OutboxRow
+from charter.testing import world
+
+
+class BusContract:
+    """The Bus protocol, test by test. Subclasses implement `make_bus`."""
+
+    def make_bus(self, system: str) -> Bus:
+        """A new, empty bus for the system named `system` (fresh for every call)."""
+        raise NotImplementedError
+
+    def drop_bus(self, bus: Bus, system: str) -> None:
+        """Remove what `make_bus` made, after the test (the bus is closed already)."""
+
+    @pytest.fixture
+    def bus(self) -> Iterator[Bus]:
+        system = f"b{uuid7()[-12:].replace('-', '')}"
+        bus = self.make_bus(system)
+        try:
+            yield bus
+        finally:
+            bus.close()
+            self.drop_bus(bus, system)
+
+    @staticmethod
+    def rows(count: int, entity_id: str = "") -> list[OutboxRow]:
+        """`count` events of Person: of one record when `entity_id` is given."""
+        return [
+            world.outbox_row(world.event(entity_id or uuid7(), n + 1, name=f"N{n}"), n + 1)
+            for n in range(count)
+        ]
+
+    @staticmethod
+    def fetch_all(bus: Bus, entity: str = "Person", after: int = 0) -> list[int]:
+        """The positions of every event of `entity` after `after`, fetched page by page."""
+        positions: list[int] = []
+        while deliveries := bus.fetch("reader", entity, after, 3):
+            positions.extend(d.position for d in deliveries)
+            after = deliveries[-1].position
+        return positions
+
+    def test_events_come_back_in_order_with_what_they_were(self, bus: Bus) -> None:
+        rows = self.rows(5)
+        bus.publish(rows)
+        deliveries = bus.fetch("reader", "Person", 0, 100)
+        assert [d.body for d in deliveries] == [r.body for r in rows]
+        assert [d.event_id for d in deliveries] == [r.event_id for r in rows]
+        assert [d.partition for d in deliveries] == [
+            partition(r.entity_id, bus.partitions) for r in rows
+        ]
+        positions = [d.position for d in deliveries]
+        assert positions == sorted(positions) and len(set(positions)) == 5
+        assert bus.head("Person") == positions[-1]
+
+    def test_fetch_pages_after_a_position(self, bus: Bus) -> None:
+        bus.publish(self.rows(7))
+        every = [d.position for d in bus.fetch("reader", "Person", 0, 100)]
+        assert self.fetch_all(bus) == every
+        assert [d.position for d in bus.fetch("reader", "Person", every[2], 2)] == every[3:5]
+        assert bus.fetch("reader", "Person", every[-1], 10) == []
+
+    def test_reading_takes_nothing_away(self, bus: Bus) -> None:
+        """At least once: what one fetch handed out, the next fetch from there hands out again."""
+        bus.publish(self.rows(3))
+        first = bus.fetch("reader", "Person", 0, 10)
+        assert bus.fetch("reader", "Person", 0, 10) == first
+        assert bus.fetch("another", "Person", 0, 10) == first
+
+    def test_one_event_id_is_kept_once(self, bus: Bus) -> None:
+        rows = self.rows(3)
+        bus.publish(rows)
+        bus.publish(rows[1:])  # a relay that crashed before marking them sends them again
+        bus.publish_begin(rows[:1])()
+        assert len(self.fetch_all(bus)) == 3
+
+    def test_publish_begin_returns_once_they_are_on_the_bus(self, bus: Bus) -> None:
+        rows = self.rows(4)
+        wait = bus.publish_begin(rows)
+        wait()
+        assert len(self.fetch_all(bus)) == 4
+
+    def test_each_entity_reads_only_its_own(self, bus: Bus) -> None:
+        person = self.rows(2)
+        other = [dataclasses.replace(r, entity="Booking") for r in self.rows(2)]
+        bus.publish([person[0], other[0], person[1], other[1]])
+        assert len(self.fetch_all(bus, "Person")) == 2
+        assert len(self.fetch_all(bus, "Booking")) == 2
+        assert bus.head("Nobody") == 0
+
+    def test_notes_keep_the_newest_value_per_key(self, bus: Bus) -> None:
+        assert bus.note("fillreq", "Person", "mail_people") is None
+        bus.put_note("fillreq", "Person", "mail_people", b"one")
+        bus.put_note("fillreq", "Person", "mail_people", b"two")
+        bus.put_note("fill", "Person", "mail_people", b"mark")
+        assert bus.note("fillreq", "Person", "mail_people") == b"two"
+        assert bus.note("fill", "Person", "mail_people") == b"mark"
+        assert bus.note("fillreq", "Person", "other_copy") is None
+
+    def test_backlog_counts_what_a_copy_has_not_applied(self, bus: Bus) -> None:
+        rows = self.rows(4)
+        bus.publish(rows)
+        positions = self.fetch_all(bus)
+        behind = bus.backlog("mail_people", "Person", positions[1])
+        assert behind.events == 2
+        assert behind.oldest == rows[2].time
+        nothing = bus.backlog("mail_people", "Person", positions[-1])
+        assert (nothing.events, nothing.oldest) == (0, None)
+
+    def test_compaction_keeps_what_a_copy_has_not_applied(self, bus: Bus) -> None:
+        bus.publish(self.rows(6))
+        positions = self.fetch_all(bus)
+        bus.ack("mail_people", "Person", positions[2])
+        bus.ack("shipping_people", "Person", positions[4])
+        _settle()
+        bus.compact(0.0)
+        assert self.fetch_all(bus) == positions[3:]
+
+    def test_compaction_keeps_what_is_younger_than_the_retention(self, bus: Bus) -> None:
+        bus.publish(self.rows(3))
+        positions = self.fetch_all(bus)
+        bus.ack("mail_people", "Person", positions[-1])
+        bus.compact(3600.0)
+        assert self.fetch_all(bus) == positions
+
+    def test_an_ack_never_goes_back(self, bus: Bus) -> None:
+        bus.publish(self.rows(4))
+        positions = self.fetch_all(bus)
+        bus.ack("mail_people", "Person", positions[2])
+        bus.ack("mail_people", "Person", positions[0])  # a slower process of the same copy
+        _settle()
+        bus.compact(0.0)
+        assert self.fetch_all(bus) == positions[3:]
+
+
+def _settle() -> None:
+    """Let a moment pass, so that what was published is older than a retention of 0."""
+    start = clock.time_ns()
+    while clock.time_ns() - start < 2_000_000:
+        pass

@@ -1,0 +1,335 @@
+"""What every `Store` promises, as pytest test cases: subclass `StoreContract` and give
+`make_store`. Each test uses a fresh owner store (context `people`) and, where it needs
+one, a fresh copy store (context `mailing`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from charter.errors import ConstraintError, SchemaChangeError
+from charter.events import Event
+from charter.ids import uuid7
+from charter.lanes import Lane
+from charter.model import Charter, Copy, Entity
+from charter.owner import Transaction
+from charter.stores.base import Parked, Store
+from charter.testing import world
+
+
+class StoreContract:
+    """The Store protocol, test by test. Subclasses implement `make_store`."""
+
+    def make_store(self, name: str) -> Store:
+        """A new, empty store; `name` is fresh for every call (a file, a schema, …)."""
+        raise NotImplementedError
+
+    def drop_store(self, store: Store) -> None:
+        """Remove what `make_store` made, after the test (the store is closed already)."""
+
+    # -- fixtures ---------------------------------------------------------------
+
+    @pytest.fixture
+    def charter(self) -> Charter:
+        return world.charter(f"c{uuid7()[-12:]}")
+
+    def _open(self, charter: Charter, context: str) -> Iterator[Store]:
+        store = self.make_store(f"{context}_{uuid7()[-12:]}")
+        try:
+            store.prepare(charter, context)
+            yield store
+        finally:
+            store.close()
+            self.drop_store(store)
+
+    @pytest.fixture
+    def owner(self, charter: Charter) -> Iterator[Store]:
+        yield from self._open(charter, "people")
+
+    @pytest.fixture
+    def copies(self, charter: Charter) -> Iterator[Store]:
+        yield from self._open(charter, "mailing")
+
+    @staticmethod
+    def person(charter: Charter) -> Entity:
+        return charter.entities["Person"]
+
+    @staticmethod
+    def copy(charter: Charter) -> Copy:
+        return charter.copies["mail_people"]
+
+    @staticmethod
+    def write(store: Store, charter: Charter, work: Any) -> list[Event]:
+        """Run `work(tx)` in one owner transaction of `store`; the events it committed."""
+        with store.transaction() as writes:
+            tx = Transaction(charter, "people", writes)
+            work(tx)
+            events = tx._commit_events()
+        return events
+
+    # -- schema -----------------------------------------------------------------
+
+    def test_prepare_twice_changes_nothing(self, owner: Store, charter: Charter) -> None:
+        self.write(owner, charter, lambda tx: tx.create("Person", email="a@x.org", name="A"))
+        owner.prepare(charter, "people")
+        assert [r["email"] for r in owner.rows(self.person(charter))] == ["a@x.org"]
+
+    def test_a_field_type_changed_on_a_store_with_rows_is_refused(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        self.write(owner, charter, lambda tx: tx.create("Person", email="a@x.org", name="A"))
+        changed = world.charter(charter.name, "name:  {type: integer}")
+        with pytest.raises(SchemaChangeError, match=r"Person\.name changed type"):
+            owner.prepare(changed, "people")
+
+    # -- owner transactions -----------------------------------------------------
+
+    def test_a_committed_change_and_its_event_are_there_together(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        person = self.person(charter)
+        events = self.write(
+            owner, charter, lambda tx: tx.create("Person", email="a@x.org", name="A")
+        )
+        (event,) = events
+        row = owner.fetch(person, event.entity_id)
+        assert row is not None and row["version"] == 1 and row["name"] == "A"
+        (out,) = owner.outbox(0, 10)
+        assert (out.event_id, out.entity_id, out.version, out.op) == (
+            event.id,
+            event.entity_id,
+            1,
+            "created",
+        )
+        assert out.body == event.encode()
+        assert [h.version for h in owner.history("Person", event.entity_id)] == [1]
+
+    def test_a_transaction_that_raises_leaves_nothing(self, owner: Store, charter: Charter) -> None:
+        def fail(tx: Transaction) -> None:
+            tx.create("Person", email="a@x.org", name="A")
+            tx._commit_events()  # its events are appended too: they must go as well
+            raise RuntimeError("the caller gives up")
+
+        with pytest.raises(RuntimeError):
+            self.write(owner, charter, fail)
+        assert list(owner.rows(self.person(charter))) == []
+        assert owner.outbox(0, 10) == []
+
+    def test_outbox_is_in_commit_order_and_pages(self, owner: Store, charter: Charter) -> None:
+        for n in range(5):
+            self.write(
+                owner, charter, lambda tx, n=n: tx.create("Person", email=f"{n}@x", name="N")
+            )
+        rows = owner.outbox(0, 100)
+        seqs = [r.seq for r in rows]
+        assert len(rows) == 5 and seqs == sorted(seqs) and len(set(seqs)) == 5
+        assert owner.outbox(seqs[1], 2) == rows[2:4]
+
+    def test_update_and_delete_what_the_transaction_read(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        """A transaction reads a record (locking it where the database locks), then changes
+        it at the version it read; later reads in the transaction see the change."""
+        person = self.person(charter)
+        (created,) = self.write(
+            owner, charter, lambda tx: tx.create("Person", email="a@x", name="A")
+        )
+        with owner.transaction() as writes:
+            row = writes.fetch(person, created.entity_id)
+            assert row is not None
+            assert writes.update(person, created.entity_id, 1, {**row, "version": 2, "name": "B"})
+            again = writes.fetch(person, created.entity_id)
+            assert again is not None and (again["version"], again["name"]) == (2, "B")
+        row = owner.fetch(person, created.entity_id)
+        assert row is not None and (row["version"], row["name"]) == (2, "B")
+        with owner.transaction() as writes:
+            assert writes.fetch(person, created.entity_id) is not None
+            assert writes.delete(person, created.entity_id, 2)
+            assert writes.fetch(person, created.entity_id) is None
+        assert owner.fetch(person, created.entity_id) is None
+
+    def test_unique_fields_are_refused_twice(self, owner: Store, charter: Charter) -> None:
+        self.write(owner, charter, lambda tx: tx.create("Person", email="a@x", name="A"))
+        with pytest.raises(ConstraintError, match="email"):
+            self.write(owner, charter, lambda tx: tx.create("Person", email="a@x", name="B"))
+        assert len(list(owner.rows(self.person(charter)))) == 1
+        assert len(owner.outbox(0, 10)) == 1
+
+    def test_no_overlap_refuses_an_intersecting_range(self, owner: Store, charter: Charter) -> None:
+        def book(room: str, start: str, end: str) -> Any:
+            return lambda tx: tx.create(
+                "Booking", room=room, start=f"2026-01-01T{start}Z", end=f"2026-01-01T{end}Z"
+            )
+
+        self.write(owner, charter, book("blue", "09:00:00", "10:00:00"))
+        self.write(owner, charter, book("blue", "10:00:00", "11:00:00"))  # touching is fine
+        self.write(owner, charter, book("red", "09:30:00", "10:30:00"))  # another room
+        with pytest.raises(ConstraintError, match="no_overlap"):
+            self.write(owner, charter, book("blue", "09:30:00", "10:30:00"))
+        assert len(list(owner.rows(charter.entities["Booking"]))) == 3
+
+    def test_rows_filter_by_fields_in_id_order(self, owner: Store, charter: Charter) -> None:
+        for n in range(4):
+            self.write(
+                owner,
+                charter,
+                lambda tx, n=n: tx.create("Person", email=f"{n}@x", name="AB"[n % 2]),
+            )
+        rows = list(owner.rows(self.person(charter), {"name": "A"}))
+        assert [r["email"] for r in rows] == ["0@x", "2@x"]
+        everyone = [r["id"] for r in owner.rows(self.person(charter))]
+        assert everyone == sorted(everyone)
+
+    def test_one_writer_at_a_time_loses_no_update(self, owner: Store, charter: Charter) -> None:
+        """Threads incrementing one record through read-then-update: none is lost."""
+        person = self.person(charter)
+        (created,) = self.write(
+            owner, charter, lambda tx: tx.create("Person", email="a@x", name="0")
+        )
+        lost: list[int] = []
+
+        def bump() -> None:
+            for _ in range(20):
+                while True:
+                    with owner.transaction() as writes:
+                        row = writes.fetch(person, created.entity_id)
+                        assert row is not None
+                        new = {
+                            **row,
+                            "version": row["version"] + 1,
+                            "name": str(int(row["name"]) + 1),
+                        }
+                        if writes.update(person, created.entity_id, row["version"], new):
+                            break
+                    lost.append(1)
+
+        threads = [threading.Thread(target=bump) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        row = owner.fetch(person, created.entity_id)
+        assert row is not None and row["name"] == "80" and row["version"] == 81
+
+    # -- relay side ---------------------------------------------------------------
+
+    def test_pending_until_relayed_and_again_after_a_rewind(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        for n in range(3):
+            self.write(
+                owner, charter, lambda tx, n=n: tx.create("Person", email=f"{n}@x", name="N")
+            )
+        first = owner.pending(2)
+        assert len(first) == 2
+        assert owner.pending(10, first) == owner.outbox(first[-1].seq, 10)  # read ahead
+        assert owner.unrelayed("Person").events == 3
+        owner.mark_relayed(first)
+        rest = owner.pending(10)
+        assert [r.seq for r in rest] == [owner.outbox(0, 10)[2].seq]
+        owner.mark_relayed(rest)
+        assert owner.pending(10) == [] and owner.unrelayed("Person").events == 0
+        assert owner.unrelayed("Person").oldest is None
+        owner.rewind(0)
+        assert len(owner.pending(10)) == 3
+
+    def test_current_is_each_live_records_newest_event(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        ids: list[str] = []
+
+        def make(tx: Transaction) -> None:
+            for n in range(4):
+                ids.append(tx.create("Person", email=f"{n}@x", name="N").id)
+
+        self.write(owner, charter, make)
+        self.write(owner, charter, lambda tx: tx.update("Person", ids[0], name="M"))
+        self.write(owner, charter, lambda tx: tx.delete("Person", ids[1]))
+        current = owner.current(self.person(charter))
+        assert [(r.entity_id, r.version) for r in current] == [
+            (ids[0], 2),
+            (ids[2], 1),
+            (ids[3], 1),
+        ]
+        assert [r.entity_id for r in owner.current(self.person(charter), ids[0], 1)] == [ids[2]]
+
+    # -- copy side ------------------------------------------------------------------
+
+    def test_a_copy_takes_only_newer_versions(self, copies: Store, charter: Charter) -> None:
+        copy, entity_id = self.copy(charter), uuid7()
+        copies.apply(copy, [(1, world.event(entity_id, 2, name="Two"))], [], 1)
+        copies.apply(copy, [(2, world.event(entity_id, 1, op="created", name="One"))], [], 2)
+        copies.apply(copy, [(3, world.event(entity_id, 2, name="Again"))], [], 3)
+        (row,) = copies.copy_rows(copy)
+        assert (row["id"], row["version"], row["name"]) == (entity_id, 2, "Two")
+        assert row["synced_at"]
+
+    def test_a_deleted_record_never_comes_back(self, copies: Store, charter: Charter) -> None:
+        copy, entity_id = self.copy(charter), uuid7()
+        copies.apply(copy, [(1, world.event(entity_id, 1, op="created"))], [], 1)
+        copies.apply(copy, [(2, world.event(entity_id, 3, op="deleted"))], [], 2)
+        copies.apply(copy, [(3, world.event(entity_id, 2))], [], 3)  # late
+        assert list(copies.copy_rows(copy)) == []
+        copies.backfill(copy, iter([(entity_id, 2, {"name": "Old", "email": "o@x"})]), 3)
+        assert list(copies.copy_rows(copy)) == []
+
+    def test_the_checkpoint_only_moves_forward(self, copies: Store, charter: Charter) -> None:
+        copy = self.copy(charter)
+        assert copies.checkpoint(copy) is None
+        copies.backfill(copy, iter(()), 0)
+        copies.apply(copy, [(5, world.event(uuid7(), 1, op="created"))], [], 5)
+        checkpoint = copies.checkpoint(copy)
+        assert checkpoint is not None and checkpoint.position == 5
+        assert checkpoint.fields == copy.fields and checkpoint.applied_at
+        copies.apply(copy, [], [], 3)
+        assert copies.checkpoint(copy).position == 5  # type: ignore[union-attr]
+
+    def test_parked_events_are_kept_once_each(self, copies: Store, charter: Charter) -> None:
+        copy = self.copy(charter)
+        copies.backfill(copy, iter(()), 0)
+        bad = Parked(copy.name, "some-id", 3, "event-1", 7, "event event-1: bad", b"{}")
+        copies.apply(copy, [], [bad], 7)
+        copies.apply(copy, [], [bad], 7)  # a second process parked it too
+        (kept,) = copies.parked(copy)
+        assert (kept.entity_id, kept.version, kept.event_id, kept.position) == (
+            "some-id",
+            3,
+            "event-1",
+            7,
+        )
+        assert kept.reason == "event event-1: bad" and kept.body == b"{}" and kept.parked_at
+
+    def test_a_backfill_writes_the_owners_rows_and_lowers_the_checkpoint(
+        self, copies: Store, charter: Charter
+    ) -> None:
+        copy, a, b = self.copy(charter), uuid7(), uuid7()
+        copies.apply(copy, [(9, world.event(a, 5, name="Five"))], [], 9)
+        rows = iter(
+            [(a, 4, {"name": "Four", "email": "f@x"}), (b, 1, {"name": "B", "email": "b@x"})]
+        )
+        assert copies.backfill(copy, rows, 6) == 2
+        got = {r["id"]: (r["version"], r["name"]) for r in copies.copy_rows(copy)}
+        assert got == {a: (5, "Five"), b: (1, "B")}  # a newer version stays
+        assert copies.checkpoint(copy).position == 6  # type: ignore[union-attr]
+        (only_b,) = copies.copy_rows(copy, {"id": b})
+        assert only_b["email"] == "b@x"
+
+    def test_lanes_carry_the_copy_as_far_as_the_slowest(
+        self, copies: Store, charter: Charter
+    ) -> None:
+        copy = self.copy(charter)
+        copies.backfill(copy, iter(()), 0)
+        one, two = Lane(1, 2), Lane(2, 2)
+        copies.apply(copy, [(4, world.event(uuid7(), 1, op="created"))], [], 4, one)
+        assert copies.checkpoint(copy).position == 0  # type: ignore[union-attr]
+        assert copies.checkpoint(copy, one).position == 4  # type: ignore[union-attr]
+        copies.apply(copy, [], [], 8, two)
+        assert copies.checkpoint(copy).position == 4  # type: ignore[union-attr]
+        assert copies.checkpoint(copy, two).position == 8  # type: ignore[union-attr]
+        lanes = {(str(x.lane), x.position) for x in copies.lanes(copy)}
+        assert lanes == {("1/2", 4), ("2/2", 8)}
+        copies.apply(copy, [], [], 2, one)  # a lane's checkpoint only moves forward too
+        assert copies.checkpoint(copy, one).position == 4  # type: ignore[union-attr]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from charter import clock, fills
-from charter.buses.base import Delivery, published
+from charter.buses.base import Delivery
 from charter.errors import Error
 from charter.lanes import PARTITIONS, partition
 from charter.stores.base import Backlog, OutboxRow
@@ -76,6 +76,8 @@ def forget(url: str) -> None:
 class MemoryBus:
     """One ordered log for every entity, a position per event, dedup by event id."""
 
+    compact_ignores_consumers = False  # a planted bug (charter.sim.bugs)
+
     def __init__(self, url: str, faults: Faults | None = None) -> None:
         self.url = url
         query = parse_qs(urlsplit(url).query)
@@ -85,7 +87,6 @@ class MemoryBus:
         self.faults = faults or Faults()
         self._rng = random.Random(self.faults.seed)
         self.fault: Callable[[str], None] | None = None  # as MemoryStore.fault
-        self.compact_ignores_consumers = False  # a planted bug, for charter.sim's tests
 
     def _touch(self, operation: str) -> None:
         if self.fault is not None:
@@ -120,8 +121,14 @@ class MemoryBus:
             raise BusFault(f"{self.url}: no reply to a publish of {len(rows)} events (fault)")
 
     def publish_begin(self, rows: Sequence[OutboxRow]) -> Callable[[], None]:
-        self.publish(rows)
-        return published
+        """The events go on the bus when the publisher waits for them, as with a broker
+        whose acknowledgement is still on its way."""
+        batch = list(rows)
+        return lambda: self.publish(batch)
+
+    def misbehave(self, faults: Faults) -> None:
+        """From now on, misbehave as `faults` says (Faults() to stop)."""
+        self.faults, self._rng = faults, random.Random(faults.seed)
 
     def publish_raw(self, event_id: str, entity: str, subject: str, body: bytes | str) -> None:
         """Put any bytes (or text) on the bus, as a misbehaving producer would."""

@@ -52,6 +52,7 @@ class _Data:
     lanes: dict[tuple[str, int, int], tuple[int, str | None]] = field(default_factory=dict)
     tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
     parked: dict[str, list[Parked]] = field(default_factory=dict)
+    applied: list[tuple[str, str, int, str]] | None = None  # (copy, id, version, lane)
     lock: threading.RLock = field(default_factory=threading.RLock)  # any read or write
     writer: threading.Lock = field(default_factory=threading.Lock)  # one owner tx at a time
 
@@ -82,6 +83,14 @@ class MemoryStore:
     def _touch(self, operation: str) -> None:
         if self.fault is not None:
             self.fault(operation)
+
+    def log_applies(self) -> list[tuple[str, str, int, str]]:
+        """From now on, note every version a copy takes from `apply` as (copy, id, version,
+        lane) in the list returned: a way to see that each is applied once."""
+        with self._data.lock:
+            if self._data.applied is None:
+                self._data.applied = []
+            return self._data.applied
 
     # -- schema ---------------------------------------------------------------
 
@@ -241,8 +250,10 @@ class MemoryStore:
             current = self._checkpoint(copy, lane)
             start = current.position if current else 0
             for at, event in items:
-                if at > start:
-                    self._apply_event(copy, event, now)
+                if at > start and self._apply_event(copy, event, now) and data.applied is not None:
+                    data.applied.append(
+                        (copy.name, event.entity_id, event.version, str(lane or ""))
+                    )
             already = {p.position for p in data.parked[copy.name]}
             data.parked[copy.name].extend(
                 _stamped(p, now) for p in parked if p.position > start and p.position not in already
@@ -255,15 +266,15 @@ class MemoryStore:
                 data.checkpoints[copy.name] = (position, now, copy.fields)
         return []  # a dictionary takes any value: nothing fails to be stored
 
-    def _apply_event(self, copy: Copy, event: Event, now: str) -> None:
+    def _apply_event(self, copy: Copy, event: Event, now: str) -> bool:
         """The version guard (G3, G4): only a newer version than the copy's, and never one
-        at or below the version at which the id was deleted."""
+        at or below the version at which the id was deleted. Whether it was taken."""
         rows = self._data.copies[copy.name]
         held = rows.get(event.entity_id)
         if held is not None and held["version"] >= event.version:
-            return
+            return False
         if self._data.tombstones.get((copy.name, event.entity_id), 0) >= event.version:
-            return
+            return False
         if event.op == "deleted":
             rows.pop(event.entity_id, None)
             self._data.tombstones[(copy.name, event.entity_id)] = event.version
@@ -271,6 +282,7 @@ class MemoryStore:
             rows[event.entity_id] = _copy_row(
                 copy, event.entity_id, event.version, event.state, now
             )
+        return True
 
     def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
         self._touch("backfill")
@@ -289,6 +301,14 @@ class MemoryStore:
             at = min(position, saved[0]) if saved else position
             data.checkpoints[copy.name] = (at, now, copy.fields)
         return len(staged)
+
+    def versions(self, copy: Copy) -> dict[str, int]:
+        """The version the copy holds of each id it ever held; a deleted id's is the version
+        that deleted it (for checkers: charter.sim)."""
+        with self._data.lock:
+            held = {i: v for (name, i), v in self._data.tombstones.items() if name == copy.name}
+            held.update({i: r["version"] for i, r in self._data.copies[copy.name].items()})
+        return held
 
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
         self._touch("copy_rows")

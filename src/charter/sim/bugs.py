@@ -1,0 +1,84 @@
+"""Known bugs, planted one at a time, to prove the checker has teeth: each must be caught
+within a bounded number of seeds (tests/test_sim.py). `planted(name)` puts one in for the
+duration of a block; nothing here is used outside those proofs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from charter.buses.memory import MemoryBus
+from charter.events import Event
+from charter.lanes import Lane
+from charter.model import Copy
+from charter.projector import Projector
+from charter.relay import Relay
+from charter.stores.base import Backlog
+from charter.stores.memory import MemoryStore, _copy_row
+
+
+def _no_version_guard(store: MemoryStore, copy: Copy, event: Event, now: str) -> bool:
+    rows = store._data.copies[copy.name]
+    if event.op == "deleted":
+        rows.pop(event.entity_id, None)
+        store._data.tombstones[(copy.name, event.entity_id)] = event.version
+    else:
+        rows[event.entity_id] = _copy_row(copy, event.entity_id, event.version, event.state, now)
+    return True
+
+
+def _ack_before_commit(step: Callable[[Projector], int]) -> Callable[[Projector], int]:
+    def step_acking_first(self: Projector) -> int:
+        if self._position is not None:
+            ahead = self.bus.fetch(self.copy.name, self.entity.name, self._position, self.batch)
+            if ahead:
+                self.bus.ack(self.copy.name, self.entity.name, ahead[-1].position)
+        return step(self)
+
+    return step_acking_first
+
+
+def _mark_before_publish(self: Relay, flight: tuple[list[Any], Callable[[], None]]) -> int:
+    rows, published = flight
+    self.store.mark_relayed(rows)
+    published()
+    return len(rows)
+
+
+def _greedy_lane(self: Lane, part: int) -> bool:
+    return self.number == 1 or part % self.lanes == self.number - 1
+
+
+def _blind_backlog(self: MemoryBus, consumer: str, entity: str, after: int) -> Backlog:
+    return Backlog(0, None)
+
+
+BUGS: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
+    "no version guard": (MemoryStore, "_apply_event", lambda _: _no_version_guard),
+    "ack before commit": (Projector, "step", _ack_before_commit),
+    "relay marks before publish": (Relay, "_land", lambda _: _mark_before_publish),
+    "a lane takes another lane's ids": (Lane, "holds", lambda _: _greedy_lane),
+    "status ignores the bus": (MemoryBus, "backlog", lambda _: _blind_backlog),
+}
+
+
+@contextmanager
+def planted(name: str) -> Iterator[None]:
+    if name == "compaction ignores a lagging copy":
+        MemoryBus.compact_ignores_consumers = True
+        try:
+            yield
+        finally:
+            MemoryBus.compact_ignores_consumers = False
+        return
+    owner, attribute, replacement = BUGS[name]
+    original = owner.__dict__[attribute]
+    setattr(owner, attribute, replacement(original))
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, original)
+
+
+NAMES = (*BUGS, "compaction ignores a lagging copy")

@@ -1,0 +1,78 @@
+"""The charter a simulation runs: its own small system by default (a library), or any
+charter file, with every store and the bus moved into memory."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from charter import model
+from charter.model import Charter
+
+LIBRARY = """\
+charter: 1
+name: library
+bus: memory://sim/bus
+contexts:
+  members: {team: member-desk, store: memory://sim/members}
+  loans:   {team: circulation, store: memory://sim/loans}
+  desk:    {team: front-desk,  store: memory://sim/desk}
+entities:
+  Member:
+    owner: members
+    fields:
+      email:  {type: string, unique: true}
+      name:   {type: string}
+      tier:   {type: enum, values: [basic, gold], default: basic}
+      pin:    {type: string, required: false, private: true}
+  Loan:
+    owner: loans
+    fields:
+      member_id: {type: uuid}
+      book:      {type: string}
+      starts_at: {type: timestamp}
+      ends_at:   {type: timestamp}
+    constraints:
+      - no_overlap: {per: [book], range: [starts_at, ends_at]}
+copies:
+  loan_members:
+    in: loans
+    of: Member
+    fields: [name, email]
+    window: 5s
+  desk_members:
+    in: desk
+    of: Member
+    fields: [name]
+    window: 30s
+  desk_loans:
+    in: desk
+    of: Loan
+    fields: [book, starts_at, ends_at]
+    window: 1m
+"""
+
+
+def library() -> Charter:
+    return model.loads(LIBRARY, "library.yaml")
+
+
+def in_memory(charter: Charter) -> Charter:
+    """The same charter with each context's store and the bus in memory://sim/…"""
+    contexts = {
+        name: dataclasses.replace(context, store=f"memory://sim/{name}")
+        for name, context in charter.contexts.items()
+    }
+    return dataclasses.replace(charter, bus="memory://sim/bus", contexts=contexts)
+
+
+def from_file(path: str | Path) -> Charter:
+    return in_memory(model.load(path))
+
+
+def widened(charter: Charter, copy_name: str, field: str) -> Charter:
+    """The charter after a schema change: `copy_name` keeps `field` too."""
+    copy = charter.copies[copy_name]
+    copies = dict(charter.copies)
+    copies[copy_name] = dataclasses.replace(copy, fields=(*copy.fields, field))
+    return dataclasses.replace(charter, copies=copies)

@@ -769,9 +769,10 @@ class PostgresStore:
         once (another process or lane may have parked it)."""
         columns: list[list[Any]] = [[] for _ in range(7)]
         for p in parked:
+            texts = (_text(p.entity_id), _text(p.event_id), _text(p.reason))
             for column, value in zip(
                 columns,
-                (p.copy, p.entity_id, p.version, p.event_id, p.position, p.reason, p.body),
+                (p.copy, texts[0], p.version, texts[1], p.position, texts[2], p.body),
                 strict=True,
             ):
                 column.append(value)
@@ -884,6 +885,11 @@ class PostgresStore:
 # SQLSTATE classes of failures that pass (deadlock, serialization, lock or statement
 # timeout, resources, connection): an event that meets one is not parked as unstorable.
 _TRANSIENT = frozenset({"08", "40", "53", "55", "57"})
+
+
+def _text(value: str) -> str:
+    """`value` as PostgreSQL text can hold it (no NUL character), to park what holds one."""
+    return value.replace("\x00", "\\0") if "\x00" in value else value
 
 
 def _record(names: Sequence[str], types: Sequence[str]) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 import charter
+from charter import parking
 from charter.cli import main
 from charter.system import System
 from tests.backends import NATS, PostgresBackend, SQLiteBackend
-from tests.conftest import SHOP, assert_converged
+from tests.conftest import SHOP, assert_converged, edit
 from tests.test_nats_bus import needs_nats
 from tests.test_pipeline import make_changes
 
@@ -211,3 +214,134 @@ def test_an_event_whose_source_is_not_the_owner_is_refused_on_every_bus(shop: Sy
         reason = parked[0].reason
         for part in ("forged-1", "1000", "'orders'", "'customers'", "customer-team"):
             assert part in reason, reason
+
+
+# -- DEGRADED, and the way out -------------------------------------------------------------
+
+
+def test_a_copy_with_parked_events_is_degraded_and_strict_fails(shop_file: Path) -> None:
+    with charter.load(shop_file) as shop:
+        make_changes(shop, 10)
+        charter.Runner(shop).drain()
+        victim = next(iter(shop.context("orders").copy("order_customers")))
+        body = cloudevent("bad-1", victim.id, 99, {"name": 42, "email": "x@x"})
+        shop.bus.publish_raw("bad-1", "Customer", victim.id, body)
+        charter.Runner(shop).drain()
+    rows = states(shop_file)
+    assert rows["order_customers"]["state"] == "DEGRADED"
+    assert rows["order_customers"]["parked"] == 1 and rows["order_customers"]["lag_events"] == 0
+    code, _ = cli(shop_file, "status", "--strict")
+    assert code == 3
+    _, table = cli(shop_file, "status")
+    assert "DEGRADED" in table
+    # a broken window still says BREACH, parked or not
+    edit(shop_file, "window: 5s", "window: 50ms")
+    with charter.load(shop_file) as shop:
+        make_changes(shop, 2, seed=5)
+    time.sleep(0.2)
+    assert states(shop_file)["order_customers"]["state"] == "BREACH"
+
+
+ROLLOUT_COPY = "fields: [name, email]"
+
+
+def test_retry_applies_what_now_fits_keeps_what_does_not_and_never_goes_back(
+    shop_file: Path, tmp_path: Path
+) -> None:
+    """The owner starts using a new enum value before the copy's charter knows it: those
+    events are parked; retried before the charter is mended they stay; after it, the ones
+    still newest apply and one already overtaken by a newer version changes nothing."""
+    edit(shop_file, ROLLOUT_COPY, "fields: [name, email, status]")
+    owner_file = tmp_path / "owner.yaml"
+    owner_file.write_text(shop_file.read_text().replace("deleted]", "deleted, vip]", 1))
+    with charter.load(owner_file) as owner, charter.load(shop_file) as copies:
+        a, b = customer(owner, "a"), customer(owner, "b")
+        charter.Runner(copies).drain()
+        with owner.context("customers").transaction() as tx:
+            tx.update("Customer", a, status="vip")  # a v2: parked
+        with owner.context("customers").transaction() as tx:
+            tx.update("Customer", b, status="vip")  # b v2: parked
+        charter.Runner(copies).drain()
+        with owner.context("customers").transaction() as tx:
+            tx.update("Customer", a, status="active", name="A")  # a v3: applies
+        charter.Runner(copies).drain()
+        spec = copies.charter.copies["order_customers"]
+        assert [p.entity_id for p in copies.store("orders").parked(spec)] == [a, b]
+    code, out = cli(shop_file, "parked", "--retry", "order_customers", "--json")
+    assert code == 0, out
+    outcome = json.loads(out)
+    assert [(o["id"], o["version"], o["outcome"]) for o in outcome] == [
+        (a, 2, "parked"),
+        (b, 2, "parked"),
+    ]
+    assert "vip" in outcome[0]["reason"]
+    assert states(shop_file)["order_customers"]["state"] == "DEGRADED"
+    shop_file.write_text(owner_file.read_text())  # the copy's charter now knows 'vip'
+    code, out = cli(shop_file, "parked", "--retry", "order_customers")
+    assert code == 0, out
+    assert "2 of 2" in out and "resolved" in out
+    with charter.load(shop_file) as shop:
+        copy = shop.context("orders").copy("order_customers")
+        got_a, got_b = copy.get(a), copy.get(b)
+        assert got_a is not None and (got_a.version, got_a["status"]) == (3, "active")
+        assert got_b is not None and (got_b.version, got_b["status"]) == (2, "vip")
+        assert shop.store("orders").parked(shop.charter.copies["order_customers"]) == []
+        assert_converged(shop)
+    assert states(shop_file)["order_customers"]["state"] == "OK"
+    code, out = cli(shop_file, "status", "--strict")
+    assert code == 0, out
+
+
+def test_retry_and_drop_from_python_for_one_id(
+    shop: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_changes(shop, 10)
+    runner = charter.Runner(shop)
+    runner.drain()
+    victim, other = list(shop.context("orders").copy("order_customers"))[:2]
+    shop.bus.publish_raw("junk-1", "Customer", victim.id, b"{not json")
+    shop.bus.publish_raw("junk-2", "Customer", other.id, b"{not json")
+    runner.drain()
+    outcomes = parking.retry(shop, "order_customers", "junk-1")
+    assert [(o.parked.event_id, o.resolved) for o in outcomes] == [("junk-1", False)]
+    with caplog.at_level(logging.INFO, logger="charter.parking"):
+        dropped = parking.drop(shop, "order_customers", "junk-1")
+    assert [p.event_id for p in dropped] == ["junk-1"]
+    assert any(
+        "junk-1" in r.getMessage() and "order_customers" in r.getMessage() for r in caplog.records
+    )
+    spec = shop.charter.copies["order_customers"]
+    assert [p.event_id for p in shop.store("orders").parked(spec)] == ["junk-2"]
+    dropped = parking.drop(shop)  # every copy, every id
+    assert sorted(p.copy for p in dropped) == [
+        "order_customers",
+        "shipping_customers",
+        "shipping_customers",
+    ]
+    assert all(s.state == "OK" for s in charter.status(shop))
+
+
+def test_parked_says_what_it_did_and_what_was_wrong(shop_file: Path) -> None:
+    code, out = cli(shop_file, "parked")
+    assert code == 0 and "nothing parked" in out
+    code, out = cli(shop_file, "parked", "--retry", "order_customers")
+    assert code == 0 and "nothing parked" in out
+    code, out = cli(shop_file, "parked", "--drop", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, out = cli(shop_file, "parked", "--retry", "order_customer")
+    assert code == 1 and "did you mean 'order_customers'" in out
+    code, out = cli(shop_file, "parked", "--retry", "--drop")
+    assert code == 2
+    with charter.load(shop_file) as shop:
+        make_changes(shop, 5)
+        charter.Runner(shop).drain()
+        victim = next(iter(shop.context("orders").copy("order_customers")))
+        junk = "junk-" + uuid.uuid4().hex
+        shop.bus.publish_raw(junk, "Customer", victim.id, b"{nope")
+        charter.Runner(shop).drain()
+    code, out = cli(shop_file, "parked", "order_customers", "no-such-id", "--drop")
+    assert code == 0 and "nothing parked for 'no-such-id'" in out
+    code, out = cli(shop_file, "parked", "order_customers", junk, "--drop")  # by its event id
+    assert code == 0 and "dropped 1 parked event" in out and junk in out
+    assert states(shop_file)["order_customers"]["state"] == "OK"
+    assert states(shop_file)["shipping_customers"]["state"] == "DEGRADED"

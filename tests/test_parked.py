@@ -21,7 +21,7 @@ import charter
 from charter import parking
 from charter.cli import main
 from charter.system import System
-from tests.backends import NATS, PostgresBackend, SQLiteBackend
+from tests.backends import NATS, Backend, PostgresBackend, SQLiteBackend
 from tests.conftest import SHOP, assert_converged, edit
 from tests.test_nats_bus import needs_nats
 from tests.test_pipeline import make_changes
@@ -246,7 +246,7 @@ ROLLOUT_COPY = "fields: [name, email]"
 
 
 def test_retry_applies_what_now_fits_keeps_what_does_not_and_never_goes_back(
-    shop_file: Path, tmp_path: Path
+    shop_file: Path, tmp_path: Path, backend: Backend
 ) -> None:
     """The owner starts using a new enum value before the copy's charter knows it: those
     events are parked; retried before the charter is mended they stay; after it, the ones
@@ -267,6 +267,8 @@ def test_retry_applies_what_now_fits_keeps_what_does_not_and_never_goes_back(
         charter.Runner(copies).drain()
         spec = copies.charter.copies["order_customers"]
         assert [p.entity_id for p in copies.store("orders").parked(spec)] == [a, b]
+        orders = copies.charter.contexts["orders"].store
+    backend.raw_execute(orders, "UPDATE charter_parked SET reason = 'an old reason'")
     code, out = cli(shop_file, "parked", "--retry", "order_customers", "--json")
     assert code == 0, out
     outcome = json.loads(out)
@@ -275,6 +277,8 @@ def test_retry_applies_what_now_fits_keeps_what_does_not_and_never_goes_back(
         (b, 2, "parked"),
     ]
     assert "vip" in outcome[0]["reason"]
+    code, out = cli(shop_file, "parked", "--json")
+    assert ["vip" in p["reason"] for p in json.loads(out)] == [True, True]  # as retried
     assert states(shop_file)["order_customers"]["state"] == "DEGRADED"
     shop_file.write_text(owner_file.read_text())  # the copy's charter now knows 'vip'
     code, out = cli(shop_file, "parked", "--retry", "order_customers")

@@ -20,11 +20,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from charter import model
+from charter import model, parking
 from charter.errors import CharterError, Error
 from charter.lanes import Lane
 from charter.runner import Runner
-from charter.status import BREACH, CopyStatus, status
+from charter.status import FAILING, CopyStatus, status
+from charter.stores.base import Parked
 from charter.system import System
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -236,7 +237,9 @@ def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
 @main.command(name="status")
 @charter_file
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-@click.option("--strict", is_flag=True, help="Exit 3 when any copy is in BREACH.")
+@click.option(
+    "--strict", is_flag=True, help="Exit 3 when any copy is in BREACH or DEGRADED (parked events)."
+)
 @reports_errors
 def status_command(path: Path, as_json: bool, strict: bool) -> None:
     """Every copy against its contract: lag in events and seconds, window, state."""
@@ -249,7 +252,13 @@ def status_command(path: Path, as_json: bool, strict: bool) -> None:
         for row in rows:
             if row.lanes:
                 _console().print(lanes_line(row), highlight=False)
-    if strict and any(row.state == BREACH for row in rows):
+            if row.parked:
+                _console().print(
+                    f"{row.copy}: {_events(row.parked)}, see `charter parked {row.copy}`; "
+                    "`--retry` once the cause is mended, `--drop` to forget them",
+                    highlight=False,
+                )
+    if strict and any(row.state in FAILING for row in rows):
         sys.exit(EXIT_BREACH)
 
 
@@ -288,34 +297,78 @@ def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
 @main.command()
 @charter_file
 @click.argument("copy", required=False)
+@click.argument("ident", metavar="[ID]", required=False)
+@click.option("--retry", is_flag=True, help="Apply them again, now that their cause is mended.")
+@click.option("--drop", is_flag=True, help="Forget them, each noted in the log.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @reports_errors
-def parked(path: Path, copy: str | None, as_json: bool) -> None:
-    """Events a copy could not apply, with the reason (all copies, or COPY)."""
+def parked(
+    path: Path, copy: str | None, ident: str | None, retry: bool, drop: bool, as_json: bool
+) -> None:
+    """Events a copy could not apply, with the reason (all copies, or COPY; all records, or
+    the record or event whose id is ID). --retry applies them again: those that apply now
+    (or that a newer version has overtaken) leave the list, the others stay with their
+    reason. --drop forgets them."""
+    if retry and drop:
+        raise click.UsageError("--retry or --drop, not both")
     with System.load(path) as system:
-        copies = [c for c in system.charter.copies.values() if copy in (None, c.name)]
-        if copy and not copies:
-            raise click.BadParameter(f"no copy '{copy}'", param_hint="COPY")
-        rows = [p for c in copies for p in system.store(c.context).parked(c)]
+        if retry:
+            outcomes = parking.retry(system, copy, ident)
+            rows = [o.parked for o in outcomes]
+        elif drop:
+            rows = parking.drop(system, copy, ident)
+        else:
+            rows = parking.parked(system, copy, ident)
     if as_json:
-        docs = [
-            {
-                "copy": p.copy,
-                "id": p.entity_id,
-                "version": p.version,
-                "event_id": p.event_id,
-                "position": p.position,
-                "reason": p.reason,
-                "parked_at": p.parked_at,
-            }
-            for p in rows
-        ]
+        docs = [_parked_json(p) for p in rows]
+        if retry:
+            for doc, o in zip(docs, outcomes, strict=True):
+                doc["outcome"] = "resolved" if o.resolved else "parked"
+                doc["reason"] = o.reason or doc["reason"]
         click.echo(json.dumps(docs, indent=2))
         return
-    table = Table("copy", "id", "version", "event", "reason", "parked at")
-    for p in rows:
-        table.add_row(p.copy, p.entity_id, str(p.version), p.event_id, p.reason, p.parked_at)
+    if not rows:
+        where = f" in copy '{copy}'" if copy else ""
+        what = f" for {ident!r}" if ident else ""
+        _console().print(escape(f"nothing parked{what}{where}"), highlight=False)
+        return
+    table = Table("copy")
+    table.add_column("id", no_wrap=True)  # whole, to paste into `charter parked COPY ID`
+    table.add_column("version")
+    table.add_column("event", no_wrap=True)
+    table.add_column("reason")
+    table.add_column("parked at")
+    if retry:
+        table.add_column("outcome")
+    for n, p in enumerate(rows):
+        cells = [p.copy, p.entity_id, str(p.version), p.event_id, p.reason, p.parked_at]
+        if retry:
+            outcome = outcomes[n]
+            cells[4] = outcome.reason or p.reason
+            cells.append("[green]resolved[/]" if outcome.resolved else "[red]still parked[/]")
+        table.add_row(*map(escape, cells[:6]), *cells[6:])
     _console().print(table)
+    if retry:
+        done = sum(o.resolved for o in outcomes)
+        _console().print(f"{done} of {_events(len(outcomes))} resolved", highlight=False)
+    elif drop:
+        _console().print(f"dropped {_events(len(rows))} (noted in the log)", highlight=False)
+
+
+def _events(count: int) -> str:
+    return f"{count} parked event{'s' if count != 1 else ''}"
+
+
+def _parked_json(p: Parked) -> dict[str, Any]:
+    return {
+        "copy": p.copy,
+        "id": p.entity_id,
+        "version": p.version,
+        "event_id": p.event_id,
+        "position": p.position,
+        "reason": p.reason,
+        "parked_at": p.parked_at,
+    }
 
 
 @main.command()
@@ -367,7 +420,7 @@ def status_table(rows: list[CopyStatus]) -> Table:
     for name in ("window", "lag events", "lag s", "last applied", "parked"):
         table.add_column(name, justify="right")
     table.add_column("state", no_wrap=True)
-    colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow"}
+    colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow", "DEGRADED": "red"}
     now = dt.datetime.now(dt.UTC)
     for row in rows:
         applied = "never"

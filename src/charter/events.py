@@ -11,6 +11,7 @@ import orjson
 from charter.errors import EventError
 
 OPS = ("created", "updated", "deleted")
+MAX_VERSION = 2**31 - 1  # what every store's version column holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +65,8 @@ def decode(body: bytes | str) -> Event:
     entity, op = kind.split(".")
     if op not in OPS:
         raise EventError(f"{where}: unknown op '{op}' (expected one of {', '.join(OPS)})")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise EventError(f"{where}: entityversion must be a whole number ≥ 1")
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 < version <= MAX_VERSION:
+        raise EventError(f"{where}: entityversion must be a whole number from 1 to {MAX_VERSION}")
     subject, source, time = doc.get("subject"), doc.get("source"), doc.get("time")
     if not isinstance(event_id, str) or not event_id:
         raise EventError(f"{where}: id is missing")

@@ -1,7 +1,7 @@
 """Bus → copy. Applies an event only when its version is newer than the copy's,
-in the same transaction as the checkpoint (G3, G4); parks what it cannot apply,
-for that id alone, and keeps going (G8). With a lane, applies only the lane's share of
-the ids (charter.lanes)."""
+in the same transaction as the checkpoint (G3, G4); parks what it cannot apply, or may
+not (an event whose source is not the entity's owner: G1), for that id alone, and keeps
+going (G8). With a lane, applies only the lane's share of the ids (charter.lanes)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import orjson
 
 from charter import fills
 from charter.buses import Bus
+from charter.buses.base import Delivery
 from charter.errors import BackfillError, EventError, ValidationError
-from charter.events import Event, decode
+from charter.events import MAX_VERSION, Event, decode
 from charter.fills import FillMark
 from charter.lanes import Lane
-from charter.model import Copy, Entity
+from charter.model import Copy, Entity, Field
 from charter.stores import Store
 from charter.stores.base import Checkpoint, Parked, Row
 from charter.values import ENCODERS
@@ -33,11 +34,13 @@ class Projector:
         bus: Bus,
         batch: int = 1000,
         lane: Lane | None = None,
+        owner_team: str = "",
     ) -> None:
         if lane is not None:
             lane.check(bus.partitions)
         self.copy, self.entity, self.store = copy, entity, store
         self.owner_store, self.bus, self.batch, self.lane = owner_store, bus, batch, lane
+        self.owner_team = owner_team  # named when an event claims another source
         self.taken = 0  # events this worker applied or parked (its lane's share)
         self._position: int | None = None
         self._fields = [entity.fields[name] for name in copy.fields]
@@ -62,7 +65,7 @@ class Projector:
             try:
                 items.append((delivery.position, self._check(decode(delivery.body))))
             except (EventError, ValidationError) as exc:
-                parked.append(self._park(delivery.position, delivery.body, str(exc)))
+                parked.append(park(self.copy, delivery, str(exc)))
         last = deliveries[-1].position
         self.store.apply(self.copy, items, parked, last, lane)
         self.taken += len(items) + len(parked)
@@ -162,39 +165,51 @@ class Projector:
             )
 
     def _check(self, event: Event) -> Event:
-        where = f"event {event.id} (version {event.version})"
-        if event.entity != self.entity.name:
-            raise EventError(
-                f"{where}: is about {event.entity}, this copy is of {self.entity.name}"
-            )
-        if event.state is not None:
-            for field in self._fields:
-                value = event.state.get(field.name)
-                if value is not None:
-                    try:
-                        ENCODERS[field.type](self.entity.name, field, value)
-                    except ValidationError as exc:
-                        raise EventError(f"{where}: {exc}") from None
-        return event
+        return check(event, self.entity, self.owner_team, self._fields)
 
-    def _park(self, position: int, body: bytes, reason: str) -> Parked:
-        entity_id, version, event_id = "?", None, None
-        try:
-            doc = orjson.loads(body)
-            entity_id = str(doc.get("subject") or "?")
-            version = doc.get("entityversion")
-            event_id = doc.get("id")
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
-        return Parked(
-            self.copy.name,
-            entity_id,
-            version if isinstance(version, int) else 0,
-            str(event_id or "?"),
-            position,
-            reason,
-            body,
+
+def check(event: Event, entity: Entity, team: str, fields: list[Field]) -> Event:
+    """`event` if a copy of `entity` with `fields` may apply it: about that entity, from its
+    owner (G1, checked at the consumer too), with values that fit; else EventError."""
+    where = f"event {event.id} (version {event.version})"
+    if event.entity != entity.name:
+        raise EventError(f"{where}: is about {event.entity}, this copy is of {entity.name}")
+    if event.owner != entity.owner:
+        raise EventError(
+            f"{where}: its source is '{event.owner}', but {entity.name} is owned by "
+            f"'{entity.owner}'" + (f" (team {team})" if team else "") + ", the only context "
+            f"whose {entity.name} events a copy applies. If '{entity.owner}' did publish it, "
+            "mend its source or the charter, then `charter parked --retry`"
         )
+    if event.state is not None:
+        for field in fields:
+            value = event.state.get(field.name)
+            if value is not None:
+                try:
+                    ENCODERS[field.type](entity.name, field, value)
+                except ValidationError as exc:
+                    raise EventError(f"{where}: {exc}") from None
+    return event
+
+
+def park(copy: Copy, delivery: Delivery, reason: str) -> Parked:
+    """A delivery the copy cannot apply, named by what its body says, or when it cannot
+    say, by what the bus knows (the event id, the record's id)."""
+    entity_id, version, event_id = None, None, None
+    try:
+        doc = orjson.loads(delivery.body)
+        entity_id, version, event_id = doc.get("subject"), doc.get("entityversion"), doc.get("id")
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    return Parked(
+        copy.name,
+        str(entity_id or delivery.subject or "?"),
+        version if type(version) is int and 0 < version <= MAX_VERSION else 0,
+        str(event_id or delivery.event_id or "?"),
+        delivery.position,
+        reason,
+        delivery.body,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

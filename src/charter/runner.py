@@ -71,6 +71,7 @@ class Runner:
                         system.bus,
                         batch,
                         lane,
+                        charter.contexts[entity.owner].team,
                     )
                 )
         self._stop = threading.Event()

@@ -1,5 +1,6 @@
 """Every copy measured against its contract (G5): how many events and how many
-seconds it is behind its owner, and whether that breaks its window."""
+seconds it is behind its owner, and whether that breaks its window. A copy with parked
+events is wrong for those ids however fresh it is: DEGRADED (a broken window still wins)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from charter import clock
 from charter.model import Copy
 from charter.system import System
 
-OK, BREACH, NEVER_SYNCED = "OK", "BREACH", "NEVER_SYNCED"
+OK, BREACH, NEVER_SYNCED, DEGRADED = "OK", "BREACH", "NEVER_SYNCED", "DEGRADED"
+FAILING = frozenset({BREACH, DEGRADED})  # what `charter status --strict` exits 3 on
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def copy_status(system: System, copy: Copy) -> CopyStatus:
         state = NEVER_SYNCED
     elif lag_s > copy.window_s:
         state = BREACH
+    elif parked:
+        state = DEGRADED
     else:
         state = OK
     return CopyStatus(

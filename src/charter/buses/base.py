@@ -16,12 +16,14 @@ from charter.stores.base import Backlog, OutboxRow
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One event as the bus hands it out: its position on the bus, the CloudEvent body, and
-    the partition of its record (charter.lanes), known without reading the body."""
+    the partition of its record (charter.lanes), known without reading the body. What the
+    bus knows of the event besides the body names it when the body cannot (parked events)."""
 
     position: int
     body: bytes
     partition: int = 0
     event_id: str = ""  # as published (a fill's events carry a suffix: FillMark)
+    subject: str = ""  # the record's id, where the bus keeps it apart from the body
 
 
 class Bus(Protocol):

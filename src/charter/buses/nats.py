@@ -799,7 +799,8 @@ class NatsBus:
             if pull.generation != generation:
                 return
             status = msg.headers.get("Status") if msg.headers else None
-            if status is None:
+            # a delivery (its reply acknowledges it), whatever headers its publisher gave it
+            if status is None or (msg.reply or "").startswith("$JS.ACK."):
                 pull.arrived.append(msg)
             elif status != "100":  # 100: heartbeat or flow control; else a request's end
                 pull.ends[msg.subject.rsplit(".", 1)[-1]] = status

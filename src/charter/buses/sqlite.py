@@ -69,16 +69,21 @@ class SQLiteBus:
         )
 
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
+        # As bytes, whatever another tool stored (TEXT, even not UTF-8, or a number): what
+        # is no event is then parked by the projector, and the copy goes on (G8).
         rows = self._conns.get().execute(
-            "SELECT seq, body, subject, event_id FROM events WHERE entity = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?",
+            "SELECT seq, CAST(body AS BLOB), CAST(subject AS BLOB), CAST(event_id AS BLOB) "
+            "FROM events WHERE entity = ? AND seq > ? ORDER BY seq LIMIT ?",
             (entity, after, limit),
         )
         parts = self.partitions
-        return [
-            Delivery(seq, bytes(body), partition(key, parts), event_id)
-            for seq, body, key, event_id in rows
-        ]
+        deliveries = []
+        for seq, body, key, event_id in rows:
+            subject = _text(key)
+            deliveries.append(
+                Delivery(seq, body or b"", partition(subject, parts), _text(event_id), subject)
+            )
+        return deliveries
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
         """Recorded when the write lock is free (it only feeds compaction, which may wait);
@@ -109,12 +114,12 @@ class SQLiteBus:
         row = (
             self._conns.get()
             .execute(
-                "SELECT body FROM notes WHERE kind = ? AND entity = ? AND copy = ?",
+                "SELECT CAST(body AS BLOB) FROM notes WHERE kind = ? AND entity = ? AND copy = ?",
                 (kind, entity, copy),
             )
             .fetchone()
         )
-        return bytes(row[0]) if row else None
+        return bytes(row[0] or b"") if row else None
 
     def head(self, entity: str) -> int:
         row = (
@@ -152,3 +157,7 @@ class SQLiteBus:
 
     def close(self) -> None:
         self._conns.close()
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("utf-8", "replace") if value else ""

@@ -155,4 +155,16 @@ class Store(Protocol):
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]: ...
     def parked(self, copy: Copy) -> list[Parked]: ...
 
+    def retry_parked(
+        self, copy: Copy, events: Sequence[tuple[int, Event]], kept: Sequence[Parked]
+    ) -> list[Parked]:
+        """Once the cause of parked events is mended, in one transaction: apply `events`
+        (parked ones, by their position, that pass the projector's checks now) where newer
+        than each id's version (an older one changes nothing) and forget them; those the
+        database still refuses, and `kept` (ones that still fail the checks), stay parked
+        with their new reason. Returns those that stay parked. The checkpoint stays."""
+
+    def drop_parked(self, copy: Copy, positions: Sequence[int]) -> list[Parked]:
+        """Forget the parked events at `positions`; returns those forgotten."""
+
     def close(self) -> None: ...

@@ -769,9 +769,10 @@ class PostgresStore:
         once (another process or lane may have parked it)."""
         columns: list[list[Any]] = [[] for _ in range(7)]
         for p in parked:
+            texts = (_text(p.entity_id), _text(p.event_id), _text(p.reason))
             for column, value in zip(
                 columns,
-                (p.copy, p.entity_id, p.version, p.event_id, p.position, p.reason, p.body),
+                (p.copy, texts[0], p.version, texts[1], p.position, texts[2], p.body),
                 strict=True,
             ):
                 column.append(value)
@@ -866,10 +867,44 @@ class PostgresStore:
                 f"SELECT * FROM {self._t('charter_parked')} WHERE copy = %s ORDER BY position",
                 (copy.name,),
             ).fetchall()
-        return [
-            Parked(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6] or b""), row[7])
-            for row in rows
-        ]
+        return [_parked(row) for row in rows]
+
+    def retry_parked(
+        self, copy: Copy, events: Sequence[tuple[int, Event]], kept: Sequence[Parked]
+    ) -> list[Parked]:
+        now, table = now_text(), self._t("charter_parked")
+        failed: list[Parked] = []
+        with self.pool.connection() as conn, conn.transaction():
+            for at, event in sorted(events, key=lambda item: item[0]):
+                try:
+                    with conn.transaction():  # a savepoint
+                        parts = self._apply_parts(copy, [(at, event)], now)
+                        conn.execute(*self._with(parts, ("SELECT 1", None)))
+                except psycopg.Error as exc:
+                    if conn.closed or (exc.sqlstate or "")[:2] in _TRANSIENT:
+                        raise
+                    failed.append(unstorable(copy, at, event, exc))
+            stay = [*kept, *failed]
+            gone = sorted({at for at, _ in events} - {p.position for p in failed})
+            conn.execute(
+                f"DELETE FROM {table} WHERE copy = %s AND position = ANY(%s::bigint[])",
+                (copy.name, gone),
+            )
+            conn.execute(
+                f"UPDATE {table} AS p SET reason = u.reason FROM unnest(%s::bigint[], "
+                "%s::text[]) AS u(position, reason) WHERE p.copy = %s AND p.position = u.position",
+                ([p.position for p in stay], [_text(p.reason) for p in stay], copy.name),
+            )
+        return stay
+
+    def drop_parked(self, copy: Copy, positions: Sequence[int]) -> list[Parked]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"DELETE FROM {self._t('charter_parked')} "
+                "WHERE copy = %s AND position = ANY(%s::bigint[]) RETURNING *",
+                (copy.name, list(positions)),
+            ).fetchall()
+        return sorted(map(_parked, rows), key=lambda p: p.position)
 
     def close(self) -> None:
         if self._relayed and self._pool is not None:
@@ -884,6 +919,15 @@ class PostgresStore:
 # SQLSTATE classes of failures that pass (deadlock, serialization, lock or statement
 # timeout, resources, connection): an event that meets one is not parked as unstorable.
 _TRANSIENT = frozenset({"08", "40", "53", "55", "57"})
+
+
+def _text(value: str) -> str:
+    """`value` as PostgreSQL text can hold it (no NUL character), to park what holds one."""
+    return value.replace("\x00", "\\0") if "\x00" in value else value
+
+
+def _parked(row: Sequence[Any]) -> Parked:
+    return Parked(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6] or b""), row[7])
 
 
 def _record(names: Sequence[str], types: Sequence[str]) -> str:

@@ -482,6 +482,35 @@ class SQLiteStore:
         )
         return [Parked(*row) for row in rows]
 
+    def retry_parked(
+        self, copy: Copy, events: Sequence[tuple[int, Event]], kept: Sequence[Parked]
+    ) -> list[Parked]:
+        with self._conns.write() as conn:
+            in_order = sorted(events, key=lambda item: item[0])
+            failed = self._apply_one_by_one(conn, copy, in_order, now_text())
+            stay = [*kept, *failed]
+            gone = {at for at, _ in events} - {p.position for p in failed}
+            conn.executemany(
+                "DELETE FROM charter_parked WHERE copy = ? AND position = ?",
+                [(copy.name, at) for at in gone],
+            )
+            conn.executemany(
+                "UPDATE charter_parked SET reason = ? WHERE copy = ? AND position = ?",
+                [(p.reason, copy.name, p.position) for p in stay],
+            )
+        return stay
+
+    def drop_parked(self, copy: Copy, positions: Sequence[int]) -> list[Parked]:
+        with self._conns.write() as conn:
+            dropped = []
+            for at in positions:
+                rows = conn.execute(
+                    "DELETE FROM charter_parked WHERE copy = ? AND position = ? RETURNING *",
+                    (copy.name, at),
+                ).fetchall()
+                dropped += [Parked(*row) for row in rows]
+        return dropped
+
     def close(self) -> None:
         self._conns.close()
 

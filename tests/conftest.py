@@ -47,8 +47,9 @@ entities:
       user_id:   {{type: uuid}}
       starts_at: {{type: timestamp}}
       ends_at:   {{type: timestamp}}
+      status:    {{type: enum, values: [booked, cancelled], default: booked}}
     constraints:
-      - no_overlap: {{per: [user_id], range: [starts_at, ends_at]}}
+      - no_overlap: {{per: [user_id], range: [starts_at, ends_at], unless: {{status: [cancelled]}}}}
 copies:
   order_customers:
     in: orders

@@ -385,6 +385,63 @@ def test_no_overlap_on_unknown_range_fields_reports_each() -> None:
     assert all(p.hint for p in found)
 
 
+CANCELLABLE = (
+    "      ends_at:   {type: timestamp}\n"
+    "      status:    {type: enum, values: [booked, cancelled], default: booked}\n"
+    "      note:      {type: text, required: false}\n"
+    "    constraints:\n"
+    "      - no_overlap:\n"
+    "          per: [user_id]\n"
+    "          range: [starts_at, ends_at]\n"
+)
+
+
+def cancellable(unless: str) -> str:
+    """GOOD with a status on appointments and the no_overlap rule taking `unless`."""
+    text = edit(
+        "      ends_at:   {type: timestamp}\n    constraints:\n"
+        "      - no_overlap: {per: [user_id], range: [starts_at, ends_at]}\n",
+        CANCELLABLE + (f"          unless: {unless}\n" if unless else ""),
+    )
+    return text
+
+
+def test_no_overlap_may_leave_out_records_by_an_enum_or_string_field() -> None:
+    charter = model.loads(cancellable("{status: [cancelled]}"), FILE)
+    rule = charter.entities["Appointment"].constraints[0]
+    assert rule.unless == ("status", ("cancelled",))
+    assert model.loads(cancellable(""), FILE).entities["Appointment"].constraints[0].unless is None
+
+
+@pytest.mark.parametrize(
+    ("unless", "message", "hint"),
+    [
+        ("{statu: [cancelled]}", "no_overlap unless names unknown field 'statu'", "'status'"),
+        ("{status: [canceled]}", "unless status: 'canceled' is not one of", "'cancelled'"),
+        ("{note: [x]}", "unless needs an enum or string field; note is text", ""),
+        ("{status: []}", "unless status lists no values", "status: [cancelled]"),
+        ("{status: [cancelled], note: [x]}", "unless takes one field", "status: [cancelled]"),
+        ("[cancelled]", "unless takes one field", ""),
+    ],
+)
+def test_a_bad_no_overlap_condition_is_reported_on_its_line(
+    unless: str, message: str, hint: str
+) -> None:
+    text = cancellable(unless)
+    problem = only_problem(text)
+    assert message in problem.message and problem.message.startswith("Appointment: ")
+    assert problem.line == line_of(text, "unless:")
+    assert hint in problem.hint
+
+
+def test_a_mistyped_no_overlap_key_is_reported_not_ignored() -> None:
+    text = edit("range: [starts_at, ends_at]}", "range: [starts_at, ends_at], unles: {}}")
+    problem = only_problem(text)
+    assert problem.message == "Appointment: no_overlap: unknown key 'unles'"
+    assert problem.hint == "did you mean 'unless'?"
+    assert problem.line == line_of(text, "unles:")
+
+
 # --- many problems at once -------------------------------------------------------------
 
 MANY_EDITS = [

@@ -76,17 +76,44 @@ def test_a_copy_behind_its_window_is_a_breach_and_strict_exits_3(shop_file: Path
 
 def test_history_shows_the_owner_record(shop_file: Path) -> None:
     [cid] = create(shop_file, 1)
-    with charter.load(shop_file) as system, system.context("customers").transaction() as tx:
-        tx.update("Customer", cid, name="Changed")
+    with charter.load(shop_file) as system:
+        with system.context("customers").transaction(actor="support:grace") as tx:
+            tx.update("Customer", cid, name="Changed")
+        with system.context("customers").transaction(actor="ada") as tx:
+            tx.update("Customer", cid, password_hash="rotated")  # private fields only
     result = CliRunner().invoke(main, ["history", "Customer", cid, "-f", str(shop_file), "--json"])
     assert result.exit_code == 0
     history = json.loads(result.output)
-    assert [(h["version"], h["op"], h["changed"]) for h in history] == [
-        (1, "created", ["email", "name", "address", "status"]),
-        (2, "updated", ["name"]),
+    assert [(h["version"], h["op"], h["changed"], h["actor"]) for h in history] == [
+        (1, "created", ["email", "name", "address", "status"], None),
+        (2, "updated", ["name"], "support:grace"),
+        (3, "updated", [], "ada"),
     ]
+    assert [h["private_changed"] for h in history] == [["password_hash"], [], ["password_hash"]]
+    public = {"email": "c0@x", "name": "N0", "address": None, "status": "active"}
+    assert [h["state"] for h in history] == [
+        public,
+        {**public, "name": "Changed"},
+        {**public, "name": "Changed"},
+    ]
+    assert "rotated" not in result.output and '"h"' not in result.output
+    table = CliRunner().invoke(
+        main, ["history", "Customer", cid, "-f", str(shop_file)], terminal_width=200
+    )
+    assert table.exit_code == 0
+    for shown in ("name='N0'", "name: 'N0' → 'Changed'", "support:grace", "password_hash"):
+        assert shown in table.output, table.output
     unknown = CliRunner().invoke(main, ["history", "Custmer", cid, "-f", str(shop_file)])
-    assert unknown.exit_code != 0 and "Customer" in unknown.output
+    assert unknown.exit_code != 0 and "did you mean 'Customer'?" in unknown.output
+
+
+def test_history_of_an_unknown_id_exits_1_with_or_without_json(shop_file: Path) -> None:
+    create(shop_file, 1)
+    for extra in ([], ["--json"]):
+        args = ["history", "Customer", "no-such-id", "-f", str(shop_file), *extra]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert "no history for Customer no-such-id" in result.output
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:

@@ -216,6 +216,69 @@ def test_bookings_crossing_in_opposite_order_one_commits_the_other_is_refused(
     assert_one_event_per_commit(shop, "calendar", "Appointment", list(owner))
 
 
+def test_a_cancelled_slot_raced_for_by_rebookings_and_its_uncancelling_has_one_winner(
+    shop: System,
+) -> None:
+    """`no_overlap … unless: {status: [cancelled]}`: for each of 10 cancelled appointments,
+    20 threads race at once, half to book its slot anew, half to un-cancel it. For a free
+    slot exactly one attempt commits; for a slot already booked again before the race, none
+    does (un-cancelling into the overlap is refused). Every loser gets ConstraintError, or
+    ConflictError for an un-cancelling another one beat; no two booked appointments
+    overlap, and only what committed has an event."""
+    calendar = shop.context("calendar")
+    slots = 10
+    users = [str(uuid.uuid4()) for _ in range(slots)]
+    slot = {"starts_at": BOOKING_DAY, "ends_at": BOOKING_DAY + dt.timedelta(hours=1)}
+    cancelled: list[str] = []
+    taken: dict[str, str] = {}  # booked again before the race: odd slots
+    for number, user in enumerate(users):
+        with calendar.transaction() as tx:
+            made = tx.create("Appointment", user_id=user, **slot)
+            cancelled.append(tx.update("Appointment", made.id, status="cancelled").id)
+            if number % 2:
+                taken[tx.create("Appointment", user_id=user, **slot).id] = user
+    start = threading.Barrier(THREADS, timeout=60)
+
+    def work(thread: int) -> Outcome:
+        outcome = Outcome()
+        for number, (user, original) in enumerate(zip(users, cancelled, strict=True)):
+            start.wait()
+            outcome.attempts += 1
+            try:
+                with calendar.transaction() as tx:
+                    if thread % 2:
+                        tx.update("Appointment", original, status="booked", expected_version=2)
+                        won = original
+                    else:
+                        won = tx.create("Appointment", user_id=user, **slot).id
+            except (charter.ConstraintError, charter.ConflictError):
+                outcome.refused += 1
+                continue
+            except Exception as exc:
+                outcome.unexpected.append(f"slot {number}: {exc!r}")
+                continue
+            outcome.won.append({"slot": number, "id": won, "uncancelled": thread % 2 == 1})
+        return outcome
+
+    outcome = run_threads(THREADS, work)
+    assert outcome.unexpected == []
+    assert outcome.attempts == THREADS * slots
+    free = list(range(0, slots, 2))
+    assert sorted(w["slot"] for w in outcome.won) == free, "not exactly one winner a free slot"
+    assert outcome.refused == outcome.attempts - len(free)
+    booked = {r.id: str(r.user_id) for r in calendar.filter("Appointment", status="booked")}
+    assert booked == {**taken, **{w["id"]: users[w["slot"]] for w in outcome.won}}
+    events = [e for e in all_events(shop, "calendar") if e.entity == "Appointment"]
+    uncancelled = [w["id"] for w in outcome.won if w["uncancelled"]]
+    rebooked = [w["id"] for w in outcome.won if not w["uncancelled"]]
+    assert Counter(e.entity_id for e in events if e.version == 3) == Counter(uncancelled)
+    assert Counter(e.entity_id for e in events if e.op == "created") == Counter(
+        [*cancelled, *taken, *rebooked]
+    ), "an event for a refused attempt, or one lost"
+    charter.Runner(shop).drain()
+    assert_converged(shop)
+
+
 # -- optimistic concurrency: read, then update(expected_version=…) --------------------------
 
 

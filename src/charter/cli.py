@@ -269,28 +269,55 @@ def status_command(path: Path, as_json: bool, strict: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @reports_errors
 def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
-    """The owner's authoritative history of one record."""
+    """The owner's authoritative history of one record: each version's public values,
+    who made it (a transaction's actor) and when; private fields by name only."""
     with System.load(path) as system:
         spec = system.charter.entities.get(entity)
         if spec is None:
-            raise click.BadParameter(
-                f"no entity '{entity}' (entities: {', '.join(system.charter.entities)})",
-                param_hint="ENTITY",
-            )
+            names = tuple(system.charter.entities)
+            hint = model._hint(entity, names) or f"entities: {', '.join(names)}"
+            raise click.BadParameter(f"no entity '{entity}'; {hint}", param_hint="ENTITY")
         rows = system.store(spec.owner).history(entity, entity_id)
-    if as_json:
-        docs = [
-            {"version": r.version, "op": r.op, "changed": list(r.changed), "time": r.time}
-            for r in rows
-        ]
-        click.echo(json.dumps(docs, indent=2))
-        return
     if not rows:
         _console(stderr=True).print(f"no history for {entity} {entity_id} in '{spec.owner}'")
         sys.exit(EXIT_CHARTER)
-    table = Table("version", "op", "changed fields", "committed at", title=f"{entity} {entity_id}")
-    for r in rows:
-        table.add_row(str(r.version), r.op, ", ".join(r.changed), r.time)
+    states = [(json.loads(r.body).get("data") or None) for r in rows]
+    if as_json:
+        docs = [
+            {
+                "version": r.version,
+                "op": r.op,
+                "changed": list(r.changed),
+                "private_changed": list(r.private),
+                "actor": r.actor,
+                "time": r.time,
+                "state": state,
+            }
+            for r, state in zip(rows, states, strict=True)
+        ]
+        click.echo(json.dumps(docs, indent=2))
+        return
+    table = Table(
+        "version",
+        "op",
+        "public values",
+        "private",
+        "by",
+        "committed at",
+        title=f"{entity} {entity_id}",
+    )
+    before: dict[str, Any] = {}
+    for r, state in zip(rows, states, strict=True):
+        after = state or {}
+        if r.op == "created":
+            shown = [f"{name}={after.get(name)!r}" for name in r.changed]
+        else:
+            shown = [f"{name}: {before.get(name)!r} → {after.get(name)!r}" for name in r.changed]
+        private = ", ".join(r.private) + " (changed)" if r.private else ""
+        table.add_row(
+            str(r.version), r.op, escape("\n".join(shown)), private, r.actor or "", r.time
+        )
+        before = after
     _console().print(table)
 
 

@@ -27,9 +27,10 @@ class Event:
     state: dict[str, Any] | None
     owner: str
     time: str
+    actor: str | None = None  # who made the change, when the transaction said
 
     def to_cloudevent(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "specversion": "1.0",
             "id": self.id,
             "source": self.owner,
@@ -41,6 +42,9 @@ class Event:
             "changedfields": ",".join(self.changed),
             "data": self.state,
         }
+        if self.actor is not None:
+            doc["actor"] = self.actor  # a CloudEvents extension attribute
+        return doc
 
     def encode(self) -> bytes:
         return orjson.dumps(self.to_cloudevent())
@@ -78,6 +82,9 @@ def decode(body: bytes | str) -> Event:
     if op != "deleted" and not isinstance(data, dict):
         raise EventError(f"{where}: data must hold the record's public state")
     changed = doc.get("changedfields") or ""
+    actor = doc.get("actor")
+    if actor is not None and not isinstance(actor, str):
+        raise EventError(f"{where}: actor must be a string, got {actor!r}")
     return Event(
         event_id,
         entity,
@@ -88,4 +95,5 @@ def decode(body: bytes | str) -> Event:
         data if isinstance(data, dict) else None,
         source,
         time,
+        actor,
     )

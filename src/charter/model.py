@@ -58,12 +58,22 @@ class Field:
 
 @dataclass(frozen=True)
 class NoOverlap:
-    """No two records with the same `per` values may have intersecting [start, end) ranges."""
+    """No two records with the same `per` values may have intersecting [start, end) ranges;
+    a record whose `unless` field holds one of its values (a cancelled one, say) is left
+    out."""
 
     per: tuple[str, ...]
     start: str
     end: str
     line: int = 0
+    unless: tuple[str, tuple[str, ...]] | None = None  # (field, values)
+
+    def describe(self) -> str:
+        """The rule in words, to compare what a store enforces with what the charter says."""
+        text = f"per {','.join(self.per)} range {self.start},{self.end}"
+        if self.unless is not None:
+            text += f" unless {self.unless[0]} in {','.join(self.unless[1])}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -429,6 +439,7 @@ class _Reader:
                 )
                 continue
             body = item["no_overlap"] if isinstance(item["no_overlap"], dict) else {}
+            self._unknown_keys(body, ("per", "range", "unless"), f"{entity}: no_overlap")
             per = tuple(str(f) for f in (body.get("per") or []))
             bounds = tuple(str(f) for f in (body.get("range") or []))
             if len(bounds) != 2:
@@ -441,8 +452,53 @@ class _Reader:
                         f"{entity}: constraint no_overlap names unknown field '{name}'",
                         _hint(name, tuple(fields)) or f"fields are: {', '.join(fields)}",
                     )
-            result.append(NoOverlap(per, bounds[0], bounds[1], line))
+            unless = self._unless(entity, body, fields, line)
+            result.append(NoOverlap(per, bounds[0], bounds[1], line, unless))
         return tuple(result)
+
+    def _unless(
+        self, entity: str, body: dict[str, Any], fields: dict[str, Field], line: int
+    ) -> tuple[str, tuple[str, ...]] | None:
+        """no_overlap's `unless: {field: [values]}`: one string or enum field, its values."""
+        if "unless" not in body:
+            return None
+        raw = body["unless"]
+        line = self._line(body, "unless")
+        example = "unless: {status: [cancelled]}"
+        if not isinstance(raw, dict) or len(raw) != 1:
+            message = f"{entity}: no_overlap unless takes one field and its values"
+            self.problem(line, message, example)
+            return None
+        [(name, values)] = raw.items()
+        name = str(name)
+        field = fields.get(name)
+        if field is None:
+            self.problem(
+                line,
+                f"{entity}: no_overlap unless names unknown field '{name}'",
+                _hint(name, tuple(fields)) or f"fields are: {', '.join(fields)}",
+            )
+            return None
+        if field.type not in ("enum", "string"):
+            self.problem(
+                line,
+                f"{entity}: no_overlap unless needs an enum or string field; "
+                f"{name} is {field.type}",
+            )
+            return None
+        if not isinstance(values, list) or not values:
+            self.problem(line, f"{entity}: no_overlap unless {name} lists no values", example)
+            return None
+        listed = tuple(str(v) for v in values)
+        for value in listed:
+            if field.type == "enum" and value not in field.values:
+                self.problem(
+                    line,
+                    f"{entity}: no_overlap unless {name}: '{value}' is not one of "
+                    f"{list(field.values)}",
+                    _hint(value, field.values),
+                )
+        return name, listed
 
     def _copies(
         self, raw: dict[str, Any], contexts: dict[str, Context], entities: dict[str, Entity]

@@ -4,11 +4,12 @@ every change written to the outbox in the same transaction (G1, G2)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from charter import values
-from charter.errors import ConflictError, NotFoundError, OwnershipError, ValidationError
+from charter.errors import ConflictError, Error, NotFoundError, OwnershipError, ValidationError
 from charter.events import Event
 from charter.ids import uuid7
 from charter.model import Charter, Entity, Field, _hint
@@ -84,27 +85,44 @@ class _Change:
     op: str
     changed: tuple[str, ...]
     state: dict[str, Any] | None
+    private: tuple[str, ...] = ()  # private fields it set: names for the history, never sent
 
 
 class Transaction:
-    """What an owner may do inside one transaction of its own store."""
+    """What an owner may do inside one transaction of its own store.
 
-    def __init__(self, charter: Charter, context: str, writes: OwnerWrites) -> None:
+    A change that is refused (it raises) fails the whole transaction, even when the caller
+    catches the error and goes on: every store behaves the same, whether it refuses at once
+    (SQLite) or when the changes reach the database (PostgreSQL queues them). To catch a
+    refusal and go on, make the change inside `with tx.savepoint():`."""
+
+    def __init__(
+        self, charter: Charter, context: str, writes: OwnerWrites, actor: str | None = None
+    ) -> None:
         self._charter, self._context, self._writes = charter, context, writes
         self._changes: list[_Change] = []
+        self._refused: tuple[str, Exception] | None = None  # the first, and what it was
+        self._actor = actor
 
     def _owned(self, name: str) -> Entity:
         return owned_entity(self._charter, self._context, name)
 
     def create(self, entity_name: str, /, **fields: Any) -> Record:
         """A new record with a fresh time-ordered id, at version 1."""
-        entity = self._owned(entity_name)
-        row: dict[str, Any] = {"id": uuid7(), "version": 1}
-        row.update(values.check_new(entity, fields))
-        _check_ranges(entity, row)
-        self._writes.insert(entity, row)
+        try:
+            entity = self._owned(entity_name)
+            row: dict[str, Any] = {"id": uuid7(), "version": 1}
+            row.update(values.check_new(entity, fields))
+            _check_ranges(entity, row)
+            self._writes.insert(entity, row)
+        except Exception as exc:
+            self._refuse(f"create {entity_name}", exc)
+            raise
         public = _public(entity, row)
-        self._changes.append(_Change(entity, row["id"], 1, "created", tuple(public), public))
+        private = tuple(n for n, f in entity.fields.items() if f.private and row[n] is not None)
+        self._changes.append(
+            _Change(entity, row["id"], 1, "created", tuple(public), public, private)
+        )
         return record_from_row(entity, row)
 
     def update(
@@ -117,30 +135,43 @@ class Transaction:
         **fields: Any,
     ) -> Record:
         """Change some fields. With expected_version, refuse if someone changed it first."""
-        entity = self._owned(entity_name)
-        changes = values.check_changes(entity, fields)
-        current = self._current(entity, entity_id, expected_version)
-        changed = [name for name, value in changes.items() if current[name] != value]
-        if not changed:
-            return record_from_row(entity, current)
-        row = dict(current)
-        row.update(changes)
-        row["version"] = current["version"] + 1
-        _check_ranges(entity, row)
-        if not self._writes.update(entity, entity_id, current["version"], row):
-            raise ConflictError(f"{entity.name} {entity_id} changed while being updated")
+        try:
+            entity = self._owned(entity_name)
+            changes = values.check_changes(entity, fields)
+            current = self._current(entity, entity_id, expected_version)
+            changed = [name for name, value in changes.items() if current[name] != value]
+            if not changed:
+                return record_from_row(entity, current)
+            row = dict(current)
+            row.update(changes)
+            row["version"] = current["version"] + 1
+            _check_ranges(entity, row)
+            if not self._writes.update(entity, entity_id, current["version"], row):
+                raise ConflictError(f"{entity.name} {entity_id} changed while being updated")
+        except Exception as exc:
+            self._refuse(f"update of {entity_name} {entity_id}", exc)
+            raise
         public = _public(entity, row)
         visible = tuple(name for name in changed if name in public)
-        self._changes.append(_Change(entity, entity_id, row["version"], "updated", visible, public))
+        # A change of private fields only still makes a version (and an event without their
+        # names or values), so every copy's version follows the owner's.
+        private = tuple(name for name in changed if name not in public)
+        self._changes.append(
+            _Change(entity, entity_id, row["version"], "updated", visible, public, private)
+        )
         return record_from_row(entity, row)
 
     def delete(
         self, entity_name: str, entity_id: str, /, *, expected_version: int | None = None
     ) -> None:
-        entity = self._owned(entity_name)
-        current = self._current(entity, entity_id, expected_version)
-        if not self._writes.delete(entity, entity_id, current["version"]):
-            raise ConflictError(f"{entity.name} {entity_id} changed while being deleted")
+        try:
+            entity = self._owned(entity_name)
+            current = self._current(entity, entity_id, expected_version)
+            if not self._writes.delete(entity, entity_id, current["version"]):
+                raise ConflictError(f"{entity.name} {entity_id} changed while being deleted")
+        except Exception as exc:
+            self._refuse(f"delete of {entity_name} {entity_id}", exc)
+            raise
         self._changes.append(
             _Change(entity, entity_id, current["version"] + 1, "deleted", (), None)
         )
@@ -149,6 +180,55 @@ class Transaction:
         entity = self._owned(entity_name)
         row = self._writes.fetch(entity, entity_id)
         return record_from_row(entity, row) if row else None
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the transaction that can fail alone: when a change inside it is
+        refused, its changes (rows and events) are undone, the refusal is raised from the
+        block (at the latest from its exit, where a store that queues changes sends and
+        checks them), and the transaction may go on and commit the rest. A refusal caught
+        inside the block fails the savepoint at its exit, as it would the transaction."""
+        mark, before = len(self._changes), self._refused
+        point = self._writes.savepoint()
+        try:
+            point.__enter__()
+        except Exception as exc:  # a change queued before it, refused as it was sent
+            self._refuse("a change before the savepoint", exc)
+            raise
+        try:
+            yield
+            if self._refused is not before:
+                raise self._rolled_back("savepoint", "nothing in it was kept")
+        except BaseException as exc:
+            del self._changes[mark:]
+            self._refused = before
+            point.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        try:
+            point.__exit__(None, None, None)
+        except BaseException:
+            del self._changes[mark:]
+            self._refused = before
+            raise
+
+    def _refuse(self, what: str, exc: Exception) -> None:
+        if self._refused is None:
+            self._refused = (what, exc)
+
+    def _rolled_back(self, scope: str, outcome: str) -> Exception:
+        """The error for a scope that cannot commit: a change in it was refused."""
+        assert self._refused is not None
+        what, exc = self._refused
+        return restated(
+            exc,
+            f"the {scope} was rolled back and {outcome}: {what} was refused ({exc}). "
+            "To catch a refusal and go on, make the change inside `with tx.savepoint():`",
+        )
+
+    def _check_refusals(self) -> None:
+        """Raise, so nothing commits, if a change was refused and the caller went on."""
+        if self._refused is not None:
+            raise self._rolled_back("transaction", "nothing was committed")
 
     def _current(self, entity: Entity, entity_id: str, expected: int | None) -> Row:
         row = self._writes.fetch(entity, entity_id)
@@ -178,15 +258,28 @@ class Transaction:
                 c.state,
                 owner,
                 time,
+                self._actor,
             )
             for c in self._changes
         ]
-        self._writes.append(events, [e.encode() for e in events])
+        private = [c.private for c in self._changes]
+        self._writes.append(events, [e.encode() for e in events], private if any(private) else ())
         self._changes.clear()
         return events
 
 
 _SYNCED = Field("synced_at", "timestamp")
+
+
+def restated(exc: Exception, message: str) -> Exception:
+    """The same kind of error (so `except ConstraintError` catches it on every store), with
+    a message that says more; a foreign error becomes a charter.Error."""
+    kind = type(exc) if isinstance(exc, Error) else Error
+    new = kind.__new__(kind)
+    Exception.__init__(new, message)
+    new.__dict__.update(getattr(exc, "__dict__", {}))
+    new.__cause__ = exc
+    return new
 
 
 def _public(entity: Entity, row: Row) -> dict[str, Any]:

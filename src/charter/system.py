@@ -11,9 +11,9 @@ from typing import Any
 
 from charter import model, values
 from charter.buses import Bus, open_bus
-from charter.errors import ValidationError
+from charter.errors import ConflictError, ConstraintError, ValidationError
 from charter.model import Charter, Copy, _hint
-from charter.owner import Record, Transaction, owned_entity, record_from_row
+from charter.owner import Record, Transaction, owned_entity, record_from_row, restated
 from charter.signals import Signals
 from charter.stores import Store, open_store
 
@@ -85,13 +85,27 @@ class ContextHandle:
         self.spec = system.charter.contexts[name]
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """One local transaction: the changes and their events commit together, or neither."""
+    def transaction(self, actor: str | None = None) -> Iterator[Transaction]:
+        """One local transaction: the changes and their events commit together, or neither.
+        `actor` (who makes the change) is kept in the owner's history and in each event.
+        A refused change fails it all, even if caught: see Transaction.savepoint."""
+        if actor is not None and (not isinstance(actor, str) or not actor.strip()):
+            raise ValidationError(f"actor must be a non-empty string, got {actor!r}")
         store = self.system.store(self.name)
-        with store.transaction() as writes:
-            tx = Transaction(self.system.charter, self.name, writes)
-            yield tx
-            events = tx._commit_events()
+        committing = False
+        try:
+            with store.transaction() as writes:
+                tx = Transaction(self.system.charter, self.name, writes, actor)
+                yield tx
+                tx._check_refusals()
+                events = tx._commit_events()
+                committing = True
+        except (ConstraintError, ConflictError) as exc:
+            if not committing:
+                raise
+            # a store that sends its changes at commit refuses them there (PostgreSQL)
+            message = f"{exc}; the transaction was rolled back and nothing was committed"
+            raise restated(exc, message) from None
         if events:
             self.system.signals.notify(f"outbox:{self.name}")
 

@@ -32,6 +32,8 @@ class OutboxRow:
     changed: tuple[str, ...]
     time: str
     body: bytes
+    actor: str | None = None  # who made the change (history only; it is in the body too)
+    private: tuple[str, ...] = ()  # private fields it set: names only, never published
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,23 @@ class OwnerWrites(Protocol):
     def insert(self, entity: Entity, row: Row) -> None: ...
     def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool: ...
     def delete(self, entity: Entity, entity_id: str, old_version: int) -> bool: ...
-    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None: ...
+    def append(
+        self,
+        events: Sequence[Event],
+        bodies: Sequence[bytes],
+        private: Sequence[tuple[str, ...]] = (),
+    ) -> None:
+        """The outbox rows of the transaction, just before it commits. `private`, when not
+        empty, holds for each event the private fields its change set (kept in the row,
+        for the owner's history; never in the body)."""
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested part of the transaction. A block that raises is undone alone (back to
+        where it began) and its error goes on. On a clean exit the block's changes must have
+        been checked: a store that queues changes sends them there, and a refusal is raised
+        from the exit with the block undone. Savepoints nest. If entering one sends changes
+        queued before it and they are refused, it raises from the entry, having undone them
+        back to the enclosing savepoint (or the whole transaction)."""
 
 
 class Store(Protocol):
@@ -120,7 +138,8 @@ class Store(Protocol):
         """Make every event after `seq` pending again (to heal a bus that lost events)."""
 
     def unrelayed(self, entity: str) -> Backlog: ...
-    def history(self, entity: str, entity_id: str) -> list[OutboxRow]: ...
+    def history(self, entity: str, entity_id: str) -> list[OutboxRow]:
+        """The record's outbox rows by version, with their actor and private names."""
 
     def current(self, entity: Entity, after: str = "", limit: int = 1000) -> list[OutboxRow]:
         """The event of each live record's current version, ids after `after` in order: the

@@ -3,15 +3,20 @@ messages of the guards, refusals of unsafe schema changes, rows read back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from charter.errors import SchemaChangeError
 from charter.events import Event
-from charter.model import Copy, Entity, Field
+from charter.model import Copy, Entity, Field, NoOverlap
 from charter.stores.base import OutboxRow, Parked, Row
 
 OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
 OUTBOX_COLUMNS_OF_O = ", ".join("o." + c for c in OUTBOX_COLUMNS.split(", "))  # alias `o`
+HISTORY_COLUMNS = OUTBOX_COLUMNS + ", actor, private_changed"  # for the owner's history
+# Added to charter_outbox after it first shipped: nullable, so a store from before keeps
+# its rows (they read as no actor, no private fields).
+OUTBOX_ADDED_COLUMNS = ("actor", "private_changed")
 
 
 def entity_guard_message(entity: Entity, team: str) -> str:
@@ -51,6 +56,25 @@ def check_extension(
     return True
 
 
+def counted(rule: NoOverlap, row: str, literal: Callable[[str], str]) -> str:
+    """An SQL condition: the record `row` (an alias and a dot, or "") counts for the rule,
+    i.e. its `unless` field holds none of the values that leave it out (NULL counts)."""
+    if rule.unless is None:
+        return "TRUE"
+    name, values = rule.unless
+    column = f'{row}"{name}"'
+    return f"({column} IS NULL OR {column} NOT IN ({', '.join(map(literal, values))}))"
+
+
+def overlap_refused(entity: Entity, rule: NoOverlap, pair: tuple[Any, Any]) -> SchemaChangeError:
+    """A no_overlap rule made stricter while the store holds records it would refuse."""
+    return SchemaChangeError(
+        f"{entity.name} no_overlap ({rule.describe()}, charter line {rule.line}): records "
+        f"{pair[0]} and {pair[1]} already overlap under it. Change or delete one of them "
+        "first, or keep the rule as it was."
+    )
+
+
 def where_clause(
     select: str, where: Row | None, names: list[str], null_safe_equal: str
 ) -> tuple[str, list[Any]]:
@@ -65,7 +89,9 @@ def where_clause(
 
 
 def outbox_row(row: tuple[Any, ...]) -> OutboxRow:
-    seq, event_id, entity, entity_id, version, op, changed, time, body = row
+    """An outbox row from OUTBOX_COLUMNS, or from HISTORY_COLUMNS."""
+    seq, event_id, entity, entity_id, version, op, changed, time, body, *more = row
+    actor, private = more or (None, None)
     return OutboxRow(
         seq,
         event_id,
@@ -76,7 +102,28 @@ def outbox_row(row: tuple[Any, ...]) -> OutboxRow:
         tuple(changed.split(",")) if changed else (),
         time,
         bytes(body),
+        actor,
+        tuple(private.split(",")) if private else (),
     )
+
+
+def outbox_values(
+    events: Sequence[Event], bodies: Sequence[bytes], private: Sequence[tuple[str, ...]]
+) -> list[tuple[Any, ...]]:
+    """The values of the transaction's outbox rows, in the order of OUTBOX_INSERT."""
+    names = private or [()] * len(events)
+    return [
+        (
+            *(e.id, e.entity, e.entity_id, e.version, e.op, ",".join(e.changed), e.time),
+            *(b, e.actor, ",".join(p) or None),
+        )
+        for e, b, p in zip(events, bodies, names, strict=True)
+    ]
+
+
+OUTBOX_INSERT = (
+    "(event_id, entity, entity_id, version, op, changed, time, body, actor, private_changed)"
+)
 
 
 def unstorable(copy: Copy, position: int, event: Event, exc: Exception) -> Parked:

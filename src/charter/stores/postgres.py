@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from charter.events import Event
 from charter.lanes import Lane
-from charter.model import Charter, Copy, Entity, Field
+from charter.model import Charter, Copy, Entity, Field, NoOverlap
 from charter.stores.base import (
     Backlog,
     Checkpoint,
@@ -40,12 +40,17 @@ from charter.stores.base import (
     latest_lanes,
 )
 from charter.stores.common import (
+    HISTORY_COLUMNS,
+    OUTBOX_ADDED_COLUMNS,
     OUTBOX_COLUMNS,
     OUTBOX_COLUMNS_OF_O,
+    OUTBOX_INSERT,
     check_extension,
     copy_guard_message,
+    counted,
     entity_guard_message,
     outbox_row,
+    overlap_refused,
     unstorable,
     where_clause,
 )
@@ -81,7 +86,8 @@ CREATE TABLE IF NOT EXISTS {s}.charter_schema (
 CREATE TABLE IF NOT EXISTS {s}.charter_outbox (
     seq bigserial PRIMARY KEY, event_id text NOT NULL, entity text NOT NULL,
     entity_id text NOT NULL, version integer NOT NULL, op text NOT NULL,
-    changed text NOT NULL, time text NOT NULL, body bytea NOT NULL
+    changed text NOT NULL, time text NOT NULL, body bytea NOT NULL,
+    actor text, private_changed text
 );
 CREATE INDEX IF NOT EXISTS charter_outbox_entity_id ON {s}.charter_outbox (entity_id);
 CREATE TABLE IF NOT EXISTS {s}.charter_pending (seq bigint PRIMARY KEY);
@@ -234,6 +240,19 @@ class PostgresStore:
             if any(e.constraints for e in owned):
                 conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
             conn.execute(_META.format(s=f'"{self.schema}"'))
+            present = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = %s AND table_name = 'charter_outbox'",
+                    (self.schema,),
+                )
+            }
+            for column in OUTBOX_ADDED_COLUMNS:  # a store made before they were
+                if column not in present:
+                    conn.execute(
+                        f"ALTER TABLE {self._t('charter_outbox')} ADD COLUMN {column} text"
+                    )
             for entity in owned:
                 self._prepare_entity(conn, entity, team)
             for copy in copies:
@@ -315,23 +334,62 @@ class PostgresStore:
                     f'CREATE UNIQUE INDEX IF NOT EXISTS "{table}_{field.name}_unique" '
                     f'ON {self._t(table)} ("{field.name}")'
                 )
+        enforced = dict(
+            conn.execute(
+                f"SELECT field, type FROM {self._t('charter_schema')} "
+                "WHERE kind = 'no_overlap' AND name = %s",
+                (entity.name,),
+            ).fetchall()
+        )
         for number, rule in enumerate(entity.constraints, 1):
-            name = f"{table}_no_overlap_{number}"
-            exists = conn.execute(
-                "SELECT 1 FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
-                "WHERE n.nspname = %s AND c.conname = %s",
-                (self.schema, name),
-            ).fetchone()
-            if not exists:
-                per = "".join(f'"{p}" WITH =, ' for p in rule.per)
-                conn.execute(
-                    f'ALTER TABLE {self._t(table)} ADD CONSTRAINT "{name}" EXCLUDE USING gist '
-                    f'({per}tstzrange("{rule.start}", "{rule.end}") WITH &&)'
-                )
+            self._no_overlap(conn, entity, number, rule, enforced.get(str(number)))
         self._guard(
             conn,
             table,
             entity_guard_message(entity, team),
+        )
+
+    def _no_overlap(
+        self,
+        conn: psycopg.Connection[Any],
+        entity: Entity,
+        number: int,
+        rule: NoOverlap,
+        enforced: str | None,
+    ) -> None:
+        """The rule's EXCLUDE constraint, made again when the rule changed (one made before
+        rules were recorded is taken as the rule when it has no `unless`)."""
+        table, name = entity.table, f"{entity.table}_no_overlap_{number}"
+        exists = conn.execute(
+            "SELECT 1 FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+            "WHERE n.nspname = %s AND c.conname = %s",
+            (self.schema, name),
+        ).fetchone()
+        same = enforced == rule.describe() or (enforced is None and rule.unless is None)
+        if not exists or not same:
+            if exists:
+                conn.execute(f'ALTER TABLE {self._t(table)} DROP CONSTRAINT "{name}"')
+            per = "".join(f'"{p}" WITH =, ' for p in rule.per)
+            where = ""
+            if rule.unless is not None:
+                where = f" WHERE {counted(rule, '', lambda v: sql.Literal(v).as_string(conn))}"
+            try:
+                with conn.transaction():  # a savepoint: the refusal below is ours to word
+                    # Deferrable, so checked at the end of each statement, not row by row:
+                    # the owner's queued updates of one entity go as one statement, whose
+                    # rows (cancel one, book another in its slot) come in no set order.
+                    conn.execute(
+                        f'ALTER TABLE {self._t(table)} ADD CONSTRAINT "{name}" EXCLUDE USING '
+                        f'gist ({per}tstzrange("{rule.start}", "{rule.end}") WITH &&){where} '
+                        "DEFERRABLE INITIALLY IMMEDIATE"
+                    )
+            except pg_errors.ExclusionViolation as exc:
+                key = (exc.diag.message_detail or "").split(" conflicts with ")
+                raise overlap_refused(entity, rule, (key[0], key[-1])) from None
+        conn.execute(
+            f"INSERT INTO {self._t('charter_schema')} VALUES ('no_overlap', %s, %s, %s) "
+            "ON CONFLICT (kind, name, field) DO UPDATE SET type = excluded.type",
+            (entity.name, str(number), rule.describe()),
         )
 
     def _prepare_copy(
@@ -435,40 +493,38 @@ class PostgresStore:
             return None
         return dict(zip(self._selects[entity.name], row, strict=True))
 
-    def _outbox_insert(self, items: Sequence[tuple[Event, bytes]]) -> tuple[str, Sequence[Any]]:
-        """The outbox rows of one transaction, as an INSERT … RETURNING seq."""
-        outbox = self._t("charter_outbox")
-        head = (
-            f"INSERT INTO {outbox} (event_id, entity, entity_id, version, op, changed, time, body) "
-        )
-        if len(items) == 1:  # one row: scalar parameters cost psycopg far less than arrays
-            event, body = items[0]
-            row = (event.id, event.entity, event.entity_id, event.version, event.op)
-            params = (*row, ",".join(event.changed), event.time, body)
-            return head + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq", params
-        rows = [
+    def _outbox_insert(self, rows: Sequence[tuple[Any, ...]]) -> tuple[str, Sequence[Any]]:
+        """The outbox rows of one transaction (common.outbox_values), as an INSERT …
+        RETURNING seq."""
+        head = f"INSERT INTO {self._t('charter_outbox')} {OUTBOX_INSERT} "
+        if len(rows) == 1:  # one row: scalar parameters cost psycopg far less than arrays
+            return head + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq", rows[0]
+        docs = [
             {
-                "event_id": event.id,
-                "entity": event.entity,
-                "entity_id": event.entity_id,
-                "version": event.version,
-                "op": event.op,
-                "changed": ",".join(event.changed),
-                "time": event.time,
+                "event_id": event_id,
+                "entity": entity,
+                "entity_id": entity_id,
+                "version": version,
+                "op": op,
+                "changed": changed,
+                "time": at,
                 "body": body.decode(),  # orjson's own output: UTF-8, and back byte for byte
+                "actor": actor,
+                "private_changed": private,
             }
-            for event, body in items
+            for event_id, entity, entity_id, version, op, changed, at, body, actor, private in rows
         ]
         query = head + (
             "SELECT u.event_id, u.entity, u.entity_id, u.version, u.op, u.changed, u.time, "
-            "convert_to(u.body, 'UTF8') FROM json_to_recordset(%s::json) AS u(event_id text, "
-            "entity text, entity_id text, version integer, op text, changed text, time text, "
-            "body text) RETURNING seq"
+            "convert_to(u.body, 'UTF8'), u.actor, u.private_changed "
+            "FROM json_to_recordset(%s::json) AS u(event_id text, entity text, entity_id text, "
+            "version integer, op text, changed text, time text, body text, actor text, "
+            "private_changed text) RETURNING seq"
         )
-        return query, (orjson.dumps(rows).decode(),)
+        return query, (orjson.dumps(docs).decode(),)
 
     def _outbox_statement(
-        self, items: Sequence[tuple[Event, bytes]], before: Statement | None = None
+        self, items: Sequence[tuple[Any, ...]], before: Statement | None = None
     ) -> Statement:
         """The outbox rows of one transaction and their pending marks, in one statement;
         with `before`, an INSERT that goes with them (one statement is one transaction)."""
@@ -597,7 +653,7 @@ class PostgresStore:
     def history(self, entity: str, entity_id: str) -> list[OutboxRow]:
         with self.pool.connection() as conn:
             rows = conn.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM {self._t('charter_outbox')} "
+                f"SELECT {HISTORY_COLUMNS} FROM {self._t('charter_outbox')} "
                 "WHERE entity_id = %s AND entity = %s ORDER BY version",
                 (entity_id, entity),
             ).fetchall()

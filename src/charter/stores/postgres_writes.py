@@ -11,12 +11,18 @@ document to `json_to_recordset`), and they go to the server in one pipeline.
 What this changes for the caller: a `unique` or `no_overlap` violation is reported when
 the transaction commits rather than by the `create` or `update` that caused it, as a
 `ConstraintError` from the `with` block. The whole transaction is rolled back either way
-(on PostgreSQL a failed statement aborts its transaction), so nothing else changes."""
+(on PostgreSQL a failed statement aborts its transaction), so nothing else changes.
+
+A savepoint sends what is queued before it and then `SAVEPOINT` (one round trip), and at
+its exit what was queued inside it (and, if that is all inserts, `RELEASE` in the same
+trip): a refusal inside it is raised from its exit, within the caller's `try`, after
+`ROLLBACK TO SAVEPOINT`. A transaction that uses no savepoint keeps its one statement."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +34,7 @@ from charter.errors import ConflictError, ConstraintError
 from charter.events import Event
 from charter.model import Entity
 from charter.stores.base import Row
+from charter.stores.common import outbox_values
 
 OLD = "charter.old_version"  # the version an owner's UPDATE or DELETE expects to find
 
@@ -54,14 +61,16 @@ class _Run:
 class Writes:
     """The store's half of one owner transaction: reads now, writes at commit."""
 
-    __slots__ = ("_begun", "_conn", "_outbox", "_runs", "_store", "_written")
+    __slots__ = ("_begun", "_conn", "_outbox", "_runs", "_savepoints", "_store", "_written")
 
     def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
         self._store, self._conn = store, conn
         self._begun = False
         self._runs: list[_Run] = []
         self._written: dict[tuple[str, str], Row | None] = {}  # None: deleted here
-        self._outbox: list[tuple[Event, bytes]] = []
+        self._outbox: list[tuple[Any, ...]] = []
+        # savepoints open, innermost last: name, and what was written when it began
+        self._savepoints: list[tuple[str, dict[tuple[str, str], Row | None]]] = []
 
     # -- what the owner calls ---------------------------------------------------------
 
@@ -89,8 +98,70 @@ class Writes:
         self._written[(entity.name, entity_id)] = None
         return True
 
-    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None:
-        self._outbox.extend(zip(events, bodies, strict=True))
+    def append(
+        self,
+        events: Sequence[Event],
+        bodies: Sequence[bytes],
+        private: Sequence[tuple[str, ...]] = (),
+    ) -> None:
+        self._outbox.extend(outbox_values(events, bodies, private))
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        name = f"charter_{len(self._savepoints) + 1}"
+        self._send((f"SAVEPOINT {name}", None))  # what came before is checked here
+        self._savepoints.append((name, dict(self._written)))
+        try:
+            yield
+        except BaseException:
+            self._undo()
+            raise
+        else:
+            self._send((f"RELEASE SAVEPOINT {name}", None))
+        finally:
+            self._savepoints.pop()
+
+    def _send(self, last: Statement) -> None:
+        """Send the queued changes and then `last`, in a transaction begun if it was not;
+        an update or delete that found no row is a ConflictError. On any refusal, undo
+        back to the innermost savepoint (or roll the whole transaction back)."""
+        statements: list[Statement] = [] if self._begun else [("BEGIN", None)]
+        skip = len(statements)
+        statements += [self._statement(run) for run in self._runs]
+        checked = any(run.kind != "insert" for run in self._runs)
+        if not checked:  # nothing to look at before `last`: in the same trip
+            statements.append(last)
+        try:
+            cursors = pipelined(self._conn, statements)[skip:]
+            self._begun = True
+            for run, cursor in zip(self._runs, cursors, strict=False):
+                if run.kind != "insert" and cursor.rowcount != len(run.rows):
+                    raise ConflictError(
+                        f"{run.entity.name}: a record changed while this transaction "
+                        "updated it; read it again and retry"
+                    )
+            if checked:
+                self._conn.execute(*last)
+        except (pg_errors.IntegrityError, pg_errors.DeadlockDetected) as exc:
+            refusal = self._refusal(exc)
+            self._undo()
+            raise refusal from None
+        except BaseException:
+            self._undo()
+            raise
+        self._runs = []
+
+    def _undo(self) -> None:
+        """Back to where the innermost savepoint began; all of it if there is none."""
+        self._runs = []
+        if not self._savepoints:
+            self._written = {}
+            self.rollback()
+            return
+        name, written = self._savepoints[-1]
+        self._written = dict(written)
+        if not self._conn.closed:
+            self._conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
 
     def _queue(self, kind: str, entity: Entity, row: Row, old_version: int) -> None:
         run = self._runs[-1] if self._runs else None

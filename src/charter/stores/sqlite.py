@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import orjson
@@ -19,7 +19,7 @@ from charter._sqlite import IS_CHARTER, Connections, quote, sqlite_path
 from charter.errors import ConstraintError
 from charter.events import Event
 from charter.lanes import Lane
-from charter.model import Charter, Copy, Entity, Field
+from charter.model import Charter, Copy, Entity, Field, NoOverlap
 from charter.stores.base import (
     Backlog,
     Checkpoint,
@@ -30,12 +30,18 @@ from charter.stores.base import (
     latest_lanes,
 )
 from charter.stores.common import (
+    HISTORY_COLUMNS,
+    OUTBOX_ADDED_COLUMNS,
     OUTBOX_COLUMNS,
     OUTBOX_COLUMNS_OF_O,
+    OUTBOX_INSERT,
     check_extension,
     copy_guard_message,
+    counted,
     entity_guard_message,
     outbox_row,
+    outbox_values,
+    overlap_refused,
     unstorable,
     where_clause,
 )
@@ -51,7 +57,8 @@ CREATE TABLE IF NOT EXISTS charter_schema (
 CREATE TABLE IF NOT EXISTS charter_outbox (
     seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, entity TEXT NOT NULL,
     entity_id TEXT NOT NULL, version INTEGER NOT NULL, op TEXT NOT NULL,
-    changed TEXT NOT NULL, time TEXT NOT NULL, body BLOB NOT NULL
+    changed TEXT NOT NULL, time TEXT NOT NULL, body BLOB NOT NULL,
+    actor TEXT, private_changed TEXT
 );
 CREATE INDEX IF NOT EXISTS charter_outbox_entity_id ON charter_outbox (entity_id);
 CREATE TABLE IF NOT EXISTS charter_relay (id INTEGER PRIMARY KEY CHECK (id = 1), position INTEGER);
@@ -96,6 +103,10 @@ class SQLiteStore:
         copies = charter.copies_in(context)
         team = charter.contexts[context].team
         with self._conns.write():
+            present = {row[1] for row in conn.execute("PRAGMA table_info(charter_outbox)")}
+            for column in OUTBOX_ADDED_COLUMNS:  # a store made before they were
+                if column not in present:
+                    conn.execute(f"ALTER TABLE charter_outbox ADD COLUMN {column} TEXT")
             for entity in owned:
                 self._prepare_entity(conn, entity, team)
             for copy in copies:
@@ -175,12 +186,19 @@ class SQLiteStore:
                     f'CREATE UNIQUE INDEX IF NOT EXISTS "{table}_{field.name}_unique" '
                     f'ON "{table}" ("{field.name}")'
                 )
+        enforced = self._recorded(conn, "no_overlap", entity.name)
         for number, rule in enumerate(entity.constraints, 1):
             per = " AND ".join(f'"{p}" IS NEW."{p}"' for p in rule.per) or "1"
             cols = ", ".join(f'"{c}"' for c in (*rule.per, rule.start))
             conn.execute(
                 f'CREATE INDEX IF NOT EXISTS "{table}_no_overlap_{number}" ON "{table}" ({cols})'
             )
+            if enforced.get(str(number)) != rule.describe():  # new or changed: check the rows
+                _check_no_overlap(conn, entity, rule)
+                conn.execute(
+                    "INSERT OR REPLACE INTO charter_schema VALUES ('no_overlap', ?, ?, ?)",
+                    (entity.name, str(number), rule.describe()),
+                )
             message = (
                 f"charter-constraint: {entity.name} no_overlap: another {entity.name} with the "
                 f"same {', '.join(rule.per) or 'scope'} overlaps [{rule.start}, {rule.end})"
@@ -190,7 +208,8 @@ class SQLiteStore:
                 conn.execute(f'DROP TRIGGER IF EXISTS "{trigger}"')
                 conn.execute(
                     f'CREATE TRIGGER "{trigger}" BEFORE {action} ON "{table}" '
-                    f'WHEN EXISTS (SELECT 1 FROM "{table}" WHERE {per} AND id != NEW.id '
+                    f'WHEN {counted(rule, "NEW.", quote)} AND EXISTS (SELECT 1 FROM "{table}" '
+                    f"WHERE {per} AND id != NEW.id AND {counted(rule, '', quote)} "
                     f'AND "{rule.start}" < NEW."{rule.end}" AND NEW."{rule.start}" < "{rule.end}") '
                     f"BEGIN SELECT RAISE(ABORT, {quote(message)}); END"
                 )
@@ -325,7 +344,7 @@ class SQLiteStore:
 
     def history(self, entity: str, entity_id: str) -> list[OutboxRow]:
         rows = self._conns.get().execute(
-            f"SELECT {OUTBOX_COLUMNS} FROM charter_outbox WHERE entity_id = ? AND entity = ? "
+            f"SELECT {HISTORY_COLUMNS} FROM charter_outbox WHERE entity_id = ? AND entity = ? "
             "ORDER BY version",
             (entity_id, entity),
         )
@@ -554,10 +573,11 @@ class _Transaction:
 class _Writes:
     """The store's half of one owner transaction."""
 
-    __slots__ = ("_conn", "_store")
+    __slots__ = ("_conn", "_depth", "_store")
 
     def __init__(self, store: SQLiteStore, conn: sqlite3.Connection) -> None:
         self._store, self._conn = store, conn
+        self._depth = 0  # savepoints open
 
     def fetch(self, entity: Entity, entity_id: str) -> Row | None:
         return _fetch(self._store, self._conn, entity, entity_id)
@@ -584,23 +604,35 @@ class _Writes:
         )
         return cursor.rowcount == 1
 
-    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None:
-        sql = (
-            "INSERT INTO charter_outbox (event_id, entity, entity_id, version, op, changed, "
-            "time, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        if len(events) == 1:
-            e = events[0]
-            row = (e.id, e.entity, e.entity_id, e.version, e.op, ",".join(e.changed), e.time)
-            self._conn.execute(sql, (*row, bodies[0]))
-            return
-        self._conn.executemany(
-            sql,
-            [
-                (e.id, e.entity, e.entity_id, e.version, e.op, ",".join(e.changed), e.time, b)
-                for e, b in zip(events, bodies, strict=True)
-            ],
-        )
+    def append(
+        self,
+        events: Sequence[Event],
+        bodies: Sequence[bytes],
+        private: Sequence[tuple[str, ...]] = (),
+    ) -> None:
+        sql = f"INSERT INTO charter_outbox {OUTBOX_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        rows = outbox_values(events, bodies, private)
+        if len(rows) == 1:
+            self._conn.execute(sql, rows[0])
+        else:
+            self._conn.executemany(sql, rows)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        # SQLite refuses a change when it is made: nothing is left to check at the exit.
+        self._depth += 1
+        name = f"charter_{self._depth}"
+        self._conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute(f"ROLLBACK TO {name}")
+            raise
+        finally:
+            self._depth -= 1
+            if self._conn.in_transaction:
+                self._conn.execute(f"RELEASE {name}")
 
 
 def _fetch(
@@ -647,6 +679,19 @@ def _delete_copy_row(conn: sqlite3.Connection, copy: Copy, entity_id: str, versi
         "DO UPDATE SET version = max(version, excluded.version)",
         (copy.name, entity_id, version),
     )
+
+
+def _check_no_overlap(conn: sqlite3.Connection, entity: Entity, rule: NoOverlap) -> None:
+    """Refuse a rule (new, or changed) that the records already stored break."""
+    same = "".join(f' AND a."{p}" IS b."{p}"' for p in rule.per)
+    pair = conn.execute(
+        f'SELECT a.id, b.id FROM "{entity.table}" AS a JOIN "{entity.table}" AS b '
+        f'ON a.id < b.id{same} AND a."{rule.start}" < b."{rule.end}" '
+        f'AND b."{rule.start}" < a."{rule.end}" '
+        f"WHERE {counted(rule, 'a.', quote)} AND {counted(rule, 'b.', quote)} LIMIT 1"
+    ).fetchone()
+    if pair is not None:
+        raise overlap_refused(entity, rule, pair)
 
 
 def _constraint(entity: Entity, row: Row, exc: sqlite3.IntegrityError) -> ConstraintError:

@@ -518,6 +518,7 @@ def test_a_change_of_private_fields_only_is_in_the_history_by_name_and_published
     assert shop.context("orders").copy("order_customers").get(ada.id).version == 2  # type: ignore[union-attr]
 
 
+@pytest.mark.sql
 def test_an_outbox_from_before_actors_gets_its_new_columns_and_keeps_its_rows(
     shop_file: Path, backend: Backend
 ) -> None:

@@ -245,6 +245,7 @@ def test_a_copy_with_parked_events_is_degraded_and_strict_fails(shop_file: Path)
 ROLLOUT_COPY = "fields: [name, email]"
 
 
+@pytest.mark.sql
 def test_retry_applies_what_now_fits_keeps_what_does_not_and_never_goes_back(
     shop_file: Path, tmp_path: Path, backend: Backend
 ) -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from charter import values
 from charter.errors import ConstraintError
 from charter.events import Event
 from charter.lanes import Lane
-from charter.model import Charter, Copy, Entity, Field
+from charter.model import Charter, Copy, Entity, Field, NoOverlap
 from charter.stores.base import (
     Backlog,
     Checkpoint,
@@ -34,7 +34,7 @@ from charter.stores.base import (
     Row,
     latest_lanes,
 )
-from charter.stores.common import check_extension
+from charter.stores.common import check_extension, overlap_refused
 
 _DELETED = None  # in a transaction's changes: the id was deleted
 
@@ -107,6 +107,7 @@ class MemoryStore:
                     default = None if f.default is None else values.encode(entity, f, f.default)
                     for row in rows.values():
                         row[f.name] = default
+                self._check_rules(entity, rows)
             for copy in charter.copies_in(context):
                 entity = charter.entities[copy.of]
                 rows = data.copies.setdefault(copy.name, {})
@@ -115,6 +116,20 @@ class MemoryStore:
                     for row in rows.values():
                         row[f.name] = None
                 data.parked.setdefault(copy.name, [])
+
+    def _check_rules(self, entity: Entity, rows: dict[str, Row]) -> None:
+        """A no_overlap rule new or changed since the store last enforced it must hold for
+        the records already there."""
+        enforced = self._data.schema.setdefault(("no_overlap", entity.name), {})
+        for number, rule in enumerate(entity.constraints, 1):
+            if enforced.get(str(number)) == rule.describe():
+                continue
+            listed = list(rows.values())
+            for at, row in enumerate(listed):
+                other = _overlapping(rule, row, listed[at + 1 :])
+                if other is not None:
+                    raise overlap_refused(entity, rule, (row["id"], other["id"]))
+            enforced[str(number)] = rule.describe()
 
     def _extend(
         self, kind: str, name: str, table: str, fields: list[Field], rows: int
@@ -131,7 +146,7 @@ class MemoryStore:
 
     # -- owner side -------------------------------------------------------------
 
-    def transaction(self) -> _Transaction:
+    def transaction(self) -> AbstractContextManager[_Writes]:
         return _Transaction(self)
 
     def fetch(self, entity: Entity, entity_id: str) -> Row | None:
@@ -323,6 +338,31 @@ class MemoryStore:
         with self._data.lock:
             return sorted(self._data.parked[copy.name], key=lambda p: p.position)
 
+    def retry_parked(
+        self, copy: Copy, events: Sequence[tuple[int, Event]], kept: Sequence[Parked]
+    ) -> list[Parked]:
+        self._touch("retry_parked")
+        data, now = self._data, values.now_text()
+        with data.lock:
+            for _, event in sorted(events, key=lambda item: item[0]):
+                self._apply_event(copy, event, now)
+            gone = {at for at, _ in events}
+            reasons = {p.position: p.reason for p in kept}
+            data.parked[copy.name] = [
+                dataclasses.replace(p, reason=reasons.get(p.position, p.reason))
+                for p in data.parked[copy.name]
+                if p.position not in gone
+            ]
+            return [p for p in data.parked[copy.name] if p.position in reasons]
+
+    def drop_parked(self, copy: Copy, positions: Sequence[int]) -> list[Parked]:
+        self._touch("drop_parked")
+        with self._data.lock:
+            parked = self._data.parked[copy.name]
+            dropped = [p for p in parked if p.position in positions]
+            self._data.parked[copy.name] = [p for p in parked if p.position not in positions]
+        return dropped
+
     def close(self) -> None:
         """Nothing to release: the data stays for the next open of the same URL."""
 
@@ -357,7 +397,7 @@ class _Writes:
     def __init__(self, store: MemoryStore) -> None:
         self._store, self._data = store, store._data
         self._changes: dict[tuple[str, str], Row | None] = {}
-        self._events: list[tuple[Event, bytes]] = []
+        self._events: list[tuple[Event, bytes, tuple[str, ...]]] = []
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -415,9 +455,15 @@ class _Writes:
         self._changes[(entity.name, entity_id)] = _DELETED
         return True
 
-    def append(self, events: Sequence[Event], bodies: Sequence[bytes]) -> None:
+    def append(
+        self,
+        events: Sequence[Event],
+        bodies: Sequence[bytes],
+        private: Sequence[tuple[str, ...]] = (),
+    ) -> None:
         self._store._touch("tx.append")
-        self._events.extend(zip(events, bodies, strict=True))
+        names = private or [()] * len(events)
+        self._events.extend(zip(events, bodies, names, strict=True))
 
     def _check_constraints(self, entity: Entity, row: Row) -> None:
         others = [r for i, r in self._visible(entity).items() if i != row["id"]]
@@ -429,18 +475,11 @@ class _Writes:
                     f"another {entity.name}"
                 )
         for rule in entity.constraints:
-            start, end = row.get(rule.start), row.get(rule.end)
-            if start is None or end is None:
-                continue
-            for other in others:
-                if any(other.get(p) != row.get(p) for p in rule.per):
-                    continue
-                low, high = other.get(rule.start), other.get(rule.end)
-                if low is not None and high is not None and low < end and start < high:
-                    raise ConstraintError(
-                        f"{entity.name} no_overlap: another {entity.name} with the same "
-                        f"{', '.join(rule.per) or 'scope'} overlaps [{rule.start}, {rule.end})"
-                    )
+            if _overlapping(rule, row, others) is not None:
+                raise ConstraintError(
+                    f"{entity.name} no_overlap: another {entity.name} with the same "
+                    f"{', '.join(rule.per) or 'scope'} overlaps [{rule.start}, {rule.end})"
+                )
 
     def _commit(self) -> None:
         data = self._data
@@ -451,7 +490,7 @@ class _Writes:
                 else:
                     data.entities[name][entity_id] = row
             seq = data.outbox[-1].seq if data.outbox else 0
-            for event, body in self._events:
+            for event, body, private in self._events:
                 seq += 1
                 data.outbox.append(
                     OutboxRow(
@@ -464,8 +503,29 @@ class _Writes:
                         event.changed,
                         event.time,
                         body,
+                        event.actor,
+                        private,
                     )
                 )
+
+
+def _overlapping(rule: NoOverlap, row: Row, others: Iterable[Row]) -> Row | None:
+    """The first of `others` whose range intersects `row`'s under `rule`, if any."""
+    start, end = row.get(rule.start), row.get(rule.end)
+    if start is None or end is None or _left_out(rule.unless, row):
+        return None
+    for other in others:
+        if any(other.get(p) != row.get(p) for p in rule.per) or _left_out(rule.unless, other):
+            continue
+        low, high = other.get(rule.start), other.get(rule.end)
+        if low is not None and high is not None and low < end and start < high:
+            return other
+    return None
+
+
+def _left_out(unless: tuple[str, tuple[str, ...]] | None, row: Row) -> bool:
+    """Whether a no_overlap rule's `unless` leaves the record out (a cancelled one)."""
+    return unless is not None and row.get(unless[0]) in unless[1]
 
 
 def _owner_row(entity: Entity, row: Row) -> Row:

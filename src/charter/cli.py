@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -21,11 +20,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from charter import model
-from charter.errors import CharterError, Error
+from charter.errors import BackendError, CharterError, Error, Problem
 from charter.lanes import Lane
 from charter.runner import Runner
-from charter.status import BREACH, CopyStatus, status
+from charter.status import BREACH, UNKNOWN, CopyStatus, status
+from charter.stores import open_store
 from charter.system import System
+from charter.urls import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,11 +88,16 @@ def main() -> None:
 
 @main.command()
 @charter_file
+@click.option(
+    "--offline", is_flag=True, help="Check the file only, not against the stores it names."
+)
 @reports_errors
-def check(path: Path) -> None:
-    """Check the charter and summarise it. Exit 1, listing every problem, if it is bad."""
+def check(path: Path, offline: bool) -> None:
+    """Check the charter and summarise it. Exit 1, listing every problem, if it is bad:
+    in the file, or (unless --offline) a change the data in a reachable store refuses."""
     charter = model.load(path)
-    _console().print(f"[bold]{charter.name}[/]: {path} is valid\n")
+    checked = "the file only" if offline else _check_stores(charter)
+    _console().print(f"[bold]{charter.name}[/]: {path} is valid (checked {checked})\n")
     contexts = Table("context", "team", title="contexts", title_justify="left")
     contexts.add_column("store", overflow="fold")
     for ctx in charter.contexts.values():
@@ -110,6 +116,41 @@ def check(path: Path) -> None:
         copies.add_row(*map(escape, cells), _seconds(copy.window_s), escape(copy.breaks))
     _console().print(contexts, entities, copies)
     _console().print(f"bus: {escape(redact(charter.bus))}")
+
+
+def _check_stores(charter: model.Charter) -> str:
+    """Each store the charter names, asked what `charter run` would refuse in it, changing
+    nothing. A store out of reach is a note, not a problem. Returns what was checked."""
+    problems, reached, missed = [], [], []
+    for name, ctx in charter.contexts.items():
+        try:
+            store = open_store(ctx.store, name)
+            try:
+                found = store.check(charter, name)
+            finally:
+                store.close()
+        except BackendError as exc:
+            missed.append(name)
+            _console(stderr=True).print(
+                f"[yellow]note[/] not checked against it: {escape(str(exc))}"
+            )
+            continue
+        reached.append(name)
+        problems += [
+            Problem(
+                str(charter.path),
+                exc.line,
+                str(exc),
+                f"the store of context '{name}' holds this data",
+            )
+            for exc in found
+        ]
+    if problems:
+        raise CharterError(problems)
+    if not missed:
+        return "against every store"
+    stores = ", ".join(reached) or "no context"
+    return f"against the stores of {stores}; not {', '.join(missed)}: out of reach"
 
 
 def _lane(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Lane | None:
@@ -182,9 +223,11 @@ def run(
         )
         while not signals:
             time.sleep(0.1)
-            while runner.errors:
-                _console(stderr=True).print(f"[yellow]warning[/] {runner.errors.pop(0)}")
+            for line in runner.reports.take():
+                _console(stderr=True).print(f"[yellow]warning[/] {escape(line)}")
         runner.stop()
+        for line in runner.reports.take():
+            _console(stderr=True).print(f"[yellow]warning[/] {escape(line)}")
         _console().print("stopped cleanly")
 
 
@@ -237,11 +280,18 @@ def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
 @charter_file
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option("--strict", is_flag=True, help="Exit 3 when any copy is in BREACH.")
+@click.option(
+    "--context",
+    default=None,
+    help="Only the copies this context keeps, reading only its store and the bus "
+    "(what a service's own roles may read).",
+)
 @reports_errors
-def status_command(path: Path, as_json: bool, strict: bool) -> None:
-    """Every copy against its contract: lag in events and seconds, window, state."""
+def status_command(path: Path, as_json: bool, strict: bool, context: str | None) -> None:
+    """Every copy against its contract: lag in events and seconds, window, state.
+    Exit 1 when a copy cannot be measured (UNKNOWN, the reason on stderr)."""
     with System.load(path) as system:
-        rows = status(system)
+        rows = status(system, context)
     if as_json:
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
     else:
@@ -249,6 +299,19 @@ def status_command(path: Path, as_json: bool, strict: bool) -> None:
         for row in rows:
             if row.lanes:
                 _console().print(lanes_line(row), highlight=False)
+        if context:
+            _console().print(
+                f"lag counts what is on the bus for '{context}': the owners' events not yet "
+                "relayed are in their stores, out of this context's reach",
+                highlight=False,
+            )
+    for row in rows:
+        if row.state == UNKNOWN:
+            _console(stderr=True).print(
+                f"[bold red]error[/] {escape(row.copy)}: {escape(row.error)}"
+            )
+    if any(row.state == UNKNOWN for row in rows):
+        sys.exit(EXIT_CHARTER)
     if strict and any(row.state == BREACH for row in rows):
         sys.exit(EXIT_BREACH)
 
@@ -289,14 +352,29 @@ def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
 @charter_file
 @click.argument("copy", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--context", default=None, help="Only the copies this context keeps.")
 @reports_errors
-def parked(path: Path, copy: str | None, as_json: bool) -> None:
-    """Events a copy could not apply, with the reason (all copies, or COPY)."""
+def parked(path: Path, copy: str | None, as_json: bool, context: str | None) -> None:
+    """Events a copy could not apply, with the reason (all copies, or COPY). Exit 1 when
+    a copy's store cannot be read (the reason on stderr)."""
     with System.load(path) as system:
-        copies = [c for c in system.charter.copies.values() if copy in (None, c.name)]
+        if context is not None:
+            system.context(context)  # an unknown name fails here, with a hint
+        copies = [
+            c
+            for c in system.charter.copies.values()
+            if copy in (None, c.name) and context in (None, c.context)
+        ]
         if copy and not copies:
             raise click.BadParameter(f"no copy '{copy}'", param_hint="COPY")
-        rows = [p for c in copies for p in system.store(c.context).parked(c)]
+        rows, unreadable = [], []
+        for c in copies:
+            try:
+                rows.extend(system.store(c.context).parked(c))
+            except Error as exc:  # the others are still worth showing
+                unreadable.append(f"{c.name}: {exc}")
+    for line in unreadable:
+        _console(stderr=True).print(f"[bold red]error[/] {escape(line)}")
     if as_json:
         docs = [
             {
@@ -311,11 +389,13 @@ def parked(path: Path, copy: str | None, as_json: bool) -> None:
             for p in rows
         ]
         click.echo(json.dumps(docs, indent=2))
-        return
-    table = Table("copy", "id", "version", "event", "reason", "parked at")
-    for p in rows:
-        table.add_row(p.copy, p.entity_id, str(p.version), p.event_id, p.reason, p.parked_at)
-    _console().print(table)
+    else:
+        table = Table("copy", "id", "version", "event", "reason", "parked at")
+        for p in rows:
+            table.add_row(p.copy, p.entity_id, str(p.version), p.event_id, p.reason, p.parked_at)
+        _console().print(table)
+    if unreadable:
+        sys.exit(EXIT_CHARTER)
 
 
 @main.command()
@@ -367,23 +447,28 @@ def status_table(rows: list[CopyStatus]) -> Table:
     for name in ("window", "lag events", "lag s", "last applied", "parked"):
         table.add_column(name, justify="right")
     table.add_column("state", no_wrap=True)
-    colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow"}
+    colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow", UNKNOWN: "bold red"}
     now = dt.datetime.now(dt.UTC)
     for row in rows:
         applied = "never"
         if row.last_applied_at:
             then = dt.datetime.fromisoformat(row.last_applied_at.replace("Z", "+00:00"))
             applied = f"{_seconds(round((now - then).total_seconds(), 1))} ago"
+        known = row.state != UNKNOWN
         table.add_row(
             row.copy,
             row.of,
             row.owner,
             row.context,
             _seconds(row.window_s),
-            str(row.lag_events),
-            f"{row.lag_s:.2f}",
+            str(row.lag_events) if known else "?",
+            f"{row.lag_s:.2f}" if known else "?",
             applied,
-            str(row.parked) if row.parked == 0 else f"[bold red]{row.parked}[/]",
+            "?"
+            if not known
+            else str(row.parked)
+            if row.parked == 0
+            else f"[bold red]{row.parked}[/]",
             f"[{colour[row.state]}]{row.state}[/]",
         )
     return table
@@ -399,11 +484,6 @@ def lanes_line(row: CopyStatus) -> str:
         mark = " (slowest)" if lane.position is not None and lane.position == slowest else ""
         parts.append(f"{lane.lane} {where}{mark}")
     return f"{row.copy} lanes: {', '.join(parts)}; bus head {row.lanes[0].head}"
-
-
-def redact(url: str) -> str:
-    """A URL fit to print: any password replaced by ***."""
-    return re.sub(r"(://[^:/@,]+):[^@/]*@", r"\1:***@", url)
 
 
 def _seconds(value: float) -> str:

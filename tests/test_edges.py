@@ -5,11 +5,14 @@ then counted."""
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import charter
@@ -20,9 +23,10 @@ from charter.errors import CharterError, Error, UnavailableError
 from charter.reports import Reports
 from charter.stores.postgres import split_url
 from tests import pg_server
-from tests.backends import CONTEXTS
+from tests.backends import CONTEXTS, POSTGRES
 from tests.conftest import SHOP, assert_converged, charter_command, edit
 from tests.nats_servers import free_ports
+from tests.test_apply import apply, pg_shop  # noqa: F401 (pg_shop: a fixture)
 
 MINIMAL = """\
 charter: 1
@@ -284,3 +288,72 @@ def test_check_finds_what_run_would_refuse_and_changes_nothing(shop_file: Path) 
     shop_file.write_text(text)
     assert _run(shop_file, ["check"]).returncode == 0
     assert _run(shop_file, ["status"]).returncode == 0
+
+
+# -- under a context's own roles (charter apply) ----------------------------------------
+
+
+def _as_projector_of(path: Path, system: str, context: str) -> Path:
+    """The charter as the projector of `context` holds it: its own role for every store."""
+    text = path.read_text().replace(
+        "postgresql://postgres@", f"postgresql://{system}_{context}_projector@"
+    )
+    mine = path.with_name(f"{context}.yaml")
+    mine.write_text(text)
+    return mine
+
+
+def test_status_and_parked_under_a_contexts_own_roles(
+    pg_shop: tuple[Path, str, str],  # noqa: F811 (the fixture)
+) -> None:
+    path, system, _ = pg_shop
+    apply(path)
+    with charter.load(path) as shop:
+        with shop.context("customers").transaction() as tx:
+            tx.create("Customer", email="ada@x", name="Ada", password_hash="h")
+        charter.Runner(shop).drain()
+    orders = _as_projector_of(path, system, "orders")
+    mine = _run(orders, ["status", "--context", "orders", "--json"])
+    assert mine.returncode == 0, mine.stderr
+    rows = json.loads(mine.stdout)
+    assert [(r["copy"], r["state"]) for r in rows] == [("order_customers", "OK")]
+    parked = _run(orders, ["parked", "--context", "orders"])
+    assert parked.returncode == 0, parked.stderr
+    every = _run(orders, ["status"])  # all copies: what its role may not read is a message
+    assert every.returncode == 1 and "Traceback" not in every.stderr
+    assert "permission denied" in every.stderr and "shipping_customers" in every.stderr
+    everything = _run(orders, ["parked"])
+    assert everything.returncode == 1 and "Traceback" not in everything.stderr
+    assert "shipping_customers: the store of context 'shipping'" in " ".join(
+        everything.stderr.split()
+    )
+
+
+def test_a_projector_waiting_for_its_first_fill_says_so_once(
+    pg_shop: tuple[Path, str, str],  # noqa: F811 (the fixture)
+) -> None:
+    """No owner's relay runs: the projector asks for a fill and waits. It says so once, by
+    name, and leaves no connection pool behind per try."""
+    path, system, _ = pg_shop
+    apply(path)
+    orders = _as_projector_of(path, system, "orders")
+    process = subprocess.Popen(
+        charter_command("run", "--context", "orders", "--no-relays", "-f", str(orders)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)  # ~300 polls at the default 10 ms
+    with psycopg.connect(POSTGRES) as conn:
+        [(sessions,)] = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+            (f"{system}_orders_projector",),
+        ).fetchall()
+    assert sessions <= 3, f"{sessions} sessions: a connection pool left behind per try"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    waits = [line for line in err.splitlines() if "needs a first fill" in line]
+    assert len(waits) == 1, err
+    assert "projector of copy 'order_customers'" in waits[0]
+    assert "ConnectionPool" not in err and "Exception ignored" not in err, err

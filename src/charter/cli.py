@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -21,12 +20,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from charter import model, parking
-from charter.errors import CharterError, Error
+from charter.errors import BackendError, CharterError, Error, Problem
 from charter.lanes import Lane
 from charter.runner import Runner
-from charter.status import FAILING, CopyStatus, status
+from charter.status import FAILING, UNKNOWN, CopyStatus, status
+from charter.stores import open_store
 from charter.stores.base import Parked
 from charter.system import System
+from charter.urls import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,11 +89,16 @@ def main() -> None:
 
 @main.command()
 @charter_file
+@click.option(
+    "--offline", is_flag=True, help="Check the file only, not against the stores it names."
+)
 @reports_errors
-def check(path: Path) -> None:
-    """Check the charter and summarise it. Exit 1, listing every problem, if it is bad."""
+def check(path: Path, offline: bool) -> None:
+    """Check the charter and summarise it. Exit 1, listing every problem, if it is bad:
+    in the file, or (unless --offline) a change the data in a reachable store refuses."""
     charter = model.load(path)
-    _console().print(f"[bold]{charter.name}[/]: {path} is valid\n")
+    checked = "the file only" if offline else _check_stores(charter)
+    _console().print(f"[bold]{charter.name}[/]: {path} is valid (checked {checked})\n")
     contexts = Table("context", "team", title="contexts", title_justify="left")
     contexts.add_column("store", overflow="fold")
     for ctx in charter.contexts.values():
@@ -111,6 +117,41 @@ def check(path: Path) -> None:
         copies.add_row(*map(escape, cells), _seconds(copy.window_s), escape(copy.breaks))
     _console().print(contexts, entities, copies)
     _console().print(f"bus: {escape(redact(charter.bus))}")
+
+
+def _check_stores(charter: model.Charter) -> str:
+    """Each store the charter names, asked what `charter run` would refuse in it, changing
+    nothing. A store out of reach is a note, not a problem. Returns what was checked."""
+    problems, reached, missed = [], [], []
+    for name, ctx in charter.contexts.items():
+        try:
+            store = open_store(ctx.store, name)
+            try:
+                found = store.check(charter, name)
+            finally:
+                store.close()
+        except BackendError as exc:
+            missed.append(name)
+            _console(stderr=True).print(
+                f"[yellow]note[/] not checked against it: {escape(str(exc))}"
+            )
+            continue
+        reached.append(name)
+        problems += [
+            Problem(
+                str(charter.path),
+                exc.line,
+                str(exc),
+                f"the store of context '{name}' holds this data",
+            )
+            for exc in found
+        ]
+    if problems:
+        raise CharterError(problems)
+    if not missed:
+        return "against every store"
+    stores = ", ".join(reached) or "no context"
+    return f"against the stores of {stores}; not {', '.join(missed)}: out of reach"
 
 
 def _lane(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Lane | None:
@@ -183,9 +224,11 @@ def run(
         )
         while not signals:
             time.sleep(0.1)
-            while runner.errors:
-                _console(stderr=True).print(f"[yellow]warning[/] {runner.errors.pop(0)}")
+            for line in runner.reports.take():
+                _console(stderr=True).print(f"[yellow]warning[/] {escape(line)}")
         runner.stop()
+        for line in runner.reports.take():
+            _console(stderr=True).print(f"[yellow]warning[/] {escape(line)}")
         _console().print("stopped cleanly")
 
 
@@ -240,11 +283,18 @@ def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
 @click.option(
     "--strict", is_flag=True, help="Exit 3 when any copy is in BREACH or DEGRADED (parked events)."
 )
+@click.option(
+    "--context",
+    default=None,
+    help="Only the copies this context keeps, reading only its store and the bus "
+    "(what a service's own roles may read).",
+)
 @reports_errors
-def status_command(path: Path, as_json: bool, strict: bool) -> None:
-    """Every copy against its contract: lag in events and seconds, window, state."""
+def status_command(path: Path, as_json: bool, strict: bool, context: str | None) -> None:
+    """Every copy against its contract: lag in events and seconds, window, state.
+    Exit 1 when a copy cannot be measured (UNKNOWN, the reason on stderr)."""
     with System.load(path) as system:
-        rows = status(system)
+        rows = status(system, context)
     if as_json:
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
     else:
@@ -258,6 +308,19 @@ def status_command(path: Path, as_json: bool, strict: bool) -> None:
                     "`--retry` once the cause is mended, `--drop` to forget them",
                     highlight=False,
                 )
+        if context:
+            _console().print(
+                f"lag counts what is on the bus for '{context}': the owners' events not yet "
+                "relayed are in their stores, out of this context's reach",
+                highlight=False,
+            )
+    for row in rows:
+        if row.state == UNKNOWN:
+            _console(stderr=True).print(
+                f"[bold red]error[/] {escape(row.copy)}: {escape(row.error)}"
+            )
+    if any(row.state == UNKNOWN for row in rows):
+        sys.exit(EXIT_CHARTER)
     if strict and any(row.state in FAILING for row in rows):
         sys.exit(EXIT_BREACH)
 
@@ -328,9 +391,16 @@ def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
 @click.option("--retry", is_flag=True, help="Apply them again, now that their cause is mended.")
 @click.option("--drop", is_flag=True, help="Forget them, each noted in the log.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--context", default=None, help="Only the copies this context keeps.")
 @reports_errors
 def parked(
-    path: Path, copy: str | None, ident: str | None, retry: bool, drop: bool, as_json: bool
+    path: Path,
+    copy: str | None,
+    ident: str | None,
+    retry: bool,
+    drop: bool,
+    as_json: bool,
+    context: str | None,
 ) -> None:
     """Events a copy could not apply, with the reason (all copies, or COPY; all records, or
     the record or event whose id is ID). --retry applies them again: those that apply now
@@ -339,13 +409,20 @@ def parked(
     if retry and drop:
         raise click.UsageError("--retry or --drop, not both")
     with System.load(path) as system:
+        names: list[str | None] = [copy]
+        if context is not None:
+            system.context(context)  # an unknown name fails here, with a hint
+            mine = [c.name for c in system.charter.copies_in(context)]
+            if copy is not None and copy not in mine:
+                raise click.BadParameter(f"'{context}' keeps no copy '{copy}'", param_hint="COPY")
+            names = [copy] if copy else list(mine)
         if retry:
-            outcomes = parking.retry(system, copy, ident)
+            outcomes = [o for n in names for o in parking.retry(system, n, ident)]
             rows = [o.parked for o in outcomes]
         elif drop:
-            rows = parking.drop(system, copy, ident)
+            rows = [p for n in names for p in parking.drop(system, n, ident)]
         else:
-            rows = parking.parked(system, copy, ident)
+            rows = [p for n in names for p in parking.parked(system, n, ident)]
     if as_json:
         docs = [_parked_json(p) for p in rows]
         if retry:
@@ -447,23 +524,34 @@ def status_table(rows: list[CopyStatus]) -> Table:
     for name in ("window", "lag events", "lag s", "last applied", "parked"):
         table.add_column(name, justify="right")
     table.add_column("state", no_wrap=True)
-    colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow", "DEGRADED": "red"}
+    colour = {
+        "OK": "green",
+        "BREACH": "bold red",
+        "NEVER_SYNCED": "yellow",
+        "DEGRADED": "red",
+        UNKNOWN: "bold red",
+    }
     now = dt.datetime.now(dt.UTC)
     for row in rows:
         applied = "never"
         if row.last_applied_at:
             then = dt.datetime.fromisoformat(row.last_applied_at.replace("Z", "+00:00"))
             applied = f"{_seconds(round((now - then).total_seconds(), 1))} ago"
+        known = row.state != UNKNOWN
         table.add_row(
             row.copy,
             row.of,
             row.owner,
             row.context,
             _seconds(row.window_s),
-            str(row.lag_events),
-            f"{row.lag_s:.2f}",
+            str(row.lag_events) if known else "?",
+            f"{row.lag_s:.2f}" if known else "?",
             applied,
-            str(row.parked) if row.parked == 0 else f"[bold red]{row.parked}[/]",
+            "?"
+            if not known
+            else str(row.parked)
+            if row.parked == 0
+            else f"[bold red]{row.parked}[/]",
             f"[{colour[row.state]}]{row.state}[/]",
         )
     return table
@@ -479,11 +567,6 @@ def lanes_line(row: CopyStatus) -> str:
         mark = " (slowest)" if lane.position is not None and lane.position == slowest else ""
         parts.append(f"{lane.lane} {where}{mark}")
     return f"{row.copy} lanes: {', '.join(parts)}; bus head {row.lanes[0].head}"
-
-
-def redact(url: str) -> str:
-    """A URL fit to print: any password replaced by ***."""
-    return re.sub(r"(://[^:/@,]+):[^@/]*@", r"\1:***@", url)
 
 
 def _seconds(value: float) -> str:

@@ -71,4 +71,25 @@ class BackfillError(Error):
 
 
 class SchemaChangeError(Error):
-    """A charter change that would lose or corrupt data already in a store."""
+    """A charter change that would lose or corrupt data already in a store. `line`: the
+    charter line of the field concerned."""
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        self.line = line
+        super().__init__(message)
+
+
+class BackendError(Error):
+    """A store or the bus failed (its driver raised): names which one (the context, or the
+    bus), its server (the URL without its password) and what to try. Every driver error
+    (sqlite3, psycopg, nats) reaches callers as one of these (charter.boundary)."""
+
+    def __init__(self, message: str, *, what: str = "", server: str = "") -> None:
+        self.what, self.server = what, server
+        super().__init__(message)
+
+
+class UnavailableError(BackendError):
+    """The store or bus cannot be reached, or went away in the middle of an operation
+    (stopped, restarting, refusing connections, timing out). Trying again may work, and
+    `charter run` does, backing off."""

@@ -12,12 +12,14 @@ changes nothing the second time."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
+from charter.boundary import Guard
 from charter.model import Charter
 from charter.stores.postgres import split_url
 
@@ -154,7 +156,7 @@ def plan(charter: Charter, connect: bool = True) -> dict[str, list[str]]:
             result[grants.context] = plan_context(None, grants)
             continue
         conninfo, _, _ = split_url(grants.url)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with _connected(grants.context, grants.url, conninfo, autocommit=True) as conn:
             result[grants.context] = plan_context(conn, grants)
     return result
 
@@ -167,6 +169,18 @@ def execute(charter: Charter, statements: Mapping[str, Iterable[str]]) -> None:
         if not sqls:
             continue
         conninfo, _, _ = split_url(urls[context])
-        with psycopg.connect(conninfo) as conn, conn.transaction():
+        with _connected(context, urls[context], conninfo) as conn, conn.transaction():
             for statement in sqls:
                 conn.execute(statement)
+
+
+@contextmanager
+def _connected(
+    context: str, url: str, conninfo: str, autocommit: bool = False
+) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to a context's database, whose errors are charter errors."""
+    try:
+        with psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=10) as conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise Guard(f"the store of context '{context}'", url).translate(exc) or exc from exc

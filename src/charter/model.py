@@ -14,6 +14,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
+from charter import urls
 from charter.errors import CharterError, Problem
 
 FIELD_TYPES = (
@@ -286,7 +287,7 @@ class _Reader:
             )
         base = self.path.parent
         name = str(doc.get("name") or self.path.parent.resolve().name)
-        bus = self._url(doc, "bus", "sqlite:///.charter/bus.db", base)
+        bus = self._url(doc, "bus", "sqlite:///.charter/bus.db", base, "bus")
         retention = parse_duration(doc.get("retention", DEFAULT_RETENTION_S))
         if retention is None:
             self.problem(
@@ -310,16 +311,10 @@ class _Reader:
             self.problem(1, "the charter declares no contexts", "add a 'contexts:' section")
         return Charter(name, bus, contexts, entities, copies, self.path, retention)
 
-    def _url(self, mapping: dict[str, Any], key: str, default: str, base: Path) -> str:
+    def _url(self, mapping: dict[str, Any], key: str, default: str, base: Path, role: str) -> str:
         url = str(mapping.get(key) or default)
-        if not url.startswith(
-            ("sqlite:///", "postgresql://", "postgres://", "nats://", "memory://")
-        ):
-            self.problem(
-                self._line(mapping, key),
-                f"{key} '{url}' is not a URL charter knows",
-                "use sqlite:///path/to/file.db (relative to the charter file) or postgresql://…",
-            )
+        for message, hint in urls.problems(url, role):
+            self.problem(self._line(mapping, key), message, hint)
         return resolve_url(url, base)
 
     def _contexts(self, raw: dict[str, Any], base: Path) -> dict[str, Context]:
@@ -331,7 +326,7 @@ class _Reader:
             self._unknown_keys(spec, ("team", "store"), f"context '{name}'")
             if not spec.get("team"):
                 self.problem(line, f"context '{name}' has no team", "say who to call: team: <name>")
-            store = self._url(spec, "store", f"sqlite:///.charter/{name}.db", base)
+            store = self._url(spec, "store", f"sqlite:///.charter/{name}.db", base, "store")
             contexts[str(name)] = Context(str(name), str(spec.get("team") or ""), store, line)
         return contexts
 

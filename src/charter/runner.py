@@ -13,7 +13,10 @@ from charter.errors import Error
 from charter.lanes import Lane
 from charter.projector import Projector
 from charter.relay import Relay
+from charter.reports import Reports
 from charter.system import System
+
+MAX_BACKOFF_S = 1.0  # the longest pause between two tries of a failing worker
 
 
 class Worker(Protocol):
@@ -76,7 +79,10 @@ class Runner:
                 )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Each distinct failure of a worker, the first time (a failure that repeats is
+        # counted in `reports`, which is what `charter run` prints).
         self.errors: list[BaseException] = []
+        self.reports = Reports()
 
     def drain(self) -> int:
         """Run every worker until none has anything left; returns how many events moved.
@@ -119,14 +125,19 @@ class Runner:
 
     def _loop(self, worker: Worker) -> None:
         signals = self.system.signals
+        name = worker_name(worker)
         idle = 0.0005
+        backoff = self.poll_interval
         while not self._stop.is_set():
             try:
                 moved = worker.step()
-            except Exception as exc:  # a store or bus failing: keep trying, say so
-                self.errors.append(exc)
-                moved = 0
-                idle = self.poll_interval
+            except Exception as exc:  # a store or bus failing: keep trying, say so once
+                self._failed(name, exc)
+                self._stop.wait(backoff)
+                backoff = min(max(backoff * 2, 0.01), MAX_BACKOFF_S)
+                continue
+            self.reports.worked(name)
+            backoff = self.poll_interval
             if moved:
                 idle = 0.0005
                 continue
@@ -136,14 +147,19 @@ class Runner:
             try:
                 worker.finish()  # the batch on its way lands, and is marked
             except Exception as exc:
-                self.errors.append(exc)
+                self._failed(name, exc)
+
+    def _failed(self, worker: str, exc: BaseException) -> None:
+        if self.reports.failed(worker, exc):
+            self.errors.append(exc)
 
     def _housekeep(self) -> None:
         while not self._stop.wait(self.compact_every):
             try:
                 self.system.bus.compact(self.system.charter.retention_s)
+                self.reports.worked("compaction")
             except Exception as exc:
-                self.errors.append(exc)
+                self._failed("compaction", exc)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the batch in hand, then stop."""
@@ -174,3 +190,13 @@ class Runner:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def worker_name(worker: Worker) -> str:
+    """What a worker is called in reports: the relay of a context, the projector of a copy."""
+    if isinstance(worker, Relay):
+        return f"relay of '{worker.context}'"
+    if isinstance(worker, Projector):
+        lane = f" (lane {worker.lane})" if worker.lane else ""
+        return f"projector of copy '{worker.copy.name}'{lane}"
+    return worker.wake_key

@@ -9,10 +9,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from charter import clock
+from charter.errors import Error
 from charter.model import Copy
+from charter.stores.base import Backlog
 from charter.system import System
 
 OK, BREACH, NEVER_SYNCED, DEGRADED = "OK", "BREACH", "NEVER_SYNCED", "DEGRADED"
+UNKNOWN = "UNKNOWN"  # could not be measured: a store or the bus failed (`error` says which)
 FAILING = frozenset({BREACH, DEGRADED})  # what `charter status --strict` exits 3 on
 
 
@@ -39,15 +42,20 @@ class CopyStatus:
     parked: int
     state: str
     lanes: tuple[LaneStatus, ...] = ()  # when the copy runs in lanes (charter.lanes)
+    error: str = ""  # why the state is UNKNOWN
 
     @property
     def synced(self) -> bool:
-        return self.state != NEVER_SYNCED and self.lag_events == 0
+        return self.state not in (NEVER_SYNCED, UNKNOWN) and self.lag_events == 0
 
     def as_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["in"] = doc.pop("context")
-        return {key: doc[key] for key in JSON_KEYS}
+        result = {key: doc[key] for key in JSON_KEYS}
+        if self.state == UNKNOWN:
+            result["lag_events"] = result["lag_s"] = None  # not 0: nobody knows
+            result["error"] = self.error
+        return result
 
 
 JSON_KEYS = (
@@ -62,7 +70,7 @@ JSON_KEYS = (
     "parked",
     "state",
     "lanes",
-)
+)  # and "error", when the state is UNKNOWN
 
 
 def _age(moment: str | None, now: dt.datetime) -> float:
@@ -75,11 +83,13 @@ def _age(moment: str | None, now: dt.datetime) -> float:
     return max(0.0, (now - then).total_seconds())
 
 
-def copy_status(system: System, copy: Copy) -> CopyStatus:
+def copy_status(system: System, copy: Copy, owner: bool = True) -> CopyStatus:
+    """`copy` against its contract. Without `owner`, the owner's store is not read (a
+    context's own roles may not): the lag is what is on the bus."""
     entity = system.charter.entities[copy.of]
     now = dt.datetime.fromtimestamp(clock.time_s(), dt.UTC)
     checkpoint = system.store(copy.context).checkpoint(copy)
-    unrelayed = system.store(entity.owner).unrelayed(entity.name)
+    unrelayed = system.store(entity.owner).unrelayed(entity.name) if owner else Backlog(0, None)
     on_bus = system.bus.backlog(copy.name, entity.name, checkpoint.position if checkpoint else 0)
     lag_events = unrelayed.events + on_bus.events
     lag_s = max(_age(unrelayed.oldest, now), _age(on_bus.oldest, now))
@@ -89,8 +99,8 @@ def copy_status(system: System, copy: Copy) -> CopyStatus:
     if all((lane.position or 0) < whole for lane in lanes):
         lanes = []  # a layout from an earlier run: the copy went on without it
     head = system.bus.head(entity.name) if lanes else 0
-    if checkpoint is None:
-        state = NEVER_SYNCED
+    if checkpoint is None or checkpoint.fields != copy.fields:
+        state = NEVER_SYNCED  # with these fields: a fill of the new ones is still to come
     elif lag_s > copy.window_s:
         state = BREACH
     elif parked:
@@ -120,5 +130,23 @@ def copy_status(system: System, copy: Copy) -> CopyStatus:
     )
 
 
-def status(system: System) -> list[CopyStatus]:
-    return [copy_status(system, copy) for copy in system.charter.copies.values()]
+def status(system: System, context: str | None = None) -> list[CopyStatus]:
+    """Every copy (or those kept in `context`, reading only its store and the bus). A copy
+    that cannot be measured is there too, UNKNOWN, with the error that stopped it."""
+    charter = system.charter
+    if context is not None:
+        system.context(context)  # an unknown name fails here, with a hint
+    copies = charter.copies_in(context) if context else list(charter.copies.values())
+    rows = []
+    for copy in copies:
+        try:
+            rows.append(copy_status(system, copy, owner=context is None))
+        except Error as exc:
+            rows.append(unknown(system, copy, exc))
+    return rows
+
+
+def unknown(system: System, copy: Copy, exc: Error) -> CopyStatus:
+    owner = system.charter.entities[copy.of].owner
+    cells = (copy.name, copy.of, owner, copy.context, copy.window_s, 0, 0.0, None, 0)
+    return CopyStatus(*cells, UNKNOWN, error=str(exc))

@@ -44,8 +44,12 @@ class System:
         with self._lock:
             store = self._stores.get(context)
             if store is None:
-                store = open_store(self.charter.contexts[context].store)
-                store.prepare(self.charter, context)
+                store = open_store(self.charter.contexts[context].store, context)
+                try:
+                    store.prepare(self.charter, context)
+                except BaseException:
+                    store.close()  # its connections too: another try opens a new one
+                    raise
                 self._stores[context] = store
             return store
 

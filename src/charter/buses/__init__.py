@@ -2,24 +2,56 @@
 
 from __future__ import annotations
 
+import socket
+
+from charter import urls
+from charter.boundary import Guard, guard
 from charter.buses.base import Bus, Delivery
+from charter.errors import UnavailableError
+
+PROBE_TIMEOUT_S = 1.0
 
 
 def open_bus(url: str, system: str) -> Bus:
-    """The bus for a URL from the charter of the system named `system`."""
+    """The bus for a URL from the charter of the system named `system`. Its methods raise
+    charter errors only (charter.boundary); the URL was checked by the charter's loader."""
+    what = "the bus"
     if url.startswith("sqlite:///"):
         from charter.buses.sqlite import SQLiteBus
 
-        return SQLiteBus(url)
+        return guard(SQLiteBus(url), what, url, Bus)
     if url.startswith("nats://"):
         from charter.buses.nats import NatsBus
 
-        return NatsBus(url, system)
+        _probe(url, what)
+        return guard(NatsBus(url, system), what, url, Bus)
     if url.startswith("memory://"):
         from charter.buses.memory import MemoryBus
 
-        return MemoryBus(url)
+        return guard(MemoryBus(url), what, url, Bus)
     raise ValueError(f"no bus for '{url}' (supported: sqlite:///…, nats://…, memory://…)")
+
+
+def _probe(url: str, what: str) -> None:
+    """Fail at once, clearly, when no server of a NATS URL accepts a connection (the
+    client would try again for seconds, logging each refusal)."""
+    netloc = url[len(urls.NATS) :].partition("?")[0].rstrip("/").rpartition("@")[2]
+    hosts = [h.strip() for h in netloc.split(",") if h.strip()]
+    reasons = []
+    for host in hosts:
+        name, _, port = host.partition(":")
+        try:
+            socket.create_connection((name, int(port or 4222)), PROBE_TIMEOUT_S).close()
+            return
+        except OSError as exc:
+            reasons.append(f"{host}: {exc.strerror or exc}")
+    where = ", ".join(hosts)
+    raise UnavailableError(
+        f"{Guard(what, url)!r}: cannot connect to NATS ({'; '.join(reasons).lower()}); "
+        f"is nats-server running at {where}?",
+        what=what,
+        server=where,
+    )
 
 
 __all__ = ["Bus", "Delivery", "open_bus"]

@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from charter.errors import SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity
@@ -118,6 +119,11 @@ class Store(Protocol):
 
     def prepare(self, charter: Charter, context: str) -> None:
         """Create or extend the tables for what this context owns and copies."""
+
+    def check(self, charter: Charter, context: str) -> list[SchemaChangeError]:
+        """What `prepare` would refuse, found without changing anything: each change of
+        the charter that the data already in this store does not allow (none for a store
+        not created yet). For `charter check`."""
 
     def transaction(self) -> AbstractContextManager[OwnerWrites]: ...
 

@@ -43,7 +43,8 @@ def check_extension(
         raise SchemaChangeError(
             f"{name}.{field.name} changed type from {old_type} to {field.type} "
             f"(charter line {field.line}); the store holds {rows} rows written as "
-            f"{old_type}. Add a new field with the new type and move the data instead."
+            f"{old_type}. Add a new field with the new type and move the data instead.",
+            field.line,
         )
     if present:
         return False
@@ -51,7 +52,8 @@ def check_extension(
         raise SchemaChangeError(
             f"{name}.{field.name} is new and required, but {table} already holds "
             f"{rows} rows that have no value for it (charter line {field.line}). "
-            "Give it a default or mark it required: false."
+            "Give it a default or mark it required: false.",
+            field.line,
         )
     return True
 
@@ -73,6 +75,28 @@ def overlap_refused(entity: Entity, rule: NoOverlap, pair: tuple[Any, Any]) -> S
         f"{pair[0]} and {pair[1]} already overlap under it. Change or delete one of them "
         "first, or keep the rule as it was."
     )
+
+
+def extension_problems(
+    kind: str,
+    name: str,
+    table: str,
+    fields: list[Field],
+    recorded: dict[str, str],
+    present: set[str],
+    rows: int,
+) -> list[SchemaChangeError]:
+    """What extending an existing table to `fields` would refuse (check_extension, for
+    every field), found without changing anything: for `charter check`."""
+    found = []
+    for field in fields:
+        try:
+            check_extension(
+                kind, name, table, field, recorded.get(field.name), rows, field.name in present
+            )
+        except SchemaChangeError as exc:
+            found.append(exc)
+    return found
 
 
 def where_clause(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charter import values
-from charter.errors import ConstraintError
+from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field, NoOverlap
@@ -34,7 +34,7 @@ from charter.stores.base import (
     Row,
     latest_lanes,
 )
-from charter.stores.common import check_extension, overlap_refused
+from charter.stores.common import check_extension, extension_problems, overlap_refused
 
 _DELETED = None  # in a transaction's changes: the id was deleted
 
@@ -116,6 +116,25 @@ class MemoryStore:
                     for row in rows.values():
                         row[f.name] = None
                 data.parked.setdefault(copy.name, [])
+
+    def check(self, charter: Charter, context: str) -> list[SchemaChangeError]:
+        data, found = self._data, []
+        with data.lock:
+            for entity in charter.owned_by(context):
+                rows = len(data.entities.get(entity.name, {}))
+                found += self._problems("entity", entity.name, entity.table, entity.fields, rows)
+            for copy in charter.copies_in(context):
+                fields = {n: charter.entities[copy.of].fields[n] for n in copy.fields}
+                rows = len(data.copies.get(copy.name, {}))
+                found += self._problems("copy", copy.name, copy.table, fields, rows)
+        return found
+
+    def _problems(
+        self, kind: str, name: str, table: str, fields: dict[str, Field], rows: int
+    ) -> list[SchemaChangeError]:
+        recorded = self._data.schema.get((kind, name), {})
+        listed = list(fields.values())
+        return extension_problems(kind, name, table, listed, recorded, set(recorded), rows)
 
     def _check_rules(self, entity: Entity, rows: dict[str, Row]) -> None:
         """A no_overlap rule new or changed since the store last enforced it must hold for

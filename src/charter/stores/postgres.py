@@ -25,8 +25,9 @@ import orjson
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from charter.errors import SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field, NoOverlap
@@ -49,6 +50,7 @@ from charter.stores.common import (
     copy_guard_message,
     counted,
     entity_guard_message,
+    extension_problems,
     outbox_row,
     overlap_refused,
     unstorable,
@@ -63,6 +65,12 @@ log = logging.getLogger("charter.stores.postgres")
 
 NEVER_BY_ITSELF = 2**31  # psycopg's prepare_threshold: prepare only with prepare=True …
 PREPARED = True  # … which the simple statements run most often pass (no joins to misplan)
+WAIT_FOR_CONNECTION_S = 5.0  # then UnavailableError (the runner tries again, backing off)
+ASK_AGAIN_S = 0.25  # while waiting for a connection: each ask may start a new one at once
+RECONNECT_FOR_S = 1.0  # the pool's own tries after a lost connection, before it gives up
+# The pool logs every failed connection attempt; charter reports the failure itself, once
+# (charter.reports): without a handler of the application's, these would reach stderr.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 UNMARK_AT = 1000  # relayed events unmarked together (see PostgresStore.pending)
 UNMARK_AFTER_S = 0.05
 VACUUM_EVERY = 20_000  # relayed events between two vacuums of the pending table, or
@@ -177,7 +185,7 @@ class PostgresStore:
                 # A server that refuses us (no such role, a wrong password) says so here, at
                 # once, rather than after the pool's 30 s of trying again.
                 psycopg.connect(self._conninfo, connect_timeout=10).close()
-                self._pool = ConnectionPool(
+                self._pool = _Pool(
                     self._conninfo,
                     min_size=1,
                     max_size=self._pool_size,
@@ -189,6 +197,8 @@ class PostgresStore:
                     configure=_open_guard,
                     open=True,
                     name=f"charter-{self.schema}",
+                    timeout=WAIT_FOR_CONNECTION_S,
+                    reconnect_timeout=RECONNECT_FOR_S,
                 )
             return self._pool
 
@@ -216,6 +226,44 @@ class PostgresStore:
             self._compile_entity(entity)
         for copy in copies:
             self._compile_copy(copy, charter.entities[copy.of])
+
+    def check(self, charter: Charter, context: str) -> list[SchemaChangeError]:
+        self.schema = self._schema_option or context
+        shapes = [
+            ("entity", e.name, e.table, list(e.fields.values())) for e in charter.owned_by(context)
+        ]
+        for copy in charter.copies_in(context):
+            entity = charter.entities[copy.of]
+            fields = [entity.fields[name] for name in copy.fields]
+            shapes.append(("copy", copy.name, copy.table, [*fields, Field("synced_at", "text")]))
+        found = []
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")  # changes nothing
+            exists = conn.execute("SELECT to_regclass(%s)", (self._t("charter_schema"),)).fetchone()
+            if not exists or exists[0] is None:
+                return []
+            for kind, name, table, fields in shapes:
+                present = {
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_schema = %s AND table_name = %s",
+                        (self.schema, table),
+                    )
+                }
+                if not present:
+                    continue
+                recorded: dict[str, str] = dict(
+                    conn.execute(
+                        f"SELECT field, type FROM {self._t('charter_schema')} "
+                        "WHERE kind = %s AND name = %s",
+                        (kind, name),
+                    ).fetchall()
+                )
+                count = conn.execute(f"SELECT count(*) FROM {self._t(table)}").fetchone()
+                rows = int(count[0]) if count else 0
+                found += extension_problems(kind, name, table, fields, recorded, present, rows)
+        return found
 
     def _fingerprint(self) -> str | None:
         """What the schema was last prepared for; a service role may read but not create."""
@@ -984,6 +1032,25 @@ def _text(value: str) -> str:
 
 def _parked(row: Sequence[Any]) -> Parked:
     return Parked(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6] or b""), row[7])
+
+
+class _Pool(ConnectionPool):
+    """A pool that finds a server back within a fraction of a second. Its own tries to
+    replace lost connections back off (1, 2, 4, 8 s apart: after an 8 s outage the first
+    commit came 5-7 s after the server was back); a client asking anew lets it try a new
+    connection at once, so waiting clients ask every ASK_AGAIN_S, and the pool's own tries
+    give up after RECONNECT_FOR_S."""
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return super().getconn(max(0.001, min(ASK_AGAIN_S, left)))
+            except PoolTimeout:
+                if time.monotonic() >= deadline:
+                    raise PoolTimeout(f"couldn't get a connection after {wait:.1f} s") from None
 
 
 def _record(names: Sequence[str], types: Sequence[str]) -> str:

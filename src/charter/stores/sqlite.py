@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from charter._sqlite import IS_CHARTER, Connections, quote, sqlite_path
-from charter.errors import ConstraintError
+from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field, NoOverlap
@@ -39,6 +39,7 @@ from charter.stores.common import (
     copy_guard_message,
     counted,
     entity_guard_message,
+    extension_problems,
     outbox_row,
     outbox_values,
     overlap_refused,
@@ -117,6 +118,36 @@ class SQLiteStore:
             self._compile_entity(entity)
         for copy in copies:
             self._compile_copy(copy)
+
+    def check(self, charter: Charter, context: str) -> list[SchemaChangeError]:
+        path = self._conns.path
+        if not path.exists():
+            return []
+        conn = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)  # changes nothing
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if "charter_schema" not in tables:
+                return []
+            shapes = [
+                ("entity", e.name, e.table, list(e.fields.values()))
+                for e in charter.owned_by(context)
+            ]
+            for copy in charter.copies_in(context):
+                entity = charter.entities[copy.of]
+                fields = [entity.fields[name] for name in copy.fields]
+                shapes.append(
+                    ("copy", copy.name, copy.table, [*fields, Field("synced_at", "timestamp")])
+                )
+            found = []
+            for kind, name, table, fields in shapes:
+                if table in tables:
+                    present = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+                    rows = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+                    recorded = self._recorded(conn, kind, name)
+                    found += extension_problems(kind, name, table, fields, recorded, present, rows)
+            return found
+        finally:
+            conn.close()
 
     def _recorded(self, conn: sqlite3.Connection, kind: str, name: str) -> dict[str, str]:
         rows = conn.execute(

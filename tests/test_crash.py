@@ -453,7 +453,7 @@ def republish_everything(system: System) -> int:
     """What a relay does after it crashed with its position never saved: publish its whole
     outbox again, from the start."""
     relay = Relay("customers", system.store("customers"), system.bus)
-    relay.rewind(0)
+    relay.store.rewind(0)  # its position, as it was before it ever published
     moved = 0
     while step := relay.step():
         moved += step

@@ -266,6 +266,7 @@ def test_a_repeating_failure_is_said_once_then_counted() -> None:
 # -- charter check against the stores; status meanwhile -----------------------------------
 
 
+@pytest.mark.processes
 def test_check_finds_what_run_would_refuse_and_changes_nothing(shop_file: Path) -> None:
     with charter.load(shop_file) as shop:
         with shop.context("customers").transaction() as tx:

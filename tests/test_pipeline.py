@@ -85,7 +85,7 @@ def test_redelivery_after_a_relay_crash_applies_nothing_twice(shop: System) -> N
     runner.drain()
     before = {c: list(shop.store(c.context).copy_rows(c)) for c in shop.charter.copies.values()}
     relay = next(w for w in runner.workers if isinstance(w, Relay))
-    relay.rewind(0)  # as if it crashed before saving its position, every time
+    relay.store.rewind(0)  # as if it crashed before saving its position, every time
     runner.drain()
     after = {c: list(shop.store(c.context).copy_rows(c)) for c in shop.charter.copies.values()}
     assert before == after

@@ -408,21 +408,32 @@ def parked(
     reason. --drop forgets them."""
     if retry and drop:
         raise click.UsageError("--retry or --drop, not both")
+    outcomes: list[parking.Outcome] = []
+    rows: list[Parked] = []
+    unreadable: list[str] = []  # copies whose store this process cannot read
     with System.load(path) as system:
-        names: list[str | None] = [copy]
+        chosen = parking.copies(system, copy)  # an unknown copy fails here, with a hint
         if context is not None:
             system.context(context)  # an unknown name fails here, with a hint
-            mine = [c.name for c in system.charter.copies_in(context)]
-            if copy is not None and copy not in mine:
+            chosen = [c for c in chosen if c.context == context]
+            if copy is not None and not chosen:
                 raise click.BadParameter(f"'{context}' keeps no copy '{copy}'", param_hint="COPY")
-            names = [copy] if copy else list(mine)
-        if retry:
-            outcomes = [o for n in names for o in parking.retry(system, n, ident)]
-            rows = [o.parked for o in outcomes]
-        elif drop:
-            rows = [p for n in names for p in parking.drop(system, n, ident)]
-        else:
-            rows = [p for n in names for p in parking.parked(system, n, ident)]
+        for spec in chosen:
+            try:
+                if retry:
+                    tried = parking.retry(system, spec.name, ident)
+                    outcomes += tried
+                    rows += [o.parked for o in tried]
+                elif drop:
+                    rows += parking.drop(system, spec.name, ident)
+                else:
+                    rows += parking.parked(system, spec.name, ident)
+            except Error as exc:  # the others are still worth showing
+                unreadable.append(f"{spec.name}: {exc}")
+    for line in unreadable:
+        _console(stderr=True).print(f"[bold red]error[/] {escape(line)}")
+    if unreadable and not rows:
+        sys.exit(EXIT_CHARTER)
     if as_json:
         docs = [_parked_json(p) for p in rows]
         if retry:
@@ -430,7 +441,7 @@ def parked(
                 doc["outcome"] = "resolved" if o.resolved else "parked"
                 doc["reason"] = o.reason or doc["reason"]
         click.echo(json.dumps(docs, indent=2))
-        return
+        sys.exit(EXIT_CHARTER if unreadable else 0)
     if not rows:
         where = f" in copy '{copy}'" if copy else ""
         what = f" for {ident!r}" if ident else ""
@@ -457,6 +468,8 @@ def parked(
         _console().print(f"{done} of {_events(len(outcomes))} resolved", highlight=False)
     elif drop:
         _console().print(f"dropped {_events(len(rows))} (noted in the log)", highlight=False)
+    if unreadable:
+        sys.exit(EXIT_CHARTER)
 
 
 def _events(count: int) -> str:

@@ -105,7 +105,27 @@ class Relay:
             self.signals.notify(f"bus:{entity.name}")
         return count
 
-    def rewind(self, after: int = 0) -> None:
-        """Publish again everything after `after`: heals a bus that lost acknowledged
-        events (G7). The bus drops the ids it still has; copies skip what they applied."""
-        self.store.rewind(after)
+    def rewind(self, after: int = 0) -> int:
+        """Publish again the newest event of every record changed after `after`: heals a
+        bus that lost acknowledged events (G7). The bus drops the ids it still has; copies
+        skip what they applied. Only the newest, and only where it was relayed already (a
+        record with a newer event pending gets that one through the outbox, in order), so
+        that no older version of a record goes on the bus after its delete: a copy that
+        started after the delete would take it for a record it never saw (charter.sim
+        found this). Run it while the owner's writers are still; returns how many events
+        were sent again."""
+        newest: dict[tuple[str, str], OutboxRow] = {}
+        while rows := self.store.outbox(after, self.batch):
+            newest.update(((r.entity, r.entity_id), r) for r in rows)
+            after = rows[-1].seq
+        waiting: list[OutboxRow] = []
+        while more := self.store.pending(self.batch, waiting):
+            waiting += more
+        pending = {r.seq for r in waiting}
+        again = sorted((r for r in newest.values() if r.seq not in pending), key=lambda r: r.seq)
+        for start in range(0, len(again), self.batch):
+            self.bus.publish(again[start : start + self.batch])
+        if self.signals is not None:
+            for entity in {r.entity for r in again}:
+                self.signals.notify(f"bus:{entity}")
+        return len(again)

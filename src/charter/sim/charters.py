@@ -4,10 +4,11 @@ charter file, with every store and the bus moved into memory."""
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
 from charter import model
-from charter.model import Charter
+from charter.model import Charter, Copy
 
 LIBRARY = """\
 charter: 1
@@ -76,3 +77,13 @@ def widened(charter: Charter, copy_name: str, field: str) -> Charter:
     copies = dict(charter.copies)
     copies[copy_name] = dataclasses.replace(copy, fields=(*copy.fields, field))
     return dataclasses.replace(charter, copies=copies)
+
+
+def with_copy(charter: Charter, entity: str, context: str, rng: random.Random) -> Charter:
+    """The charter after a schema change: `context` starts keeping a copy of `entity`
+    (some of its public fields)."""
+    public = list(charter.entities[entity].public_names)
+    fields = tuple(rng.sample(public, 1 + rng.randrange(len(public))))
+    name = f"late_{context}_{entity.lower()}"
+    copy = Copy(name, context, entity, fields, 10.0)
+    return dataclasses.replace(charter, copies={**charter.copies, name: copy})

@@ -23,7 +23,7 @@ from charter.model import Charter, Copy
 from charter.projector import Projector
 from charter.relay import Relay
 from charter.sim import workload
-from charter.sim.charters import widened
+from charter.sim.charters import widened, with_copy
 from charter.sim.checker import Checker, Model
 from charter.sim.world import Crash, World
 from charter.stores.memory import MemoryStore
@@ -43,6 +43,7 @@ class Config:
     """What one seed's world looks like, drawn from the seed."""
 
     relays: int  # relay workers per owner (two race for one outbox)
+    batch: int  # events per relay step (small: batches stay in flight across steps)
     lanes: dict[str, int]  # copy → lanes it runs in (1: none)
     blind: frozenset[str]  # copies whose projector may not read the owner's store
     faults: Faults
@@ -57,6 +58,7 @@ class Config:
         faulty = rng.random() < 0.7
         return cls(
             relays=rng.choice((1, 1, 2)),
+            batch=rng.choice((2, 5, 50)),
             lanes={c: rng.choice((1, 1, 2, 3)) for c in copies},
             blind=frozenset(c for c in copies if rng.random() < 0.3),
             faults=Faults(
@@ -156,7 +158,7 @@ class Simulation:
                 for n in range(self.config.relays):
                     self.workers.relays[(name, n)] = None
         for copy in charter.copies.values():
-            for n in range(self.config.lanes[copy.name]):
+            for n in range(self.config.lanes.get(copy.name, 1)):
                 self.workers.projectors[(copy.name, n)] = None
 
     def _relay(self, context: str) -> Relay:
@@ -167,12 +169,13 @@ class Simulation:
             for entity in charter.owned_by(context)
             for copy in charter.copies_of(entity.name)
         ]
-        return Relay(context, self.system.store(context), self.system.bus, None, 50, fills)
+        store, bus = self.system.store(context), self.system.bus
+        return Relay(context, store, bus, None, self.config.batch, fills)
 
     def _projector(self, copy: Copy, number: int) -> Projector:
         assert self.system is not None
         entity = self.charter.entities[copy.of]
-        lanes = self.config.lanes[copy.name]
+        lanes = self.config.lanes.get(copy.name, 1)
         lane = Lane(number + 1, lanes) if lanes > 1 else None
         owner_store: Callable[[], Any] = partial(self.system.store, entity.owner)
         if copy.name in self.config.blind:
@@ -230,6 +233,14 @@ class Simulation:
                         record = tx.update(entity.name, entity_id, **workload.changes(rng, entity))
                         if record.version != version:
                             done.append((entity.name, entity_id, record.version, "updated"))
+                    elif rng.random() < 0.3:  # a part that may fail alone
+                        try:
+                            with tx.savepoint():
+                                record = tx.create(entity.name, **workload.new_record(rng, entity))
+                        except ConstraintError as refused:
+                            self.world.note(f"{context} savepoint refused: {_short(refused)}")
+                            continue
+                        done.append((entity.name, record.id, 1, "created"))
                     else:
                         record = tx.create(entity.name, **workload.new_record(rng, entity))
                         done.append((entity.name, record.id, 1, "created"))
@@ -313,7 +324,7 @@ class Simulation:
         live = self.model.live(entity.name)
         subject = rng.choice(live) if live and rng.random() < 0.5 else uuid7()
         event_id = uuid7()
-        kind = rng.choice(("not json", "wrong entity", "bad value"))
+        kind = rng.choice(("not json", "text", "wrong entity", "bad value", "wrong source"))
         doc: dict[str, Any] = {
             "specversion": "1.0",
             "id": event_id,
@@ -329,7 +340,13 @@ class Simulation:
             doc["type"] = "Nothing.updated"
         elif kind == "bad value":
             doc["data"] = {name: [1, 2] for name in entity.fields}
-        body = b"\xffnot json" if kind == "not json" else orjson.dumps(doc)
+        elif kind == "wrong source":  # well formed, from a context that does not own it
+            others = [c for c in self.charter.contexts if c != entity.owner]
+            doc["source"] = rng.choice(others) if others else "intruder"
+            doc["type"] = f"{entity.name}.deleted"
+        body: bytes | str = b"\xffnot json" if kind == "not json" else orjson.dumps(doc)
+        if kind == "text":  # not bytes at all: what another language's client may write
+            body = "{not an event"
         bus = self.system.bus
         assert isinstance(bus, MemoryBus)
         self.checker.poisoned(event_id, body)  # before: a publish may land and still fail
@@ -354,17 +371,29 @@ class Simulation:
         self.world.note(f"bus lost its newest {len(lost)} events")
 
     def _change_schema(self) -> None:
-        """A new deployment: a copy keeps one more field; every process restarts."""
-        for copy in self.charter.copies.values():
-            entity = self.charter.entities[copy.of]
-            more = [f for f in entity.public_names if f not in copy.fields]
-            if more:
-                field_name = self.world.rng.choice(more)
-                assert self.system is not None
-                self.system.close()
-                self._open(widened(self.charter, copy.name, field_name))
-                self.world.note(f"deployed: copy {copy.name} now keeps {field_name} too")
-                return
+        """A new deployment: a copy keeps one more field, or a new copy starts (its first
+        backfill while the others run); every process restarts."""
+        assert self.system is not None
+        rng, charter = self.world.rng, self.charter
+        changed: Charter | None = None
+        if rng.random() < 0.5:
+            entity = rng.choice(list(charter.entities.values()))
+            contexts = [c for c in charter.contexts if c != entity.owner]
+            changed = with_copy(charter, entity.name, rng.choice(contexts), rng)
+            what = f"a new copy {next(iter(set(changed.copies) - set(charter.copies)))}"
+        else:
+            for copy in charter.copies.values():
+                more = [f for f in charter.entities[copy.of].public_names if f not in copy.fields]
+                if more:
+                    field_name = rng.choice(more)
+                    changed = widened(charter, copy.name, field_name)
+                    what = f"copy {copy.name} keeps {field_name} too"
+                    break
+        if changed is None:
+            return
+        self.system.close()
+        self._open(changed)
+        self.world.note(f"deployed: {what}")
 
     # -- quiet ------------------------------------------------------------------------
 

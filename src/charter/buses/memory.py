@@ -197,6 +197,8 @@ class MemoryBus:
                 if e.published_at >= cutoff or e.seq > applied.get(e.entity, 2**63)
             ]
             gone = len(log.events) - len(keep)
+            if gone:  # as a broker's dedup window, it forgets the ids with the events
+                log.ids = {e.event_id for e in keep}
             log.events = keep
         return gone
 

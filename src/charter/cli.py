@@ -24,7 +24,7 @@ from charter import model
 from charter.errors import CharterError, Error
 from charter.lanes import Lane
 from charter.runner import Runner
-from charter.status import BREACH, CopyStatus, status
+from charter.status import BREACH, GAP, CopyStatus, status
 from charter.system import System
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -236,7 +236,7 @@ def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
 @main.command(name="status")
 @charter_file
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-@click.option("--strict", is_flag=True, help="Exit 3 when any copy is in BREACH.")
+@click.option("--strict", is_flag=True, help="Exit 3 when any copy is in BREACH or GAP.")
 @reports_errors
 def status_command(path: Path, as_json: bool, strict: bool) -> None:
     """Every copy against its contract: lag in events and seconds, window, state."""
@@ -249,7 +249,7 @@ def status_command(path: Path, as_json: bool, strict: bool) -> None:
         for row in rows:
             if row.lanes:
                 _console().print(lanes_line(row), highlight=False)
-    if strict and any(row.state == BREACH for row in rows):
+    if strict and any(row.state in (BREACH, GAP) for row in rows):
         sys.exit(EXIT_BREACH)
 
 
@@ -367,7 +367,7 @@ def status_table(rows: list[CopyStatus]) -> Table:
     for name in ("window", "lag events", "lag s", "last applied", "parked"):
         table.add_column(name, justify="right")
     table.add_column("state", no_wrap=True)
-    colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow"}
+    colour = {"OK": "green", "BREACH": "bold red", "NEVER_SYNCED": "yellow", GAP: "bold red"}
     now = dt.datetime.now(dt.UTC)
     for row in rows:
         applied = "never"

@@ -11,6 +11,7 @@ from charter.model import Copy
 from charter.system import System
 
 OK, BREACH, NEVER_SYNCED = "OK", "BREACH", "NEVER_SYNCED"
+GAP = "GAP"  # the bus compacted events the copy never applied: it is being filled again
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ def copy_status(system: System, copy: Copy) -> CopyStatus:
     head = system.bus.head(entity.name) if lanes else 0
     if checkpoint is None:
         state = NEVER_SYNCED
+    elif checkpoint.position < system.bus.compacted(entity.name):
+        state = GAP
+        lag_events = max(lag_events, 1)  # one lost event at least: never "synced"
     elif lag_s > copy.window_s:
         state = BREACH
     else:

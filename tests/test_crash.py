@@ -28,6 +28,7 @@ import pytest
 import charter
 from charter.events import decode
 from charter.relay import Relay
+from charter.runner import declared_copies
 from charter.stores.base import OutboxRow
 from charter.system import System
 from tests.conftest import assert_converged, charter_command
@@ -483,7 +484,7 @@ def test_events_delivered_again_after_a_relay_crash_are_not_applied_again(
     # the bus has forgotten what every copy applied: the same events come back as new
     # deliveries (unless the bus still knows their ids, as JetStream does within its
     # duplicate window), and each projector must receive them all and skip them all
-    shop.bus.compact(0)
+    shop.bus.compact(0, declared_copies(shop.charter))
     head = shop.bus.head("Customer")
     assert republish_everything(shop) == events
     taken_again = shop.bus.head("Customer") != head

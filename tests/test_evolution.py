@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import charter
+from charter.runner import declared_copies
 from charter.system import System
 from tests.conftest import assert_converged, edit
 
@@ -118,9 +119,9 @@ def test_the_bus_keeps_what_a_copy_has_not_applied(shop: System) -> None:
     with shop.context("customers").transaction() as tx:
         tx.create("Customer", email="b@x", name="B", password_hash="h")
     runner.drain()
-    shop.bus.compact(0.0)
+    shop.bus.compact(0.0, declared_copies(shop.charter))
     assert shop.bus.backlog("any", "Customer", 0).events == 2  # order_customers has applied neither
     charter.Runner(shop, ["orders"]).drain()
     assert_converged(shop)
-    shop.bus.compact(0.0)
+    shop.bus.compact(0.0, declared_copies(shop.charter))
     assert shop.bus.backlog("any", "Customer", 0).events == 0

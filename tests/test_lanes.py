@@ -19,7 +19,7 @@ import charter
 from charter.cli import main
 from charter.lanes import Lane, partition
 from charter.projector import Projector
-from charter.runner import Runner
+from charter.runner import Runner, declared_copies
 from charter.status import copy_status
 from charter.system import System
 from tests.conftest import assert_converged, charter_command, edit
@@ -231,7 +231,7 @@ def test_the_bus_keeps_what_a_lane_behind_has_not_applied(shop: System, shop_fil
     edit(shop_file, "retention: 1h", "retention: 0s")
     with charter.load(shop_file) as system:
         customers_deleted_by_a_late_lane(system, shop_file)
-        system.bus.compact(0)
+        system.bus.compact(0, declared_copies(system.charter))
     with charter.load(shop_file) as system:
         Runner(system, COPIES, relays=False, lane=Lane(2, 2)).drain()
         assert_converged(system)

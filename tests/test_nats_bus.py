@@ -9,7 +9,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import orjson
 import pytest
@@ -34,12 +33,12 @@ def _reachable(url: str) -> bool:
 needs_nats = pytest.mark.skipif(not _reachable(NATS), reason=f"no NATS server at {NATS}")
 
 
-def durable(bus: NatsBus, name: str, *acked_by: NatsBus) -> dict[str, Any] | None:
-    """A copy's durable consumer as the server has it, once the acknowledgements on their
-    way from `bus` and `acked_by` have landed (they go in the background)."""
+def position(bus: NatsBus, name: str, *acked_by: NatsBus, entity: str = "Customer") -> int | None:
+    """A copy's position note as the stream has it, once the positions on their way from
+    `bus` and `acked_by` have landed (they go in the background)."""
     for one in (bus, *acked_by):
         one._call(one._settle(), 10)
-    return bus._call(bus._consumer_info(name), 10)
+    return bus._call(bus._position(entity, name), 10)
 
 
 def rows(count: int, entity: str = "Customer", ids: int = 7, start: int = 0) -> list[OutboxRow]:
@@ -202,31 +201,31 @@ def test_two_processes_running_one_copy_each_read_every_event_in_order(system: s
         for thread in threads:
             thread.join()
         assert ids_of(results["1"]) == ids_of(results["2"]) == [r.event_id for r in published]
-        # the copy's durable consumer knows it has applied everything, whoever acknowledged
-        info = durable(two, "copy", one)
-        assert info is not None and info["ack_floor"]["stream_seq"] == one.head("Customer")
-        assert one.compact(0.0) == 3000
+        # the copy's position says it has applied everything, whoever wrote it
+        assert position(two, "copy", one) == one.head("Customer")
+        assert one.compact(0.0, {"Customer": ["copy"]}) == 3000
 
 
 @needs_nats
-def test_ack_moves_the_consumer_and_a_start_registers_a_new_copy(bus: NatsBus) -> None:
+def test_ack_writes_the_copys_position_as_a_note_and_no_consumer(bus: NatsBus) -> None:
     bus.publish(rows(10))
     got = bus.fetch("a", "Customer", 0, 10)
     assert bus.backlog("a", "Customer", 0).events == 10
-    bus.ack("a", "Customer", got[3].position)  # AckAll: acknowledges the first four
-    info = durable(bus, "a")
-    assert info is not None and info["ack_floor"]["stream_seq"] == got[3].position
-    assert info["num_ack_pending"] == 6
+    assert position(bus, "a") is None  # fetching says nothing about what was applied
+    for delivery in got[:4]:
+        bus.ack("a", "Customer", delivery.position)  # gathered: one note for them all
+    assert position(bus, "a") == got[3].position
     assert bus.backlog("a", "Customer", got[3].position).events == 6
 
     head = bus.head("Customer")  # a new copy: backfilled at head, then registered
     bus.ack("b", "Customer", head)
-    info = durable(bus, "b")
-    assert info is not None and info["config"]["opt_start_seq"] == head + 1
+    assert position(bus, "b") == head
     later = rows(3, start=10)
     bus.publish(later)
     assert ids_of(drain(bus, "b", "Customer", head, count=3)) == [r.event_id for r in later]
-    bus.ack("b", "Customer", 10**9)  # a position it never fetched: nothing happens
+    # positions are notes, outside the entity's subjects; no copy has a durable consumer
+    consumers = bus._call(bus._api(f"CONSUMER.LIST.{bus.stream}"), 10)["consumers"] or []
+    assert [c for c in consumers if c["config"].get("durable_name")] == []
 
 
 @needs_nats
@@ -260,22 +259,29 @@ def test_a_poison_event_is_delivered_in_its_place(bus: NatsBus) -> None:
 
 @needs_nats
 def test_compaction_forgets_only_what_every_copy_of_the_entity_applied(bus: NatsBus) -> None:
+    copies = {"Customer": ["fast", "slow"], "Order": ["orders"]}
     bus.publish(rows(10))
     bus.publish(rows(6, "Order"))
     fast = drain(bus, "fast", "Customer", count=10)
     slow = bus.fetch("slow", "Customer", 0, 4)
     bus.ack("slow", "Customer", slow[-1].position)
     bus.ack("orders", "Order", 0)  # registered, applied nothing
-    assert bus.compact(3600.0) == 0  # nothing is older than the retention
-    assert bus.compact(0.0) == 4  # what `slow` applied; `fast` is further
+    bus.ack("stranger", "Customer", 0)  # not in the charter: counts for nothing
+    assert bus.compact(3600.0, copies) == 0  # nothing is older than the retention
+    assert bus.compacted("Customer") == 0
+    assert bus.compact(0.0, copies) == 4  # what `slow` applied; `fast` is further
+    assert bus.compacted("Customer") == slow[-1].position  # written before the purge
     assert bus.backlog("x", "Customer", 0).events == 6
     assert len(drain(bus, "orders", "Order", count=6)) == 6  # other entities are not touched
     assert drain(bus, "slow", "Customer", slow[-1].position, count=6)[-1] == fast[-1]
-    assert bus.compact(0.0) == 12
+    assert bus.compact(0.0, copies) == 12
+    assert bus.compacted("Customer") == fast[-1].position
     assert bus.backlog("x", "Customer", 0).events == 0
     assert bus.head("Customer") == 0  # like the SQLite bus: the newest event still on the bus
     bus.publish(rows(2, start=10))
-    assert [d.position for d in drain(bus, "fast", "Customer", fast[-1].position, 2)] == [17, 18]
+    later = [d.position for d in drain(bus, "fast", "Customer", fast[-1].position, 2)]
+    # positions are never reused (notes take some too: no longer 17 and 18)
+    assert fast[-1].position < later[0] < later[1] == bus.head("Customer")
 
 
 @needs_nats
@@ -292,7 +298,8 @@ def test_publishing_keeps_up(bus: NatsBus) -> None:
 
 def test_a_restarted_server_is_reconnected_and_calls_meanwhile_fail_fast() -> None:
     with nats_servers.single() as servers, NatsBus(servers.url, "restart") as bus:
-        bus.publish(rows(5))
+        published = rows(5) + rows(5, start=5)
+        bus.publish(published[:5])
         first = bus.fetch("copy", "Customer", 0, 3)
         bus.ack("copy", "Customer", first[-1].position)
         servers.kill(0)
@@ -304,13 +311,13 @@ def test_a_restarted_server_is_reconnected_and_calls_meanwhile_fail_fast() -> No
         deadline = time.monotonic() + 20
         while True:
             try:
-                bus.publish(rows(5, start=5))
+                bus.publish(published[5:])
                 break
             except BusError:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
         rest = drain(bus, "copy", "Customer", first[-1].position, count=7)  # its reader was lost
-        assert [d.position for d in first + rest] == list(range(1, 11))
+        assert ids_of(first + rest) == [r.event_id for r in published]
 
 
 def test_a_three_node_cluster_loses_no_event_when_a_node_dies() -> None:
@@ -355,21 +362,22 @@ def test_a_reader_whose_server_dies_is_replaced_within_seconds() -> None:
     key = ("copy", "Customer")
     servers = nats_servers.cluster(3)
     with servers, NatsBus(servers.url + "?replicas=3", "readers") as bus:
-        bus.publish(rows(100))
+        published = rows(100) + rows(100, start=100) + rows(100, start=200)
+        bus.publish(published[:100])
         first = drain(bus, *key, count=100)
         before = bus._readers[key].name
         info = bus._call(bus._api(f"CONSUMER.INFO.{bus.stream}.{before}"), 10)
         host = int(info["cluster"]["leader"].removeprefix("n"))
         servers.kill(host)
         started, longest, after, rest = time.monotonic(), 0.0, first[-1].position, []
-        second, published = rows(100, start=100), False
+        second, sent = published[100:200], False
         while len(rest) < 100:
             assert time.monotonic() - started < 30, f"{len(rest)} of 100 events"
             call = time.monotonic()
             try:
-                if not published:
+                if not sent:
                     bus.publish(second)  # the stream may be electing a leader: again
-                    published = True
+                    sent = True
                 batch = bus.fetch(*key, after, 1000)
                 if batch:
                     bus.ack(*key, batch[-1].position)
@@ -386,7 +394,7 @@ def test_a_reader_whose_server_dies_is_replaced_within_seconds() -> None:
         for _ in range(6):
             assert bus.backlog("other", "Customer", 0).events == 200
         servers.restart(host)
-        bus.publish(rows(100, start=200))
+        bus.publish(published[200:])
         rest += drain(bus, *key, after, count=100)
-    assert [d.position for d in first + rest] == list(range(1, 301))
+    assert ids_of(first + rest) == [r.event_id for r in published]
     print(f"reader replaced {recovered:.1f}s after its server died; longest call {longest:.1f}s")

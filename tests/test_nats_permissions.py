@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import charter
-from charter.buses.nats import BusError, NatsBus
+from charter.buses.nats import POSITION, BusError, NatsBus, note_subject
 from charter.cli import main
-from charter.natsauth import password_variable, user_name
+from charter.natsauth import password_variable, subject_prefix, user_name
 from charter.stores.base import OutboxRow
 from tests import nats_servers
 from tests.backends import CONTEXTS
@@ -49,6 +49,8 @@ def event(entity: str, entity_id: str, event_id: str) -> OutboxRow:
 
 
 def test_a_context_may_publish_only_what_it_owns(tmp_path: Path) -> None:
+    """Its entities' events, its copies' positions and fill requests, its entities' fill
+    marks: nothing else, so it cannot make compaction forget what another copy needs."""
     urls = {ctx: f"sqlite:///{tmp_path}/{ctx}.db" for ctx in CONTEXTS}
     path = tmp_path / "charter.yaml"
     path.write_text(SHOP.format(name="guarded", bus="nats://127.0.0.1:4222", **urls))
@@ -63,6 +65,9 @@ def test_a_context_may_publish_only_what_it_owns(tmp_path: Path) -> None:
     users = [user_name(system, who) for who in ("admin", *CONTEXTS)]
     passwords = {user: "pw" + secrets.token_hex(8) for user in users}  # see natsauth
     env = {password_variable(user): password for user, password in passwords.items()}
+
+    def position(copy: str) -> str:
+        return note_subject(subject_prefix(system), POSITION, "Customer", copy)
 
     def url(servers: nats_servers.Servers, who: str) -> str:
         user = user_name(system, who)
@@ -85,7 +90,33 @@ def test_a_context_may_publish_only_what_it_owns(tmp_path: Path) -> None:
             while not got and time.monotonic() < deadline:
                 got = orders.fetch("order_customers", "Customer", 0, 10)  # copies may read
             assert [d.body for d in got] == [event("Customer", "c1", "e1").body]
-            orders.ack("order_customers", "Customer", got[-1].position)
+            orders.ack("order_customers", "Customer", got[-1].position)  # its own position
             assert orders.backlog("order_customers", "Customer", got[-1].position).events == 0
+            assert orders.compacted("Customer") == 0  # and may read the compacted note
+
+            # another copy's position is not orders' to write, nor to delete (defect 9)
+            with pytest.raises(BusError):
+                orders._call(orders._publish([("x", position("shipping_customers"), b"{}")]), 30)
+            for request, body in [
+                (f"STREAM.PURGE.{orders.stream}", {"filter": position("shipping_customers")}),
+                (f"STREAM.MSG.DELETE.{orders.stream}", {"seq": 1}),
+                (  # nor any durable consumer (a well-formed request: refused, not wrong)
+                    f"CONSUMER.DURABLE.CREATE.{orders.stream}.shipping_customers",
+                    {
+                        "stream_name": orders.stream,
+                        "config": {"durable_name": "shipping_customers", "ack_policy": "all"},
+                    },
+                ),
+            ]:
+                with pytest.raises(BusError):
+                    orders._call(orders._api(request, body), 10)
+            with pytest.raises(BusError):  # compacting is the admin's
+                orders.compact(0, {"Customer": ["order_customers"]})
         with NatsBus(url(servers, "admin"), system) as admin:
             assert admin.backlog("audit", "Customer", 0).events == 1  # the forgery never landed
+            assert admin._call(admin._position("Customer", "order_customers"), 10) == 1
+            assert admin._call(admin._position("Customer", "shipping_customers"), 10) is None
+            copies = {"Customer": ["order_customers", "shipping_customers"], "Order": []}
+            assert admin.compact(0, copies) == 1  # Order's event: no copy needs it
+            assert admin.backlog("audit", "Customer", 0).events == 1  # shipping's position is
+            # unknown, so the event it has not applied stays

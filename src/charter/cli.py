@@ -281,7 +281,9 @@ def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
 @charter_file
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option(
-    "--strict", is_flag=True, help="Exit 3 when any copy is in BREACH or DEGRADED (parked events)."
+    "--strict",
+    is_flag=True,
+    help="Exit 3 when any copy is in BREACH, GAP or DEGRADED (parked events).",
 )
 @click.option(
     "--context",
@@ -543,6 +545,7 @@ def status_table(rows: list[CopyStatus]) -> Table:
         "NEVER_SYNCED": "yellow",
         "DEGRADED": "red",
         UNKNOWN: "bold red",
+        "GAP": "bold red",
     }
     now = dt.datetime.now(dt.UTC)
     for row in rows:

@@ -1,17 +1,23 @@
 """Bus → copy. Applies an event only when its version is newer than the copy's,
 in the same transaction as the checkpoint (G3, G4); parks what it cannot apply, or may
 not (an event whose source is not the entity's owner: G1), for that id alone, and keeps
-going (G8). With a lane, applies only the lane's share of the ids (charter.lanes)."""
+going (G8). With a lane, applies only the lane's share of the ids (charter.lanes).
+
+A copy whose position is below what the bus has compacted (Bus.compacted) has lost events
+it never applied: it is filled again from the owner's current state, as a new copy is, and
+goes on from there. Records the owner deleted meanwhile stay in the copy (no event says
+so any more) until reconciliation finds them."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterator
 
 import orjson
 
 from charter import fills
-from charter.buses import Bus
-from charter.buses.base import Delivery
+from charter.buses import Bus, Delivery
 from charter.errors import BackfillError, EventError, ValidationError
 from charter.events import MAX_VERSION, Event, decode
 from charter.fills import FillMark
@@ -22,6 +28,9 @@ from charter.stores.base import Checkpoint, Parked, Row
 from charter.values import ENCODERS
 
 _TEXT = frozenset({"string", "text"})
+GAP_CHECK_S = 1.0  # how often an idle projector asks whether its next events were lost
+
+log = logging.getLogger(__name__)
 
 
 class Projector:
@@ -43,6 +52,7 @@ class Projector:
         self.owner_team = owner_team  # named when an event claims another source
         self.taken = 0  # events this worker applied or parked (its lane's share)
         self._position: int | None = None
+        self._checked = 0.0  # when an idle step last asked about lost events
         self._fields = [entity.fields[name] for name in copy.fields]
 
     @property
@@ -54,6 +64,9 @@ class Projector:
         if self._position is None:
             self._position = self._start()
         deliveries = self.bus.fetch(self.copy.name, self.entity.name, self._position, self.batch)
+        if self._skipped(self._position, deliveries):
+            self._position = self._start()  # sees the gap, and fills the copy again
+            return 1
         if not deliveries:
             return 0
         items: list[tuple[int, Event]] = []
@@ -73,6 +86,19 @@ class Projector:
         self.bus.ack(self.copy.name, self.entity.name, self._applied(last))
         return len(deliveries)
 
+    def _skipped(self, position: int, deliveries: list[Delivery]) -> bool:
+        """Whether events after `position` were compacted away: asked when the first
+        delivery is not the next position (positions may be shared with other entities
+        and notes, so usually nothing was lost), and every GAP_CHECK_S while idle."""
+        if deliveries:
+            if deliveries[0].position == position + 1:
+                return False
+        elif time.monotonic() - self._checked < GAP_CHECK_S:
+            return False
+        else:
+            self._checked = time.monotonic()
+        return position < self.bus.compacted(self.entity.name)
+
     def _applied(self, position: int) -> int:
         """What the copy as a whole has applied: `position`, or with lanes, where the
         slowest lane is."""
@@ -85,18 +111,34 @@ class Projector:
         """Where to read from; a new copy, or one with new fields, is first filled from the
         owner's current state (not by replaying history)."""
         checkpoint = self.store.checkpoint(self.copy, self.lane)
-        if checkpoint is None or checkpoint.fields != self.copy.fields:
+        lost = self.bus.compacted(self.entity.name)  # nothing at or below it is on the bus
+        gap = checkpoint is not None and checkpoint.position < lost
+        if checkpoint is None or checkpoint.fields != self.copy.fields or gap:
             # The fill stands for the whole copy, so it goes from where the whole copy is
             # (a lane may be ahead of the others); a second process filling at the same
-            # time may leave the checkpoint lower than `position`, never higher.
+            # time may leave the checkpoint lower than `position`, never higher. A new copy,
+            # or one after a gap, goes from the head (or what was compacted, if the bus
+            # holds nothing): what came before is in the owner's state it is filled from.
             whole = self.store.checkpoint(self.copy) if self.lane else checkpoint
-            position = whole.position if whole else self.bus.head(self.entity.name)
+            if gap:
+                log.warning(
+                    "copy %s: the bus no longer holds the %s events after %d, up to %d "
+                    "(compacted before the copy applied them); filling it again",
+                    self.copy.name,
+                    self.entity.name,
+                    checkpoint.position if checkpoint else 0,
+                    lost,
+                )
+                whole = None
+            position = whole.position if whole else max(self.bus.head(self.entity.name), lost)
             try:
                 self.store.backfill(self.copy, self._snapshot(), position)
             except BackfillError as unreachable:  # then through the bus (charter.fills)
-                mark = self._fill_mark(unreachable, position)
-                at = min(position, mark.start) if whole else mark.start
-                self.store.backfill(self.copy, self._fill(mark), at)
+                mark = self._fill_mark(unreachable, position, lost)
+                position = max(min(position, mark.start) if whole else mark.start, lost)
+                self.store.backfill(self.copy, self._fill(mark), position)
+            if gap:  # a fill only ever lowers the checkpoint; past the gap it goes up
+                self.store.apply(self.copy, [], [], position)
             checkpoint = self.store.checkpoint(self.copy, self.lane) or Checkpoint(
                 position, None, self.copy.fields
             )
@@ -110,13 +152,14 @@ class Projector:
         except Exception as exc:  # the owner's store is out of this process's reach
             raise BackfillError(str(exc)) from exc
 
-    def _fill_mark(self, unreachable: BackfillError, position: int) -> FillMark:
-        """The owner's answer to this copy's fill request; asks (once) when there is none,
-        and says what it waits for. Asking registers the copy on the bus at `position` (as
-        far as it got, or the head), so that compaction keeps the fill until it is read."""
+    def _fill_mark(self, unreachable: BackfillError, position: int, lost: int) -> FillMark:
+        """The owner's answer to this copy's fill request; asks (once) when there is none
+        (or only one from before `lost`, what the bus compacted), and says what it waits
+        for. Asking registers the copy on the bus at `position` (as far as it got, or the
+        head), so that compaction keeps the fill until it is read."""
         entity, copy, owner = self.entity.name, self.copy.name, self.entity.owner
         request = fills.request_for(self.bus, entity, copy)
-        if request is None or request.fields != self.copy.fields:
+        if request is None or request.fields != self.copy.fields or request.since < lost:
             self.bus.ack(copy, entity, position)
             request = fills.ask(self.bus, entity, copy, self.copy.fields, position)
         mark = fills.mark_for(self.bus, entity, copy)

@@ -93,7 +93,9 @@ class Relay:
         records. The range starts where the copy registered when it asked, so events
         committed meanwhile, and another relay's answer to the same request, are in it too."""
         suffix = fills.fill_suffix(request.request)
-        start = min(request.since, self.bus.head(entity.name))
+        # (the head is 0 when compaction left nothing: then the range starts where it went)
+        newest = max(self.bus.head(entity.name), self.bus.compacted(entity.name))
+        start = min(request.since, newest)
         count, after = 0, ""
         while rows := self.store.current(entity, after, self.batch):
             self.bus.publish([dataclasses.replace(r, event_id=r.event_id + suffix) for r in rows])

@@ -11,12 +11,19 @@ from typing import Protocol
 
 from charter.errors import Error
 from charter.lanes import Lane
+from charter.model import Charter
 from charter.projector import Projector
 from charter.relay import Relay
 from charter.reports import Reports
 from charter.system import System
 
 MAX_BACKOFF_S = 1.0  # the longest pause between two tries of a failing worker
+
+
+def declared_copies(charter: Charter) -> dict[str, list[str]]:
+    """Entity -> the names of its copies in the charter: what compaction must wait for,
+    whatever the bus knows (Bus.compact)."""
+    return {name: [c.name for c in charter.copies_of(name)] for name in charter.entities}
 
 
 class Worker(Protocol):
@@ -101,7 +108,7 @@ class Runner:
             total += moved
             if moved == 0:
                 break
-        self.system.bus.compact(self.system.charter.retention_s)
+        self.compact()
         if failed:
             first, *others = failed.values()
             for other in others:
@@ -156,10 +163,15 @@ class Runner:
     def _housekeep(self) -> None:
         while not self._stop.wait(self.compact_every):
             try:
-                self.system.bus.compact(self.system.charter.retention_s)
+                self.compact()
                 self.reports.worked("compaction")
             except Exception as exc:
                 self._failed("compaction", exc)
+
+    def compact(self) -> int:
+        """Let the bus forget what every copy the charter declares has applied."""
+        charter = self.system.charter
+        return self.system.bus.compact(charter.retention_s, declared_copies(charter))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the batch in hand, then stop."""

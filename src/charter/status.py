@@ -16,7 +16,8 @@ from charter.system import System
 
 OK, BREACH, NEVER_SYNCED, DEGRADED = "OK", "BREACH", "NEVER_SYNCED", "DEGRADED"
 UNKNOWN = "UNKNOWN"  # could not be measured: a store or the bus failed (`error` says which)
-FAILING = frozenset({BREACH, DEGRADED})  # what `charter status --strict` exits 3 on
+GAP = "GAP"  # the bus compacted events the copy never applied: it is being filled again
+FAILING = frozenset({BREACH, DEGRADED, GAP})  # what `charter status --strict` exits 3 on
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ def copy_status(system: System, copy: Copy, owner: bool = True) -> CopyStatus:
     head = system.bus.head(entity.name) if lanes else 0
     if checkpoint is None or checkpoint.fields != copy.fields:
         state = NEVER_SYNCED  # with these fields: a fill of the new ones is still to come
+    elif checkpoint.position < system.bus.compacted(entity.name):
+        state = GAP
+        lag_events = max(lag_events, 1)  # one lost event at least: never "synced"
     elif lag_s > copy.window_s:
         state = BREACH
     elif parked:

@@ -2,11 +2,11 @@
 
 A bus is transport, not truth: the owner's outbox is. So a bus only has to keep
 events in order per entity, drop a duplicate by event id, hand a consumer the
-events after a position, and forget what every copy has applied."""
+events after a position, and forget what every copy declared in the charter has applied."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,7 +41,10 @@ class Bus(Protocol):
         """Events of `entity` after position `after`, in order, for `consumer` (a copy)."""
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
-        """A consumer has applied everything up to `position` (lets the bus compact)."""
+        """A copy has applied everything up to `position`: the bus keeps it as the copy's
+        position (compaction reads it). May be recorded a moment later; compact and close
+        record what is on its way first. A position may go back (two processes running one
+        copy): compaction then keeps more, never less."""
 
     def put_note(self, kind: str, entity: str, copy: str, body: bytes) -> None:
         """Keep a small value under (kind, entity, copy); the newest one replaces any before
@@ -56,8 +59,17 @@ class Bus(Protocol):
     def backlog(self, consumer: str, entity: str, after: int) -> Backlog:
         """What `consumer` has not applied yet: how many events, and the oldest commit time."""
 
-    def compact(self, retention_s: float) -> int:
-        """Forget events older than the retention that every consumer has applied."""
+    def compact(self, retention_s: float, copies: Mapping[str, Sequence[str]]) -> int:
+        """Forget events older than the retention that every copy declared for their entity
+        in `copies` (entity -> copy names, from the charter) has applied; returns how many.
+        A declared copy whose position the bus does not know (it never ran, its position
+        was lost) keeps every event of its entity; positions of copies not declared count
+        for nothing. Before forgetting, raises compacted() to the newest event forgotten."""
+
+    def compacted(self, entity: str) -> int:
+        """The position of the newest event of `entity` compaction has forgotten (0: none).
+        A copy whose position is below it has lost events it never applied: it must be
+        filled again (charter.projector), and status says GAP until it is."""
 
     def close(self) -> None: ...
 

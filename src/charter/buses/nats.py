@@ -19,24 +19,28 @@ but it forgets at the wrong moments for charter:
 
 - JetStream (2.9) does not even store a message that no consumer's filter covers at the
   moment it is published, and forgets a message as soon as the consumers that exist then
-  have acknowledged it. A copy's consumer exists only once the copy has registered
-  (after its backfill). A new copy reads ``head()``, backfills from the owner's rows, then
-  registers: an event published in between, for a row the backfill had already read, would
-  be lost to that copy for good.
+  have acknowledged it. It knows only the consumers that exist, not the copies the charter
+  declares: a copy that has not run yet, or whose consumer was deleted, would count for
+  nothing, and lose what it has not applied.
 - The charter's ``retention`` ("how long the bus keeps events that every copy has applied")
-  is a grace period for exactly that race and for operators; interest retention has no
-  grace at all.
-- Under interest retention the readers (below) would count as interest too, and
-  recreating a copy's durable consumer would let the server drop what it had not applied.
+  is a grace period (for a charter being rolled out, for operators); interest retention has
+  no grace at all.
 - An age limit would drop events a copy has not applied, so there is none.
 
-So the server never forgets on its own and ``compact(retention_s)`` does what the SQLite bus
-does: per entity, it takes the lowest position every durable consumer whose filter
-overlaps the entity has applied (its ack floor), finds (by binary search on the stored
-timestamps) the newest of the entity's events at or below it that is older than the
-retention, and purges the entity's subjects up to there (``STREAM.PURGE`` with a subject
-filter and a sequence, which does not disturb consumers of other entities). It returns the
-number of events purged. Positions are stream sequences and are never reused.
+So the server never forgets on its own and ``compact(retention_s, copies)`` does what the
+SQLite bus does: per entity, it takes the lowest position among the copies the charter
+declares for it (their position notes, below; a declared copy without one, or with one
+that cannot be read, keeps every event of its entity), finds (by binary search on the
+stored timestamps) the newest of the entity's events at or below it that is older than the
+retention, writes that sequence as the entity's *compacted* note
+(``charter.<system>._note.compacted.<Entity>._``), and then purges the entity's subjects up
+to there (``STREAM.PURGE`` with a subject filter and a sequence). A copy whose position is
+below the compacted note has lost events it never applied (its position note said more
+than its store had, say, or a charter that did not declare it compacted): ``compacted()``
+tells its projector to fill it again, and ``charter status`` shows it as GAP meanwhile.
+Compaction also purges every note's older messages (a note is its subject's newest
+message). It returns the number of events purged. Positions are stream sequences and are
+never reused. Purging is the admin's right only (charter.natsauth).
 
 Subjects and partitions. An event of ``Customer`` with id ``i`` is published on
 ``charter.<system>.Customer.<p>`` with ``p = crc32(i) % partitions``. The entity in the
@@ -57,7 +61,7 @@ already has). If a batch failed half-way, the retry may store an event after new
 of the same batch: copies still converge, because events carry the full state and a copy
 only applies a newer version (G3, G4).
 
-Reading and acknowledging are two consumers:
+Reading, and saying what a copy has applied:
 
 - Reading: in each process, each copy reads its entity through an ephemeral pull consumer of
   its own (``<copy>-read-<random>``: no acks, memory, one replica, removed by the server
@@ -71,51 +75,50 @@ Reading and acknowledging are two consumers:
   (deliveries lost in a reconnect), a reader the server removed, or a caller going back
   behind what it had: the reader is reopened at the caller's ``after + 1``. What was fetched
   but not applied (the copy's transaction failed) is handed out again, in order.
-- Acknowledging: each copy has one durable pull consumer (named after the copy, filtered on
-  its entity, AckAll, headers only, ack wait 30 s, as many replicas as the stream). It
-  records what the copy has applied: ``ack(position)``, called after the copy's transaction
-  committed (never ``fetch``), returns at once; in the background the bus pulls the
-  consumer's headers up to ``position`` and acknowledges that one, and so everything
-  before it, at most every ``ACK_INTERVAL_S`` per copy (one acknowledgement for all the
+- What a copy has applied: its *position note*, ``{"position": N}`` on
+  ``charter.<system>._note.position.<Entity>.<copy>`` (no consumer: a consumer that
+  acknowledges needs every event delivered to it first, which cost about a fifth of the
+  end-to-end throughput; see benchmarks/RESULTS.md). ``ack(position)``, called after the
+  copy's transaction committed, returns at once; in the background the bus writes the
+  newest position per copy at most every ``ACK_INTERVAL_S`` (one note for all the
   positions that came meanwhile; ``compact``, ``backlog`` and ``close`` first send what is
-  on its way). Any process may do it: the copy is one store, so a
-  committed position is applied. The copy's first ``fetch`` or ``ack`` registers it: the
-  durable consumer is created at ``position + 1`` when it is missing, and from then on
-  compaction keeps what the copy has not applied. Compaction, ``backlog`` and operators
-  (``nats consumer report``) read it.
+  on its way). Any process may write it: the copy is one store, so a committed position is
+  applied; two processes running one copy may move it back a little, which only keeps
+  more. The projector's start (charter.projector) writes it, so a copy is known to
+  compaction from its first run. Only the context that keeps a copy may write its position
+  (charter.natsauth), so no other context can make compaction forget what it needs.
+  ``charter status`` is where operators see the copies and how far each has got (there are
+  no durable consumers to look at with ``nats consumer report``).
 
-Notes (charter.fills: fill requests and fill marks) are small values kept as the newest
-message on ``charter.<system>._note.<kind>.<Entity>.<copy>``, read with a direct get of
-the last message on that subject; they are outside every entity's subjects, so readers and
-compaction never touch them.
+Notes (positions, the compacted mark, and charter.fills' fill requests and fill marks) are
+small values kept as the newest message on ``charter.<system>._note.<kind>.<Entity>.<copy>``,
+read with a direct get of the last message on that subject; they are outside every entity's
+subjects, so readers never see them and compaction does not count them as events.
 
 ``head(entity)`` is the stream sequence of the entity's newest event (0 when none);
-``backlog`` counts the entity's events after the copy's position (from the durable
-consumer's num_pending + num_ack_pending when its ack floor is that position, else with a
-short-lived consumer started there) and reads the commit time (CloudEvent ``time``) of the
+``backlog`` counts the entity's events after the copy's position (with a short-lived
+consumer started there) and reads the commit time (CloudEvent ``time``) of the
 first of them (the time the stream stored it, if the event is unreadable or a fill's).
 
 The duplicate window is a time window: within two minutes an event id is dropped even if
 compaction has already purged the event (harmless: every copy had applied it).
 
-When a server of a cluster dies (G7). The stream and the copies' durable consumers have
-replicas: the cluster elects new leaders among the living in seconds (the client meanwhile
-reconnects to another server of the URL). A reader has one replica, on any server of the
-stream, and dies with its server. Worse, JetStream (2.9) calls a server that vanished
-without a goodbye (SIGKILL, a lost machine) offline only after minutes; until then nothing
-answers for the consumers it held, not even "no responders" (API requests about them, and
-pulls, time out), and the cluster keeps placing new one-replica consumers on it (a third of
-them, on three servers), whose creation is never answered either. So:
+When a server of a cluster dies (G7). The stream (and so every note) has replicas: the
+cluster elects new leaders among the living in seconds (the client meanwhile reconnects to
+another server of the URL). A reader has one replica, on any server of the stream, and dies
+with its server. Worse, JetStream (2.9) calls a server that vanished without a goodbye
+(SIGKILL, a lost machine) offline only after minutes; until then nothing answers for the
+consumers it held, not even "no responders" (API requests about them, and pulls, time out),
+and the cluster keeps placing new one-replica consumers on it (a third of them, on three
+servers), whose creation is never answered either. So:
 
 - a reader that answers nothing to a pull within ``READER_SILENCE_S`` (a living one answers
   a no-wait pull at once) is abandoned: deleted in the background (the meta leader removes
   it even while its server is dead) and replaced by a new one at the copy's position;
 - a reader (or counter) whose creation is not answered within ``CREATE_TIMEOUT_S`` is
   deleted the same way, by its name, and made again, placed anew, while the call has time;
-- a copy's durable consumer that does not answer is looked up again at the next ``ack``
-  (by then another server leads it); ``fetch`` does not wait for it;
-- compaction is skipped while a consumer that may be a copy's does not answer (its floor is
-  unknown); readers and counters are recognised by their names.
+- a position note that cannot be written now is written later (the next one covers it);
+  compaction, which reads the notes, keeps everything while one cannot be read.
 
 Every call has a budget (``FETCH_BUDGET_S`` and the like) that bounds all its waits and
 retries together: a caller gets its answer, or a ``BusError``, within seconds.
@@ -141,7 +144,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
@@ -163,10 +166,7 @@ log = logging.getLogger("charter.buses.nats")
 T = TypeVar("T")
 
 DUPLICATE_WINDOW_S = 120.0
-ACK_WAIT_S = 30.0
-MAX_ACK_PENDING = 50_000
-ACK_INTERVAL_S = 0.1  # a copy's durable consumer is told at most this often (or when asked)
-REGISTER_BATCH = 1000  # headers pulled at a time from a copy's durable consumer
+ACK_INTERVAL_S = 0.1  # a copy's position note is written at most this often (or when asked)
 READER_IDLE_S = 60.0  # a reader nobody pulls from for this long is removed by the server
 FETCH_TIMEOUT_S = 0.05  # about the runner's poll interval: an idle fetch returns [] after this
 PUBLISH_TIMEOUT_S = 10.0  # for the acknowledgements of one batch
@@ -179,6 +179,9 @@ BACKLOG_BUDGET_S = 15.0
 CALL_MARGIN_S = 2.0  # on top of a call's budget, before a caller gives up on the loop thread
 NS = 1_000_000_000
 NOTES = "_note"  # the subject token under which notes live
+POSITION = "position"  # the note of what a copy has applied, per (entity, copy)
+COMPACTED = "compacted"  # the note of how far compaction went, per entity
+EVERY_COPY = "_"  # the copy token of notes about an entity as a whole
 
 # JetStream API error codes this module tells apart
 _STREAM_NOT_FOUND = 10059
@@ -188,10 +191,6 @@ _STREAM_NAME_IN_USE = 10058
 _JS_UNAVAILABLE = 10008
 # the final status of a pull request from a consumer that is there: no messages, or fewer
 _ALIVE = ("404", "408")
-
-# The consumers a process makes for itself (readers, counters): `<copy>-read-<hex>`. Copy
-# names are letters, digits and `_`, so these never look like a copy's durable consumer.
-_SCRATCH = re.compile(r"^[A-Za-z0-9_-]+-(read|count)-[0-9a-f]{8}$")
 
 # When the call running in this task must have answered (time.monotonic()); see _call.
 _DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("deadline", default=math.inf)
@@ -271,21 +270,6 @@ def note_subject(prefix: str, kind: str, entity: str, copy: str) -> str:
     return f"{prefix}.{NOTES}.{kind}.{token(entity)}.{copy if copy == '>' else token(copy)}"
 
 
-def _overlaps(a: str, b: str) -> bool:
-    """Whether two subject filters can match a common subject."""
-    if a in ("", ">") or b in ("", ">"):
-        return True
-    ta, tb = a.split("."), b.split(".")
-    for x, y in itertools.zip_longest(ta, tb):
-        if x == ">" or y == ">":
-            return True
-        if x is None or y is None:
-            return False
-        if x != y and x != "*" and y != "*":
-            return False
-    return True
-
-
 def _epoch(stamp: str) -> float:
     """Seconds since the epoch of an RFC 3339 time with any number of fractional digits."""
     return _parse_time(stamp).timestamp()
@@ -348,7 +332,7 @@ class _Pull:
     arrived: list[Msg] = field(default_factory=list)  # delivered, not yet looked at
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     held: list[tuple[int, Msg]] = field(default_factory=list)  # above `base`, in seq order
-    base: int = 0  # reader: the copy has applied up to here; register: acknowledged up to here
+    base: int = 0  # the copy has applied up to here
     last_dseq: int = 0
     ends: dict[str, str] = field(default_factory=dict)  # pull request id -> final status
     requests: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -358,8 +342,8 @@ class _Pull:
 
 
 class NatsBus:
-    """Events in one JetStream stream per charter; per copy, one durable consumer for what
-    it has applied and, in each process running it, one ephemeral consumer to read."""
+    """Events in one JetStream stream per charter; per copy, a note of what it has applied
+    and, in each process running it, one ephemeral consumer to read."""
 
     def __init__(self, url: str, system: str) -> None:
         self.url = url
@@ -375,11 +359,9 @@ class NatsBus:
         self._ack_inbox = ""
         self._ack_ids = itertools.count(1)
         self._readers: dict[tuple[str, str], _Pull] = {}
-        self._registers: dict[tuple[str, str], _Pull] = {}
         self._ack_wanted: dict[tuple[str, str], int] = {}  # what copies asked to acknowledge
         self._ack_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._hurry: asyncio.Event | None = None  # set: acknowledge now, do not wait to gather
-        self._register_lock: asyncio.Lock | None = None
         self._chores: set[asyncio.Task[None]] = set()  # deletes nobody waits for
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -450,7 +432,6 @@ class NatsBus:
     # ----------------------------------------------------------------- connection, stream
 
     async def _open(self) -> None:
-        self._register_lock = asyncio.Lock()
         self._hurry = asyncio.Event()
 
         async def on_error(exc: Exception) -> None:
@@ -692,14 +673,6 @@ class NatsBus:
         self._call(self._publish(items), PUBLISH_TIMEOUT_S)
 
     # ----------------------------------------------------------------- consumers
-
-    async def _consumer_info(self, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._api(f"CONSUMER.INFO.{self.stream}.{name}")
-        except _ApiError as exc:
-            if exc.err_code == _CONSUMER_NOT_FOUND:
-                return None
-            raise
 
     async def _delete_consumer(self, name: str) -> None:
         try:
@@ -949,10 +922,6 @@ class NatsBus:
 
     async def _fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         key = (consumer, entity)
-        if key not in self._registers:  # the first time only: a copy's acks keep it current
-            # at what the copy asked to acknowledge, if lower: a lane reads from its own
-            # position, which may be past what the copy as a whole has applied
-            await self._register(consumer, entity, min(after, self._ack_wanted.get(key, after)))
         reader = self._readers.get(key)
         if reader is None:
             reader = self._readers[key] = _Pull(self._filter(entity), owner=token(consumer))
@@ -982,114 +951,13 @@ class NatsBus:
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         return self._call(self._fetch(consumer, entity, after, max(1, limit)), FETCH_BUDGET_S)
 
-    # what a copy has applied: one durable consumer per copy --------------------------------
-
-    def _register_config(self, durable: str, subject: str, after: int) -> dict[str, Any]:
-        return self._start(
-            {
-                "durable_name": durable,
-                "description": "what this charter copy has applied (its ack floor)",
-                "filter_subject": subject,
-                "ack_policy": "all",
-                "ack_wait": int(ACK_WAIT_S * NS),
-                "max_ack_pending": MAX_ACK_PENDING,
-                "max_deliver": -1,
-                "headers_only": True,
-                "replay_policy": "instant",
-                "num_replicas": 0,  # as many as the stream: it outlives a server's death
-            },
-            after,
-        )
-
-    async def _register(self, consumer: str, entity: str, position: int) -> _Pull:
-        """The copy's durable consumer: created at `position + 1` when it has none, so the
-        bus keeps what the copy has not applied from then on. Looked up again when it did
-        not answer (its leader died: the cluster elects another one in seconds)."""
-        key = (consumer, entity)
-        register = self._registers.get(key)
-        if register is not None and not register.stale:
-            return register
-        assert self._register_lock is not None
-        async with self._register_lock:
-            register = self._registers.get(key)
-            if register is not None and not register.stale:
-                return register
-            if register is None:
-                register = _Pull(self._filter(entity), token(consumer))
-            async with register.lock:
-                info = await self._consumer_info(register.name)
-                config = (info or {}).get("config", {})
-                if info is None or any(
-                    config.get(k) != v
-                    for k, v in (
-                        ("filter_subject", register.filter),
-                        ("ack_policy", "all"),
-                        ("headers_only", True),
-                    )
-                ):
-                    if info is not None:  # set up differently (an older charter, by hand): redo
-                        log.warning(
-                            "NATS bus %s: recreating consumer %s", self.stream, register.name
-                        )
-                        await self._delete_consumer(register.name)
-                    request = {
-                        "stream_name": self.stream,
-                        "config": self._register_config(register.name, register.filter, position),
-                    }
-                    await self._api(
-                        f"CONSUMER.DURABLE.CREATE.{self.stream}.{register.name}", request
-                    )
-                    await self._subscribe(register)
-                    acked = position
-                else:
-                    acked = int(info["ack_floor"]["stream_seq"])
-                    if register.sub is None:
-                        await self._subscribe(register)
-                # What this process holds stays: its acks reach whichever server leads now.
-                register.base = acked
-                self._drop(register, acked)
-                register.stale = False
-            self._registers[key] = register
-            return register
-
-    async def _ack(self, consumer: str, entity: str, position: int) -> None:
-        reader = self._readers.get((consumer, entity))
-        if reader is not None:
-            async with reader.lock:
-                self._drop(reader, position)
-        register = await self._register(consumer, entity, position)
-        async with register.lock:
-            if position <= register.base:
-                return
-            # the register's deliveries (headers only) up to `position`, then AckAll the last
-            for _ in range(4):
-                self._take(register, ordered=False)
-                if register.held and register.held[-1][0] >= position:
-                    break
-                end = await self._probe(register, REGISTER_BATCH, API_TIMEOUT_S, READER_SILENCE_S)
-                self._take(register, ordered=False)
-                if end is None:
-                    register.stale = True  # no answer: looked up again next time
-                    return
-                if end:  # 404/408: nothing more for now (another process may hold them)
-                    break
-            last = self._drop(register, position)
-            if last is None or not last.reply:
-                return  # not delivered to this process: whoever holds it acknowledges
-            try:
-                await self.nc.request(last.reply, b"+ACK", timeout=self._remaining(API_TIMEOUT_S))
-            except (nats.errors.Error, TimeoutError) as exc:
-                register.stale = True
-                raise BusError(
-                    f"NATS bus: copy {register.name} applied up to {position}, but the stream "
-                    f"did not confirm it ({exc!r}); the next acknowledgement covers it"
-                ) from None
+    # what a copy has applied: a position note per copy -----------------------------------
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
-        """Returns at once: the copy's durable consumer is told in the background, with one
-        acknowledgement for all the positions that came meanwhile, so a projector never
-        waits for it. compact, backlog and close first wait for what is on its way. If the
-        stream cannot be told now, it is told later: the next acknowledgement covers it."""
+        """Returns at once: the copy's position note is written in the background, one for
+        all the positions that came meanwhile, at most every ACK_INTERVAL_S, so a projector
+        never waits for it. compact, backlog and close first wait for what is on its way.
+        If the stream cannot take it now, it is written later: the next one covers it."""
         if self._closed or not self._thread.is_alive():
             raise BusError(f"the NATS bus for '{self.system}' is closed")
         self._loop.call_soon_threadsafe(self._want_ack, (consumer, entity), position)
@@ -1109,9 +977,12 @@ class NatsBus:
                 return
             _DEADLINE.set(time.monotonic() + ACK_BUDGET_S)
             try:
-                await self._ack(*key, position)
+                consumer, entity = key
+                subject = note_subject(self._prefix, POSITION, entity, consumer)
+                body = orjson.dumps({"position": position})
+                await self._publish([(f"position-{secrets.token_hex(8)}", subject, body)])
                 done, failures = position, 0
-                # let the next positions gather: one acknowledgement for them all
+                # let the next positions gather: one note for them all
                 assert self._hurry is not None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), ACK_INTERVAL_S)
@@ -1119,7 +990,7 @@ class NatsBus:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
-                        "NATS bus %s: copy %s applied up to %d; telling the stream failed "
+                        "NATS bus %s: copy %s applied up to %d; writing its position failed "
                         "(%s), trying again",
                         self.stream,
                         key[0],
@@ -1127,6 +998,24 @@ class NatsBus:
                         exc,
                     )
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+
+    async def _position(self, entity: str, copy: str) -> int | None:
+        """The position note of `copy` (None: none, or unreadable: then it is unknown)."""
+        message = await self._message(
+            {"last_by_subj": note_subject(self._prefix, POSITION, entity, copy)}
+        )
+        if message is None:
+            return None
+        try:
+            return int(orjson.loads(base64.b64decode(message.get("data") or ""))["position"])
+        except (ValueError, KeyError, TypeError) as exc:  # orjson's errors are ValueErrors
+            log.warning(
+                "NATS bus %s: unreadable position of copy %s (%r): taken as unknown",
+                self.stream,
+                copy,
+                exc,
+            )
+            return None
 
     async def _settle(self) -> None:
         """Wait (within the call's budget) for the acknowledgements on their way."""
@@ -1178,18 +1067,7 @@ class NatsBus:
         subject = self._filter(entity)
         if await self._head(entity) <= after:
             return Backlog(0, None)
-        count: int | None = None
-        try:
-            info = await self._consumer_info(token(consumer))
-        except BusError:  # its leader died a moment ago, say: count otherwise
-            info = None
-        if info is not None and info.get("config", {}).get("filter_subject") == subject:
-            if int(info["delivered"]["stream_seq"]) == after:
-                count = int(info["num_pending"])
-            elif int(info["ack_floor"]["stream_seq"]) == after:
-                count = int(info["num_pending"]) + int(info["num_ack_pending"])
-        if count is None:
-            count = await self._count_after(subject, after, token(consumer))
+        count = await self._count_after(subject, after, token(consumer))
         first = await self._message({"seq": after + 1, "next_by_subj": subject})
         # The head is after `after`, so one event at least: a consumer on a server that is
         # still catching up with the stream may not have it yet.
@@ -1215,30 +1093,6 @@ class NatsBus:
         return self._call(self._backlog(consumer, entity, after), BACKLOG_BUDGET_S)
 
     # ----------------------------------------------------------------- compaction
-
-    async def _durables(self) -> list[dict[str, Any]] | None:
-        """Every durable consumer of the stream; None when some consumer, not known to be
-        one of the readers or counters of a charter process, did not answer (its server
-        died, say): it may be a copy's, and what the copy has not applied must stay."""
-        found: list[dict[str, Any]] = []
-        offset = 0
-        while True:
-            doc = await self._api(f"CONSUMER.LIST.{self.stream}", {"offset": offset})
-            listed = doc.get("consumers") or []
-            page = [c for c in listed if c]  # null: a reader removed while it was listed
-            missing = [str(n) for n in doc.get("missing") or []]
-            unknown = [n for n in missing if not _SCRATCH.match(n)]
-            if unknown:
-                log.warning(
-                    "NATS bus %s: consumers %s did not answer; no compaction this time",
-                    self.stream,
-                    ", ".join(unknown),
-                )
-                return None
-            found.extend(c for c in page if c.get("config", {}).get("durable_name"))
-            offset += len(listed) + len(missing)
-            if not (listed or missing) or offset >= int(doc.get("total", 0)):
-                return found
 
     async def _purge_point(self, subject: str, floor: int, cutoff: float) -> int:
         """The first sequence to keep: every event on `subject` before it is at or below
@@ -1268,46 +1122,65 @@ class NatsBus:
                 low = found
         return low + 1
 
-    async def _compact(self, retention_s: float) -> int:
+    async def _compacted(self, entity: str) -> int:
+        message = await self._message(
+            {"last_by_subj": note_subject(self._prefix, COMPACTED, entity, EVERY_COPY)}
+        )
+        try:
+            return int(orjson.loads(base64.b64decode(message["data"]))) if message else 0
+        except (ValueError, TypeError):  # unreadable: only compaction writes it, so not here
+            return 0
+
+    def compacted(self, entity: str) -> int:
+        return self._call(self._compacted(entity), API_TIMEOUT_S)
+
+    async def _floor(self, entity: str, copies: Sequence[str], last: int) -> int:
+        """The lowest position of the copies (`last` when none); 0 when one is unknown."""
+        floor = last
+        for copy in copies:
+            position = await self._position(entity, copy)
+            if position is None:
+                log.info(
+                    "NATS bus %s: copy %s of %s has no position yet; its events stay",
+                    self.stream,
+                    copy,
+                    entity,
+                )
+                return 0
+            floor = min(floor, position)
+        return floor
+
+    async def _compact(self, retention_s: float, copies: Mapping[str, Sequence[str]]) -> int:
         await self._settle()
         cutoff = time.time() - retention_s
         info = await self._api(
             f"STREAM.INFO.{self.stream}", {"subjects_filter": f"{self._prefix}.>"}
         )
         last = int(info["state"].get("last_seq", 0))
-        entities = sorted(  # (not the notes: they are not events, and stay)
-            {
-                ".".join(s.split(".")[:3]) + ".>"
-                for s in (info["state"].get("subjects") or {})
-                if not s.startswith(f"{self._prefix}.{NOTES}.")
-            }
-        )
-        if not entities:
-            return 0
-        durables = await self._durables()
-        if durables is None:
-            return 0
-        floors: list[tuple[str, int]] = []
-        for consumer in durables:
-            subject = consumer["config"].get("filter_subject") or ">"
-            if int(consumer.get("num_ack_pending", 0)) == 0:
-                floor = int(consumer["delivered"]["stream_seq"])
-            else:
-                floor = int(consumer["ack_floor"]["stream_seq"])
-            floors.append((subject, floor))
+        subjects: dict[str, int] = info["state"].get("subjects") or {}
+        notes = f"{self._prefix}.{NOTES}."
+        names = {token(entity): entity for entity in copies}
         purged = 0
-        for entity in entities:
-            floor = min((f for s, f in floors if _overlaps(s, entity)), default=last)
-            upto = await self._purge_point(entity, floor, cutoff)
+        for tok in sorted({s.split(".")[2] for s in subjects if not s.startswith(notes)}):
+            entity = names.get(tok, tok)
+            floor = await self._floor(entity, copies.get(entity, ()), last)
+            upto = await self._purge_point(f"{self._prefix}.{tok}.>", floor, cutoff) if floor else 0
             if upto > 0:
-                doc = await self._api(
-                    f"STREAM.PURGE.{self.stream}", {"filter": entity, "seq": upto}
-                )
+                # said before it is done: a copy below it has lost events (GAP)
+                if upto - 1 > await self._compacted(entity):
+                    subject = note_subject(self._prefix, COMPACTED, entity, EVERY_COPY)
+                    item = (f"compacted-{secrets.token_hex(8)}", subject, b"%d" % (upto - 1))
+                    await self._publish([item])
+                request = {"filter": f"{self._prefix}.{tok}.>", "seq": upto}
+                doc = await self._api(f"STREAM.PURGE.{self.stream}", request)
                 purged += int(doc.get("purged", 0))
+        for subject, count in subjects.items():  # each note is its newest message
+            if subject.startswith(notes) and int(count) > 1:
+                await self._api(f"STREAM.PURGE.{self.stream}", {"filter": subject, "keep": 1})
         return purged
 
-    def compact(self, retention_s: float) -> int:
-        return self._call(self._compact(retention_s), 60.0)
+    def compact(self, retention_s: float, copies: Mapping[str, Sequence[str]]) -> int:
+        return self._call(self._compact(retention_s, copies), 60.0)
 
     # ----------------------------------------------------------------- closing
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from charter import fills
 from charter._sqlite import Connections, sqlite_path
@@ -31,6 +32,17 @@ CREATE TABLE IF NOT EXISTS consumers (
     PRIMARY KEY (consumer, entity)
 );
 """
+
+
+_COMPACTED = "compacted"  # the note (kind, entity, '') that says how far compaction went
+_NEWEST = 2**63 - 1
+
+
+def _compacted(conn: sqlite3.Connection, entity: str) -> int:
+    row = conn.execute(
+        "SELECT body FROM notes WHERE kind = ? AND entity = ? AND copy = ''", (_COMPACTED, entity)
+    ).fetchone()
+    return int(bytes(row[0])) if row else 0
 
 
 class SQLiteBus:
@@ -143,17 +155,43 @@ class SQLiteBus:
         )
         return Backlog(int(count), oldest)
 
-    def compact(self, retention_s: float) -> int:
+    def compact(self, retention_s: float, copies: Mapping[str, Sequence[str]]) -> int:
+        """Per entity, up to the lowest position of its declared copies (the `consumers`
+        rows); nothing of an entity one of whose declared copies has no row."""
         for (consumer, entity), position in self._acked.items():  # acks not yet recorded
             self.ack(consumer, entity, position)
         cutoff = time.time() - retention_s
-        cursor = self._conns.get().execute(
-            "DELETE FROM events WHERE published_at < ? AND seq <= coalesce("
-            "(SELECT min(position) FROM consumers WHERE consumers.entity = events.entity), "
-            "9223372036854775807)",
-            (cutoff,),
-        )
-        return cursor.rowcount
+        purged = 0
+        with self._conns.write() as conn:
+            for (entity,) in conn.execute("SELECT DISTINCT entity FROM events").fetchall():
+                known = dict(
+                    conn.execute(
+                        "SELECT consumer, position FROM consumers WHERE entity = ?", (entity,)
+                    ).fetchall()
+                )
+                declared = copies.get(entity, ())
+                if any(copy not in known for copy in declared):
+                    continue  # a copy whose position is unknown keeps everything
+                floor = min((int(known[copy]) for copy in declared), default=_NEWEST)
+                where = "entity = ? AND seq <= ? AND published_at < ?"
+                (upto,) = conn.execute(
+                    f"SELECT max(seq) FROM events WHERE {where}", (entity, floor, cutoff)
+                ).fetchone()
+                if upto is None:
+                    continue
+                upto = max(int(upto), _compacted(conn, entity))  # said before it is done
+                conn.execute(
+                    "INSERT INTO notes VALUES (?, ?, '', ?) ON CONFLICT (kind, entity, copy) "
+                    "DO UPDATE SET body = excluded.body",
+                    (_COMPACTED, entity, str(upto).encode()),
+                )
+                purged += conn.execute(
+                    f"DELETE FROM events WHERE {where}", (entity, floor, cutoff)
+                ).rowcount
+        return purged
+
+    def compacted(self, entity: str) -> int:
+        return _compacted(self._conns.get(), entity)
 
     def close(self) -> None:
         self._conns.close()

@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from charter.buses.base import Bus
 from charter.buses.memory import MemoryBus
@@ -66,13 +65,3 @@ class TestNatsBus(BusContract):
 
     def drop_bus(self, bus: Bus, system: str) -> None:
         NatsBus.delete_stream(NATS, system)
-
-    # Compaction on NATS follows each copy's durable consumer, which only a copy's own
-    # reading registers: an ack alone registers nothing yet (positions as notes mend it).
-    @pytest.mark.xfail(strict=True, reason="NATS compaction needs a registered durable consumer")
-    def test_compaction_keeps_what_a_copy_has_not_applied(self, bus: Bus) -> None:
-        super().test_compaction_keeps_what_a_copy_has_not_applied(bus)
-
-    @pytest.mark.xfail(strict=True, reason="NATS compaction needs a registered durable consumer")
-    def test_an_ack_never_goes_back(self, bus: Bus) -> None:
-        super().test_an_ack_never_goes_back(bus)

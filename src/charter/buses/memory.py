@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -60,6 +60,7 @@ class _Log:
     next_seq: int = 1
     consumers: dict[tuple[str, str], int] = field(default_factory=dict)
     notes: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    compacted: dict[str, int] = field(default_factory=dict)  # entity → newest forgotten
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -181,26 +182,35 @@ class MemoryBus:
         times = [_published(e) if fills.MARKER in e.event_id else e.time for e in behind if e.time]
         return Backlog(len(behind), min(times, default=None))
 
-    def compact(self, retention_s: float) -> int:
+    def compact(self, retention_s: float, copies: Mapping[str, Sequence[str]]) -> int:
         self._touch("compact")
         cutoff = clock.time_s() - retention_s
         log = self._log
         with log.lock:
-            applied: dict[str, int] = {}
-            for (_, entity), position in log.consumers.items():
-                applied[entity] = min(position, applied.get(entity, position))
+            floors: dict[str, int] = {}  # entity → up to where every declared copy applied
+            for entity, declared in copies.items():
+                known = [log.consumers.get((copy, entity)) for copy in declared]
+                if None not in known:  # a copy whose position is unknown keeps everything
+                    floors[entity] = min((k for k in known if k is not None), default=2**63)
             if self.compact_ignores_consumers:
-                applied = {}
-            keep = [
+                floors = {entity: 2**63 for entity in {e.entity for e in log.events}}
+            gone = [
                 e
                 for e in log.events
-                if e.published_at >= cutoff or e.seq > applied.get(e.entity, 2**63)
+                if e.published_at < cutoff and e.seq <= floors.get(e.entity, 0)
             ]
-            gone = len(log.events) - len(keep)
+            for e in gone:  # said before it is done
+                log.compacted[e.entity] = max(e.seq, log.compacted.get(e.entity, 0))
             if gone:  # as a broker's dedup window, it forgets the ids with the events
-                log.ids = {e.event_id for e in keep}
-            log.events = keep
-        return gone
+                dropped = {e.seq for e in gone}
+                log.events = [e for e in log.events if e.seq not in dropped]
+                log.ids = {e.event_id for e in log.events}
+        return len(gone)
+
+    def compacted(self, entity: str) -> int:
+        self._touch("compacted")
+        with self._log.lock:
+            return self._log.compacted.get(entity, 0)
 
     def lose_newest(self, count: int) -> list[str]:
         """Forget the newest `count` events, acknowledged or not, as a broker that lost

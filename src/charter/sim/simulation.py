@@ -22,6 +22,7 @@ from charter.lanes import Lane
 from charter.model import Charter, Copy
 from charter.projector import Projector
 from charter.relay import Relay
+from charter.runner import declared_copies
 from charter.sim import workload
 from charter.sim.charters import widened, with_copy
 from charter.sim.checker import Checker, Model
@@ -309,7 +310,7 @@ class Simulation:
         assert self.system is not None
         self.operations += 1
         try:
-            gone = self.system.bus.compact(self.config.retention_s)
+            gone = self.system.bus.compact(self.config.retention_s, declared_copies(self.charter))
         except Crash:
             return
         if gone:
@@ -430,7 +431,7 @@ class Simulation:
         else:
             self.checker.fail(f"the copies did not settle in {SETTLE_ROUNDS} quiet rounds")
             return
-        self.system.bus.compact(self.config.retention_s)
+        self.system.bus.compact(self.config.retention_s, declared_copies(self.charter))
         self.checker.final()
 
 

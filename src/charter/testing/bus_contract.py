@@ -120,30 +120,41 @@ class BusContract:
         nothing = bus.backlog("mail_people", "Person", positions[-1])
         assert (nothing.events, nothing.oldest) == (0, None)
 
-    def test_compaction_keeps_what_a_copy_has_not_applied(self, bus: Bus) -> None:
+    COPIES = {"Person": ["mail_people", "shipping_people"]}  # as the charter declares
+
+    def test_compaction_keeps_what_a_declared_copy_has_not_applied(self, bus: Bus) -> None:
         bus.publish(self.rows(6))
         positions = self.fetch_all(bus)
         bus.ack("mail_people", "Person", positions[2])
         bus.ack("shipping_people", "Person", positions[4])
+        bus.ack("undeclared", "Person", positions[0])  # not in the charter: counts for nothing
         _settle()
-        bus.compact(0.0)
+        assert bus.compacted("Person") == 0
+        bus.compact(0.0, self.COPIES)
         assert self.fetch_all(bus) == positions[3:]
+        assert bus.compacted("Person") == positions[2]
+
+    def test_a_declared_copy_with_no_position_keeps_everything(self, bus: Bus) -> None:
+        bus.publish(self.rows(3))
+        positions = self.fetch_all(bus)
+        bus.ack("mail_people", "Person", positions[-1])  # shipping_people never ran
+        _settle()
+        bus.compact(0.0, self.COPIES)
+        assert self.fetch_all(bus) == positions and bus.compacted("Person") == 0
 
     def test_compaction_keeps_what_is_younger_than_the_retention(self, bus: Bus) -> None:
         bus.publish(self.rows(3))
         positions = self.fetch_all(bus)
-        bus.ack("mail_people", "Person", positions[-1])
-        bus.compact(3600.0)
+        for copy in self.COPIES["Person"]:
+            bus.ack(copy, "Person", positions[-1])
+        bus.compact(3600.0, self.COPIES)
         assert self.fetch_all(bus) == positions
 
-    def test_an_ack_never_goes_back(self, bus: Bus) -> None:
-        bus.publish(self.rows(4))
-        positions = self.fetch_all(bus)
-        bus.ack("mail_people", "Person", positions[2])
-        bus.ack("mail_people", "Person", positions[0])  # a slower process of the same copy
+    def test_an_entity_no_copy_declares_is_compacted_by_age(self, bus: Bus) -> None:
+        bus.publish(self.rows(2))
         _settle()
-        bus.compact(0.0)
-        assert self.fetch_all(bus) == positions[3:]
+        bus.compact(0.0, {"Person": []})
+        assert self.fetch_all(bus) == []
 
 
 def _settle() -> None:

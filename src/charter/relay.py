@@ -12,10 +12,13 @@ from collections.abc import Callable, Sequence
 from charter import clock, fills
 from charter.buses import Bus
 from charter.fills import FillMark, FillRequest
+from charter.ids import uuid7
 from charter.model import Copy, Entity
 from charter.signals import Signals
 from charter.stores import Store
 from charter.stores.base import OutboxRow
+
+LEAD_RETRY_S = 0.5  # how often a relay standing by asks for the lead
 
 
 class Relay:
@@ -33,6 +36,8 @@ class Relay:
         self._flight: tuple[list[OutboxRow], Callable[[], None]] | None = None
         self._copies = list(copies)  # copies of what this context owns
         self._checked = 0.0  # when fill requests were last looked for
+        self.holder = f"{context}:{uuid7()}"  # who this relay is, for the outbox's lead
+        self._asked = -LEAD_RETRY_S  # when it last asked for the lead without getting it
 
     @property
     def wake_key(self) -> str:
@@ -43,6 +48,8 @@ class Relay:
 
         Under load the next batch is read while this one is on its way to the bus; it is
         sent once this one has landed (and been marked), so the bus gets them in order."""
+        if not self._leads():
+            return 0
         flight, self._flight = self._flight, None
         filled = 0
         if flight is None and clock.monotonic() - self._checked >= fills.CHECK_EVERY_S:
@@ -59,11 +66,25 @@ class Relay:
             self._flight = (ahead, self.bus.publish_begin(ahead))
         return filled + moved
 
+    def _leads(self) -> bool:
+        """Whether this relay leads its owner's outbox (Store.lead); a relay that does not
+        stands by and asks again every LEAD_RETRY_S."""
+        now = clock.monotonic()
+        if now - self._asked < LEAD_RETRY_S:
+            return False
+        if self.store.lead(self.holder):
+            return True
+        self._asked = now
+        return False
+
     def finish(self) -> None:
-        """Wait for the batch on its way, if any (when stopping)."""
+        """Wait for the batch on its way, if any, and give up the lead (when stopping)."""
         flight, self._flight = self._flight, None
-        if flight:
-            self._land(flight)
+        try:
+            if flight:
+                self._land(flight)
+        finally:
+            self.store.release(self.holder)
 
     def _land(self, flight: tuple[list[OutboxRow], Callable[[], None]]) -> int:
         rows, published = flight

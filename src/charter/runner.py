@@ -108,6 +108,9 @@ class Runner:
             total += moved
             if moved == 0:
                 break
+        for number, worker in enumerate(self.workers):
+            if isinstance(worker, Relay) and number not in failed:
+                worker.finish()  # gives up the lead: the next drain, or another process, takes it
         self.compact()
         if failed:
             first, *others = failed.values()

@@ -140,6 +140,9 @@ class Simulation:
 
     def _open(self, charter: Charter) -> None:
         """Start (or, after a schema change, restart) every process of the system."""
+        for relay in self.workers.relays.values():
+            if relay is not None:
+                relay.store.release(relay.holder)
         self.charter = charter
         self.system = System(charter)
         for name in charter.contexts:
@@ -278,9 +281,12 @@ class Simulation:
         key = self.world.rng.choice(list(self.workers.relays))
         relay = self.workers.relays[key] or self._relay(key[0])
         self.workers.relays[key] = relay
-        self._step(
-            f"relay {key[0]}#{key[1]}", relay, lambda: self.workers.relays.update({key: None})
-        )
+        self._step(f"relay {key[0]}#{key[1]}", relay, lambda: self._relay_died(key, relay))
+
+    def _relay_died(self, key: tuple[str, int], relay: Relay) -> None:
+        """Its process ended: the system frees what it held, the outbox's lead too."""
+        self.workers.relays[key] = None
+        relay.store.release(relay.holder)
 
     def _step_projector(self) -> None:
         key = self.world.rng.choice(list(self.workers.projectors))

@@ -140,6 +140,17 @@ class Store(Protocol):
 
     def mark_relayed(self, rows: Sequence[OutboxRow]) -> None: ...
 
+    def lead(self, holder: str) -> bool:
+        """Whether `holder` (one relay) leads this outbox: it takes the lead when nobody
+        holds it and keeps it while it does. Only the leader publishes, so a relay that
+        stalled with a batch in hand cannot publish an old version after a newer one (and
+        after compaction forgot both): two live relays for one owner brought a deleted
+        record back into a new copy (charter.sim found it). The lead ends with its holder's
+        process (a lock the operating system or the server frees) or at release()."""
+
+    def release(self, holder: str) -> None:
+        """Give up the lead, if `holder` has it."""
+
     def rewind(self, after: int = 0) -> None:
         """Make every event after `seq` pending again (to heal a bus that lost events)."""
 

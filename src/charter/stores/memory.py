@@ -47,6 +47,7 @@ class _Data:
     entities: dict[str, dict[str, Row]] = field(default_factory=dict)
     outbox: list[OutboxRow] = field(default_factory=list)
     relayed: int = 0
+    leader: str | None = None  # the relay that leads the outbox
     copies: dict[str, dict[str, Row]] = field(default_factory=dict)
     checkpoints: dict[str, tuple[int, str | None, tuple[str, ...]]] = field(default_factory=dict)
     lanes: dict[tuple[str, int, int], tuple[int, str | None]] = field(default_factory=dict)
@@ -200,6 +201,19 @@ class MemoryStore:
         if rows:
             with self._data.lock:
                 self._data.relayed = max(self._data.relayed, rows[-1].seq)
+
+    def lead(self, holder: str) -> bool:
+        self._touch("lead")
+        with self._data.lock:
+            if self._data.leader is None:
+                self._data.leader = holder
+            return self._data.leader == holder
+
+    def release(self, holder: str) -> None:
+        """Also what a process's end does (charter.sim calls it for a crashed relay)."""
+        with self._data.lock:
+            if self._data.leader == holder:
+                self._data.leader = None
 
     def rewind(self, after: int = 0) -> None:
         self._touch("rewind")

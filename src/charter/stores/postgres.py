@@ -175,6 +175,7 @@ class PostgresStore:
         self._marked = 0.0  # when the oldest of them was published
         self._unmarked = 0  # since the pending table was last vacuumed
         self._vacuumed = time.monotonic()
+        self._leads: dict[str, tuple[psycopg.Connection[Any], float, bool]] = {}
         self._sql: dict[str, str] = {}
         self._selects: dict[str, list[str]] = {}
 
@@ -1010,7 +1011,37 @@ class PostgresStore:
             ).fetchall()
         return sorted(map(_parked, rows), key=lambda p: p.position)
 
+    def lead(self, holder: str) -> bool:
+        """A session advisory lock on a connection of the relay's own, which the server
+        frees when that session ends. Held, it is checked at most every LEAD_CHECK_S (a
+        server restart ends the session); not held, asked for again on that connection."""
+        conn, checked, held = self._leads.get(holder) or (None, 0.0, False)
+        now = time.monotonic()
+        if held and now - checked < LEAD_CHECK_S:
+            return True
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+            # true also when this session holds it already (it then holds it once more)
+            key = f"charter-relay:{self.schema}"
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+        except psycopg.Error:
+            self._leads.pop(holder, None)
+            if conn is not None:
+                conn.close()
+            raise
+        held = bool(row and row[0])
+        self._leads[holder] = (conn, now, held)
+        return held
+
+    def release(self, holder: str) -> None:
+        conn, _, _ = self._leads.pop(holder, None) or (None, 0.0, False)
+        if conn is not None:
+            conn.close()  # the session ends: the server frees its lock
+
     def close(self) -> None:
+        for holder in list(self._leads):
+            self.release(holder)
         if self._relayed and self._pool is not None:
             with contextlib.suppress(psycopg.Error), self.pool.connection() as conn:
                 self._flush_marks(conn)
@@ -1019,6 +1050,8 @@ class PostgresStore:
                 self._pool.close()
                 self._pool = None
 
+
+LEAD_CHECK_S = 1.0  # how long a relay trusts that it still leads before asking again
 
 # SQLSTATE classes of failures that pass (deadlock, serialization, lock or statement
 # timeout, resources, connection): an event that meets one is not parked as unstorable.

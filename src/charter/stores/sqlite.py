@@ -8,10 +8,11 @@ makes `unique` and `no_overlap` hold under any concurrency."""
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -94,6 +95,7 @@ class SQLiteStore:
         self._conns = Connections(path, synchronous)
         self._sql: dict[str, str] = {}
         self._relayed = self._saved = 0  # relay position: in memory / known to be saved
+        self._leads: dict[str, TextIO] = {}  # relay holder → its open, locked lead file
 
     # -- schema ---------------------------------------------------------------
 
@@ -356,6 +358,25 @@ class SQLiteStore:
             return
         self._saved = self._relayed
 
+    def lead(self, holder: str) -> bool:
+        """A lock on a file beside the database, which the system frees when the process
+        holding it ends, however it ends."""
+        if holder in self._leads:
+            return True
+        handle = open(f"{self._conns.path}.relay-lead", "a")  # noqa: SIM115 (kept open)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._leads[holder] = handle
+        return True
+
+    def release(self, holder: str) -> None:
+        handle = self._leads.pop(holder, None)
+        if handle is not None:
+            handle.close()  # frees the lock
+
     def rewind(self, after: int = 0) -> None:
         with self._conns.write() as conn:
             conn.execute("UPDATE charter_relay SET position = ?", (after,))
@@ -562,6 +583,8 @@ class SQLiteStore:
         return dropped
 
     def close(self) -> None:
+        for holder in list(self._leads):
+            self.release(holder)
         self._conns.close()
 
 

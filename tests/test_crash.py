@@ -458,6 +458,7 @@ def republish_everything(system: System) -> int:
     moved = 0
     while step := relay.step():
         moved += step
+    relay.finish()  # gives up the outbox's lead
     return moved
 
 

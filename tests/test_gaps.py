@@ -11,6 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 import charter
+from charter.buses.memory import MemoryBus
 from charter.buses.nats import POSITION, NatsBus, note_subject
 from charter.buses.sqlite import SQLiteBus
 from charter.cli import main
@@ -37,6 +38,9 @@ def forget_position(system: System, copy: str) -> None:
         with conn:
             conn.execute("DELETE FROM consumers WHERE consumer = ? AND entity = ?", (copy, entity))
         conn.close()
+    elif isinstance(bus, MemoryBus):
+        with bus._log.lock:
+            bus._log.consumers.pop((copy, entity), None)
     else:
         assert isinstance(bus, NatsBus)
         subject = note_subject(bus._prefix, POSITION, entity, copy)

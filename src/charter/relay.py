@@ -6,6 +6,7 @@ a projector that may not read the owner's store fills its copy from there."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -65,6 +66,11 @@ class Relay:
         if ahead:
             self._flight = (ahead, self.bus.publish_begin(ahead))
         return filled + moved
+
+    def __del__(self) -> None:
+        """A relay dropped without finish() does not keep the lead for its whole process."""
+        with contextlib.suppress(Exception):
+            self.store.release(self.holder)
 
     def _leads(self) -> bool:
         """Whether this relay leads its owner's outbox (Store.lead); a relay that does not

@@ -1,7 +1,6 @@
 """The simulation's speed: how many seeds per second, how many operations per seed, with
 one process and with two (the project's machines have two cores), against the issue's
-target of 10,000 seeds in at most 3 minutes. Also the share of time the checker takes,
-measured by running the same seeds with its per-step checks switched off.
+target of 10,000 seeds in at most 3 minutes.
 
     .venv/bin/python benchmarks/sim.py [--seeds 10000]
 """
@@ -16,7 +15,6 @@ import time
 
 from charter.sim import run
 from charter.sim.charters import library
-from charter.sim.checker import Checker
 
 TARGET_SEEDS, TARGET_S = 10_000, 180.0
 
@@ -50,20 +48,10 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     sample = max(seeds // 10, 100)
     alone, per_seed = one_process(sample)
-    unchecked = Checker.after_apply, Checker.status_tells_the_lag
-    Checker.after_apply = Checker.status_tells_the_lag = lambda *a: None  # type: ignore[method-assign]
-    try:
-        bare, _ = one_process(sample)
-    finally:
-        Checker.after_apply, Checker.status_tells_the_lag = unchecked  # type: ignore[method-assign]
     both = two_processes(seeds)
     rate = seeds / both
     verdict = "PASS" if both * TARGET_SEEDS / seeds <= TARGET_S else "MISS"
     print(f"one process:   {sample / alone:7.0f} seeds/s ({per_seed:.0f} operations per seed)")
-    print(
-        f"  without the per-step checks: {sample / bare:7.0f} seeds/s "
-        f"(the checker takes {1 - bare / alone:.0%} of a run)"
-    )
     print(
         f"two processes: {rate:7.0f} seeds/s: {seeds} seeds in {both:.1f} s "
         f"(target {TARGET_SEEDS} in ≤ {TARGET_S:.0f} s): {verdict}"

@@ -175,3 +175,20 @@ def test_check_never_prints_a_password(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "s3cret" not in result.output and "hunter2" not in result.output
     assert "relay:***@" in result.output and "app:***@" in result.output
+
+
+def test_a_command_on_a_memory_charter_says_it_sees_an_empty_system(tmp_path: Path) -> None:
+    """memory:// lives in one process: a separate `charter status` cannot see it, and says
+    so instead of showing an empty system as if it were the truth."""
+    path = tmp_path / "charter.yaml"
+    path.write_text(
+        "charter: 1\nname: t\nbus: memory://t/bus\ncontexts:\n"
+        "  a: {team: ta, store: memory://t/a}\n  b: {team: tb, store: memory://t/b}\n"
+        "entities:\n  Thing:\n    owner: a\n    fields: {name: {type: string}}\n"
+        "copies:\n  b_things: {in: b, of: Thing, fields: [name], window: 5s}\n"
+    )
+    done = subprocess.run(
+        charter_command("status", "-f", str(path)), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    assert "memory://" in done.stderr and "empty system" in done.stderr

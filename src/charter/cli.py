@@ -26,10 +26,27 @@ from charter.runner import Runner
 from charter.status import FAILING, UNKNOWN, CopyStatus, status
 from charter.stores import open_store
 from charter.stores.base import Parked
+from charter.stores.memory import in_this_process
 from charter.system import System
 from charter.urls import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _opened(path: Path, note: bool = True) -> System:
+    """The system of a charter file, for a command that reads or runs it. A charter in
+    memory:// lives in one process: a command sees it empty, and says so (on stderr, not
+    with --json)."""
+    system = System.load(path)
+    stores = [c.store for c in system.charter.contexts.values()]
+    if note and any(url.startswith("memory://") and not in_this_process(url) for url in stores):
+        _console(stderr=True).print(
+            "[yellow]note[/] this charter keeps its data in memory://, which lives and dies "
+            "with one process: this command sees an empty system (use memory:// from "
+            "Python, in tests; sqlite:/// or postgresql:// for a system to run)",
+            highlight=False,
+        )
+    return system
 
 
 def _console(stderr: bool = False) -> Console:
@@ -189,7 +206,7 @@ def run(
     lane: Lane | None,
 ) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM."""
-    with System.load(path) as system:
+    with _opened(path) as system:
         try:
             runner = Runner(
                 system,
@@ -295,7 +312,7 @@ def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
 def status_command(path: Path, as_json: bool, strict: bool, context: str | None) -> None:
     """Every copy against its contract: lag in events and seconds, window, state.
     Exit 1 when a copy cannot be measured (UNKNOWN, the reason on stderr)."""
-    with System.load(path) as system:
+    with _opened(path, note=not as_json) as system:
         rows = status(system, context)
     if as_json:
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
@@ -336,7 +353,7 @@ def status_command(path: Path, as_json: bool, strict: bool, context: str | None)
 def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
     """The owner's authoritative history of one record: each version's public values,
     who made it (a transaction's actor) and when; private fields by name only."""
-    with System.load(path) as system:
+    with _opened(path, note=not as_json) as system:
         spec = system.charter.entities.get(entity)
         if spec is None:
             names = tuple(system.charter.entities)
@@ -413,7 +430,7 @@ def parked(
     outcomes: list[parking.Outcome] = []
     rows: list[Parked] = []
     unreadable: list[str] = []  # copies whose store this process cannot read
-    with System.load(path) as system:
+    with _opened(path, note=not as_json) as system:
         chosen = parking.copies(system, copy)  # an unknown copy fails here, with a hint
         if context is not None:
             system.context(context)  # an unknown name fails here, with a hint

@@ -68,6 +68,12 @@ def forget(url: str) -> None:
         _OPEN.pop(_key(url), None)
 
 
+def in_this_process(url: str) -> bool:
+    """Whether something in this process opened the memory:// URL already."""
+    with _OPEN_LOCK:
+        return _key(url) in _OPEN
+
+
 def _key(url: str) -> str:
     return url.split("?", 1)[0]
 

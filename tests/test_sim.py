@@ -25,13 +25,14 @@ SEEDS = 10_000  # what CI runs, in two processes
 BUG_SEEDS = 300  # within which every planted bug must be caught
 
 
+def sim(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m charter.sim ARGS` as a separate process."""
+    command = [sys.executable, "-m", "charter.sim", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
 def test_ten_thousand_seeds_hold_every_guarantee() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "charter.sim", "--seeds", str(SEEDS), "--jobs", "2"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = sim("--seeds", str(SEEDS), "--jobs", "2", timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert f"{SEEDS} seeds" in done.stdout and ": 0 failed" in done.stdout
 
@@ -70,12 +71,7 @@ def test_seeds_that_found_bugs_stay_fixed(seed: int) -> None:
 
 
 def test_a_failure_prints_its_seed_a_replay_command_and_what_led_to_it() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "charter.sim", "--seeds", "50", "--plant", "ack before commit"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = sim("--seeds", "50", "--plant", "ack before commit")
     assert done.returncode == 1
     assert "FAILED" in done.stdout
     assert "replay (the whole history): python -m charter.sim --seed" in done.stdout
@@ -85,24 +81,14 @@ def test_a_failure_prints_its_seed_a_replay_command_and_what_led_to_it() -> None
 
 def test_any_charter_file_can_be_simulated() -> None:
     shop = ROOT / "examples" / "shop" / "charter.yaml"
-    done = subprocess.run(
-        [sys.executable, "-m", "charter.sim", "--seeds", "100", "--charter", str(shop)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = sim("--seeds", "100", "--charter", str(shop))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 
 def test_a_bad_charter_file_is_a_clear_message(tmp_path: Path) -> None:
     bad = tmp_path / "charter.yaml"
     bad.write_text("charter: 1\nname: x\ncontexts:\n  a: {team: t, store: 'memory://a'}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "charter.sim", "--seeds", "1", "--charter", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = sim("--seeds", "1", "--charter", str(bad))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "nothing to simulate" in done.stderr
 
@@ -110,12 +96,7 @@ def test_a_bad_charter_file_is_a_clear_message(tmp_path: Path) -> None:
 def test_a_broken_charter_file_is_reported_with_its_line(tmp_path: Path) -> None:
     bad = tmp_path / "charter.yaml"
     bad.write_text("charter: 1\nname: x\nbus: 'kafka://x'\ncontexts: {}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "charter.sim", "--seeds", "1", "--charter", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = sim("--seeds", "1", "--charter", str(bad))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"{bad}:3" in done.stderr
 

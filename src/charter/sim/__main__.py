@@ -8,6 +8,7 @@ import multiprocessing
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -109,42 +110,38 @@ def main(
         click.echo(f"{spec.path}: the charter declares no copies: nothing to simulate", err=True)
         sys.exit(1)
     with planted(plant) if plant else contextlib.nullcontext():
-        _main(seeds, start, seed, path, steps, jobs, plant)
+        if seed is not None:
+            replay(spec, seed, steps, path, plant)
+        else:
+            many(seeds, start, steps, jobs, path, plant)
 
 
-def _main(
-    seeds: int,
-    start: int,
-    seed: int | None,
-    path: Path | None,
-    steps: int,
-    jobs: int,
-    plant: str | None,
+def replay(spec: Charter, seed: int, steps: int, path: Path | None, plant: str | None) -> None:
+    """One seed, with its whole history."""
+    outcome = run(spec, seed, steps)
+    click.echo("\n".join(outcome.history))
+    if outcome.ok:
+        click.echo(f"seed {seed}: ok ({outcome.operations} operations)")
+        return
+    click.echo(report(outcome, path, plant))
+    sys.exit(1)
+
+
+def many(
+    seeds: int, start: int, steps: int, jobs: int, path: Path | None, plant: str | None
 ) -> None:
-    if seed is not None:
-        outcome = run(_charter(path), seed, steps)
-        if outcome.ok:
-            click.echo("\n".join(outcome.history))
-            click.echo(f"seed {seed}: ok ({outcome.operations} operations)")
-            return
-        click.echo("\n".join(outcome.history))
-        click.echo(report(outcome, path, plant))
-        sys.exit(1)
+    """Seeds start … start+seeds-1, in `jobs` processes; the first failure reported."""
     began = time.perf_counter()
-    jobs_list = [(str(path) if path else None, n, steps) for n in range(start, start + seeds)]
+    work = [(str(path) if path else None, n, steps) for n in range(start, start + seeds)]
     failed: list[Outcome] = []
     operations = 0
-    if jobs > 1:
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            outcomes = pool.imap(_one, jobs_list, chunksize=50)
-            for outcome in outcomes:
-                operations += outcome.operations
-                if not outcome.ok:
-                    failed.append(outcome)
-    else:
-        charter = _charter(path)
-        for n in range(start, start + seeds):
-            outcome = run(charter, n, steps)
+    with contextlib.ExitStack() as stack:
+        if jobs > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(jobs))
+            outcomes: Iterator[Outcome] = pool.imap(_one, work, chunksize=50)
+        else:
+            outcomes = map(_one, work)
+        for outcome in outcomes:
             operations += outcome.operations
             if not outcome.ok:
                 failed.append(outcome)

@@ -11,6 +11,7 @@ its data reaches disk). Positions are never reused: a lost event leaves a hole."
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import random
 import threading
@@ -55,7 +56,7 @@ class _Stored:
 
 @dataclass
 class _Log:
-    events: list[_Stored] = field(default_factory=list)
+    entities: dict[str, list[_Stored]] = field(default_factory=dict)  # each in seq order
     ids: set[str] = field(default_factory=set)
     next_seq: int = 1
     consumers: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -106,7 +107,7 @@ class MemoryBus:
                 if row.event_id in log.ids:
                     continue
                 log.ids.add(row.event_id)
-                log.events.append(
+                log.entities.setdefault(row.entity, []).append(
                     _Stored(
                         log.next_seq,
                         row.event_id,
@@ -139,7 +140,7 @@ class MemoryBus:
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         self._touch("fetch")
         with self._log.lock:
-            found = [e for e in self._log.events if e.entity == entity and e.seq > after][:limit]
+            found = self._after(entity, after)[:limit]
         if found and self._happens(self.faults.delay):
             found = found[: self._rng.randrange(len(found))]
         batch = [
@@ -152,6 +153,10 @@ class MemoryBus:
         if len(batch) > 1 and self._happens(self.faults.reorder):
             self._rng.shuffle(batch)
         return batch
+
+    def _after(self, entity: str, after: int) -> list[_Stored]:
+        events = self._log.entities.get(entity, [])
+        return events[bisect.bisect_right(events, after, key=_seq) :]
 
     def ack(self, consumer: str, entity: str, position: int) -> None:
         self._touch("ack")
@@ -172,12 +177,13 @@ class MemoryBus:
     def head(self, entity: str) -> int:
         self._touch("head")
         with self._log.lock:
-            return max((e.seq for e in self._log.events if e.entity == entity), default=0)
+            events = self._log.entities.get(entity)
+            return events[-1].seq if events else 0
 
     def backlog(self, consumer: str, entity: str, after: int) -> Backlog:
         self._touch("backlog")
         with self._log.lock:
-            behind = [e for e in self._log.events if e.entity == entity and e.seq > after]
+            behind = self._after(entity, after)
         # A fill's events keep their records' commit times; their age is the fill's.
         times = [_published(e) if fills.MARKER in e.event_id else e.time for e in behind if e.time]
         return Backlog(len(behind), min(times, default=None))
@@ -193,18 +199,18 @@ class MemoryBus:
                 if None not in known:  # a copy whose position is unknown keeps everything
                     floors[entity] = min((k for k in known if k is not None), default=2**63)
             if self.compact_ignores_consumers:
-                floors = {entity: 2**63 for entity in {e.entity for e in log.events}}
-            gone = [
-                e
-                for e in log.events
-                if e.published_at < cutoff and e.seq <= floors.get(e.entity, 0)
-            ]
+                floors = {entity: 2**63 for entity in log.entities}
+            gone: list[_Stored] = []
+            for entity, events in log.entities.items():
+                floor = floors.get(entity, 0)
+                keep = [e for e in events if e.published_at >= cutoff or e.seq > floor]
+                if len(keep) < len(events):
+                    gone += [e for e in events if e.published_at < cutoff and e.seq <= floor]
+                    log.entities[entity] = keep
             for e in gone:  # said before it is done
                 log.compacted[e.entity] = max(e.seq, log.compacted.get(e.entity, 0))
-            if gone:  # as a broker's dedup window, it forgets the ids with the events
-                dropped = {e.seq for e in gone}
-                log.events = [e for e in log.events if e.seq not in dropped]
-                log.ids = {e.event_id for e in log.events}
+            # as a broker's dedup window, it forgets the ids with the events
+            log.ids.difference_update(e.event_id for e in gone)
         return len(gone)
 
     def compacted(self, entity: str) -> int:
@@ -217,13 +223,20 @@ class MemoryBus:
         unsynced data in a crash does; returns their event ids. Their ids are forgotten
         too, so publishing them again (a relay's rewind) is accepted."""
         with self._log.lock:
-            lost = self._log.events[len(self._log.events) - count :] if count > 0 else []
-            del self._log.events[len(self._log.events) - len(lost) :]
+            every = sorted((e for es in self._log.entities.values() for e in es), key=_seq)
+            lost = every[len(every) - count :] if count > 0 else []
+            gone = {e.seq for e in lost}
+            for entity, events in self._log.entities.items():
+                self._log.entities[entity] = [e for e in events if e.seq not in gone]
             self._log.ids.difference_update(e.event_id for e in lost)
         return [e.event_id for e in lost]
 
     def close(self) -> None:
         """Nothing to release: the log stays for the next open of the same URL."""
+
+
+def _seq(event: _Stored) -> int:
+    return event.seq
 
 
 def _published(event: _Stored) -> str:

@@ -54,8 +54,19 @@ class _Data:
     tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
     parked: dict[str, list[Parked]] = field(default_factory=dict)
     applied: list[tuple[str, str, int, str]] | None = None  # (copy, id, version, lane)
+    unique: dict[tuple[str, str], dict[object, str]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)  # any read or write
     writer: threading.Lock = field(default_factory=threading.Lock)  # one owner tx at a time
+
+    def index(self, entity: str, entity_id: str, before: Row | None, after: Row | None) -> None:
+        """Keep the `unique` index (value → id) of `entity` in step with one change."""
+        for (name, field_name), held in self.unique.items():
+            if name != entity:
+                continue
+            if before is not None and held.get(before.get(field_name)) == entity_id:
+                del held[before.get(field_name)]
+            if after is not None and after.get(field_name) is not None:
+                held[after[field_name]] = entity_id
 
 
 _OPEN: dict[str, _Data] = {}
@@ -115,6 +126,11 @@ class MemoryStore:
                     for row in rows.values():
                         row[f.name] = default
                 self._check_rules(entity, rows)
+                for f in entity.fields.values():
+                    if f.unique:
+                        data.unique[(entity.name, f.name)] = {
+                            r[f.name]: i for i, r in rows.items() if r.get(f.name) is not None
+                        }
             for copy in charter.copies_in(context):
                 entity = charter.entities[copy.of]
                 rows = data.copies.setdefault(copy.name, {})
@@ -193,14 +209,14 @@ class MemoryStore:
 
     def outbox(self, after: int, limit: int) -> list[OutboxRow]:
         self._touch("outbox")
-        with self._data.lock:
-            return [r for r in self._data.outbox if r.seq > after][:limit]
+        with self._data.lock:  # seq n is at index n - 1: the outbox only grows
+            return self._data.outbox[max(after, 0) : max(after, 0) + limit]
 
     def pending(self, limit: int, skip: Sequence[OutboxRow] = ()) -> list[OutboxRow]:
         self._touch("pending")
         with self._data.lock:
             after = max(self._data.relayed, skip[-1].seq if skip else 0)
-            return [r for r in self._data.outbox if r.seq > after][:limit]
+            return self._data.outbox[after : after + limit]
 
     def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:
         self._touch("mark_relayed")
@@ -229,9 +245,7 @@ class MemoryStore:
     def unrelayed(self, entity: str) -> Backlog:
         self._touch("unrelayed")
         with self._data.lock:
-            rows = [
-                r for r in self._data.outbox if r.entity == entity and r.seq > self._data.relayed
-            ]
+            rows = [r for r in self._data.outbox[self._data.relayed :] if r.entity == entity]
         return Backlog(len(rows), min((r.time for r in rows), default=None))
 
     def history(self, entity: str, entity_id: str) -> list[OutboxRow]:
@@ -455,6 +469,19 @@ class _Writes:
         with self._data.lock:
             return self._data.entities[entity.name].get(entity_id)
 
+    def _taken(self, entity: Entity, field: str, value: object, entity_id: str) -> bool:
+        """Whether another record, as this transaction sees it, holds `value` in `field`."""
+        for (name, other), row in self._changes.items():
+            if name == entity.name and other != entity_id and row and row.get(field) == value:
+                return True
+        with self._data.lock:
+            holder = self._data.unique.get((entity.name, field), {}).get(value)
+        return (
+            holder is not None
+            and holder != entity_id
+            and (entity.name, holder) not in self._changes
+        )
+
     def _visible(self, entity: Entity) -> dict[str, Row]:
         """Every row of `entity` as this transaction sees it."""
         with self._data.lock:
@@ -505,14 +532,18 @@ class _Writes:
         self._events.extend(zip(events, bodies, names, strict=True))
 
     def _check_constraints(self, entity: Entity, row: Row) -> None:
-        others = [r for i, r in self._visible(entity).items() if i != row["id"]]
+        """`unique` through the committed rows' index and this transaction's changes;
+        `no_overlap` among the rows that share the rule's `per` values."""
         for f in entity.fields.values():
             value = row.get(f.name)
-            if f.unique and value is not None and any(r.get(f.name) == value for r in others):
+            if f.unique and value is not None and self._taken(entity, f.name, value, row["id"]):
                 raise ConstraintError(
                     f"{entity.name}.{f.name} must be unique: {value!r} is already used by "
                     f"another {entity.name}"
                 )
+        if not entity.constraints:
+            return
+        others = [r for i, r in self._visible(entity).items() if i != row["id"]]
         for rule in entity.constraints:
             if _overlapping(rule, row, others) is not None:
                 raise ConstraintError(
@@ -524,10 +555,10 @@ class _Writes:
         data = self._data
         with data.lock:
             for (name, entity_id), row in self._changes.items():
-                if row is _DELETED:
-                    data.entities[name].pop(entity_id, None)
-                else:
+                before = data.entities[name].pop(entity_id, None)
+                if row is not _DELETED:
                     data.entities[name][entity_id] = row
+                data.index(name, entity_id, before, row)
             seq = data.outbox[-1].seq if data.outbox else 0
             for event, body, private in self._events:
                 seq += 1

@@ -123,6 +123,24 @@ servers), whose creation is never answered either. So:
 Every call has a budget (``FETCH_BUDGET_S`` and the like) that bounds all its waits and
 retries together: a caller gets its answer, or a ``BusError``, within seconds.
 
+Who may do what, under the permissions ``charter apply`` writes (charter.natsauth). The
+admin's credentials create the stream: the first charter process that opens the bus with
+them (``charter run``, ``charter status``, … with the admin's user in the bus URL); a
+context's credentials may not, and a context's process started before the stream exists
+says so at once, and who creates it. Only the admin compacts (purging is its right only):
+the admin's ``charter run`` does, every minute; a context's ``charter run`` skips
+compaction at its first try, with one line, and does not try again in that process.
+
+Refusals. nats-server refuses a publish it does not permit asynchronously (``-ERR
+'Permissions Violation for Publish to "<subject>"'``, which nats-py passes to its error
+callback, lower-cased). No acknowledgement or answer will ever come, so the bus watches the
+subjects of every publish and API request on its way and fails them the moment their
+subject is refused: a ``RefusedError`` naming the subject and, given the charter
+(``explain``: charter.natsauth.refusal), the context and whose right it is ("context
+'orders' … may not publish on charter.shop.Customer.3: it does not own Customer (owner:
+customers, team customer-team)"). A refused position note is said once, and not written
+again by that process.
+
 Threads. The bus is synchronous: it owns an asyncio event loop in a daemon thread and every
 call submits a coroutine to it and waits for the answer with a timeout, so a call made while
 the client reconnects raises (the caller retries) and never hangs. The client reconnects

@@ -8,13 +8,20 @@ stream, direct gets (notes, heads) and consumers of its own making to read throu
 Passwords are not in the file: each user's password is read by nats-server from an
 environment variable (`$SHOP_CUSTOMERS_NATS_PASSWORD`), so the file can be committed.
 nats-server reads the variable's value as a config value: let it start with a letter
-(a value like `9e4…` would be read as a number and refused)."""
+(a value like `9e4…` would be read as a number and refused).
+
+Who does what only the admin may: the admin's credentials create the stream (the first
+charter process to open the bus with them, e.g. `charter run` or `charter status` with
+the admin's user in the bus URL) and compact it (the admin's `charter run`; a context's
+skips compaction, saying so once). A refusal reaches a process at once, in the charter's
+words (`refusal`): which context, which subject, whose right it is."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-from charter.buses.nats import POSITION, note_subject, stream_name, token
+from charter.buses.nats import COMPACTED, NOTES, POSITION, note_subject, stream_name, token
 from charter.fills import MARK, REQUEST
 from charter.model import Charter
 
@@ -29,6 +36,70 @@ def user_name(system: str, context: str) -> str:
 
 def password_variable(user: str) -> str:
     return f"{user.upper()}_NATS_PASSWORD"
+
+
+def refusal(charter: Charter, user: str | None, subject: str) -> str | None:
+    """Why the NATS user `user` may not publish on `subject` under the block below, said
+    in the charter's words; None when the block does not say (then the bus says only that
+    the server refused)."""
+    system, stream = charter.name, stream_name(charter.name)
+    admin = user_name(system, "admin")
+    context = next((c for c in charter.contexts if user_name(system, c) == user), None)
+    if context is None:
+        return None
+    who = f"context '{context}' (NATS user '{user}')"
+    api = subject.split(".")
+    if subject.startswith(("$JS.API.STREAM.CREATE.", "$JS.API.STREAM.UPDATE.")):
+        return (
+            f"{who} may not create or change stream {stream}: only the admin may "
+            f"(NATS user '{admin}'). Start one charter process with the admin's user in its "
+            "bus URL (e.g. `charter run` or `charter status`): it creates the stream"
+        )
+    if subject.startswith(("$JS.API.STREAM.PURGE.", "$JS.API.STREAM.MSG.DELETE.")) or (
+        api[2:4] == [NOTES, COMPACTED]
+    ):
+        return (
+            f"{who} may not compact stream {stream} ({subject}): compaction is the admin's "
+            f"(NATS user '{admin}'); the admin's `charter run` compacts"
+        )
+    if subject.startswith("$"):
+        return None
+    prefix = subject_prefix(system).split(".")
+    if api[:2] != prefix or len(api) < 3:
+        return None
+    entities = {token(name): entity for name, entity in charter.entities.items()}
+    if api[2] == NOTES and len(api) == 6:
+        kind, entity, copy = api[3], entities.get(api[4]), api[5]
+        if entity is None:
+            return None
+        owner = f"owner: {entity.owner}, team {charter.contexts[entity.owner].team}"
+        if kind == MARK:
+            return (
+                f"{who} may not publish on {subject}: a fill of {entity.name} is its owner's "
+                f"to publish ({owner})"
+            )
+        keeper = next((c for c in charter.copies_of(entity.name) if token(c.name) == copy), None)
+        if kind in (POSITION, REQUEST) and keeper is not None:
+            what = "position" if kind == POSITION else "fill request"
+            return (
+                f"{who} may not publish on {subject}: the {what} of copy '{keeper.name}' is "
+                f"for context '{keeper.context}' to write, which keeps it"
+            )
+        return None
+    entity = entities.get(api[2])
+    if entity is None:
+        return None
+    team = charter.contexts[entity.owner].team
+    return (
+        f"{who} may not publish on {subject}: it does not own {entity.name} (owner: "
+        f"{entity.owner}, team {team}); run the relay of '{entity.owner}' under its own user "
+        f"(`charter run --context {entity.owner}` as '{user_name(system, entity.owner)}')"
+    )
+
+
+def explainer(charter: Charter, user: str | None) -> Callable[[str], str | None]:
+    """`refusal` for one user, as NatsBus takes it (`explain`)."""
+    return lambda subject: refusal(charter, user, subject)
 
 
 def _list(items: list[str]) -> str:

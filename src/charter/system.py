@@ -57,7 +57,7 @@ class System:
     def bus(self) -> Bus:
         with self._lock:
             if self._bus is None:
-                self._bus = open_bus(self.charter.bus, self.charter.name)
+                self._bus = open_bus(self.charter.bus, self.charter.name, self.charter)
             return self._bus
 
     def close(self) -> None:

@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 from charter import urls
 from charter.boundary import Guard, guard
 from charter.buses.base import Bus, Delivery
 from charter.errors import UnavailableError
 
+if TYPE_CHECKING:
+    from charter.model import Charter
+
 PROBE_TIMEOUT_S = 1.0
 
 
-def open_bus(url: str, system: str) -> Bus:
+def open_bus(url: str, system: str, charter: Charter | None = None) -> Bus:
     """The bus for a URL from the charter of the system named `system`. Its methods raise
-    charter errors only (charter.boundary); the URL was checked by the charter's loader."""
+    charter errors only (charter.boundary); the URL was checked by the charter's loader.
+    With the `charter`, a NATS bus says a refusal of its server in the charter's words."""
     what = "the bus"
     if url.startswith("sqlite:///"):
         from charter.buses.sqlite import SQLiteBus
 
         return guard(SQLiteBus(url), what, url, Bus)
     if url.startswith("nats://"):
-        from charter.buses.nats import NatsBus
+        from charter import natsauth
+        from charter.buses.nats import NatsBus, parse_url
 
         _probe(url, what)
-        return guard(NatsBus(url, system), what, url, Bus)
+        explain = natsauth.explainer(charter, parse_url(url).user) if charter else None
+        return guard(NatsBus(url, system, explain), what, url, Bus)
     if url.startswith("memory://"):
         from charter.buses.memory import MemoryBus
 

@@ -123,6 +123,24 @@ servers), whose creation is never answered either. So:
 Every call has a budget (``FETCH_BUDGET_S`` and the like) that bounds all its waits and
 retries together: a caller gets its answer, or a ``BusError``, within seconds.
 
+Who may do what, under the permissions ``charter apply`` writes (charter.natsauth). The
+admin's credentials create the stream: the first charter process that opens the bus with
+them (``charter run``, ``charter status``, … with the admin's user in the bus URL); a
+context's credentials may not, and a context's process started before the stream exists
+says so at once, and who creates it. Only the admin compacts (purging is its right only):
+the admin's ``charter run`` does, every minute; a context's ``charter run`` skips
+compaction at its first try, with one line, and does not try again in that process.
+
+Refusals. nats-server refuses a publish it does not permit asynchronously (``-ERR
+'Permissions Violation for Publish to "<subject>"'``, which nats-py passes to its error
+callback, lower-cased). No acknowledgement or answer will ever come, so the bus watches the
+subjects of every publish and API request on its way and fails them the moment their
+subject is refused: a ``RefusedError`` naming the subject and, given the charter
+(``explain``: charter.natsauth.refusal), the context and whose right it is ("context
+'orders' … may not publish on charter.shop.Customer.3: it does not own Customer (owner:
+customers, team customer-team)"). A refused position note is said once, and not written
+again by that process.
+
 Threads. The bus is synchronous: it owns an asyncio event loop in a daemon thread and every
 call submits a coroutine to it and waits for the answer with a timeout, so a call made while
 the client reconnects raises (the caller retries) and never hangs. The client reconnects
@@ -144,7 +162,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
@@ -192,12 +210,26 @@ _JS_UNAVAILABLE = 10008
 # the final status of a pull request from a consumer that is there: no messages, or fewer
 _ALIVE = ("404", "408")
 
+# How nats-server refuses a publish (nats-py lower-cases the whole text: match it so)
+_VIOLATION = re.compile(r'permissions violation for publish to "?([^"\s]+)', re.IGNORECASE)
+
 # When the call running in this task must have answered (time.monotonic()); see _call.
 _DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("deadline", default=math.inf)
 
 
 class BusError(Error):
     """The NATS bus could not do what was asked: says what, on which stream, and why."""
+
+
+class RefusedError(BusError):
+    """The NATS server refused this process's credentials something (a permissions
+    violation): says who may not publish on which subject, and whose right it is. Trying
+    again does not help until the permissions or the credentials change."""
+
+    def __init__(self, message: str, subject: str, reason: str, explained: bool) -> None:
+        super().__init__(message)
+        self.subject, self.reason = subject, reason
+        self.explained = explained  # the reason is the charter's (charter.natsauth)
 
 
 class _ApiError(BusError):
@@ -345,8 +377,17 @@ class NatsBus:
     """Events in one JetStream stream per charter; per copy, a note of what it has applied
     and, in each process running it, one ephemeral consumer to read."""
 
-    def __init__(self, url: str, system: str) -> None:
+    def __init__(
+        self, url: str, system: str, explain: Callable[[str], str | None] | None = None
+    ) -> None:
+        """`explain` says, in the charter's words, why this process may not publish on a
+        subject the server refused (charter.natsauth.explainer); None: the subject only."""
         self.url = url
+        self._explain = explain
+        # lower-cased subject -> what waits on it, told at once when the server refuses it
+        self._watchers: dict[str, dict[Callable[[str], None], str]] = {}
+        self._said: set[str] = set()  # refusals nobody waited for, logged once each
+        self._may_compact = True
         self.system = system
         self.options = parse_url(url)
         self.partitions = self.options.partitions
@@ -361,6 +402,7 @@ class NatsBus:
         self._readers: dict[tuple[str, str], _Pull] = {}
         self._ack_wanted: dict[tuple[str, str], int] = {}  # what copies asked to acknowledge
         self._ack_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._ack_refused: set[tuple[str, str]] = set()  # positions these credentials may not write
         self._hurry: asyncio.Event | None = None  # set: acknowledge now, do not wait to gather
         self._chores: set[asyncio.Task[None]] = set()  # deletes nobody waits for
         self._loop = asyncio.new_event_loop()
@@ -435,7 +477,12 @@ class NatsBus:
         self._hurry = asyncio.Event()
 
         async def on_error(exc: Exception) -> None:
-            log.warning("NATS bus %s: %s", self.stream, exc)
+            refused = _VIOLATION.search(str(exc))
+            if refused is None:
+                log.warning("NATS bus %s: %s", self.stream, exc)
+            elif not self._refuse(refused.group(1)) and refused.group(1) not in self._said:
+                self._said.add(refused.group(1))  # nobody waits for it: say it here, once
+                log.warning("NATS bus %s: %s", self.stream, exc)
 
         async def on_disconnect() -> None:
             # what was sent on the lost connection will not be acknowledged: say so now
@@ -478,6 +525,44 @@ class NatsBus:
         await self._nc.subscribe(f"{self._ack_inbox}.*", cb=self._on_publish_ack)
         await self._ensure_stream()
 
+    # ----------------------------------------------------------------- refusals
+
+    @contextlib.contextmanager
+    def _watch(self, subjects: Iterable[str], refused: Callable[[str], None]) -> Iterator[None]:
+        """While inside, a permissions violation on any of `subjects` calls `refused` with
+        it at once: the server says so asynchronously, and the publish would wait for an
+        acknowledgement (or an answer) that never comes."""
+        keys = {subject.lower(): subject for subject in subjects}
+        for key, subject in keys.items():
+            self._watchers.setdefault(key, {})[refused] = subject
+        try:
+            yield
+        finally:
+            for key in keys:
+                watchers = self._watchers.get(key)
+                if watchers is not None:
+                    watchers.pop(refused, None)
+                    if not watchers:
+                        del self._watchers[key]
+
+    def _refuse(self, subject: str) -> bool:
+        """Tell what waits on `subject` (as the server wrote it, lower-cased by the client)
+        that it was refused; False when nothing waits on it."""
+        watchers = self._watchers.get(subject.lower())
+        for refused, original in list((watchers or {}).items()):
+            refused(original)
+        return bool(watchers)
+
+    def _refusal(self, subject: str) -> RefusedError:
+        """The error for a refused `subject`: the charter's reason (`explain`) if it has one,
+        else who may not publish where."""
+        reason = self._explain(subject) if self._explain is not None else None
+        if reason is not None:
+            return RefusedError(f"NATS bus, stream {self.stream}: {reason}", subject, reason, True)
+        who = f"NATS user '{self.options.user}'" if self.options.user else "this connection"
+        reason = f"{who} may not publish on {subject} (a permissions violation)"
+        return RefusedError(f"NATS bus, stream {self.stream}: {reason}", subject, reason, False)
+
     @staticmethod
     def _remaining(wait: float) -> float:
         """`wait`, or less when the call in hand has less time left than that."""
@@ -493,8 +578,20 @@ class NatsBus:
         timeout = self._remaining(timeout)
         if timeout <= 0:
             raise BusError(f"NATS bus: out of time before a request on stream {self.stream}")
+        full = f"{self._api_prefix}.{subject}"
+        refused: asyncio.Future[str] = self._loop.create_future()
+
+        def refuse(original: str) -> None:
+            if not refused.done():
+                refused.set_result(original)
+
+        answer = asyncio.ensure_future(self.nc.request(full, payload, timeout=timeout))
         try:
-            msg = await self.nc.request(f"{self._api_prefix}.{subject}", payload, timeout=timeout)
+            with self._watch((full,), refuse):
+                await asyncio.wait((answer, refused), return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                raise self._refusal(refused.result())
+            msg = answer.result()
         except nats.errors.NoRespondersError:
             raise _ApiError(
                 f"NATS bus: JetStream is not available on {', '.join(self.options.servers)}",
@@ -506,6 +603,9 @@ class NatsBus:
                 f"NATS bus: no answer to {' '.join(subject.split('.')[:2]).lower()} request "
                 f"on stream {self.stream} within {timeout:.1f}s; try again"
             ) from None
+        finally:
+            if not answer.done():
+                answer.cancel()
         doc: dict[str, Any] = orjson.loads(msg.data)
         error = doc.get("error")
         if error:
@@ -547,6 +647,8 @@ class NatsBus:
                     try:
                         await self._api(f"STREAM.CREATE.{self.stream}", wanted)
                         return
+                    except RefusedError as refused:
+                        raise self._not_created(refused) from None
                     except _ApiError as exc2:
                         if exc2.err_code != _STREAM_NAME_IN_USE:
                             raise
@@ -557,6 +659,21 @@ class NatsBus:
                 if exc.code != 503 or time.monotonic() > deadline:
                     raise BusError(f"cannot set up stream {self.stream}: {exc}") from None
                 await asyncio.sleep(0.25)  # a cluster still electing its leaders
+
+    def _not_created(self, refused: RefusedError) -> RefusedError:
+        """The stream is missing and these credentials may not create it: say who does."""
+        how = (
+            "; then start this one again"
+            if refused.explained
+            else "; the admin's credentials create it (start one charter process with them in "
+            "its bus URL, e.g. `charter run` or `charter status`), then start this one again"
+        )
+        return RefusedError(
+            f"NATS bus: stream {self.stream} does not exist yet, and {refused.reason}{how}",
+            refused.subject,
+            refused.reason,
+            refused.explained,
+        )
 
     async def _reconcile_stream(self, config: dict[str, Any], wanted: dict[str, Any]) -> None:
         """Update what is safe to update on an existing stream; warn about the rest."""
@@ -591,6 +708,15 @@ class NatsBus:
                 await self._api(f"STREAM.UPDATE.{self.stream}", update)
             except _ApiError as exc:
                 log.warning("NATS bus: could not update stream %s: %s", self.stream, exc)
+            except RefusedError as exc:  # a context's credentials: the admin's process does
+                log.warning(
+                    "NATS bus: stream %s is not set up as this charter asks (%s); this "
+                    "process may not update it, a process with the admin's credentials "
+                    "does (%s)",
+                    self.stream,
+                    ", ".join(k for k in update if update[k] != config.get(k)),
+                    exc,
+                )
 
     # ----------------------------------------------------------------- publishing
 
@@ -611,20 +737,30 @@ class NatsBus:
         nc = self.nc
         batch = _Batch(len(items))
         replies: list[str] = []
+        refused: list[str] = []
+
+        def refuse(subject: str) -> None:  # no acknowledgement will come for it: stop now
+            refused.append(subject)
+            batch.done.set()
+
         try:
-            for event_id, subject, body in items:
-                reply = f"{self._ack_inbox}.{next(self._ack_ids)}"
-                self._acks[reply] = batch
-                replies.append(reply)
-                await nc.publish(subject, body, reply=reply, headers={"Nats-Msg-Id": event_id})
-            if replies:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(batch.done.wait(), PUBLISH_TIMEOUT_S)
+            with self._watch({subject for _, subject, _ in items}, refuse):
+                for event_id, subject, body in items:
+                    reply = f"{self._ack_inbox}.{next(self._ack_ids)}"
+                    self._acks[reply] = batch
+                    replies.append(reply)
+                    headers = {"Nats-Msg-Id": event_id}
+                    await nc.publish(subject, body, reply=reply, headers=headers)
+                if replies:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(batch.done.wait(), PUBLISH_TIMEOUT_S)
         except nats.errors.Error as exc:
             raise BusError(f"NATS bus: publishing to {self.stream} failed: {exc!r}") from None
         finally:
             for reply in replies:
                 self._acks.pop(reply, None)
+        if refused:
+            raise self._refusal(refused[0])
         missing, reason = 0, ""
         for reply in replies:
             problem = self._ack_problem(batch, batch.got.get(reply))
@@ -963,6 +1099,8 @@ class NatsBus:
         self._loop.call_soon_threadsafe(self._want_ack, (consumer, entity), position)
 
     def _want_ack(self, key: tuple[str, str], position: int) -> None:
+        if key in self._ack_refused:
+            return
         if position > self._ack_wanted.get(key, -1):
             self._ack_wanted[key] = position
         task = self._ack_tasks.get(key)
@@ -986,6 +1124,18 @@ class NatsBus:
                 assert self._hurry is not None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), ACK_INTERVAL_S)
+            except RefusedError as exc:  # it would be refused again: say so once, stop
+                self._ack_refused.add(key)
+                log.warning(
+                    "NATS bus %s: copy %s applied up to %d, and this process may not write "
+                    "its position (not tried again; compaction keeps what the copy has not "
+                    "applied): %s",
+                    self.stream,
+                    key[0],
+                    position,
+                    exc.reason,
+                )
+                return
             except (BusError, nats.errors.Error, OSError, TimeoutError) as exc:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
@@ -1180,7 +1330,24 @@ class NatsBus:
         return purged
 
     def compact(self, retention_s: float, copies: Mapping[str, Sequence[str]]) -> int:
-        return self._call(self._compact(retention_s, copies), 60.0)
+        """As Bus.compact. A process whose credentials may not compact (a context's, under
+        charter.natsauth: compaction is the admin's) says so once and from then on leaves
+        compaction to the admin's process: it returns 0 without trying."""
+        if not self._may_compact:
+            return 0
+        try:
+            return self._call(self._compact(retention_s, copies), 60.0)
+        except RefusedError as exc:
+            self._may_compact = False
+            log.warning(
+                "NATS bus %s: compaction skipped, and not tried again by this process: %s",
+                self.stream,
+                exc.reason
+                if exc.explained
+                else f"{exc.reason}; a process with the admin's credentials compacts "
+                "(the admin's `charter run`)",
+            )
+            return 0
 
     # ----------------------------------------------------------------- closing
 

@@ -327,6 +327,30 @@ def test_a_role_used_for_another_job_is_told_which_role_does_it(
     assert "no rights in the store of context 'customers'" in text
 
 
+def test_a_relay_under_a_role_that_may_not_relay_never_takes_the_lead(
+    pg_shop: tuple[Path, str, str],
+) -> None:
+    """A relay of `orders` run under its projector's or reader's role is refused at once,
+    by name, and leaves the lead to the service's own relay. Failed before: it took the
+    lead, then failed on every step while holding it, and the service's relay stood by."""
+    path, system, _ = pg_shop
+    apply(path)
+    service = under(path, f"{system}_orders")
+    with charter.load(service) as shop, shop.context("orders").transaction() as tx:
+        tx.create("Order", customer_id=str(uuid.uuid4()), customer_name="Ada", total=1.0)
+    for kind in ("projector", "reader"):
+        role = f"{system}_orders_{kind}"
+        with charter.load(under(path, role)) as wrong:
+            with pytest.raises(BackendError) as refused:
+                charter.Runner(wrong, ["orders"], projectors=False).drain()
+            text = str(refused.value)
+            assert "may not relay its outbox" in text, text
+            assert f"role '{role}' is the {kind} role of context 'orders'" in text, text
+            with charter.load(service) as shop:  # while the wrong one is still open
+                moved = charter.Runner(shop, ["orders"], projectors=False).drain()
+            assert moved == (1 if kind == "projector" else 0)
+
+
 def test_a_restricted_role_never_changes_tables_and_says_what_to_do(
     pg_shop: tuple[Path, str, str],
 ) -> None:

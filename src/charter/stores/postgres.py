@@ -1060,15 +1060,28 @@ class PostgresStore:
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
-            # true also when this session holds it already (it then holds it once more)
+            # true also when this session holds it already (it then holds it once more);
+            # null, without taking it, for a role that may not unmark what it relayed: such
+            # a relay would hold the lead while failing, and the owner's own would stand by
             key = f"charter-relay:{self.schema}"
-            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+            row = conn.execute(
+                "SELECT CASE WHEN has_table_privilege(%s, 'DELETE') "
+                "THEN pg_try_advisory_lock(hashtext(%s)) END",
+                (self._t("charter_pending"), key),
+            ).fetchone()
         except psycopg.Error:
             self._leads.pop(holder, None)
             if conn is not None:
                 conn.close()
             raise
-        held = bool(row and row[0])
+        if row is None or row[0] is None:
+            self._leads.pop(holder, None)
+            conn.close()
+            raise self._refused(
+                "this process may not relay its outbox (its role may not unmark what it "
+                "relayed, in charter_pending)"
+            )
+        held = bool(row[0])
         self._leads[holder] = (conn, now, held)
         return held
 

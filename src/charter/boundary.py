@@ -46,9 +46,10 @@ _REFUSED_LOGIN = (
 class Guard:
     """Turns a driver's exception from one store or bus into the charter error to raise."""
 
-    def __init__(self, what: str, url: str) -> None:
+    def __init__(self, what: str, url: str, refusal: Callable[[], str] | None = None) -> None:
         self.what, self.url = what, url
         self.server = urls.server(url)
+        self.refusal = refusal  # what this process's role may do (an adapter's `refusal`)
 
     def __repr__(self) -> str:
         return f"{self.what} ({urls.redact(self.url)})"
@@ -81,10 +82,16 @@ class Guard:
         lowered = text.lower()
         at = f"PostgreSQL at {self.server}"
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            why = self.refusal() if self.refusal is not None else ""
             return self._made(
                 BackendError,
-                f"{at} refused: {text} (the role of this process may not; the README says "
-                "which role each process runs under)",
+                f"{at} refused: {text} ("
+                + (
+                    why
+                    or "the role of this process may not; the README says which role "
+                    "each process runs under"
+                )
+                + ")",
             )
         if isinstance(exc, psycopg.OperationalError) and any(w in lowered for w in _GONE):
             reason = _last_part(text)
@@ -122,8 +129,9 @@ class Guard:
 
 
 def guard(target: T, what: str, url: str, protocol: type) -> T:
-    """`target` with every method of `protocol` raising charter errors only. Returns it."""
-    checker = Guard(what, url)
+    """`target` with every method of `protocol` raising charter errors only. Returns it.
+    A target with a `refusal()` method says with it, in a refusal, what its role may do."""
+    checker = Guard(what, url, getattr(target, "refusal", None))
     for name, member in vars(protocol).items():
         if name.startswith("_") or not callable(member):
             continue

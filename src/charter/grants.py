@@ -1,9 +1,10 @@
 """Ownership enforced by PostgreSQL itself (G1): roles and grants derived from the charter.
 
-For each context on PostgreSQL, three login roles:
+For each context on PostgreSQL, three login roles (charter.roles), each of which
+reads every table of its own context:
   <system>_<context>            the service: writes only the entities it owns (and its outbox)
   <system>_<context>_projector  writes only its copies, checkpoints, tombstones, parked events
-  <system>_<context>_reader     reads its own context's tables
+  <system>_<context>_reader     writes nothing
 No role gets anything on another context's schema, so a service cannot read or
 write another's tables. `plan()` compares what is wanted with what the server
 has and returns only the statements that change something, so applying twice
@@ -11,7 +12,6 @@ changes nothing the second time."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +21,7 @@ import psycopg
 
 from charter.boundary import Guard
 from charter.model import Charter
+from charter.roles import PROJECTOR, READER, SERVICE, role_name
 from charter.stores.postgres import split_url
 
 OWNER_TABLES = {
@@ -33,16 +34,13 @@ PROJECTOR_TABLES = {
     "charter_checkpoint": {"SELECT", "INSERT", "UPDATE"},
     "charter_lane": {"SELECT", "INSERT", "UPDATE"},
     "charter_tombstone": {"SELECT", "INSERT", "UPDATE"},
-    "charter_parked": {"SELECT", "INSERT"},
+    "charter_parked": {"SELECT", "INSERT", "UPDATE", "DELETE"},  # parked --retry / --drop
     "charter_schema": {"SELECT"},
     "charter_meta": {"SELECT"},
 }
 WRITE = {"SELECT", "INSERT", "UPDATE", "DELETE"}
 
-
-def role_name(system: str, context: str, kind: str = "") -> str:
-    name = f"{system}_{context}" + (f"_{kind}" if kind else "")
-    return re.sub(r"[^a-z0-9_]", "_", name.lower())[:63]
+__all__ = ["ContextGrants", "execute", "plan", "role_name", "wanted"]
 
 
 @dataclass
@@ -67,16 +65,26 @@ def wanted(charter: Charter) -> list[ContextGrants]:
         _, schema, _ = split_url(context.store)
         grants = ContextGrants(context.name, context.store, schema or context.name)
         owner, projector, reader = (
-            role_name(charter.name, context.name, kind) for kind in ("", "projector", "reader")
+            role_name(charter.name, context.name, kind) for kind in (SERVICE, PROJECTOR, READER)
         )
         owned = {e.table: set(WRITE) for e in charter.owned_by(context.name)}
         copies = {c.table: set(WRITE) for c in charter.copies_in(context.name)}
-        grants.tables[owner] = {**owned, **(OWNER_TABLES if owned else {})}
-        grants.tables[projector] = {**copies, **(PROJECTOR_TABLES if copies else {})}
-        every = {*owned, *copies, *OWNER_TABLES, *PROJECTOR_TABLES}
-        grants.tables[reader] = {table: {"SELECT"} for table in sorted(every)}
+        every = sorted({*owned, *copies, *OWNER_TABLES, *PROJECTOR_TABLES})
+        # every role reads its own context (its copies, how they stand, what it relayed)
+        grants.tables[reader] = {table: {"SELECT"} for table in every}
+        grants.tables[owner] = _with(every, owned, OWNER_TABLES if owned else {})
+        grants.tables[projector] = _with(every, copies, PROJECTOR_TABLES if copies else {})
         result.append(grants)
     return result
+
+
+def _with(read: Iterable[str], *writes: Mapping[str, set[str]]) -> dict[str, set[str]]:
+    """SELECT on every table of `read`, and the privileges of `writes` on theirs."""
+    tables = {table: {"SELECT"} for table in read}
+    for granted in writes:
+        for table, privileges in granted.items():
+            tables[table] = tables.get(table, set()) | privileges
+    return tables
 
 
 def _quote(name: str) -> str:

@@ -27,7 +27,8 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from charter.errors import SchemaChangeError
+from charter import roles, urls
+from charter.errors import BackendError, SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field, NoOverlap
@@ -178,6 +179,8 @@ class PostgresStore:
         self._leads: dict[str, tuple[psycopg.Connection[Any], float, bool]] = {}
         self._sql: dict[str, str] = {}
         self._selects: dict[str, list[str]] = {}
+        self._prepared: tuple[Charter, str] | None = None  # for refusal(): whose store
+        self._user = ""  # the role this process logs in as (current_user)
 
     @property
     def pool(self) -> ConnectionPool:
@@ -213,12 +216,16 @@ class PostgresStore:
         owned = charter.owned_by(context)
         copies = charter.copies_in(context)
         fingerprint = _fingerprint(charter, context)
+        self._prepared = (charter, context)
         for attempt in range(1, 6):
-            if self._fingerprint() == fingerprint:
-                break
+            found = self._fingerprint()
+            if found == fingerprint:
+                break  # no DDL: a context's own roles may not, and need not, run any
             try:
                 self._create(charter, context, fingerprint)
                 break
+            except pg_errors.InsufficientPrivilege as exc:
+                raise self._unprepared(exc, found) from exc
             except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected):
                 if attempt == 5:  # live writers kept the tables busy: say so, don't hang
                     raise
@@ -267,15 +274,46 @@ class PostgresStore:
         return found
 
     def _fingerprint(self) -> str | None:
-        """What the schema was last prepared for; a service role may read but not create."""
-        try:
-            with self.pool.connection() as conn:
+        """What the schema was last prepared for (None: nothing yet). Every role of the
+        context may read it; a role of another context is refused here (see refusal)."""
+        with self.pool.connection() as conn:
+            user = conn.execute("SELECT current_user").fetchone()
+            self._user = str(user[0]) if user else ""
+            try:
                 row = conn.execute(
                     f"SELECT value FROM {self._t('charter_meta')} WHERE key = 'fingerprint'"
                 ).fetchone()
-        except (pg_errors.UndefinedTable, pg_errors.InsufficientPrivilege):
-            return None
+            except pg_errors.UndefinedTable:
+                return None
         return str(row[0]) if row else None
+
+    def refusal(self) -> str:
+        """What this process's role may do, for the message of a refusal (charter.boundary)."""
+        if self._prepared is None or not self._user:
+            return ""
+        charter, context = self._prepared
+        return roles.explain(charter, context, self._user)
+
+    def _unprepared(self, exc: psycopg.Error, found: str | None) -> BackendError:
+        """The tables are not ready for this charter, and this role may not make them."""
+        state = "not prepared at all" if found is None else "prepared for another version"
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return self._refused(
+            f"its tables in schema '{self.schema}' are not prepared for this charter "
+            f"({state}), and this process may not create or change them (PostgreSQL at "
+            f"{urls.server(self.url)}: {text})",
+            "Run `charter apply` with the admin's credentials after every change of the "
+            "charter, then start this process again",
+        )
+
+    def _refused(self, problem: str, advice: str = "") -> BackendError:
+        """What this process's role may not do here, what the role is for, what to try."""
+        context = self._prepared[1] if self._prepared else ""
+        what = f"the store of context '{context}'"
+        text = f"{what} ({urls.redact(self.url)}): {problem}: {self.refusal()}"
+        return BackendError(
+            text + (f". {advice}" if advice else ""), what=what, server=urls.server(self.url)
+        )
 
     def _create(self, charter: Charter, context: str, fingerprint: str) -> None:
         owned = charter.owned_by(context)
@@ -1022,15 +1060,28 @@ class PostgresStore:
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
-            # true also when this session holds it already (it then holds it once more)
+            # true also when this session holds it already (it then holds it once more);
+            # null, without taking it, for a role that may not unmark what it relayed: such
+            # a relay would hold the lead while failing, and the owner's own would stand by
             key = f"charter-relay:{self.schema}"
-            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+            row = conn.execute(
+                "SELECT CASE WHEN has_table_privilege(%s, 'DELETE') "
+                "THEN pg_try_advisory_lock(hashtext(%s)) END",
+                (self._t("charter_pending"), key),
+            ).fetchone()
         except psycopg.Error:
             self._leads.pop(holder, None)
             if conn is not None:
                 conn.close()
             raise
-        held = bool(row and row[0])
+        if row is None or row[0] is None:
+            self._leads.pop(holder, None)
+            conn.close()
+            raise self._refused(
+                "this process may not relay its outbox (its role may not unmark what it "
+                "relayed, in charter_pending)"
+            )
+        held = bool(row[0])
         self._leads[holder] = (conn, now, held)
         return held
 

@@ -15,7 +15,7 @@ import charter
 from charter.buses.nats import BusError, NatsBus
 from charter.cli import main
 from charter.natsauth import password_variable, user_name
-from charter.stores.base import OutboxRow
+from charter.records import OutboxRow
 from tests import nats_servers
 from tests.backends import CONTEXTS
 from tests.conftest import SHOP

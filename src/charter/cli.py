@@ -22,10 +22,10 @@ from rich.table import Table
 from charter import model, parking
 from charter.errors import BackendError, CharterError, Error, Problem
 from charter.lanes import Lane
+from charter.records import Parked
 from charter.runner import Runner
 from charter.status import FAILING, UNKNOWN, CopyStatus, status
 from charter.stores import open_store
-from charter.stores.base import Parked
 from charter.system import System
 from charter.urls import redact
 

@@ -13,9 +13,9 @@ from charter import clock, fills
 from charter.buses import Bus
 from charter.fills import FillMark, FillRequest
 from charter.model import Copy, Entity
+from charter.records import OutboxRow
 from charter.signals import Signals
 from charter.stores import Store
-from charter.stores.base import OutboxRow
 
 
 class Relay:

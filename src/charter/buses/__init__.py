@@ -6,8 +6,9 @@ import socket
 
 from charter import urls
 from charter.boundary import Guard, guard
-from charter.buses.base import Bus, Delivery
+from charter.buses.base import Bus
 from charter.errors import UnavailableError
+from charter.records import Delivery
 
 PROBE_TIMEOUT_S = 1.0
 

@@ -33,7 +33,7 @@ from psycopg import errors as pg_errors
 from charter.errors import ConflictError, ConstraintError
 from charter.events import Event
 from charter.model import Entity
-from charter.stores.base import Row
+from charter.records import Row
 from charter.stores.common import outbox_values
 
 OLD = "charter.old_version"  # the version an owner's UPDATE or DELETE expects to find

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -24,9 +22,10 @@ from charter.errors import BackendError, CharterError, Error, Problem
 from charter.lanes import Lane
 from charter.records import Parked
 from charter.runner import Runner
-from charter.status import FAILING, UNKNOWN, CopyStatus, status
+from charter.status import FAILING, UNKNOWN, status
 from charter.stores import open_store
 from charter.system import System
+from charter.tables import lanes_line, seconds, status_table
 from charter.urls import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,7 +113,7 @@ def check(path: Path, offline: bool) -> None:
     copies.title_justify = "left"
     for copy in charter.copies.values():
         cells = (copy.name, copy.context, copy.of, ", ".join(copy.fields))
-        copies.add_row(*map(escape, cells), _seconds(copy.window_s), escape(copy.breaks))
+        copies.add_row(*map(escape, cells), seconds(copy.window_s), escape(copy.breaks))
     _console().print(contexts, entities, copies)
     _console().print(f"bus: {escape(redact(charter.bus))}")
 
@@ -514,68 +513,6 @@ def demo(changes: int, keep: Path | None, postgres: str | None, nats: str | None
     from charter.demo import run_demo
 
     run_demo(_console(), changes=changes, folder=keep, postgres=postgres, nats=nats)
-
-
-def status_table(rows: list[CopyStatus]) -> Table:
-    """The status of every copy as a table that fits an 80-column terminal."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("copy", "of", "owner", "in"):
-        table.add_column(name)
-    for name in ("window", "lag events", "lag s", "last applied", "parked"):
-        table.add_column(name, justify="right")
-    table.add_column("state", no_wrap=True)
-    colour = {
-        "OK": "green",
-        "BREACH": "bold red",
-        "NEVER_SYNCED": "yellow",
-        "DEGRADED": "red",
-        UNKNOWN: "bold red",
-    }
-    now = dt.datetime.now(dt.UTC)
-    for row in rows:
-        applied = "never"
-        if row.last_applied_at:
-            then = dt.datetime.fromisoformat(row.last_applied_at.replace("Z", "+00:00"))
-            applied = f"{_seconds(round((now - then).total_seconds(), 1))} ago"
-        known = row.state != UNKNOWN
-        table.add_row(
-            row.copy,
-            row.of,
-            row.owner,
-            row.context,
-            _seconds(row.window_s),
-            str(row.lag_events) if known else "?",
-            f"{row.lag_s:.2f}" if known else "?",
-            applied,
-            "?"
-            if not known
-            else str(row.parked)
-            if row.parked == 0
-            else f"[bold red]{row.parked}[/]",
-            f"[{colour[row.state]}]{row.state}[/]",
-        )
-    return table
-
-
-def lanes_line(row: CopyStatus) -> str:
-    """Where each lane of a copy is, the slowest marked: the one holding the copy back."""
-    known = [lane.position for lane in row.lanes if lane.position is not None]
-    slowest = min(known) if len(known) == len(row.lanes) and min(known) < max(known) else None
-    parts = []
-    for lane in row.lanes:
-        where = "never ran" if lane.position is None else f"at {lane.position}"
-        mark = " (slowest)" if lane.position is not None and lane.position == slowest else ""
-        parts.append(f"{lane.lane} {where}{mark}")
-    return f"{row.copy} lanes: {', '.join(parts)}; bus head {row.lanes[0].head}"
-
-
-def _seconds(value: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if value >= size and value % size == 0:
-            return f"{int(value // size)}{unit}"
-    if value >= 60:
-        return f"{value / 60:.1f}m"
-    return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
 
 
 if __name__ == "__main__":

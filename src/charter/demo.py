@@ -48,13 +48,13 @@ from rich.text import Text
 
 from charter._sqlite import sqlite_path
 from charter.buses.nats import NatsBus, parse_url, stream_name
-from charter.cli import status_table
 from charter.errors import ConstraintError, Error, OwnershipError
 from charter.owner import Record, Transaction
 from charter.runner import Runner
 from charter.status import status
 from charter.stores.postgres import split_url
 from charter.system import System
+from charter.tables import status_table
 
 # The shop from the essays. examples/shop/charter.yaml is this text, byte for byte
 # (a test holds them together): examples/ is not installed, so the demo carries its own.

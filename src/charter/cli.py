@@ -18,7 +18,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from charter import model, parking
-from charter.errors import BackendError, CharterError, Error, Problem
+from charter.boundary import driver
+from charter.buses import check_driver
+from charter.errors import BackendError, CharterError, Error, MissingExtraError, Problem
 from charter.lanes import Lane
 from charter.records import Parked
 from charter.runner import Runner
@@ -26,7 +28,7 @@ from charter.status import FAILING, UNKNOWN, status
 from charter.stores import open_store
 from charter.system import System
 from charter.tables import lanes_line, seconds, status_table
-from charter.urls import redact
+from charter.urls import NATS, POSTGRES, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,8 +122,13 @@ def check(path: Path, offline: bool) -> None:
 
 def _check_stores(charter: model.Charter) -> str:
     """Each store the charter names, asked what `charter run` would refuse in it, changing
-    nothing. A store out of reach is a note, not a problem. Returns what was checked."""
+    nothing; and whether the drivers of the stores and the bus are installed. A store out
+    of reach is a note, not a problem. Returns what was checked."""
     problems, reached, missed = [], [], []
+    try:
+        check_driver(charter.bus)
+    except MissingExtraError as exc:
+        problems.append(Problem(str(charter.path), 0, _without_hint(exc), _extra(exc)))
     for name, ctx in charter.contexts.items():
         try:
             store = open_store(ctx.store, name)
@@ -129,6 +136,10 @@ def _check_stores(charter: model.Charter) -> str:
                 found = store.check(charter, name)
             finally:
                 store.close()
+        except MissingExtraError as exc:
+            problems.append(Problem(str(charter.path), ctx.line, _without_hint(exc), _extra(exc)))
+            missed.append(name)
+            continue
         except BackendError as exc:
             missed.append(name)
             _console(stderr=True).print(
@@ -151,6 +162,14 @@ def _check_stores(charter: model.Charter) -> str:
         return "against every store"
     stores = ", ".join(reached) or "no context"
     return f"against the stores of {stores}; not {', '.join(missed)}: out of reach"
+
+
+def _without_hint(exc: MissingExtraError) -> str:
+    return str(exc).rpartition(": pip install")[0]
+
+
+def _extra(exc: MissingExtraError) -> str:
+    return f"pip install 'charter[{exc.extra}]'"
 
 
 def _lane(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Lane | None:
@@ -245,22 +264,26 @@ def run(
 def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
     """Make the infrastructure enforce the charter: PostgreSQL roles and grants per
     context, and a NATS authorization block where each context publishes only what it owns."""
-    from charter import grants, natsauth
-
     charter = model.load(path)
-    if not dry_run:
-        with System(charter) as system:
-            for name, ctx in charter.contexts.items():
-                if ctx.store.startswith(("postgresql://", "postgres://")):
-                    system.store(name)  # creates or extends its tables first
-    statements = grants.plan(charter)
-    changes = sum(len(s) for s in statements.values())
-    for context, sqls in statements.items():
-        for statement in sqls:
-            click.echo(f"-- {context}\n{statement};" if dry_run else f"{context}: {statement}")
-    if not dry_run:
-        grants.execute(charter, statements)
-    if charter.bus.startswith("nats://") or nats_config is not None:
+    changes = 0
+    stores = [ctx for ctx in charter.contexts.values() if ctx.store.startswith(POSTGRES)]
+    if stores:
+        with driver(f"the store of context '{stores[0].name}'", stores[0].store):
+            from charter import grants
+        if not dry_run:
+            with System(charter) as system:
+                for ctx in stores:
+                    system.store(ctx.name)  # creates or extends its tables first
+        statements = grants.plan(charter)
+        changes = sum(len(s) for s in statements.values())
+        for context, sqls in statements.items():
+            for statement in sqls:
+                click.echo(f"-- {context}\n{statement};" if dry_run else f"{context}: {statement}")
+        if not dry_run:
+            grants.execute(charter, statements)
+    if charter.bus.startswith(NATS) or nats_config is not None:
+        with driver("the NATS authorization block", charter.bus):
+            from charter import natsauth
         block = natsauth.authorization(charter)
         target = nats_config or path.parent / ".charter" / "nats-auth.conf"
         if dry_run:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
 
 from charter import urls
-from charter.boundary import Guard, guard
+from charter.boundary import Guard, driver, guard
 from charter.buses.base import Bus
 from charter.errors import UnavailableError
 from charter.records import Delivery
@@ -22,7 +23,8 @@ def open_bus(url: str, system: str) -> Bus:
 
         return guard(SQLiteBus(url), what, url, Bus)
     if url.startswith("nats://"):
-        from charter.buses.nats import NatsBus
+        with driver(what, url):
+            from charter.buses.nats import NatsBus
 
         _probe(url, what)
         return guard(NatsBus(url, system), what, url, Bus)
@@ -31,6 +33,14 @@ def open_bus(url: str, system: str) -> Bus:
 
         return guard(MemoryBus(url), what, url, Bus)
     raise ValueError(f"no bus for '{url}' (supported: sqlite:///…, nats://…, memory://…)")
+
+
+def check_driver(url: str) -> None:
+    """What open_bus raises when the bus needs a driver not installed here
+    (MissingExtraError, naming the extra), found without connecting: for `charter check`."""
+    if url.startswith(urls.NATS):
+        with driver("the bus", url):
+            importlib.import_module("charter.buses.nats")
 
 
 def _probe(url: str, what: str) -> None:
@@ -55,4 +65,4 @@ def _probe(url: str, what: str) -> None:
     )
 
 
-__all__ = ["Bus", "Delivery", "open_bus"]
+__all__ = ["Bus", "Delivery", "check_driver", "open_bus"]

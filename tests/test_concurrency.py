@@ -21,7 +21,7 @@ import pytest
 import charter
 from charter._sqlite import connect
 from charter.events import decode
-from charter.stores.base import OutboxRow
+from charter.records import OutboxRow
 from charter.system import System
 from tests.backends import Backend
 from tests.conftest import assert_converged, public_state

@@ -27,9 +27,9 @@ import pytest
 
 import charter
 from charter.events import decode
+from charter.records import OutboxRow
 from charter.relay import Relay
 from charter.runner import declared_copies
-from charter.stores.base import OutboxRow
 from charter.system import System
 from tests.conftest import assert_converged, charter_command
 from tests.workers import WorkerProcess, write_customers

@@ -13,10 +13,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from charter.buses.base import Delivery
 from charter.buses.nats import FETCH_BUDGET_S, BusError, NatsBus, parse_url, stream_name
 from charter.events import Event
-from charter.stores.base import OutboxRow
+from charter.records import Delivery, OutboxRow
 from tests import nats_servers
 from tests.backends import NATS
 

@@ -22,7 +22,7 @@ from charter.buses.nats import POSITION, NatsBus, RefusedError, note_subject
 from charter.cli import main
 from charter.model import Charter
 from charter.natsauth import explainer, password_variable, subject_prefix, user_name
-from charter.stores.base import OutboxRow
+from charter.records import OutboxRow
 from tests import nats_servers
 from tests.backends import CONTEXTS
 from tests.conftest import SHOP

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 import charter
-from charter.stores.base import OutboxRow
+from charter.records import OutboxRow
 from charter.system import System
 from tests.conftest import Backend, assert_converged, edit
 

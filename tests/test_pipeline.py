@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import charter
 from charter.events import Event, decode
+from charter.records import OutboxRow
 from charter.relay import Relay
-from charter.stores.base import OutboxRow
 from charter.system import System
 from tests.backends import Backend
 from tests.conftest import assert_converged

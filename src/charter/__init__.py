@@ -1,6 +1,7 @@
 """charter: one owner per record, read-only copies with contracts, enforced and measured."""
 
 from charter.errors import (
+    BackendError,
     CharterError,
     ConflictError,
     ConstraintError,
@@ -9,6 +10,7 @@ from charter.errors import (
     NotFoundError,
     OwnershipError,
     SchemaChangeError,
+    UnavailableError,
     ValidationError,
 )
 from charter.owner import Record, Transaction
@@ -17,6 +19,7 @@ from charter.status import CopyStatus, status
 from charter.system import ContextHandle, CopyReader, System, load
 
 __all__ = [
+    "BackendError",
     "CharterError",
     "ConflictError",
     "ConstraintError",
@@ -32,6 +35,7 @@ __all__ = [
     "SchemaChangeError",
     "System",
     "Transaction",
+    "UnavailableError",
     "ValidationError",
     "load",
     "status",

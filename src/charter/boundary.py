@@ -13,12 +13,16 @@ import functools
 import sys
 import types
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from charter import urls
-from charter.errors import BackendError, Error, UnavailableError
+from charter.errors import BackendError, Error, MissingExtraError, UnavailableError
 
 T = TypeVar("T")
+
+# a driver's top-level module: the charter extra that installs it
+EXTRAS = {"psycopg": "postgres", "psycopg_pool": "postgres", "nats": "nats"}
 
 # psycopg's words for a connection that went away or could not be made
 _GONE = (
@@ -41,6 +45,25 @@ _REFUSED_LOGIN = (
     "does not exist",
     "no pg_hba.conf entry",
 )
+
+
+@contextmanager
+def driver(what: str, url: str) -> Iterator[None]:
+    """Around importing the module of a store or bus: its driver missing (charter installs
+    neither psycopg nor nats-py by default) is a MissingExtraError naming the extra."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").partition(".")[0]
+        extra = EXTRAS.get(package)
+        if extra is None:
+            raise
+        raise MissingExtraError(
+            f"{what} ({urls.redact(url)}) needs the {package} package, which is not "
+            f"installed here: pip install 'charter[{extra}]'",
+            extra=extra,
+            package=package,
+        ) from None
 
 
 class Guard:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -14,21 +13,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from charter import model, parking
-from charter.errors import BackendError, CharterError, Error, Problem
+from charter.boundary import driver
+from charter.buses import check_driver
+from charter.errors import BackendError, CharterError, Error, MissingExtraError, Problem
 from charter.lanes import Lane
+from charter.records import Parked
 from charter.runner import Runner
-from charter.status import FAILING, UNKNOWN, CopyStatus, status
+from charter.status import FAILING, UNKNOWN, status
 from charter.stores import open_store
-from charter.stores.base import Parked
 from charter.stores.memory import in_this_process
 from charter.system import System
-from charter.urls import redact
+from charter.tables import lanes_line, seconds, status_table
+from charter.urls import NATS, POSTGRES, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -131,15 +132,20 @@ def check(path: Path, offline: bool) -> None:
     copies.title_justify = "left"
     for copy in charter.copies.values():
         cells = (copy.name, copy.context, copy.of, ", ".join(copy.fields))
-        copies.add_row(*map(escape, cells), _seconds(copy.window_s), escape(copy.breaks))
+        copies.add_row(*map(escape, cells), seconds(copy.window_s), escape(copy.breaks))
     _console().print(contexts, entities, copies)
     _console().print(f"bus: {escape(redact(charter.bus))}")
 
 
 def _check_stores(charter: model.Charter) -> str:
     """Each store the charter names, asked what `charter run` would refuse in it, changing
-    nothing. A store out of reach is a note, not a problem. Returns what was checked."""
+    nothing; and whether the drivers of the stores and the bus are installed. A store out
+    of reach is a note, not a problem. Returns what was checked."""
     problems, reached, missed = [], [], []
+    try:
+        check_driver(charter.bus)
+    except MissingExtraError as exc:
+        problems.append(Problem(str(charter.path), 0, _without_hint(exc), _extra(exc)))
     for name, ctx in charter.contexts.items():
         try:
             store = open_store(ctx.store, name)
@@ -147,6 +153,10 @@ def _check_stores(charter: model.Charter) -> str:
                 found = store.check(charter, name)
             finally:
                 store.close()
+        except MissingExtraError as exc:
+            problems.append(Problem(str(charter.path), ctx.line, _without_hint(exc), _extra(exc)))
+            missed.append(name)
+            continue
         except BackendError as exc:
             missed.append(name)
             _console(stderr=True).print(
@@ -169,6 +179,14 @@ def _check_stores(charter: model.Charter) -> str:
         return "against every store"
     stores = ", ".join(reached) or "no context"
     return f"against the stores of {stores}; not {', '.join(missed)}: out of reach"
+
+
+def _without_hint(exc: MissingExtraError) -> str:
+    return str(exc).rpartition(": pip install")[0]
+
+
+def _extra(exc: MissingExtraError) -> str:
+    return f"pip install 'charter[{exc.extra}]'"
 
 
 def _lane(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Lane | None:
@@ -263,22 +281,26 @@ def run(
 def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
     """Make the infrastructure enforce the charter: PostgreSQL roles and grants per
     context, and a NATS authorization block where each context publishes only what it owns."""
-    from charter import grants, natsauth
-
     charter = model.load(path)
-    if not dry_run:
-        with System(charter) as system:
-            for name, ctx in charter.contexts.items():
-                if ctx.store.startswith(("postgresql://", "postgres://")):
-                    system.store(name)  # creates or extends its tables first
-    statements = grants.plan(charter)
-    changes = sum(len(s) for s in statements.values())
-    for context, sqls in statements.items():
-        for statement in sqls:
-            click.echo(f"-- {context}\n{statement};" if dry_run else f"{context}: {statement}")
-    if not dry_run:
-        grants.execute(charter, statements)
-    if charter.bus.startswith("nats://") or nats_config is not None:
+    changes = 0
+    stores = [ctx for ctx in charter.contexts.values() if ctx.store.startswith(POSTGRES)]
+    if stores:
+        with driver(f"the store of context '{stores[0].name}'", stores[0].store):
+            from charter import grants
+        if not dry_run:
+            with System(charter) as system:
+                for ctx in stores:
+                    system.store(ctx.name)  # creates or extends its tables first
+        statements = grants.plan(charter)
+        changes = sum(len(s) for s in statements.values())
+        for context, sqls in statements.items():
+            for statement in sqls:
+                click.echo(f"-- {context}\n{statement};" if dry_run else f"{context}: {statement}")
+        if not dry_run:
+            grants.execute(charter, statements)
+    if charter.bus.startswith(NATS) or nats_config is not None:
+        with driver("the NATS authorization block", charter.bus):
+            from charter import natsauth
         block = natsauth.authorization(charter)
         target = nats_config or path.parent / ".charter" / "nats-auth.conf"
         if dry_run:
@@ -546,69 +568,6 @@ def demo(changes: int, keep: Path | None, postgres: str | None, nats: str | None
     from charter.demo import run_demo
 
     run_demo(_console(), changes=changes, folder=keep, postgres=postgres, nats=nats)
-
-
-def status_table(rows: list[CopyStatus]) -> Table:
-    """The status of every copy as a table that fits an 80-column terminal."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("copy", "of", "owner", "in"):
-        table.add_column(name)
-    for name in ("window", "lag events", "lag s", "last applied", "parked"):
-        table.add_column(name, justify="right")
-    table.add_column("state", no_wrap=True)
-    colour = {
-        "OK": "green",
-        "BREACH": "bold red",
-        "NEVER_SYNCED": "yellow",
-        "DEGRADED": "red",
-        UNKNOWN: "bold red",
-        "GAP": "bold red",
-    }
-    now = dt.datetime.now(dt.UTC)
-    for row in rows:
-        applied = "never"
-        if row.last_applied_at:
-            then = dt.datetime.fromisoformat(row.last_applied_at.replace("Z", "+00:00"))
-            applied = f"{_seconds(round((now - then).total_seconds(), 1))} ago"
-        known = row.state != UNKNOWN
-        table.add_row(
-            row.copy,
-            row.of,
-            row.owner,
-            row.context,
-            _seconds(row.window_s),
-            str(row.lag_events) if known else "?",
-            f"{row.lag_s:.2f}" if known else "?",
-            applied,
-            "?"
-            if not known
-            else str(row.parked)
-            if row.parked == 0
-            else f"[bold red]{row.parked}[/]",
-            f"[{colour[row.state]}]{row.state}[/]",
-        )
-    return table
-
-
-def lanes_line(row: CopyStatus) -> str:
-    """Where each lane of a copy is, the slowest marked: the one holding the copy back."""
-    known = [lane.position for lane in row.lanes if lane.position is not None]
-    slowest = min(known) if len(known) == len(row.lanes) and min(known) < max(known) else None
-    parts = []
-    for lane in row.lanes:
-        where = "never ran" if lane.position is None else f"at {lane.position}"
-        mark = " (slowest)" if lane.position is not None and lane.position == slowest else ""
-        parts.append(f"{lane.lane} {where}{mark}")
-    return f"{row.copy} lanes: {', '.join(parts)}; bus head {row.lanes[0].head}"
-
-
-def _seconds(value: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if value >= size and value % size == 0:
-            return f"{int(value // size)}{unit}"
-    if value >= 60:
-        return f"{value / 60:.1f}m"
-    return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
 
 
 if __name__ == "__main__":

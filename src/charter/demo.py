@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
 import json
 import random
 import re
@@ -29,9 +30,6 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import psycopg
-from nats import connect as nats_connect
-from psycopg import sql
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -47,14 +45,13 @@ from rich.table import Table
 from rich.text import Text
 
 from charter._sqlite import sqlite_path
-from charter.buses.nats import NatsBus, parse_url, stream_name
-from charter.cli import status_table
+from charter.boundary import driver
 from charter.errors import ConstraintError, Error, OwnershipError
 from charter.owner import Record, Transaction
 from charter.runner import Runner
 from charter.status import status
-from charter.stores.postgres import split_url
 from charter.system import System
+from charter.tables import status_table
 
 # The shop from the essays. examples/shop/charter.yaml is this text, byte for byte
 # (a test holds them together): examples/ is not installed, so the demo carries its own.
@@ -162,7 +159,11 @@ class Servers:
                     f"--postgres '{self.postgres}' names a schema; leave it out: the demo "
                     f"puts each context in a schema of its own ({self.run}_<context>)"
                 )
+            with driver("charter demo --postgres", self.postgres):
+                importlib.import_module("charter.stores.postgres")
         if self.nats is not None:
+            with driver("charter demo --nats", self.nats):
+                from charter.buses.nats import parse_url
             try:
                 parse_url(self.nats)
             except ValueError as exc:
@@ -175,6 +176,8 @@ class Servers:
 
     @property
     def stream(self) -> str:
+        from charter.buses.nats import stream_name
+
         return stream_name(self.name)
 
     @property
@@ -184,6 +187,8 @@ class Servers:
     @property
     def conninfo(self) -> str:
         """The PostgreSQL URL for a plain client (psycopg, psql): no charter options."""
+        from charter.stores.postgres import split_url
+
         assert self.postgres is not None
         return split_url(self.postgres)[0]
 
@@ -233,12 +238,18 @@ class Servers:
     def check(self) -> None:
         """Fail early, with a clear message, when a server cannot be reached."""
         if self.postgres is not None:
+            import psycopg
+
             try:
                 with psycopg.connect(self.conninfo, connect_timeout=_CHECK_TIMEOUT_S):
                     pass
             except psycopg.Error as exc:
                 raise Error(f"cannot connect to PostgreSQL at {self.postgres}: {exc}") from None
         if self.nats is not None:
+            from nats import connect as nats_connect
+
+            from charter.buses.nats import parse_url
+
             options = parse_url(self.nats)
 
             async def quiet(_exc: Exception) -> None:
@@ -269,6 +280,9 @@ class Servers:
         (empty: nothing is left behind)."""
         problems: list[str] = []
         if self.postgres is not None:
+            import psycopg
+            from psycopg import sql
+
             try:
                 with psycopg.connect(
                     self.conninfo, autocommit=True, connect_timeout=_CHECK_TIMEOUT_S
@@ -283,6 +297,8 @@ class Servers:
             except psycopg.Error as exc:
                 problems.append(f"PostgreSQL schemas {', '.join(self.schemas)}: {exc}")
         if self.nats is not None:
+            from charter.buses.nats import NatsBus
+
             try:
                 NatsBus.delete_stream(self.nats, self.name)
             except Exception as exc:  # report it, never hide the demo's own outcome
@@ -741,6 +757,11 @@ class _Demo:
 
     def raw_postgres(self, url: str, context: str, table: str, customer: str) -> None:
         """The careless script, on PostgreSQL: plain psycopg, in the copy's schema."""
+        import psycopg
+        from psycopg import sql
+
+        from charter.stores.postgres import split_url
+
         conninfo, schema_option, _ = split_url(url)
         schema = schema_option or context
         shown = (

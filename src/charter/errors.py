@@ -93,3 +93,12 @@ class UnavailableError(BackendError):
     """The store or bus cannot be reached, or went away in the middle of an operation
     (stopped, restarting, refusing connections, timing out). Trying again may work, and
     `charter run` does, backing off."""
+
+
+class MissingExtraError(Error):
+    """A store or bus the charter names needs a driver that is not installed: `extra` is
+    the charter extra that installs it (`pip install 'charter[postgres]'`)."""
+
+    def __init__(self, message: str, *, extra: str, package: str) -> None:
+        self.extra, self.package = extra, package
+        super().__init__(message)

@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING
 import orjson
 
 from charter import clock
+from charter.records import FILL_MARK, FILL_MARKER, FILL_REQUEST
 
 if TYPE_CHECKING:
     from charter.buses.base import Bus
 
-REQUEST, MARK = "fillreq", "fill"  # the two kinds of notes, per (entity, copy)
+REQUEST, MARK = FILL_REQUEST, FILL_MARK  # the two kinds of notes, per (entity, copy)
 CHECK_EVERY_S = 1.0  # how often an owner's relay looks for fill requests
-MARKER = "~fill~"  # in the event id of every event a fill publishes
+MARKER = FILL_MARKER  # in the event id of every event a fill publishes (charter.records)
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ import re
 from collections.abc import Callable
 
 from charter.buses.nats import COMPACTED, NOTES, POSITION, note_subject, stream_name, token
-from charter.fills import MARK, REQUEST
 from charter.model import Charter
+from charter.records import FILL_MARK as MARK
+from charter.records import FILL_REQUEST as REQUEST
 
 
 def subject_prefix(system: str) -> str:

@@ -13,7 +13,8 @@ from charter.errors import ConflictError, Error, NotFoundError, OwnershipError, 
 from charter.events import Event
 from charter.ids import uuid7
 from charter.model import Charter, Entity, Field, _hint
-from charter.stores.base import OwnerWrites, Row
+from charter.records import Row
+from charter.stores.base import OwnerWrites
 
 
 class Record(Mapping[str, Any]):

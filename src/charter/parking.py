@@ -13,7 +13,7 @@ from charter.errors import EventError, NotFoundError, ValidationError
 from charter.events import Event, decode
 from charter.model import Copy
 from charter.projector import check
-from charter.stores.base import Parked
+from charter.records import Parked
 from charter.system import System
 
 log = logging.getLogger("charter.parking")

@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterator
 import orjson
 
 from charter import fills
-from charter.buses import Bus, Delivery
+from charter.buses import Bus
 from charter.errors import BackfillError, EventError, ValidationError
 from charter.events import MAX_VERSION, Event, decode
 from charter.fills import FillMark
 from charter.lanes import Lane
 from charter.model import Copy, Entity, Field
+from charter.records import Checkpoint, Delivery, Parked, Row
 from charter.stores import Store
-from charter.stores.base import Checkpoint, Parked, Row
 from charter.values import ENCODERS
 
 _TEXT = frozenset({"string", "text"})

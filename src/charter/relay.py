@@ -15,9 +15,9 @@ from charter.buses import Bus
 from charter.fills import FillMark, FillRequest
 from charter.ids import uuid7
 from charter.model import Copy, Entity
+from charter.records import OutboxRow
 from charter.signals import Signals
 from charter.stores import Store
-from charter.stores.base import OutboxRow
 
 LEAD_RETRY_S = 0.5  # how often a relay standing by asks for the lead
 

@@ -11,7 +11,7 @@ from typing import Any
 from charter import clock
 from charter.errors import Error
 from charter.model import Copy
-from charter.stores.base import Backlog
+from charter.records import Backlog
 from charter.system import System
 
 OK, BREACH, NEVER_SYNCED, DEGRADED = "OK", "BREACH", "NEVER_SYNCED", "DEGRADED"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
 from typing import TYPE_CHECKING
 
 from charter import urls
-from charter.boundary import Guard, guard
-from charter.buses.base import Bus, Delivery
+from charter.boundary import Guard, driver, guard
+from charter.buses.base import Bus
 from charter.errors import UnavailableError
+from charter.records import Delivery
 
 if TYPE_CHECKING:
     from charter.model import Charter
@@ -26,8 +28,9 @@ def open_bus(url: str, system: str, charter: Charter | None = None) -> Bus:
 
         return guard(SQLiteBus(url), what, url, Bus)
     if url.startswith("nats://"):
-        from charter import natsauth
-        from charter.buses.nats import NatsBus, parse_url
+        with driver(what, url):
+            from charter import natsauth
+            from charter.buses.nats import NatsBus, parse_url
 
         _probe(url, what)
         explain = natsauth.explainer(charter, parse_url(url).user) if charter else None
@@ -37,6 +40,14 @@ def open_bus(url: str, system: str, charter: Charter | None = None) -> Bus:
 
         return guard(MemoryBus(url), what, url, Bus)
     raise ValueError(f"no bus for '{url}' (supported: sqlite:///…, nats://…, memory://…)")
+
+
+def check_driver(url: str) -> None:
+    """What open_bus raises when the bus needs a driver not installed here
+    (MissingExtraError, naming the extra), found without connecting: for `charter check`."""
+    if url.startswith(urls.NATS):
+        with driver("the bus", url):
+            importlib.import_module("charter.buses.nats")
 
 
 def _probe(url: str, what: str) -> None:
@@ -61,4 +72,4 @@ def _probe(url: str, what: str) -> None:
     )
 
 
-__all__ = ["Bus", "Delivery", "open_bus"]
+__all__ = ["Bus", "Delivery", "check_driver", "open_bus"]

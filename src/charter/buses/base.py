@@ -7,23 +7,11 @@ events after a position, and forget what every copy declared in the charter has 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-from charter.stores.base import Backlog, OutboxRow
+from charter.records import Backlog, Delivery, OutboxRow
 
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One event as the bus hands it out: its position on the bus, the CloudEvent body, and
-    the partition of its record (charter.lanes), known without reading the body. What the
-    bus knows of the event besides the body names it when the body cannot (parked events)."""
-
-    position: int
-    body: bytes
-    partition: int = 0
-    event_id: str = ""  # as published (a fill's events carry a suffix: FillMark)
-    subject: str = ""  # the record's id, where the bus keeps it apart from the body
+__all__ = ["Bus", "Delivery", "published"]  # Delivery lives in charter.records
 
 
 class Bus(Protocol):

@@ -19,11 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from charter import clock, fills
-from charter.buses.base import Delivery
+from charter import clock
 from charter.errors import Error
 from charter.lanes import PARTITIONS, partition
-from charter.stores.base import Backlog, OutboxRow
+from charter.records import FILL_MARKER, Backlog, Delivery, OutboxRow
 from charter.values import timestamp_text
 
 
@@ -185,7 +184,7 @@ class MemoryBus:
         with self._log.lock:
             behind = self._after(entity, after)
         # A fill's events keep their records' commit times; their age is the fill's.
-        times = [_published(e) if fills.MARKER in e.event_id else e.time for e in behind if e.time]
+        times = [_published(e) if FILL_MARKER in e.event_id else e.time for e in behind if e.time]
         return Backlog(len(behind), min(times, default=None))
 
     def compact(self, retention_s: float, copies: Mapping[str, Sequence[str]]) -> int:

@@ -173,11 +173,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from charter import fills
-from charter.buses.base import Delivery, published
+from charter.buses.base import published
 from charter.errors import Error
 from charter.lanes import PARTITIONS, partition
-from charter.stores.base import Backlog, OutboxRow
+from charter.records import FILL_MARKER, Backlog, Delivery, OutboxRow
 
 log = logging.getLogger("charter.buses.nats")
 
@@ -1228,7 +1227,7 @@ class NatsBus:
         """The CloudEvent `time` of a stored message; the time it was stored if unreadable,
         or if a fill published it (its body keeps the record's commit time)."""
         try:
-            filled = fills.MARKER.encode() in base64.b64decode(message.get("hdrs") or "")
+            filled = FILL_MARKER.encode() in base64.b64decode(message.get("hdrs") or "")
             doc = None if filled else orjson.loads(base64.b64decode(message.get("data") or ""))
             if isinstance(doc, dict) and isinstance(doc.get("time"), str) and doc["time"]:
                 return str(doc["time"])

@@ -6,11 +6,10 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from charter import fills
 from charter._sqlite import Connections, sqlite_path
-from charter.buses.base import Delivery, published
+from charter.buses.base import published
 from charter.lanes import PARTITIONS, partition
-from charter.stores.base import Backlog, OutboxRow
+from charter.records import FILL_MARKER, Backlog, Delivery, OutboxRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -149,7 +148,7 @@ class SQLiteBus:
                 "SELECT count(*), min(CASE WHEN instr(event_id, ?) THEN "
                 "strftime('%Y-%m-%dT%H:%M:%fZ', published_at, 'unixepoch') ELSE time END) "
                 "FROM events WHERE entity = ? AND seq > ?",
-                (fills.MARKER, entity, after),
+                (FILL_MARKER, entity, after),
             )
             .fetchone()
         )

@@ -13,8 +13,8 @@ from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Copy
 from charter.projector import Projector
+from charter.records import Backlog
 from charter.relay import Relay
-from charter.stores.base import Backlog
 from charter.stores.memory import MemoryStore, _copy_row
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from charter.boundary import guard
+from charter.boundary import driver, guard
 from charter.stores.base import Store
 
 
@@ -16,7 +16,8 @@ def open_store(url: str, context: str = "") -> Store:
 
         return guard(SQLiteStore(url), what, url, Store)
     if url.startswith(("postgresql://", "postgres://")):
-        from charter.stores.postgres import PostgresStore
+        with driver(what, url):
+            from charter.stores.postgres import PostgresStore
 
         return guard(PostgresStore(url), what, url, Store)
     if url.startswith("memory://"):

@@ -9,83 +9,35 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from charter.errors import SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity
+from charter.records import (
+    Backlog,
+    Checkpoint,
+    LaneCheckpoint,
+    OutboxRow,
+    Parked,
+    Row,
+    latest_lanes,
+)
 
-Row = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """An event as the owner recorded it, in commit order."""
-
-    seq: int
-    event_id: str
-    entity: str
-    entity_id: str
-    version: int
-    op: str
-    changed: tuple[str, ...]
-    time: str
-    body: bytes
-    actor: str | None = None  # who made the change (history only; it is in the body too)
-    private: tuple[str, ...] = ()  # private fields it set: names only, never published
-
-
-@dataclass(frozen=True, slots=True)
-class Parked:
-    """An event a copy could not apply, kept with the reason, so its id can be mended."""
-
-    copy: str
-    entity_id: str
-    version: int
-    event_id: str
-    position: int
-    reason: str
-    body: bytes
-    parked_at: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    position: int
-    applied_at: str | None
-    fields: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LaneCheckpoint:
-    """How far one lane of a copy has got (None: it never applied anything)."""
-
-    lane: Lane
-    position: int | None
-    applied_at: str | None
-
-
-def latest_lanes(rows: Sequence[tuple[int, int, int, str | None]]) -> list[LaneCheckpoint]:
-    """The lanes of the layout that applied last, from (lanes, lane, position, applied_at)
-    rows; the lanes of it that never ran are there too, with no position."""
-    if not rows:
-        return []
-    lanes = max(rows, key=lambda row: row[3] or "")[0]
-    have = {row[1]: row for row in rows if row[0] == lanes}
-    return [
-        LaneCheckpoint(Lane(k, lanes), *(have[k][2:] if k in have else (None, None)))
-        for k in range(1, lanes + 1)
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class Backlog:
-    """Events not yet through one step of the pipeline: how many, and the oldest commit time."""
-
-    events: int
-    oldest: str | None
+# The row types live in charter.records (the bus protocol uses them too); they are named
+# here as well for code written before they moved.
+__all__ = [
+    "Backlog",
+    "Checkpoint",
+    "LaneCheckpoint",
+    "OutboxRow",
+    "OwnerWrites",
+    "Parked",
+    "Row",
+    "Store",
+    "latest_lanes",
+]
 
 
 class OwnerWrites(Protocol):

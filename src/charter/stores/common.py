@@ -9,7 +9,7 @@ from typing import Any
 from charter.errors import SchemaChangeError
 from charter.events import Event
 from charter.model import Copy, Entity, Field, NoOverlap
-from charter.stores.base import OutboxRow, Parked, Row
+from charter.records import OutboxRow, Parked, Row
 
 OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
 OUTBOX_COLUMNS_OF_O = ", ".join("o." + c for c in OUTBOX_COLUMNS.split(", "))  # alias `o`

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import psycopg
@@ -33,18 +33,31 @@ from psycopg import errors as pg_errors
 from charter.errors import ConflictError, ConstraintError
 from charter.events import Event
 from charter.model import Entity
-from charter.stores.base import Row
+from charter.records import Row
 from charter.stores.common import outbox_values
 
 OLD = "charter.old_version"  # the version an owner's UPDATE or DELETE expects to find
-
-if TYPE_CHECKING:
-    from charter.stores.postgres import PostgresStore
 
 Statement = tuple[str, Sequence[Any] | None]  # a query and its parameters
 Cursor = psycopg.Cursor[Any]
 IDLE = psycopg.pq.TransactionStatus.IDLE
 _KEY = re.compile(r"Key \((?P<columns>.*)\)=\((?P<values>.*)\) (already exists|conflicts)")
+
+
+class StoreSide(Protocol):
+    """What the writes need of their store (charter.stores.postgres.PostgresStore), named
+    here so that the writes do not import the store that imports them: the statements it
+    made for the charter, a read of one record, and the outbox rows of a transaction."""
+
+    _sql: dict[str, str]
+
+    def _fetch(
+        self, conn: psycopg.Connection[Any], entity: Entity, entity_id: str, lock: bool
+    ) -> Row | None: ...
+
+    def _outbox_statement(
+        self, items: Sequence[tuple[Any, ...]], before: Statement | None = None
+    ) -> Statement: ...
 
 
 @dataclass(slots=True)
@@ -63,7 +76,7 @@ class Writes:
 
     __slots__ = ("_begun", "_conn", "_outbox", "_runs", "_savepoints", "_store", "_written")
 
-    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, store: StoreSide, conn: psycopg.Connection[Any]) -> None:
         self._store, self._conn = store, conn
         self._begun = False
         self._runs: list[_Run] = []

@@ -21,7 +21,7 @@ from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field, NoOverlap
-from charter.stores.base import (
+from charter.records import (
     Backlog,
     Checkpoint,
     LaneCheckpoint,

@@ -12,7 +12,7 @@ from charter import clock
 from charter.buses.base import Bus
 from charter.ids import uuid7
 from charter.lanes import partition
-from charter.stores.base import OutboxRow
+from charter.records import OutboxRow
 from charter.testing import world
 
 

@@ -16,7 +16,8 @@ from charter.ids import uuid7
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity
 from charter.owner import Transaction
-from charter.stores.base import Parked, Store
+from charter.records import Parked
+from charter.stores.base import Store
 from charter.testing import world
 
 

@@ -6,7 +6,7 @@ from charter import model, values
 from charter.events import Event
 from charter.ids import uuid7
 from charter.model import Charter
-from charter.stores.base import OutboxRow
+from charter.records import OutboxRow
 
 CHARTER = """\
 charter: 1

@@ -1,0 +1,98 @@
+"""The rows that stores and buses hand each other through the pipeline: an outbox row (an
+event as its owner recorded it), a delivery (an event as the bus hands it out), a copy's
+checkpoint and lanes, a parked event, a backlog. Kept here, below both protocols, so
+neither the store protocol nor the bus protocol imports the other."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from charter.lanes import Lane
+
+FILL_MARKER = "~fill~"  # in the event id of every event a fill publishes (charter.fills)
+FILL_REQUEST, FILL_MARK = "fillreq", "fill"  # the kinds of a fill's notes (charter.fills)
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An event as the owner recorded it, in commit order."""
+
+    seq: int
+    event_id: str
+    entity: str
+    entity_id: str
+    version: int
+    op: str
+    changed: tuple[str, ...]
+    time: str
+    body: bytes
+    actor: str | None = None  # who made the change (history only; it is in the body too)
+    private: tuple[str, ...] = ()  # private fields it set: names only, never published
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """An event a copy could not apply, kept with the reason, so its id can be mended."""
+
+    copy: str
+    entity_id: str
+    version: int
+    event_id: str
+    position: int
+    reason: str
+    body: bytes
+    parked_at: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    position: int
+    applied_at: str | None
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LaneCheckpoint:
+    """How far one lane of a copy has got (None: it never applied anything)."""
+
+    lane: Lane
+    position: int | None
+    applied_at: str | None
+
+
+def latest_lanes(rows: Sequence[tuple[int, int, int, str | None]]) -> list[LaneCheckpoint]:
+    """The lanes of the layout that applied last, from (lanes, lane, position, applied_at)
+    rows; the lanes of it that never ran are there too, with no position."""
+    if not rows:
+        return []
+    lanes = max(rows, key=lambda row: row[3] or "")[0]
+    have = {row[1]: row for row in rows if row[0] == lanes}
+    return [
+        LaneCheckpoint(Lane(k, lanes), *(have[k][2:] if k in have else (None, None)))
+        for k in range(1, lanes + 1)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Events not yet through one step of the pipeline: how many, and the oldest commit time."""
+
+    events: int
+    oldest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event as the bus hands it out: its position on the bus, the CloudEvent body, and
+    the partition of its record (charter.lanes), known without reading the body. What the
+    bus knows of the event besides the body names it when the body cannot (parked events)."""
+
+    position: int
+    body: bytes
+    partition: int = 0
+    event_id: str = ""  # as published (a fill's events carry a suffix: FillMark)
+    subject: str = ""  # the record's id, where the bus keeps it apart from the body

@@ -28,7 +28,7 @@ from charter.status import FAILING, UNKNOWN, status
 from charter.stores import open_store
 from charter.stores.memory import in_this_process
 from charter.system import System
-from charter.tables import lanes_line, seconds, status_table
+from charter.tables import history_table, lanes_line, seconds, states_of, status_table
 from charter.urls import NATS, POSTGRES, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -385,7 +385,7 @@ def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
     if not rows:
         _console(stderr=True).print(f"no history for {entity} {entity_id} in '{spec.owner}'")
         sys.exit(EXIT_CHARTER)
-    states = [(json.loads(r.body).get("data") or None) for r in rows]
+    states = states_of(rows)
     if as_json:
         docs = [
             {
@@ -401,27 +401,7 @@ def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
         ]
         click.echo(json.dumps(docs, indent=2))
         return
-    table = Table(
-        "version",
-        "op",
-        "public values",
-        "private",
-        "by",
-        "committed at",
-        title=f"{entity} {entity_id}",
-    )
-    before: dict[str, Any] = {}
-    for r, state in zip(rows, states, strict=True):
-        after = state or {}
-        if r.op == "created":
-            shown = [f"{name}={after.get(name)!r}" for name in r.changed]
-        else:
-            shown = [f"{name}: {before.get(name)!r} → {after.get(name)!r}" for name in r.changed]
-        private = ", ".join(r.private) + " (changed)" if r.private else ""
-        table.add_row(
-            str(r.version), r.op, escape("\n".join(shown)), private, r.actor or "", r.time
-        )
-        before = after
+    table = history_table(rows, states, title=f"{entity} {entity_id}")
     _console().print(table)
 
 

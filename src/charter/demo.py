@@ -41,7 +41,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from charter._sqlite import sqlite_path
@@ -51,7 +50,7 @@ from charter.owner import Record, Transaction
 from charter.runner import Runner
 from charter.status import status
 from charter.system import System
-from charter.tables import status_table
+from charter.tables import history_table, states_of, status_table
 
 # The shop from the essays. examples/shop/charter.yaml is this text, byte for byte
 # (a test holds them together): examples/ is not installed, so the demo carries its own.
@@ -568,7 +567,8 @@ class _Demo:
                 size = min(changes - made, shop.rng.choice(_SIZES))
                 kind = shop.rng.random()
                 if len(shop.customers) < 20 or kind < 0.72:
-                    with system.context("customers").transaction() as tx:
+                    actor = shop.rng.choice(_CUSTOMER_ACTORS)  # who: kept in the history
+                    with system.context("customers").transaction(actor=actor) as tx:
                         _customer_changes(tx, shop, size)
                 elif kind < 0.88:
                     wanted = [shop.rng.choice(shop.customers) for _ in range(size)]
@@ -832,17 +832,13 @@ class _Demo:
             "answer, and a bus that lost events can be refilled from it.",
         ):
             rows = store.history("Customer", best["id"])
-            table = Table(
+            table = history_table(
+                rows,
+                states_of(rows),
                 title=f"Customer {best['id']} (now {escape(str(best['name']))})",
                 title_justify="left",
                 box=box.SIMPLE_HEAD,
             )
-            table.add_column("version", justify="right")
-            table.add_column("op")
-            table.add_column("changed fields")
-            table.add_column("committed at", no_wrap=True)
-            for r in rows:
-                table.add_row(str(r.version), r.op, ", ".join(r.changed), r.time)
             self.console.print(table)
         return str(best["id"])
 
@@ -966,6 +962,9 @@ def _calendar_changes(tx: Transaction, shop: _Shop, size: int) -> None:
         starts, ends = shop.slot(user)
         booked = tx.create("Appointment", user_id=user, starts_at=starts, ends_at=ends)
         shop.appointments.append(booked.id)
+
+
+_CUSTOMER_ACTORS = ("signup-form", "support:grace", "support:alan", "self-service")
 
 
 def _in(system: System, context: str, write: Callable[[Transaction], object]) -> None:

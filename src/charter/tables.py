@@ -1,13 +1,18 @@
-"""What more than one face prints about copies: the status table (`charter status`, the
-demo) and a copy's lanes, as rich renders that fit an 80-column terminal."""
+"""What more than one face prints: the status table (`charter status`, the demo), a copy's
+lanes and a record's history (`charter history`, the demo), as rich renders that fit an
+80-column terminal."""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
+import orjson
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
+from charter.records import OutboxRow
 from charter.status import UNKNOWN, CopyStatus
 
 
@@ -73,3 +78,29 @@ def seconds(value: float) -> str:
     if value >= 60:
         return f"{value / 60:.1f}m"
     return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
+
+
+def states_of(rows: list[OutboxRow]) -> list[dict[str, Any] | None]:
+    """The public state each version's event carried (None for a delete)."""
+    return [orjson.loads(r.body).get("data") or None for r in rows]
+
+
+def history_table(
+    rows: list[OutboxRow], states: list[dict[str, Any] | None], **options: Any
+) -> Table:
+    """A record's history, one row per version: its public values (created: each value;
+    updated: before → after), its private fields by name only, who and when."""
+    table = Table("version", "op", "public values", "private", "by", "committed at", **options)
+    before: dict[str, Any] = {}
+    for r, state in zip(rows, states, strict=True):
+        after = state or {}
+        if r.op == "created":
+            shown = [f"{name}={after.get(name)!r}" for name in r.changed]
+        else:
+            shown = [f"{name}: {before.get(name)!r} → {after.get(name)!r}" for name in r.changed]
+        private = ", ".join(r.private) + " (changed)" if r.private else ""
+        table.add_row(
+            str(r.version), r.op, escape("\n".join(shown)), private, r.actor or "", r.time
+        )
+        before = after
+    return table

@@ -57,7 +57,7 @@ from charter.stores.common import (
     unstorable,
     where_clause,
 )
-from charter.stores.postgres_writes import OLD, Statement, Writes, pipelined, rollback
+from charter.stores.postgres.writes import OLD, Statement, Writes, pipelined, rollback
 from charter.values import now_text
 
 # (a hashed subplan: `<> ALL(array)` compares each row with every element, 4x slower here)

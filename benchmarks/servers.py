@@ -435,7 +435,7 @@ def raw_sql(schema: str) -> tuple[str, str, str]:
 
 def charter_sql(schema: str) -> str:
     """The one statement charter's PostgreSQL store sends for a transaction of one create
-    (stores/postgres.py and postgres_writes.py, at git HEAD), on an autocommit connection
+    (stores/postgres/, at git HEAD), on an autocommit connection
     whose session opened the guard when the pool made it."""
     return (
         f'WITH e AS (INSERT INTO "{schema}"."customer" ("id", "version", "name", "email") '

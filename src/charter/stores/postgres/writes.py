@@ -276,7 +276,7 @@ def pipelined(conn: psycopg.Connection[Any], statements: Sequence[Statement]) ->
     (caught here rather than by the pipeline's exit, which would log it as a warning).
 
     None of them is prepared (charter's pools prepare only on request, see
-    postgres.NEVER_BY_ITSELF): after an error in a pipeline, psycopg 3.3 can count as
+    postgres.core.NEVER_BY_ITSELF): after an error in a pipeline, psycopg 3.3 can count as
     prepared a statement it prepared automatically but whose preparation the server
     skipped, and then fails on it ("prepared statement _pg3_N does not exist") for the life
     of the connection. 20 threads racing for unique e-mails met it (test_concurrency)."""

@@ -1,0 +1,79 @@
+"""Names on the NATS bus: the bus URL, the stream of a charter, subject tokens, and
+where notes live (outside every entity's subjects)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote
+
+from charter.lanes import PARTITIONS
+
+NOTES = "_note"  # the subject token under which notes live
+POSITION = "position"  # the note of what a copy has applied, per (entity, copy)
+COMPACTED = "compacted"  # the note of how far compaction went, per entity
+EVERY_COPY = "_"  # the copy token of notes about an entity as a whole
+
+
+@dataclass(frozen=True, slots=True)
+class NatsUrl:
+    """A parsed ``nats://`` bus URL."""
+
+    servers: tuple[str, ...]
+    user: str | None
+    password: str | None
+    replicas: int
+    partitions: int
+
+
+def parse_url(url: str) -> NatsUrl:
+    """Read ``nats://[user:password@]host:port[,host:port...][?replicas=N&partitions=M]``."""
+    if not url.startswith("nats://"):
+        raise ValueError(f"'{url}' is not a NATS bus URL (expected nats://host:port)")
+    rest = url.removeprefix("nats://")
+    netloc, _, query = rest.partition("?")
+    netloc = netloc.rstrip("/")
+    user = password = None
+    if "@" in netloc:
+        credentials, _, netloc = netloc.rpartition("@")
+        name, _, secret = credentials.partition(":")
+        user, password = unquote(name), unquote(secret)
+    hosts = [h.strip() for h in netloc.split(",") if h.strip()]
+    if not hosts:
+        raise ValueError(f"NATS bus URL '{url}': no server (expected nats://host:port)")
+    options = {"replicas": 1, "partitions": PARTITIONS}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in options:
+            raise ValueError(f"NATS bus URL: unknown option '{key}' (known: {', '.join(options)})")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"NATS bus URL: {key} must be a whole number ≥ 1, got '{value}'")
+        options[key] = int(value)
+    if options["replicas"] > 5:
+        raise ValueError("NATS bus URL: replicas must be at most 5 (JetStream's limit)")
+    servers = tuple(h if ":" in h else f"{h}:4222" for h in hosts)
+    return NatsUrl(
+        tuple(f"nats://{h}" for h in servers),
+        user,
+        password,
+        options["replicas"],
+        options["partitions"],
+    )
+
+
+def stream_name(system: str) -> str:
+    """The stream of a charter: ``CHARTER_<SYSTEM>``."""
+    return "CHARTER_" + re.sub(r"[^A-Z0-9]", "_", system.upper())
+
+
+def token(name: str) -> str:
+    """A name made safe as one subject token or consumer name."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    if not safe:
+        raise ValueError("an empty name cannot be a NATS subject token")
+    return safe
+
+
+def note_subject(prefix: str, kind: str, entity: str, copy: str) -> str:
+    """Where a note lives (charter.fills), outside every entity's subjects, so readers and
+    compaction never see notes. `copy` may be the wildcard ``>``."""
+    return f"{prefix}.{NOTES}.{kind}.{token(entity)}.{copy if copy == '>' else token(copy)}"

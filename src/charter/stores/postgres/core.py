@@ -22,7 +22,8 @@ log = logging.getLogger("charter.stores.postgres")
 
 NEVER_BY_ITSELF = 2**31  # psycopg's prepare_threshold: prepare only with prepare=True …
 PREPARED = True  # … which the simple statements run most often pass (no joins to misplan)
-WAIT_FOR_CONNECTION_S = 5.0  # then UnavailableError (the runner tries again, backing off)
+WAIT_FOR_CONNECTION_S = 30.0  # then UnavailableError: a busy pool under 20 racing threads
+# waited over 5 s (the runner tries again, backing off; a server down fails at once, below)
 ASK_AGAIN_S = 0.25  # while waiting for a connection: each ask may start a new one at once
 RECONNECT_FOR_S = 1.0  # the pool's own tries after a lost connection, before it gives up
 # The pool logs every failed connection attempt; charter reports the failure itself, once

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from charter import model, parking
+from charter._sqlite import bound_heap
 from charter.errors import BackendError, CharterError, Error, Problem
 from charter.lanes import Lane
 from charter.runner import Runner
@@ -189,6 +190,7 @@ def run(
     lane: Lane | None,
 ) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM."""
+    bound_heap()  # a long-running process: its SQLite page caches must not grow with the files
     with System.load(path) as system:
         try:
             runner = Runner(

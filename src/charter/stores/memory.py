@@ -55,6 +55,29 @@ class _Data:
     applied: list[tuple[str, str, int, str]] | None = None  # (copy, id, version, lane)
     lock: threading.RLock = field(default_factory=threading.RLock)  # any read or write
     writer: threading.Lock = field(default_factory=threading.Lock)  # one owner tx at a time
+    # (entity, field) → value → ids of the committed records holding it, for unique fields
+    # (a unique index: without it each create scanned every record). Built on first use,
+    # kept by commits, which alone change records.
+    held: dict[tuple[str, str], dict[Any, set[str]]] = field(default_factory=dict)
+
+    def holders(self, entity: str, name: str, value: Any) -> set[str]:
+        with self.lock:
+            index = self.held.get((entity, name))
+            if index is None:
+                index = self.held[(entity, name)] = {}
+                for entity_id, row in self.entities[entity].items():
+                    if row.get(name) is not None:
+                        index.setdefault(row[name], set()).add(entity_id)
+            return set(index.get(value, ()))
+
+    def reindex(self, entity: str, entity_id: str, old: Row | None, new: Row | None) -> None:
+        for (indexed, name), index in self.held.items():
+            if indexed != entity:
+                continue
+            if old is not None and old.get(name) is not None:
+                index.get(old[name], set()).discard(entity_id)
+            if new is not None and new.get(name) is not None:
+                index.setdefault(new[name], set()).add(entity_id)
 
 
 _OPEN: dict[str, _Data] = {}
@@ -349,7 +372,12 @@ class MemoryStore:
         names = ["id", "version", *copy.fields, "synced_at"]
         _check_where(where, names)
         with self._data.lock:
-            found = [{n: r.get(n) for n in names} for r in self._data.copies[copy.name].values()]
+            rows = self._data.copies[copy.name]
+            if where and "id" in where:  # one record (a reader's get): not every record
+                held = [rows[where["id"]]] if where["id"] in rows else []
+            else:
+                held = list(rows.values())
+            found = [{n: r.get(n) for n in names} for r in held]
         yield from sorted(_matching(found, where), key=_by_id)
 
     def parked(self, copy: Copy) -> list[Parked]:
@@ -417,6 +445,9 @@ class _Writes:
         self._store, self._data = store, store._data
         self._changes: dict[tuple[str, str], Row | None] = {}
         self._events: list[tuple[Event, bytes, tuple[str, ...]]] = []
+        # (entity, field, value) → ids this transaction gave that value in a unique field
+        # (some since changed again or undone by a savepoint: each is checked when looked up)
+        self._held: dict[tuple[str, str, Any], set[str]] = {}
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -485,14 +516,20 @@ class _Writes:
         self._events.extend(zip(events, bodies, names, strict=True))
 
     def _check_constraints(self, entity: Entity, row: Row) -> None:
-        others = [r for i, r in self._visible(entity).items() if i != row["id"]]
         for f in entity.fields.values():
             value = row.get(f.name)
-            if f.unique and value is not None and any(r.get(f.name) == value for r in others):
+            if f.unique and value is not None and self._taken(entity, f.name, value, row["id"]):
                 raise ConstraintError(
                     f"{entity.name}.{f.name} must be unique: {value!r} is already used by "
                     f"another {entity.name}"
                 )
+        for f in entity.fields.values():
+            value = row.get(f.name)
+            if f.unique and value is not None:
+                self._held.setdefault((entity.name, f.name, value), set()).add(row["id"])
+        if not entity.constraints:
+            return
+        others = [r for i, r in self._visible(entity).items() if i != row["id"]]
         for rule in entity.constraints:
             if _overlapping(rule, row, others) is not None:
                 raise ConstraintError(
@@ -500,14 +537,26 @@ class _Writes:
                     f"{', '.join(rule.per) or 'scope'} overlaps [{rule.start}, {rule.end})"
                 )
 
+    def _taken(self, entity: Entity, name: str, value: Any, entity_id: str) -> bool:
+        """Whether another record, as this transaction sees it, holds `value` in `name`."""
+        candidates = self._data.holders(entity.name, name, value)
+        candidates |= self._held.get((entity.name, name, value), set())
+        for other in candidates - {entity_id}:
+            held = self._row(entity, other)
+            if held is not None and held.get(name) == value:
+                return True
+        return False
+
     def _commit(self) -> None:
         data = self._data
         with data.lock:
             for (name, entity_id), row in self._changes.items():
                 if row is _DELETED:
-                    data.entities[name].pop(entity_id, None)
+                    old = data.entities[name].pop(entity_id, None)
                 else:
+                    old = data.entities[name].get(entity_id)
                     data.entities[name][entity_id] = row
+                data.reindex(name, entity_id, old, row)
             seq = data.outbox[-1].seq if data.outbox else 0
             for event, body, private in self._events:
                 seq += 1

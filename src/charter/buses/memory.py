@@ -11,6 +11,7 @@ its data reaches disk). Positions are never reused: a lost event leaves a hole."
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import random
 import threading
@@ -138,7 +139,12 @@ class MemoryBus:
     def fetch(self, consumer: str, entity: str, after: int, limit: int) -> list[Delivery]:
         self._touch("fetch")
         with self._log.lock:
-            found = [e for e in self._log.events if e.entity == entity and e.seq > after][:limit]
+            events, at = self._log.events, _first_after(self._log.events, after)
+            found: list[_Stored] = []
+            while at < len(events) and len(found) < limit:
+                if events[at].entity == entity:
+                    found.append(events[at])
+                at += 1
         if found and self._happens(self.faults.delay):
             found = found[: self._rng.randrange(len(found))]
         batch = [
@@ -171,12 +177,13 @@ class MemoryBus:
     def head(self, entity: str) -> int:
         self._touch("head")
         with self._log.lock:
-            return max((e.seq for e in self._log.events if e.entity == entity), default=0)
+            return next((e.seq for e in reversed(self._log.events) if e.entity == entity), 0)
 
     def backlog(self, consumer: str, entity: str, after: int) -> Backlog:
         self._touch("backlog")
         with self._log.lock:
-            behind = [e for e in self._log.events if e.entity == entity and e.seq > after]
+            events = self._log.events
+            behind = [e for e in events[_first_after(events, after) :] if e.entity == entity]
         # A fill's events keep their records' commit times; their age is the fill's.
         times = [_published(e) if fills.MARKER in e.event_id else e.time for e in behind if e.time]
         return Backlog(len(behind), min(times, default=None))
@@ -216,3 +223,9 @@ class MemoryBus:
 
 def _published(event: _Stored) -> str:
     return timestamp_text(dt.datetime.fromtimestamp(event.published_at, dt.UTC))
+
+
+def _first_after(events: list[_Stored], after: int) -> int:
+    """Where the events after position `after` begin: the log is in position order (it is
+    only appended to, filtered and cut at its end), so reads need not scan what is behind."""
+    return bisect.bisect_right(events, after, key=lambda e: e.seq)

@@ -13,6 +13,7 @@ There is no other way in than charter's API, so no guard is needed against other
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -210,13 +211,13 @@ class MemoryStore:
     def outbox(self, after: int, limit: int) -> list[OutboxRow]:
         self._touch("outbox")
         with self._data.lock:
-            return [r for r in self._data.outbox if r.seq > after][:limit]
+            return _outbox_after(self._data.outbox, after, limit)
 
     def pending(self, limit: int, skip: Sequence[OutboxRow] = ()) -> list[OutboxRow]:
         self._touch("pending")
         with self._data.lock:
             after = max(self._data.relayed, skip[-1].seq if skip else 0)
-            return [r for r in self._data.outbox if r.seq > after][:limit]
+            return _outbox_after(self._data.outbox, after, limit)
 
     def mark_relayed(self, rows: Sequence[OutboxRow]) -> None:
         self._touch("mark_relayed")
@@ -575,6 +576,13 @@ class _Writes:
                         private,
                     )
                 )
+
+
+def _outbox_after(outbox: list[OutboxRow], after: int, limit: int) -> list[OutboxRow]:
+    """The first `limit` rows after seq `after`: the outbox is only appended to, in seq
+    order, so a read need not scan what was relayed long ago."""
+    start = bisect.bisect_right(outbox, after, key=lambda r: r.seq)
+    return outbox[start : start + limit]
 
 
 def _overlapping(rule: NoOverlap, row: Row, others: Iterable[Row]) -> Row | None:

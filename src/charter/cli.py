@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from charter import model, parking
+from charter._sqlite import bound_heap
 from charter.boundary import driver
 from charter.buses import check_driver
 from charter.errors import BackendError, CharterError, Error, MissingExtraError, Problem
@@ -224,6 +225,7 @@ def run(
     lane: Lane | None,
 ) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM."""
+    bound_heap()  # a long-running process: its SQLite page caches must not grow with the files
     with _opened(path) as system:
         try:
             runner = Runner(

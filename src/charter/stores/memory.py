@@ -383,7 +383,13 @@ class MemoryStore:
         names = ["id", "version", *copy.fields, "synced_at"]
         _check_where(where, names)
         with self._data.lock:
-            found = [{n: r.get(n) for n in names} for r in self._data.copies[copy.name].values()]
+            table = self._data.copies[copy.name]
+            if where and "id" in where:  # one record: CopyReader.get
+                held = table.get(where["id"])
+                candidates = [] if held is None else [held]
+            else:
+                candidates = list(table.values())
+            found = [{n: r.get(n) for n in names} for r in candidates]
         yield from sorted(_matching(found, where), key=_by_id)
 
     def parked(self, copy: Copy) -> list[Parked]:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from charter.events import Event
 from charter.lanes import Lane
 
 FILL_MARKER = "~fill~"  # in the event id of every event a fill publishes (charter.fills)
@@ -32,6 +33,25 @@ class OutboxRow:
     body: bytes
     actor: str | None = None  # who made the change (history only; it is in the body too)
     private: tuple[str, ...] = ()  # private fields it set: names only, never published
+
+    @classmethod
+    def of(
+        cls, event: Event, body: bytes, seq: int = 0, private: tuple[str, ...] = ()
+    ) -> OutboxRow:
+        """The outbox row of `event`, encoded as `body`, at `seq`."""
+        return cls(
+            seq,
+            event.id,
+            event.entity,
+            event.entity_id,
+            event.version,
+            event.op,
+            event.changed,
+            event.time,
+            body,
+            event.actor,
+            private,
+        )
 
 
 @dataclass(frozen=True, slots=True)

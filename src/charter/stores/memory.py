@@ -568,21 +568,7 @@ class _Writes:
             seq = data.outbox[-1].seq if data.outbox else 0
             for event, body, private in self._events:
                 seq += 1
-                data.outbox.append(
-                    OutboxRow(
-                        seq,
-                        event.id,
-                        event.entity,
-                        event.entity_id,
-                        event.version,
-                        event.op,
-                        event.changed,
-                        event.time,
-                        body,
-                        event.actor,
-                        private,
-                    )
-                )
+                data.outbox.append(OutboxRow.of(event, body, seq, private))
 
 
 def _overlapping(rule: NoOverlap, row: Row, others: Iterable[Row]) -> Row | None:

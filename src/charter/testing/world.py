@@ -61,14 +61,4 @@ def event(
 
 
 def outbox_row(event: Event, seq: int = 0) -> OutboxRow:
-    return OutboxRow(
-        seq,
-        event.id,
-        event.entity,
-        event.entity_id,
-        event.version,
-        event.op,
-        event.changed,
-        event.time,
-        event.encode(),
-    )
+    return OutboxRow.of(event, event.encode(), seq)

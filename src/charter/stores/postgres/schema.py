@@ -157,27 +157,32 @@ class _Schema(_Core):
             if not exists or exists[0] is None:
                 return []
             for kind, name, table, fields in shapes:
-                present = {
-                    row[0]
-                    for row in conn.execute(
-                        "SELECT column_name FROM information_schema.columns "
-                        "WHERE table_schema = %s AND table_name = %s",
-                        (self.schema, table),
-                    )
-                }
+                present = self._columns(conn, table)
                 if not present:
                     continue
-                recorded: dict[str, str] = dict(
-                    conn.execute(
-                        f"SELECT field, type FROM {self._t('charter_schema')} "
-                        "WHERE kind = %s AND name = %s",
-                        (kind, name),
-                    ).fetchall()
-                )
+                recorded = self._recorded(conn, kind, name)
                 count = conn.execute(f"SELECT count(*) FROM {self._t(table)}").fetchone()
                 rows = int(count[0]) if count else 0
                 found += extension_problems(kind, name, table, fields, recorded, present, rows)
         return found
+
+    def _columns(self, conn: psycopg.Connection[Any], table: str) -> set[str]:
+        """The columns `table` has in this store's schema (none: it does not exist)."""
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s",
+            (self.schema, table),
+        )
+        return {row[0] for row in rows}
+
+    def _recorded(self, conn: psycopg.Connection[Any], kind: str, name: str) -> dict[str, str]:
+        """What charter_schema says was made for (kind, name): field → type, or for a
+        no_overlap rule, its number → its description."""
+        rows = conn.execute(
+            f"SELECT field, type FROM {self._t('charter_schema')} WHERE kind = %s AND name = %s",
+            (kind, name),
+        )
+        return dict(rows.fetchall())
 
     def _fingerprint(self) -> str | None:
         """What the schema was last prepared for (None: nothing yet). Every role of the
@@ -233,14 +238,7 @@ class _Schema(_Core):
             if any(e.constraints for e in owned):
                 conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
             conn.execute(_META.format(s=f'"{self.schema}"'))
-            present = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_schema = %s AND table_name = 'charter_outbox'",
-                    (self.schema,),
-                )
-            }
+            present = self._columns(conn, "charter_outbox")
             for column in OUTBOX_ADDED_COLUMNS:  # a store made before they were
                 if column not in present:
                     conn.execute(
@@ -267,21 +265,8 @@ class _Schema(_Core):
         fields: list[Field],
     ) -> None:
         """Create the table, or add the new columns; refuse a type change."""
-        recorded = dict(
-            conn.execute(
-                f"SELECT field, type FROM {self._t('charter_schema')} "
-                "WHERE kind = %s AND name = %s",
-                (kind, name),
-            ).fetchall()
-        )
-        present = {
-            row[0]
-            for row in conn.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema = %s AND table_name = %s",
-                (self.schema, table),
-            )
-        }
+        recorded = self._recorded(conn, kind, name)
+        present = self._columns(conn, table)
         if not present:
             columns = "".join(f', "{f.name}" {_column_type(f)}' for f in fields)
             conn.execute(
@@ -327,13 +312,7 @@ class _Schema(_Core):
                     f'CREATE UNIQUE INDEX IF NOT EXISTS "{table}_{field.name}_unique" '
                     f'ON {self._t(table)} ("{field.name}")'
                 )
-        enforced = dict(
-            conn.execute(
-                f"SELECT field, type FROM {self._t('charter_schema')} "
-                "WHERE kind = 'no_overlap' AND name = %s",
-                (entity.name,),
-            ).fetchall()
-        )
+        enforced = self._recorded(conn, "no_overlap", entity.name)
         for number, rule in enumerate(entity.constraints, 1):
             self._no_overlap(conn, entity, number, rule, enforced.get(str(number)))
         self._guard(

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from charter import model, parking
+from charter import exports, model, parking
 from charter._sqlite import bound_heap
 from charter.boundary import driver
 from charter.buses import check_driver
@@ -509,6 +509,70 @@ def _parked_json(p: Parked) -> dict[str, Any]:
         "reason": p.reason,
         "parked_at": p.parked_at,
     }
+
+
+@main.command(name="export")
+@charter_file
+@click.argument("kind", type=click.Choice(exports.KINDS))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(exports.FORMATS),
+    default=None,
+    help="yaml or json (default: from -o's suffix, else json for jsonschema and "
+    "yaml for the others).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write it to this file (default: print it).",
+)
+@click.option("--copy", default=None, help="odcs: only this copy's contract.")
+@reports_errors
+def export_command(
+    path: Path, kind: str, fmt: str | None, output: Path | None, copy: str | None
+) -> None:
+    """Publish the contract where tools read it: asyncapi (the events: AsyncAPI 3.0),
+    jsonschema (each entity's event data and each copy's row), odcs (a data contract per
+    copy: Open Data Contract Standard v3.1). From the file alone; no private field."""
+    if fmt is None:
+        suffix = output.suffix.lower() if output else ""
+        fmt = "json" if suffix == ".json" or (not suffix and kind == "jsonschema") else "yaml"
+    _write(exports.render(exports.documents(model.load(path), kind, copy), fmt), output)
+
+
+def _write(text: str, output: Path | None) -> None:
+    """Print `text`, or write it to `output` (saying so on stderr)."""
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.FileError(str(output), exc.strerror) from None
+    _console(stderr=True).print(f"wrote {escape(str(output))}", highlight=False)
+
+
+@main.command()
+@charter_file
+@click.option("--context", required=True, help="The context whose models to write.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the module to this file (default: print it).",
+)
+@reports_errors
+def codegen(path: Path, context: str, output: Path | None) -> None:
+    """Typed models of one context's nouns: frozen dataclasses of what it owns (with typed
+    create / update / delete through its transactions) and of each copy it keeps (read-only,
+    only the copy's fields). Nothing of another context's private fields."""
+    from charter.codegen import generate
+
+    _write(generate(model.load(path), context), output)
 
 
 @main.command()

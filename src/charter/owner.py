@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from charter import values
 from charter.errors import ConflictError, Error, NotFoundError, OwnershipError, ValidationError
@@ -51,6 +51,30 @@ class Record(Mapping[str, Any]):
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
         return f"{self.entity}(id={self.id!r}, version={self.version}, {fields})"
+
+
+M = TypeVar("M", covariant=True)
+
+
+class FromRecord(Protocol[M]):
+    """What a reader may return instead of a Record: a class with `from_record`, as
+    `charter codegen` writes (`reader.get(id, as_=OrderCustomers)`). Its `ENTITY` (and a
+    copy's `COPY`) name what it describes, so a type is not used to read another's."""
+
+    def from_record(self, record: Record, /) -> M: ...
+
+
+def convert(record: Record, as_: FromRecord[M], copy: str | None = None) -> M:
+    """`record` as the type `as_`, which must describe its entity (and copy)."""
+    for kind, name in (("ENTITY", record.entity), ("COPY", copy)):
+        described = getattr(as_, kind, name)
+        if name is not None and described != name:
+            what = f"copy '{copy}'" if kind == "COPY" else f"entity {record.entity}"
+            raise ValidationError(
+                f"{getattr(as_, '__name__', as_)!s} describes {kind.lower()} "
+                f"{described!r}, not the {what} read here"
+            )
+    return as_.from_record(record)
 
 
 def record_from_row(entity: Entity, row: Row, fields: tuple[str, ...] | None = None) -> Record:

@@ -7,15 +7,25 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from charter import model, values
 from charter.buses import Bus, open_bus
 from charter.errors import ConflictError, ConstraintError, ValidationError
 from charter.model import Charter, Copy, _hint
-from charter.owner import Record, Transaction, owned_entity, record_from_row, restated
+from charter.owner import (
+    FromRecord,
+    Record,
+    Transaction,
+    convert,
+    owned_entity,
+    record_from_row,
+    restated,
+)
 from charter.signals import Signals
 from charter.stores import Store, open_store
+
+M = TypeVar("M")
 
 
 class System:
@@ -113,11 +123,16 @@ class ContextHandle:
         if events:
             self.system.signals.notify(f"outbox:{self.name}")
 
-    def get(self, entity: str, entity_id: str) -> Record | None:
-        """Read one record this context owns."""
+    @overload
+    def get(self, entity: str, entity_id: str) -> Record | None: ...
+    @overload
+    def get(self, entity: str, entity_id: str, as_: FromRecord[M]) -> M | None: ...
+    def get(self, entity: str, entity_id: str, as_: FromRecord[Any] | None = None) -> Any:
+        """Read one record this context owns (`as_`: as a type charter codegen wrote)."""
         spec = owned_entity(self.system.charter, self.name, entity)
         row = self.system.store(self.name).fetch(spec, entity_id)
-        return record_from_row(spec, row) if row else None
+        record = record_from_row(spec, row) if row else None
+        return record if record is None or as_ is None else convert(record, as_)
 
     def filter(self, entity: str, **fields: Any) -> list[Record]:
         """Records this context owns whose fields equal the given values (e.g. email=…)."""
@@ -152,12 +167,21 @@ class CopyReader:
         self._entity = system.charter.entities[copy.of]
         self._store = system.store(copy.context)
 
-    def get(self, entity_id: str) -> Record | None:
+    @overload
+    def get(self, entity_id: str) -> Record | None: ...
+    @overload
+    def get(self, entity_id: str, as_: FromRecord[M]) -> M | None: ...
+    def get(self, entity_id: str, as_: FromRecord[Any] | None = None) -> Any:
+        """One row (`as_`: as the type charter codegen wrote for this copy)."""
         for row in self._store.copy_rows(self.spec, {"id": entity_id}):
-            return record_from_row(self._entity, row, self.spec.fields)
+            return self._as(record_from_row(self._entity, row, self.spec.fields), as_)
         return None
 
-    def filter(self, **fields: Any) -> list[Record]:
+    @overload
+    def filter(self, *, as_: FromRecord[M], **fields: Any) -> list[M]: ...
+    @overload
+    def filter(self, **fields: Any) -> list[Record]: ...
+    def filter(self, *, as_: FromRecord[Any] | None = None, **fields: Any) -> list[Any]:
         unknown = set(fields) - set(self.spec.fields)
         if unknown:
             raise ValidationError(
@@ -165,13 +189,20 @@ class CopyReader:
                 f"it keeps {', '.join(self.spec.fields)}"
             )
         return [
-            record_from_row(self._entity, row, self.spec.fields)
+            self._as(record_from_row(self._entity, row, self.spec.fields), as_)
             for row in self._store.copy_rows(self.spec, fields)
         ]
 
     def __iter__(self) -> Iterator[Record]:
         for row in self._store.copy_rows(self.spec):
             yield record_from_row(self._entity, row, self.spec.fields)
+
+    def iter(self, as_: FromRecord[M]) -> Iterator[M]:
+        """Every row, as the type charter codegen wrote for this copy."""
+        return (self._as(record, as_) for record in self)
+
+    def _as(self, record: Record, as_: FromRecord[Any] | None) -> Any:
+        return record if as_ is None else convert(record, as_, self.spec.name)
 
     def __len__(self) -> int:
         return sum(1 for _ in self._store.copy_rows(self.spec))

@@ -27,6 +27,7 @@ from charter.runner import Runner
 from charter.system import System
 from tests.backends import NATS, POSTGRES
 from tests.conftest import SHOP
+from tests.test_extras import shop, tried, without_drivers
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 PRIVATE = "password_hash"  # the shop's one private field
@@ -429,3 +430,26 @@ def test_a_bad_charter_or_an_unwritable_file_is_a_message(tmp_path: Path) -> Non
     result = _cli(tmp_path, "asyncapi", "-o", str(tmp_path / "missing" / "x.yaml"))
     assert result.exit_code != 0 and "Could not open file" in result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_exports_need_no_driver_but_the_nats_subjects(tmp_path: Path) -> None:
+    """From the file alone: a charter on PostgreSQL and NATS exports, and writes models,
+    without psycopg or nats-py; only AsyncAPI asks NATS's own names of its subjects, and
+    without nats-py it names the extra to install."""
+    shop(tmp_path, POSTGRES + "?schema=extras_{name}", NATS)
+    for command in (
+        ["export", "jsonschema"],
+        ["export", "odcs"],
+        ["codegen", "--context", "orders"],
+    ):
+        result = without_drivers(*command, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert tried(result) == "[]", command
+    result = without_drivers("export", "asyncapi", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "pip install 'charter[nats]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    shop(tmp_path, POSTGRES + "?schema=extras_{name}", "sqlite:///.charter/bus.db")
+    result = without_drivers("export", "asyncapi", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert tried(result) == "[]"

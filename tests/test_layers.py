@@ -58,6 +58,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.parking",
         "charter.tables",
         "charter.grants",
+        "charter.exports",  # the contract where tools read it: AsyncAPI, JSON Schema, ODCS
+        "charter.codegen",  # each context's own nouns as typed models
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

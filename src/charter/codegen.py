@@ -109,17 +109,6 @@ class _Module:
         self.typing: set[str] = set()  # names the module imports from typing
         self.typeddicts: list[str] = []  # the arguments of create and update, by name
         self.imports: set[str] = set()  # the modules the types come from
-        self._check_names()
-
-    def _check_names(self) -> None:
-        seen: set[str] = set()
-        for name in self.classes:
-            if name in _MODULE_NAMES or name in seen or keyword.iskeyword(name):
-                raise ValidationError(
-                    f"cannot write models for '{self.context}': the class name '{name}' is "
-                    "taken (by the module or by another entity or copy); rename the copy"
-                )
-            seen.add(name)
 
     # ----------------------------------------------------------------- the parts
 
@@ -130,7 +119,10 @@ class _Module:
             for (e, f), alias in self.aliases.items()
         ]
         names = [*self.classes, *self.aliases.values(), *self.typeddicts]
-        clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & _MODULE_NAMES))
+        clash = sorted(
+            {n for n in names if names.count(n) > 1 or keyword.iskeyword(n)}
+            | (set(names) & _MODULE_NAMES)
+        )
         if clash:
             raise ValidationError(
                 f"cannot write models for '{self.context}': the name '{clash[0]}' would "

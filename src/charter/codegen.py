@@ -43,7 +43,7 @@ LINE = 88  # the generated lines' length at most, as ruff format and black lay t
 
 def class_name(copy: Copy) -> str:
     """order_customers → OrderCustomers."""
-    return "".join(part[:1].upper() + part[1:] for part in copy.name.split("_") if part)
+    return _camel(copy.name)
 
 
 def generate(charter: Charter, context: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from charter import urls
 from charter.boundary import driver
 from charter.events import OPS
+from charter.exports.fields import VERSION as VERSION_SCHEMA
 from charter.exports.fields import data_schema, fields_schema
 from charter.exports.render import beside, fingerprint, seconds
 from charter.model import Charter, Copy, Entity
@@ -145,11 +146,7 @@ def _envelope(entity: Entity, data: str) -> dict[str, Any]:
             "subject": {"type": "string", "format": "uuid", "description": "the record's id"},
             "time": {"type": "string", "format": "date-time", "description": "commit time"},
             "datacontenttype": {"const": "application/json"},
-            "entityversion": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "the record's version after the change",
-            },
+            "entityversion": {**VERSION_SCHEMA, "description": "the record's version after it"},
             "changedfields": {
                 "type": "string",
                 "description": "the public fields the change set, comma-separated",
@@ -202,8 +199,8 @@ class _Bus:
                 "properties": {
                     "Nats-Msg-Id": {
                         "type": "string",
-                        "format": "uuid",
-                        "description": "the event's id: JetStream drops a duplicate",
+                        "description": "the event's id (with a suffix when a fill publishes "
+                        "it again, charter.fills): JetStream drops a duplicate",
                     }
                 },
                 "required": ["Nats-Msg-Id"],

@@ -75,6 +75,16 @@ def charter_file(func: F) -> F:
     )(func)
 
 
+def output_file(func: F) -> F:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Write it to this file (default: print it).",
+    )(func)
+
+
 def reports_errors(func: F) -> F:
     """Turn charter's own errors into a clear message and exit status 1, never a traceback."""
 
@@ -522,13 +532,7 @@ def _parked_json(p: Parked) -> dict[str, Any]:
     help="yaml or json (default: from -o's suffix, else json for jsonschema and "
     "yaml for the others).",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write it to this file (default: print it).",
-)
+@output_file
 @click.option("--copy", default=None, help="odcs: only this copy's contract.")
 @reports_errors
 def export_command(
@@ -558,13 +562,7 @@ def _write(text: str, output: Path | None) -> None:
 @main.command()
 @charter_file
 @click.option("--context", required=True, help="The context whose models to write.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the module to this file (default: print it).",
-)
+@output_file
 @reports_errors
 def codegen(path: Path, context: str, output: Path | None) -> None:
     """Typed models of one context's nouns: frozen dataclasses of what it owns (with typed

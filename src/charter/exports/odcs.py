@@ -140,7 +140,7 @@ def _server(charter: Charter, context: str, url: str) -> dict[str, Any]:
             "host": parts.hostname or "localhost",
             "port": parts.port or 5432,
             "database": parts.path.lstrip("/") or parts.username or "postgres",  # as libpq
-            "schema": query.get("schema", "public"),
+            "schema": query.get("schema", context),  # prepare() names it after the context
         }
     if url.startswith(urls.SQLITE):
         path = url[len(urls.SQLITE) :].split("?", 1)[0]

@@ -33,6 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.ids",
         "charter.lanes",
         "charter.values",
+        "charter.digests",
         "charter.events",
         "charter.model",
         "charter.urls",

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from charter import digests
+from charter.digests import Digest
 from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.ids import uuid7
@@ -334,3 +336,58 @@ class StoreContract:
         assert lanes == {("1/2", 4), ("2/2", 8)}
         copies.apply(copy, [], [], 2, one)  # a lane's checkpoint only moves forward too
         assert copies.checkpoint(copy, one).position == 4  # type: ignore[union-attr]
+
+    # -- reconciliation: digests inside the database ------------------------------
+
+    def test_digests_of_an_owner_and_its_copy_agree(
+        self, owner: Store, copies: Store, charter: Charter
+    ) -> None:
+        person, copy = self.person(charter), self.copy(charter)
+        fields = [person.fields[name] for name in copy.fields]
+        assert owner.id_range(person) is None
+        assert owner.digest(person, fields, "", None) == [Digest()]
+        events = self.write(
+            owner,
+            charter,
+            lambda tx: [tx.create("Person", email=f"{n}@x.org", name=f"P{n}") for n in range(5)],
+        )
+        copies.backfill(copy, iter(()), 0)
+        copies.apply(copy, [(n + 1, e) for n, e in enumerate(events)], [], len(events))
+        ids = sorted(e.entity_id for e in events)
+        assert owner.id_range(person) == copies.id_range(copy) == (ids[0], ids[-1])
+        (whole,) = owner.digest(person, fields, "", None)
+        assert whole.same(copies.digest(copy, fields, "", None)[0])
+        assert (whole.count, whole.low, whole.high) == (5, ids[0], ids[-1])
+        rows = owner.digest_rows(person, fields, "", None)
+        assert rows == copies.digest_rows(copy, fields, "", None)
+        assert [r[0] for r in rows] == ids and all(r[1] == 1 for r in rows)
+        assert whole.total == sum(r[2] for r in rows) % 2**64
+        kinds = digests.codes(fields)
+        expected = [
+            digests.row_hash(kinds, [e.entity_id, 1, *((e.state or {})[f] for f in copy.fields)])
+            for e in sorted(events, key=lambda e: e.entity_id)
+        ]
+        assert [r[2] for r in rows] == expected  # the database computes charter.digests' hash
+
+    def test_a_digest_is_cut_into_parts_at_its_splits(self, owner: Store, charter: Charter) -> None:
+        person = self.person(charter)
+        fields = list(person.fields.values())[:2]
+        self.write(
+            owner,
+            charter,
+            lambda tx: [tx.create("Person", email=f"{n}@x.org", name=f"P{n}") for n in range(6)],
+        )
+        ids = [r[0] for r in owner.digest_rows(person, fields, "", None)]
+        parts = owner.digest(person, fields, ids[1], ids[5], [ids[2], ids[4]])
+        assert [p.count for p in parts] == [1, 2, 1]  # [1, 2), [2, 4), [4, 5)
+        assert [(p.low, p.high) for p in parts] == [
+            (ids[1], ids[1]),
+            (ids[2], ids[3]),
+            (ids[4], ids[4]),
+        ]
+        inner = owner.digest_rows(person, fields, ids[2], ids[4])
+        assert [r[0] for r in inner] == ids[2:4]
+        assert parts[1].total == sum(r[2] for r in inner) % 2**64
+        tail = owner.digest(person, fields, ids[3], None, [ids[5]])
+        assert [p.count for p in tail] == [2, 1]
+        assert owner.digest(person, fields, "~", None, ["~~"]) == [Digest(), Digest()]

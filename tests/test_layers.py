@@ -59,6 +59,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.parking",
         "charter.tables",
         "charter.grants",
+        "charter.reconcile",
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

@@ -316,3 +316,99 @@ def test_the_command_reports_drift_and_exits_5(
     assert unknown.exit_code == 1 and "no copy 'no_such_copy'" in unknown.output
     bad = CliRunner().invoke(main, [*args, "--budget", "soon"])
     assert bad.exit_code == 2 and "not a duration" in bad.output
+
+
+def plant_every_kind(system: System) -> dict[str, list[str]]:
+    """Drift of every kind in order_customers, planted past charter: the ids by kind."""
+    ids = customers(system, 12)
+    Runner(system).drain()
+    for n in (2, 3):
+        rename(system, ids[n], f"renamed {n}")  # version 2 at the owner
+    with system.context("customers").transaction() as tx:
+        tx.delete("Customer", ids[7])
+    Runner(system).drain()
+    extra = "01900000-0000-7000-8000-0000000000ee"
+    gone, changed, rolled, ahead, kept = ids[0], ids[1], ids[2], ids[4], ids[7]
+    if is_memory(system):
+        rows = memory_rows(system, "order_customers")
+        del rows[gone]
+        rows[changed]["name"] = "written past charter"
+        rows[rolled]["version"] = 1
+        rows[ahead]["version"] = 9
+        rows[extra] = {**rows[ids[6]], "id": extra}
+        rows[kept] = {**rows[ids[6]], "id": kept, "version": 1}
+    else:
+        row = "(id, version, name, email, synced_at) VALUES ('{}', 1, 'x', 'x@x.org', 'then')"
+        plant(
+            system,
+            "order_customers",
+            f"DELETE FROM order_customers WHERE id = '{gone}';"
+            f"UPDATE order_customers SET name = 'written past charter' WHERE id = '{changed}';"
+            f"UPDATE order_customers SET version = 1 WHERE id = '{rolled}';"
+            f"UPDATE order_customers SET version = 9 WHERE id = '{ahead}';"
+            f"INSERT INTO order_customers {row.format(extra)};"
+            f"INSERT INTO order_customers {row.format(kept)};",  # deleted at the owner
+        )
+    return {
+        "missing": [gone],
+        "divergent": [changed],
+        "stale": [rolled],
+        "ahead": [ahead],
+        "extra": sorted([extra, kept]),
+    }
+
+
+def owner_state(system: System) -> tuple[int, list[tuple[str, int]]]:
+    store, entity = system.store("customers"), system.charter.entities["Customer"]
+    return len(store.outbox(0, 10_000)), [(r["id"], r["version"]) for r in store.rows(entity)]
+
+
+def test_repair_mends_every_kind_through_the_projector_and_never_writes_the_owner(
+    shop: System,
+) -> None:
+    planted = plant_every_kind(shop)
+    before = owner_state(shop)
+    copy = shop.charter.copies["order_customers"]
+    with later(3600):
+        report = reconcile.check(shop, copy)
+        assert {k: sorted(report.ids(k)) for k in report.counts} == planted
+        done = reconcile.repair(shop, report)  # ahead is left to the operator
+        assert found(shop) == planted  # nothing changes until the copy's projector runs
+    assert done.published == {"missing": 1, "divergent": 1, "stale": 1, "extra": 2}
+    assert [(f.kind, f.id) for f in done.left] == [("ahead", planted["ahead"][0])]
+    Runner(shop, ["orders"]).drain()  # the copy's context only: its projector mends it
+    with later(3600):
+        assert found(shop) == {"ahead": planted["ahead"]}
+        again = reconcile.check(shop, copy)
+        accepted = reconcile.repair(shop, again, accept_owner=True)
+    assert accepted.published == {"ahead": 1}
+    Runner(shop, ["orders"]).drain()
+    with later(3600):
+        assert found(shop) == {}
+    assert owner_state(shop) == before  # the owner's store: not one write
+    rows = {r["id"]: r for r in shop.store("orders").copy_rows(copy)}
+    assert rows[planted["ahead"][0]]["version"] == 1
+    assert rows[planted["divergent"][0]]["name"] == "C1"
+    rename(shop, planted["ahead"][0], "after the repair")  # the owner goes on from there
+    Runner(shop).drain()
+    assert found(shop) == {}
+
+
+def test_the_command_repairs_and_checks_again(
+    shop: System, pair: tuple[Path, dict[str, str]]
+) -> None:
+    if is_memory(shop):
+        pytest.skip("memory: a command in this process sees its own empty system")
+    planted = plant_every_kind(shop)
+    args = ["reconcile", "-f", str(pair[0]), "order_customers", "--budget", "20s"]
+    with Runner(shop, ["orders"]).start(), later(3600):  # the copy's projector, running
+        result = CliRunner().invoke(main, [*args, "--repair", "--json"])
+        assert result.exit_code == 5, result.output  # the copy ahead is left
+        (doc,) = json.loads(result.output)
+        assert doc["before"]["drift"] == 6 and doc["repair"]["applied"]
+        assert doc["repair"]["left"] == planted["ahead"] and doc["counts"] == {"ahead": 1}
+        accepted = CliRunner().invoke(main, [*args, "--repair", "--accept-owner"])
+        assert accepted.exit_code == 0, accepted.output
+        assert "checked again: clean" in accepted.output
+    alone = CliRunner().invoke(main, [*args, "--accept-owner"])
+    assert alone.exit_code == 2 and "only with --repair" in alone.output

@@ -384,9 +384,25 @@ def status_command(path: Path, as_json: bool, strict: bool, context: str | None)
     show_default=True,
     help="Stop a copy's check after this many differences.",
 )
+@click.option(
+    "--repair",
+    "repairs",
+    is_flag=True,
+    help="Have the owner publish the current state of each drifted id (tombstones for "
+    "extras) for the copy's projector to apply; then check again.",
+)
+@click.option(
+    "--accept-owner", is_flag=True, help="With --repair: move a copy ahead of its owner back."
+)
 @reports_errors
 def reconcile_command(
-    path: Path, copies: tuple[str, ...], as_json: bool, budget: str, max_diffs: int
+    path: Path,
+    copies: tuple[str, ...],
+    as_json: bool,
+    budget: str,
+    max_diffs: int,
+    repairs: bool,
+    accept_owner: bool,
 ) -> None:
     """Compare each copy (every copy when none is named) with its owner's current state:
     missing, extra, stale, divergent, ahead, in flight. Exit 5 when there is drift (or a
@@ -396,15 +412,28 @@ def reconcile_command(
         raise click.BadParameter(
             f"{budget!r} is not a duration (e.g. 30s, 2m)", param_hint="--budget"
         )
+    if accept_owner and not repairs:
+        raise click.BadParameter("only with --repair", param_hint="--accept-owner")
     with _opened(path, note=not as_json) as system:
         reports = reconcile.check_all(system, copies, budget_s, max_diffs)
+        mended = [
+            reconcile.mend(system, r, budget_s, accept_owner=accept_owner, budget_s=budget_s)
+            for r in reports
+            if repairs and not r.error and r.drift
+        ]
+    docs = {m.before.copy: m for m in mended}
     if as_json:
-        click.echo(json.dumps([r.as_json() for r in reports], indent=2))
+        out = [docs[r.copy].as_json() if r.copy in docs else r.as_json() for r in reports]
+        click.echo(json.dumps(out, indent=2))
     else:
         _console().print(reconcile_show.table(reports))
         for report in reports:
             for line in reconcile_show.details(report):
                 _console().print(line, highlight=False)
+        for done in mended:
+            for line in reconcile_show.repaired(done):
+                _console().print(line, highlight=False)
+    reports = [docs[r.copy].after if r.copy in docs else r for r in reports]
     if any(r.error for r in reports):
         sys.exit(EXIT_CHARTER)
     if not all(r.clean for r in reports):

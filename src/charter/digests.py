@@ -3,7 +3,7 @@ that an owner and its copy can be compared without reading either (charter.recon
 
 The encoding is generated from the charter's field types, not from what a database happens
 to print, so every store produces the same bytes for the same values: each store computes
-it inside its database (PostgreSQL in SQL: `stores/postgres/digests.py`; SQLite with the
+it inside its database (PostgreSQL in SQL: `stores/postgres/reconcile.py`; SQLite with the
 functions below, registered on charter's connections), and this module is the reference
 they are tested against (`tests/test_digest.py`).
 

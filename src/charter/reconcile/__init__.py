@@ -18,6 +18,7 @@ from charter.reconcile.classify import (
     STALE,
     Finding,
 )
+from charter.reconcile.repair import Mended, Repair, mend, repair
 from charter.reconcile.report import Report, check, check_all
 
 __all__ = [
@@ -29,7 +30,11 @@ __all__ = [
     "MISSING",
     "STALE",
     "Finding",
+    "Mended",
+    "Repair",
     "Report",
     "check",
     "check_all",
+    "mend",
+    "repair",
 ]

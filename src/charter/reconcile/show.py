@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from charter.reconcile.classify import DIVERGENT, IN_FLIGHT, KINDS
+from charter.reconcile.repair import Mended
 from charter.reconcile.report import SAMPLE, Report
 
 
@@ -68,4 +69,23 @@ def details(report: Report) -> list[str]:
             f"[yellow]{escape(report.copy)}: stopped before the end[/] ({report.left} ranges "
             "left; the budget or --max-diffs ran out): run again with more"
         )
+    return lines
+
+
+def repaired(done: Mended) -> list[str]:
+    """What a repair published, whether the copy applied it, and what the check after it
+    found."""
+    name = escape(done.before.copy)
+    sent = ", ".join(f"{n} {kind}" for kind, n in done.repair.published.items()) or "nothing"
+    lines = [f"{name}: repaired from '{escape(done.before.owner)}': published {sent}"]
+    if not done.applied:
+        lines.append(
+            f"[yellow]{name}: its projector has not applied the repair yet[/] (is `charter "
+            f"run` running for context '{escape(done.before.context)}'?); it will when it runs"
+        )
+    for finding in done.repair.left:
+        lines.append(f"{name}: left alone: {escape(finding.id)} ({finding.kind})")
+    after = done.after
+    state = "clean" if after.clean else f"still {len(after.drift)} drifted: {after.counts}"
+    lines.append(f"{name}: checked again: {escape(state)}")
     return lines

@@ -20,6 +20,7 @@ from charter.records import (
     Backlog,
     Checkpoint,
     LaneCheckpoint,
+    Mend,
     OutboxRow,
     Parked,
     Row,
@@ -178,5 +179,9 @@ class Store(Protocol):
         self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
     ) -> list[tuple[str, int, int]]:
         """Each row's id, version and hash (charter.digests, unsigned) in that range."""
+
+    def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
+        """Put the copy's records right from their owner's state (charter.reconcile.repair;
+        Mend.takes says which it takes), in one transaction; returns how many changed."""
 
     def close(self) -> None: ...

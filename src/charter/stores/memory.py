@@ -30,6 +30,7 @@ from charter.records import (
     Backlog,
     Checkpoint,
     LaneCheckpoint,
+    Mend,
     OutboxRow,
     Parked,
     Row,
@@ -460,6 +461,30 @@ class MemoryStore:
                 (r["id"], r["version"], digests.row_hash(kinds, _key_and(r, names))) for r in rows
             ]
         return sorted(found)
+
+    def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
+        self._touch("mend")
+        data, now, changed = self._data, values.now_text(), 0
+        with data.lock:
+            rows = data.copies[copy.name]
+            for mend in mends:
+                key = (copy.name, mend.entity_id)
+                held = rows.get(mend.entity_id)
+                if not mend.takes(
+                    None if held is None else held["version"], data.tombstones.get(key)
+                ):
+                    continue
+                changed += 1
+                if mend.over is not None:
+                    data.tombstones.pop(key, None)
+                if mend.state is None:
+                    rows.pop(mend.entity_id, None)
+                    data.tombstones[key] = max(data.tombstones.get(key, 0), mend.version)
+                else:
+                    rows[mend.entity_id] = _copy_row(
+                        copy, mend.entity_id, mend.version, mend.state, now
+                    )
+        return changed
 
     def close(self) -> None:
         """Nothing to release: the data stays for the next open of the same URL."""

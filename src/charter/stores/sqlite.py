@@ -26,12 +26,13 @@ from charter.records import (
     Backlog,
     Checkpoint,
     LaneCheckpoint,
+    Mend,
     OutboxRow,
     Parked,
     Row,
     latest_lanes,
 )
-from charter.stores import sqlite_digests
+from charter.stores import sqlite_reconcile
 from charter.stores.common import (
     HISTORY_COLUMNS,
     OUTBOX_ADDED_COLUMNS,
@@ -584,10 +585,10 @@ class SQLiteStore:
                 dropped += [Parked(*row) for row in rows]
         return dropped
 
-    # -- reconciliation (stores/sqlite_digests.py) -------------------------------------
+    # -- reconciliation (stores/sqlite_reconcile.py) -------------------------------------
 
     def id_range(self, table: Entity | Copy) -> tuple[str, str] | None:
-        return sqlite_digests.id_range(self._conns.get(), table)
+        return sqlite_reconcile.id_range(self._conns.get(), table)
 
     def digest(
         self,
@@ -597,12 +598,16 @@ class SQLiteStore:
         high: str | None,
         splits: Sequence[str] = (),
     ) -> list[Digest]:
-        return sqlite_digests.digest(self._conns.get(), table, fields, low, high, splits)
+        return sqlite_reconcile.digest(self._conns.get(), table, fields, low, high, splits)
 
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
     ) -> list[tuple[str, int, int]]:
-        return sqlite_digests.digest_rows(self._conns.get(), table, fields, low, high)
+        return sqlite_reconcile.digest_rows(self._conns.get(), table, fields, low, high)
+
+    def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
+        with self._conns.write() as conn:
+            return sqlite_reconcile.mend(conn, copy, mends, now_text())
 
     def close(self) -> None:
         for holder in list(self._leads):

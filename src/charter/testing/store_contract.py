@@ -18,7 +18,7 @@ from charter.ids import uuid7
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity
 from charter.owner import Transaction
-from charter.records import Parked
+from charter.records import Mend, Parked
 from charter.stores.base import Store
 from charter.testing import world
 
@@ -391,3 +391,35 @@ class StoreContract:
         tail = owner.digest(person, fields, ids[3], None, [ids[5]])
         assert [p.count for p in tail] == [2, 1]
         assert owner.digest(person, fields, "~", None, ["~~"]) == [Digest(), Digest()]
+
+    def test_a_mend_writes_the_owners_state_where_the_copy_takes_it(
+        self, copies: Store, charter: Charter
+    ) -> None:
+        copy = self.copy(charter)
+        same, older, ahead, extra, tomb = (uuid7() for _ in range(5))
+        events = [
+            world.event(same, 2, name="Written"),
+            world.event(older, 1, name="Old"),
+            world.event(ahead, 9, name="Nine"),
+            world.event(extra, 4, name="Extra"),
+            world.event(tomb, 5, op="deleted"),
+        ]
+        copies.apply(copy, list(enumerate(events, 1)), [], len(events))
+        state = {"name": "Owner", "email": "o@x.org"}
+        mends = [
+            Mend(same, 2, state),  # the same version: the copy was written past charter
+            Mend(older, 3, state),
+            Mend(ahead, 3, state),  # the copy is ahead: left alone …
+            Mend(extra, 4, None),  # the owner does not hold it: gone, tombstoned
+            Mend(tomb, 4, state),  # deleted later than the owner's state: left alone
+        ]
+        assert copies.mend(copy, mends) == 3
+        rows = {r["id"]: (r["version"], r["name"]) for r in copies.copy_rows(copy)}
+        assert rows == {same: (2, "Owner"), older: (3, "Owner"), ahead: (9, "Nine")}
+        copies.apply(copy, [(9, world.event(extra, 4, name="Late"))], [], 9)
+        assert extra not in {r["id"] for r in copies.copy_rows(copy)}  # the tombstone holds
+        assert copies.mend(copy, [Mend(ahead, 3, state, over=9), Mend(tomb, 4, state, 5)]) == 2
+        rows = {r["id"]: (r["version"], r["name"]) for r in copies.copy_rows(copy)}
+        assert rows[ahead] == (3, "Owner") and rows[tomb] == (4, "Owner")  # … unless accepted
+        copies.apply(copy, [(10, world.event(tomb, 5, name="Five"))], [], 10)
+        assert {r["id"]: r["version"] for r in copies.copy_rows(copy)}[tomb] == 5

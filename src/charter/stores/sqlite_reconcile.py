@@ -1,6 +1,7 @@
-"""Reconciliation's digests in an SQLite store, computed inside the database by the
+"""Reconciliation's side of an SQLite store: digests computed inside the database by the
 functions charter registers on its connections (`_sqlite`: charter_digest and
-charter_row_hash, from charter.digests), so no row leaves SQLite to be compared."""
+charter_row_hash, from charter.digests), so no row leaves SQLite to be compared; and the
+mends a repair brings (records.Mend), applied by the copy's projector."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from charter import digests
 from charter.digests import Digest
 from charter.model import Copy, Entity, Field
+from charter.records import Mend
 
 
 def _columns(fields: Sequence[Field]) -> str:
@@ -67,3 +69,43 @@ def digest_rows(
         params,
     )
     return [(str(i), int(v), int(h) & digests.MASK) for i, v, h in rows]
+
+
+def mend(conn: sqlite3.Connection, copy: Copy, mends: Sequence[Mend], now: str) -> int:
+    """Each mend the copy takes (Mend.takes), inside the caller's write transaction."""
+    table = f'"{copy.table}"'
+    names = ["id", "version", *copy.fields, "synced_at"]
+    columns = ", ".join(f'"{n}"' for n in names)
+    sets = ", ".join(f'"{n}" = excluded."{n}"' for n in names[1:])
+    upsert = (
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' for _ in names)}) "
+        f"ON CONFLICT (id) DO UPDATE SET {sets}"
+    )
+    changed = 0
+    for item in mends:
+        held = conn.execute(f"SELECT version FROM {table} WHERE id = ?", (item.entity_id,))
+        row = held.fetchone()
+        seen = conn.execute(
+            "SELECT version FROM charter_tombstone WHERE copy = ? AND id = ?",
+            (copy.name, item.entity_id),
+        ).fetchone()
+        if not item.takes(row[0] if row else None, seen[0] if seen else None):
+            continue
+        changed += 1
+        if item.over is not None:
+            conn.execute(
+                "DELETE FROM charter_tombstone WHERE copy = ? AND id = ?",
+                (copy.name, item.entity_id),
+            )
+        if item.state is None:
+            conn.execute(f"DELETE FROM {table} WHERE id = ?", (item.entity_id,))
+            conn.execute(
+                "INSERT INTO charter_tombstone VALUES (?, ?, ?) ON CONFLICT (copy, id) "
+                "DO UPDATE SET version = max(version, excluded.version)",
+                (copy.name, item.entity_id, item.version),
+            )
+        else:
+            state = item.state
+            values = [state.get(name) for name in copy.fields]
+            conn.execute(upsert, (item.entity_id, item.version, *values, now))
+    return changed

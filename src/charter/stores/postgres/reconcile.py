@@ -1,8 +1,9 @@
-"""Reconciliation's digests on PostgreSQL, computed by the server in one pass: each row's
-canonical text (charter.digests) written in SQL from the charter's field types, hashed
-with md5, summed modulo 2^64 (in three parts that a bigint sum holds: the high 32 bits
-signed, then two unsigned 16-bit parts), grouped into the parts of the range with
-width_bucket. Only the sums leave the server."""
+"""Reconciliation's side of the PostgreSQL store. Digests computed by the server in one
+pass: each row's canonical text (charter.digests) written in SQL from the charter's field
+types, hashed with md5, summed modulo 2^64 (in three parts that a bigint sum holds: the
+high 32 bits signed, then two unsigned 16-bit parts), grouped into the parts of the range
+with width_bucket; only the sums leave the server. And the mends a repair brings
+(records.Mend), applied by the copy's projector."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 from charter import digests
 from charter.digests import Digest
 from charter.model import Copy, Entity, Field
+from charter.records import Mend
 from charter.stores.postgres.core import _Core
+from charter.values import now_text
 
 
 def value_text(field: Field) -> str:
@@ -56,8 +59,8 @@ def _total(high: int | None, mid: int | None, low: int | None) -> int:
     return ((int(high or 0) << 32) + (int(mid or 0) << 16) + int(low or 0)) & digests.MASK
 
 
-class _Digests(_Core):
-    """id_range, digest, digest_rows."""
+class _Reconcile(_Core):
+    """id_range, digest, digest_rows; mend."""
 
     def id_range(self, table: Entity | Copy) -> tuple[str, str] | None:
         with self.pool.connection() as conn:
@@ -99,3 +102,41 @@ class _Digests(_Core):
         with self.pool.connection() as conn:
             rows = conn.execute(query, params).fetchall()
         return [(str(i), int(v), int(h, 16)) for i, v, h in rows]
+
+    def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
+        table, tombstones = self._t(copy.table), self._t("charter_tombstone")
+        names = ["id", "version", *copy.fields, "synced_at"]
+        columns = ", ".join(f'"{n}"' for n in names)
+        sets = ", ".join(f'"{n}" = excluded."{n}"' for n in names[1:])
+        upsert = (
+            f"INSERT INTO {table} ({columns}) VALUES ({', '.join('%s' for _ in names)}) "
+            f"ON CONFLICT (id) DO UPDATE SET {sets}"
+        )
+        now, changed = now_text(), 0
+        with self.pool.connection() as conn, conn.transaction():
+            for item in mends:
+                key = (copy.name, item.entity_id)
+                row = conn.execute(
+                    f"SELECT version FROM {table} WHERE id = %s FOR UPDATE", (item.entity_id,)
+                ).fetchone()
+                seen = conn.execute(
+                    f"SELECT version FROM {tombstones} WHERE copy = %s AND id = %s FOR UPDATE",
+                    key,
+                ).fetchone()
+                if not item.takes(row[0] if row else None, seen[0] if seen else None):
+                    continue
+                changed += 1
+                if item.over is not None:
+                    conn.execute(f"DELETE FROM {tombstones} WHERE copy = %s AND id = %s", key)
+                if item.state is None:
+                    conn.execute(f"DELETE FROM {table} WHERE id = %s", (item.entity_id,))
+                    conn.execute(
+                        f"INSERT INTO {tombstones} (copy, id, version) VALUES (%s, %s, %s) "
+                        f"ON CONFLICT (copy, id) DO UPDATE SET version = "
+                        f"greatest({tombstones}.version, excluded.version)",
+                        (*key, item.version),
+                    )
+                else:
+                    state = [item.state.get(name) for name in copy.fields]
+                    conn.execute(upsert, (item.entity_id, item.version, *state, now))
+        return changed

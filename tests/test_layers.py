@@ -33,6 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.ids",
         "charter.lanes",
         "charter.values",
+        "charter.digests",
         "charter.events",
         "charter.model",
         "charter.urls",
@@ -60,6 +61,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.grants",
         "charter.exports",  # the contract where tools read it: AsyncAPI, JSON Schema, ODCS
         "charter.codegen",  # each context's own nouns as typed models
+        "charter.reconcile",
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from charter import digests
+
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 # How a charter connection tells the database who it is. The guard triggers on entity and
@@ -48,7 +50,16 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     _switch_to_wal(conn, path)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute(f"PRAGMA cache_size=-{CHARTER_CACHE_KIB}")
+    _digest_functions(conn)
     return conn
+
+
+def _digest_functions(conn: sqlite3.Connection) -> None:
+    """SQLite has no hash function: reconciliation's row hash and digest (charter.digests),
+    computed inside the database, are Python functions registered on each connection."""
+    conn.create_function("charter_row_hash", -1, digests.sqlite_row_hash, deterministic=True)
+    # (typeshed knows only one-argument aggregates)
+    conn.create_aggregate("charter_digest", -1, digests.SQLiteDigest)  # type: ignore[arg-type]
 
 
 def bound_heap(limit: int = RUNNER_HEAP_BYTES) -> None:

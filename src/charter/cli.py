@@ -17,12 +17,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from charter import exports, model, parking
+from charter import exports, model, parking, reconcile
 from charter._sqlite import bound_heap
 from charter.boundary import driver
 from charter.buses import check_driver
 from charter.errors import BackendError, CharterError, Error, MissingExtraError, Problem
 from charter.lanes import Lane
+from charter.reconcile import show as reconcile_show
+from charter.reconcile.report import MAX_DIFFS
 from charter.records import Parked
 from charter.runner import Runner
 from charter.status import FAILING, UNKNOWN, status
@@ -60,6 +62,7 @@ def _console(stderr: bool = False) -> Console:
 
 EXIT_CHARTER = 1
 EXIT_BREACH = 3
+EXIT_DRIFT = 5
 
 
 def charter_file(func: F) -> F:
@@ -376,6 +379,75 @@ def status_command(path: Path, as_json: bool, strict: bool, context: str | None)
         sys.exit(EXIT_CHARTER)
     if strict and any(row.state in FAILING for row in rows):
         sys.exit(EXIT_BREACH)
+
+
+@main.command(name="reconcile")
+@charter_file
+@click.argument("copies", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option(
+    "--budget", default="30s", show_default=True, help="How long each copy's check may take."
+)
+@click.option(
+    "--max-diffs",
+    default=MAX_DIFFS,
+    show_default=True,
+    help="Stop a copy's check after this many differences.",
+)
+@click.option(
+    "--repair",
+    "repairs",
+    is_flag=True,
+    help="Have the owner publish the current state of each drifted id (tombstones for "
+    "extras) for the copy's projector to apply; then check again.",
+)
+@click.option(
+    "--accept-owner", is_flag=True, help="With --repair: move a copy ahead of its owner back."
+)
+@reports_errors
+def reconcile_command(
+    path: Path,
+    copies: tuple[str, ...],
+    as_json: bool,
+    budget: str,
+    max_diffs: int,
+    repairs: bool,
+    accept_owner: bool,
+) -> None:
+    """Compare each copy (every copy when none is named) with its owner's current state:
+    missing, extra, stale, divergent, ahead, in flight. Exit 5 when there is drift (or a
+    check stopped before the end), 1 when a store cannot be read."""
+    budget_s = model.parse_duration(budget)
+    if budget_s is None:
+        raise click.BadParameter(
+            f"{budget!r} is not a duration (e.g. 30s, 2m)", param_hint="--budget"
+        )
+    if accept_owner and not repairs:
+        raise click.BadParameter("only with --repair", param_hint="--accept-owner")
+    with _opened(path, note=not as_json) as system:
+        reports = reconcile.check_all(system, copies, budget_s, max_diffs)
+        mended = [
+            reconcile.mend(system, r, budget_s, accept_owner=accept_owner, budget_s=budget_s)
+            for r in reports
+            if repairs and not r.error and r.drift
+        ]
+    docs = {m.before.copy: m for m in mended}
+    if as_json:
+        out = [docs[r.copy].as_json() if r.copy in docs else r.as_json() for r in reports]
+        click.echo(json.dumps(out, indent=2))
+    else:
+        _console().print(reconcile_show.table(reports))
+        for report in reports:
+            for line in reconcile_show.details(report):
+                _console().print(line, highlight=False)
+        for done in mended:
+            for line in reconcile_show.repaired(done):
+                _console().print(line, highlight=False)
+    reports = [docs[r.copy].after if r.copy in docs else r for r in reports]
+    if any(r.error for r in reports):
+        sys.exit(EXIT_CHARTER)
+    if not all(r.clean for r in reports):
+        sys.exit(EXIT_DRIFT)
 
 
 @main.command()

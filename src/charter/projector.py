@@ -23,7 +23,7 @@ from charter.events import MAX_VERSION, Event, decode
 from charter.fills import FillMark
 from charter.lanes import Lane
 from charter.model import Copy, Entity, Field
-from charter.records import Checkpoint, Delivery, Parked, Row
+from charter.records import REPAIR_MARKER, Checkpoint, Delivery, Mend, Parked, Row, repair_over
 from charter.stores import Store
 from charter.values import ENCODERS
 
@@ -80,11 +80,34 @@ class Projector:
             except (EventError, ValidationError) as exc:
                 parked.append(park(self.copy, delivery, str(exc)))
         last = deliveries[-1].position
+        items = self._mend(deliveries, items)
         self.store.apply(self.copy, items, parked, last, lane)
         self.taken += len(items) + len(parked)
         self._position = last
         self.bus.ack(self.copy.name, self.entity.name, self._applied(last))
         return len(deliveries)
+
+    def _mend(
+        self, deliveries: list[Delivery], items: list[tuple[int, Event]]
+    ) -> list[tuple[int, Event]]:
+        """Apply the repairs among `items` (charter.reconcile.repair: an owner's state
+        published again, which the copy takes at its own version too, or over a version the
+        owner never reached); the other items are left to apply."""
+        repairs = {d.position: d.event_id for d in deliveries if REPAIR_MARKER in d.event_id}
+        if not repairs:
+            return items
+        mends = [
+            Mend(
+                e.entity_id,
+                e.version,
+                None if e.op == "deleted" else e.state,
+                repair_over(repairs[at]),
+            )
+            for at, e in items
+            if at in repairs
+        ]
+        self.store.mend(self.copy, mends)
+        return [(at, e) for at, e in items if at not in repairs]
 
     def _skipped(self, position: int, deliveries: list[Delivery]) -> bool:
         """Whether events after `position` were compacted away: asked when the first

@@ -14,6 +14,10 @@ from charter.lanes import Lane
 
 FILL_MARKER = "~fill~"  # in the event id of every event a fill publishes (charter.fills)
 FILL_REQUEST, FILL_MARK = "fillreq", "fill"  # the kinds of a fill's notes (charter.fills)
+# In the event id of every event a repair publishes (charter.reconcile.repair): a fill's
+# marker too, so a bus tells its lag by when it was published, as it does a fill's.
+REPAIR_MARKER = FILL_MARKER + "repair~"
+_OVER = "~over~"
 
 Row = dict[str, Any]
 
@@ -116,3 +120,38 @@ class Delivery:
     partition: int = 0
     event_id: str = ""  # as published (a fill's events carry a suffix: FillMark)
     subject: str = ""  # the record's id, where the bus keeps it apart from the body
+
+
+@dataclass(frozen=True, slots=True)
+class Mend:
+    """One record of a copy put right from its owner (charter.reconcile.repair), by the
+    copy's projector: the owner's state at `version` (None: deleted). It is written where
+    the copy holds no newer version (the same version too: a copy written past charter);
+    with `over` (the owner went back, and the operator accepted it) also over exactly that
+    version, and the copy forgets that it saw the record deleted later."""
+
+    entity_id: str
+    version: int
+    state: Row | None
+    over: int | None = None
+
+    def takes(self, held: int | None, tombstone: int | None) -> bool:
+        """Whether the copy, holding version `held` (None: no row) and having seen the
+        record deleted at `tombstone` (None: never), takes this mend."""
+        if self.over is not None and self.over in (held, tombstone):
+            return True
+        if held is not None:
+            return held <= self.version
+        return self.state is None or tombstone is None or tombstone < self.version
+
+
+def repair_id(event_id: str, token: str, over: int | None = None) -> str:
+    """The event id under which a repair publishes an owner's event again (the bus drops
+    an id it holds); `over`: the version of the copy it may replace."""
+    return f"{event_id}{REPAIR_MARKER}{token}" + (f"{_OVER}{over}" if over is not None else "")
+
+
+def repair_over(event_id: str) -> int | None:
+    """The `over` of a repair's event id (repair_id)."""
+    _, found, over = event_id.rpartition(_OVER)
+    return int(over) if found and over.isdigit() else None

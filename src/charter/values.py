@@ -23,8 +23,10 @@ def _bad(entity: str, field: Field, value: Any, expected: str) -> ValidationErro
 
 
 def timestamp_text(moment: dt.datetime) -> str:
-    """Fixed-width UTC text, so that text order is time order inside any store."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Fixed-width UTC text, so that text order is time order inside any store (the year
+    padded to four digits by hand: strftime's %Y writes year 1 as "1" on Linux)."""
+    utc = moment.astimezone(dt.UTC)
+    return f"{utc.year:04d}" + utc.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 
 _second: list[object] = [None, ""]  # the last whole second formatted, and its text

@@ -11,14 +11,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from charter.digests import Digest
 from charter.errors import SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
-from charter.model import Charter, Copy, Entity
+from charter.model import Charter, Copy, Entity, Field
 from charter.records import (
     Backlog,
     Checkpoint,
     LaneCheckpoint,
+    Mend,
     OutboxRow,
     Parked,
     Row,
@@ -154,5 +156,32 @@ class Store(Protocol):
 
     def drop_parked(self, copy: Copy, positions: Sequence[int]) -> list[Parked]:
         """Forget the parked events at `positions`; returns those forgotten."""
+
+    # reconciliation (charter.reconcile): digests computed inside the database, over the
+    # canonical encoding of charter.digests; `table` is an entity (the owner's records) or
+    # a copy, `fields` the copy's fields (a copy's columns are named after them)
+    def id_range(self, table: Entity | Copy) -> tuple[str, str] | None:
+        """The lowest and highest id of `table`'s rows; None when it has none."""
+
+    def digest(
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        low: str,
+        high: str | None,
+        splits: Sequence[str] = (),
+    ) -> list[Digest]:
+        """The digest of `table`'s rows with `low` <= id < `high` (no end when `high` is
+        None) on `fields`, cut at the ascending `splits` (each inside the range): one
+        digest per part, len(splits) + 1 of them, in order."""
+
+    def digest_rows(
+        self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
+    ) -> list[tuple[str, int, int]]:
+        """Each row's id, version and hash (charter.digests, unsigned) in that range."""
+
+    def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
+        """Put the copy's records right from their owner's state (charter.reconcile.repair;
+        Mend.takes says which it takes), in one transaction; returns how many changed."""
 
     def close(self) -> None: ...

@@ -20,7 +20,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from charter import values
+from charter import digests, values
+from charter.digests import Digest
 from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
@@ -29,6 +30,7 @@ from charter.records import (
     Backlog,
     Checkpoint,
     LaneCheckpoint,
+    Mend,
     OutboxRow,
     Parked,
     Row,
@@ -422,6 +424,68 @@ class MemoryStore:
             self._data.parked[copy.name] = [p for p in parked if p.position not in positions]
         return dropped
 
+    # -- reconciliation -------------------------------------------------------------
+
+    def _table(self, table: Entity | Copy) -> dict[str, Row]:
+        if isinstance(table, Copy):
+            return self._data.copies[table.name]
+        return self._data.entities[table.name]
+
+    def id_range(self, table: Entity | Copy) -> tuple[str, str] | None:
+        self._touch("id_range")
+        with self._data.lock:
+            ids = list(self._table(table))
+        return (min(ids), max(ids)) if ids else None
+
+    def digest(
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        low: str,
+        high: str | None,
+        splits: Sequence[str] = (),
+    ) -> list[Digest]:
+        rows = self.digest_rows(table, fields, low, high)
+        return digests.cut([(entity_id, hashed) for entity_id, _, hashed in rows], splits)
+
+    def digest_rows(
+        self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
+    ) -> list[tuple[str, int, int]]:
+        self._touch("digest")
+        kinds, names = digests.codes(fields), [f.name for f in fields]
+        with self._data.lock:
+            rows = [
+                r for i, r in self._table(table).items() if low <= i and (high is None or i < high)
+            ]
+            found = [
+                (r["id"], r["version"], digests.row_hash(kinds, _key_and(r, names))) for r in rows
+            ]
+        return sorted(found)
+
+    def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
+        self._touch("mend")
+        data, now, changed = self._data, values.now_text(), 0
+        with data.lock:
+            rows = data.copies[copy.name]
+            for mend in mends:
+                key = (copy.name, mend.entity_id)
+                held = rows.get(mend.entity_id)
+                if not mend.takes(
+                    None if held is None else held["version"], data.tombstones.get(key)
+                ):
+                    continue
+                changed += 1
+                if mend.over is not None:
+                    data.tombstones.pop(key, None)
+                if mend.state is None:
+                    rows.pop(mend.entity_id, None)
+                    data.tombstones[key] = max(data.tombstones.get(key, 0), mend.version)
+                else:
+                    rows[mend.entity_id] = _copy_row(
+                        copy, mend.entity_id, mend.version, mend.state, now
+                    )
+        return changed
+
     def close(self) -> None:
         """Nothing to release: the data stays for the next open of the same URL."""
 
@@ -600,6 +664,11 @@ def _copy_row(copy: Copy, entity_id: str, version: int, state: Row | None, now: 
     row.update({name: state.get(name) for name in copy.fields})
     row["synced_at"] = now
     return row
+
+
+def _key_and(row: Row, names: list[str]) -> list[Any]:
+    """A row's id, version and the values of `names`, as charter.digests hashes them."""
+    return [row["id"], row["version"], *[row.get(name) for name in names]]
 
 
 def _stamped(parked: Parked, now: str) -> Parked:

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import orjson
 
 from charter._sqlite import IS_CHARTER, Connections, quote, sqlite_path
+from charter.digests import Digest
 from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
@@ -25,11 +26,13 @@ from charter.records import (
     Backlog,
     Checkpoint,
     LaneCheckpoint,
+    Mend,
     OutboxRow,
     Parked,
     Row,
     latest_lanes,
 )
+from charter.stores import sqlite_reconcile
 from charter.stores.common import (
     HISTORY_COLUMNS,
     OUTBOX_ADDED_COLUMNS,
@@ -581,6 +584,30 @@ class SQLiteStore:
                 ).fetchall()
                 dropped += [Parked(*row) for row in rows]
         return dropped
+
+    # -- reconciliation (stores/sqlite_reconcile.py) -------------------------------------
+
+    def id_range(self, table: Entity | Copy) -> tuple[str, str] | None:
+        return sqlite_reconcile.id_range(self._conns.get(), table)
+
+    def digest(
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        low: str,
+        high: str | None,
+        splits: Sequence[str] = (),
+    ) -> list[Digest]:
+        return sqlite_reconcile.digest(self._conns.get(), table, fields, low, high, splits)
+
+    def digest_rows(
+        self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
+    ) -> list[tuple[str, int, int]]:
+        return sqlite_reconcile.digest_rows(self._conns.get(), table, fields, low, high)
+
+    def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
+        with self._conns.write() as conn:
+            return sqlite_reconcile.mend(conn, copy, mends, now_text())
 
     def close(self) -> None:
         for holder in list(self._leads):

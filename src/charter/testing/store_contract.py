@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 
+from charter import digests
+from charter.digests import Digest
 from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.ids import uuid7
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity
 from charter.owner import Transaction
-from charter.records import Parked
+from charter.records import Mend, Parked
 from charter.stores.base import Store
 from charter.testing import world
 
@@ -334,3 +336,90 @@ class StoreContract:
         assert lanes == {("1/2", 4), ("2/2", 8)}
         copies.apply(copy, [], [], 2, one)  # a lane's checkpoint only moves forward too
         assert copies.checkpoint(copy, one).position == 4  # type: ignore[union-attr]
+
+    # -- reconciliation: digests inside the database ------------------------------
+
+    def test_digests_of_an_owner_and_its_copy_agree(
+        self, owner: Store, copies: Store, charter: Charter
+    ) -> None:
+        person, copy = self.person(charter), self.copy(charter)
+        fields = [person.fields[name] for name in copy.fields]
+        assert owner.id_range(person) is None
+        assert owner.digest(person, fields, "", None) == [Digest()]
+        events = self.write(
+            owner,
+            charter,
+            lambda tx: [tx.create("Person", email=f"{n}@x.org", name=f"P{n}") for n in range(5)],
+        )
+        copies.backfill(copy, iter(()), 0)
+        copies.apply(copy, [(n + 1, e) for n, e in enumerate(events)], [], len(events))
+        ids = sorted(e.entity_id for e in events)
+        assert owner.id_range(person) == copies.id_range(copy) == (ids[0], ids[-1])
+        (whole,) = owner.digest(person, fields, "", None)
+        assert whole.same(copies.digest(copy, fields, "", None)[0])
+        assert (whole.count, whole.low, whole.high) == (5, ids[0], ids[-1])
+        rows = owner.digest_rows(person, fields, "", None)
+        assert rows == copies.digest_rows(copy, fields, "", None)
+        assert [r[0] for r in rows] == ids and all(r[1] == 1 for r in rows)
+        assert whole.total == sum(r[2] for r in rows) % 2**64
+        kinds = digests.codes(fields)
+        expected = [
+            digests.row_hash(kinds, [e.entity_id, 1, *((e.state or {})[f] for f in copy.fields)])
+            for e in sorted(events, key=lambda e: e.entity_id)
+        ]
+        assert [r[2] for r in rows] == expected  # the database computes charter.digests' hash
+
+    def test_a_digest_is_cut_into_parts_at_its_splits(self, owner: Store, charter: Charter) -> None:
+        person = self.person(charter)
+        fields = list(person.fields.values())[:2]
+        self.write(
+            owner,
+            charter,
+            lambda tx: [tx.create("Person", email=f"{n}@x.org", name=f"P{n}") for n in range(6)],
+        )
+        ids = [r[0] for r in owner.digest_rows(person, fields, "", None)]
+        parts = owner.digest(person, fields, ids[1], ids[5], [ids[2], ids[4]])
+        assert [p.count for p in parts] == [1, 2, 1]  # [1, 2), [2, 4), [4, 5)
+        assert [(p.low, p.high) for p in parts] == [
+            (ids[1], ids[1]),
+            (ids[2], ids[3]),
+            (ids[4], ids[4]),
+        ]
+        inner = owner.digest_rows(person, fields, ids[2], ids[4])
+        assert [r[0] for r in inner] == ids[2:4]
+        assert parts[1].total == sum(r[2] for r in inner) % 2**64
+        tail = owner.digest(person, fields, ids[3], None, [ids[5]])
+        assert [p.count for p in tail] == [2, 1]
+        assert owner.digest(person, fields, "~", None, ["~~"]) == [Digest(), Digest()]
+
+    def test_a_mend_writes_the_owners_state_where_the_copy_takes_it(
+        self, copies: Store, charter: Charter
+    ) -> None:
+        copy = self.copy(charter)
+        same, older, ahead, extra, tomb = (uuid7() for _ in range(5))
+        events = [
+            world.event(same, 2, name="Written"),
+            world.event(older, 1, name="Old"),
+            world.event(ahead, 9, name="Nine"),
+            world.event(extra, 4, name="Extra"),
+            world.event(tomb, 5, op="deleted"),
+        ]
+        copies.apply(copy, list(enumerate(events, 1)), [], len(events))
+        state = {"name": "Owner", "email": "o@x.org"}
+        mends = [
+            Mend(same, 2, state),  # the same version: the copy was written past charter
+            Mend(older, 3, state),
+            Mend(ahead, 3, state),  # the copy is ahead: left alone …
+            Mend(extra, 4, None),  # the owner does not hold it: gone, tombstoned
+            Mend(tomb, 4, state),  # deleted later than the owner's state: left alone
+        ]
+        assert copies.mend(copy, mends) == 3
+        rows = {r["id"]: (r["version"], r["name"]) for r in copies.copy_rows(copy)}
+        assert rows == {same: (2, "Owner"), older: (3, "Owner"), ahead: (9, "Nine")}
+        copies.apply(copy, [(9, world.event(extra, 4, name="Late"))], [], 9)
+        assert extra not in {r["id"] for r in copies.copy_rows(copy)}  # the tombstone holds
+        assert copies.mend(copy, [Mend(ahead, 3, state, over=9), Mend(tomb, 4, state, 5)]) == 2
+        rows = {r["id"]: (r["version"], r["name"]) for r in copies.copy_rows(copy)}
+        assert rows[ahead] == (3, "Owner") and rows[tomb] == (4, "Owner")  # … unless accepted
+        copies.apply(copy, [(10, world.event(tomb, 5, name="Five"))], [], 10)
+        assert {r["id"]: r["version"] for r in copies.copy_rows(copy)}[tomb] == 5

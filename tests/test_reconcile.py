@@ -1,0 +1,504 @@
+"""G6 drift found and repaired, on every pair of stores (the owner's and the copy's:
+SQLite and SQLite, PostgreSQL and PostgreSQL, one of each, and memory): drift planted past
+charter with each database's own tools (SQLite with the guard bypassed, PostgreSQL as a
+superuser with the guard trigger disabled) is found in its exact kind, in flight is never
+drift, and `charter reconcile` says so, exiting 0 or 5."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+import charter
+from charter import clock, reconcile
+from charter.cli import main
+from charter.reconcile import compare
+from charter.runner import Runner
+from charter.stores.memory import MemoryStore
+from charter.system import System
+from tests.backends import CONTEXTS, MemoryBackend, PostgresBackend, SQLiteBackend
+from tests.conftest import SHOP
+
+SQLITE, POSTGRES, MEMORY = SQLiteBackend(), PostgresBackend("sqlite"), MemoryBackend()
+# (owner's backend, copy's backend); the bus is SQLite (memory with memory)
+PAIRS = {
+    "sqlite/sqlite": (SQLITE, SQLITE),
+    "postgres/postgres": (POSTGRES, POSTGRES),
+    "sqlite/postgres": (SQLITE, POSTGRES),
+    "postgres/sqlite": (POSTGRES, SQLITE),
+    "memory/memory": (MEMORY, MEMORY),
+}
+OWNERS = ("customers", "calendar")  # these contexts are on the owner's backend
+
+
+@pytest.fixture(params=list(PAIRS), ids=list(PAIRS))
+def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    owner, copies = PAIRS[request.param]
+    mine, theirs = owner.urls(tmp_path / "owner"), copies.urls(tmp_path / "copies")
+    urls = {ctx: (mine if ctx in OWNERS else theirs)[ctx] for ctx in CONTEXTS}
+    urls["bus"] = mine["bus"] if owner is MEMORY else f"sqlite:///{tmp_path}/bus.db"
+    urls["name"] = mine["name"]
+    path = tmp_path / "charter.yaml"
+    path.write_text(SHOP.format(**urls))
+    yield path, urls
+    owner.cleanup(mine)
+    copies.cleanup(theirs)
+
+
+@pytest.fixture
+def shop(pair: tuple[Path, dict[str, str]]) -> Iterator[System]:
+    system = charter.load(pair[0])
+    yield system
+    system.close()
+
+
+def customers(system: System, count: int) -> list[str]:
+    """`count` new customers (C0 <c0@x.org>, … the first time), in one transaction."""
+    ids = []
+    with system.context("customers").transaction() as tx:
+        start = len(list(system.store("customers").rows(system.charter.entities["Customer"])))
+        for n in range(start, start + count):
+            made = tx.create("Customer", email=f"c{n}@x.org", name=f"C{n}", password_hash="h")
+            ids.append(made.id)
+    return ids
+
+
+def rename(system: System, entity_id: str, name: str) -> None:
+    with system.context("customers").transaction() as tx:
+        tx.update("Customer", entity_id, name=name)
+
+
+def plant(system: System, copy: str, sql: str) -> None:
+    """Change a copy past charter, with its database's own tools: SQLite with the guard
+    bypassed (charter's connection mark), PostgreSQL as a superuser with triggers off."""
+    url = system.charter.contexts[system.charter.copies[copy].context].store
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            conn.execute("PRAGMA cache_size=-8191")  # what the guard looks for
+            conn.executescript(sql)
+            conn.commit()
+        finally:
+            conn.close()
+    elif url.startswith("postgresql://"):
+        base, _, schema = url.partition("?schema=")
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'SET search_path TO "{schema}"')
+            conn.execute("SET session_replication_role = replica")  # no triggers
+            conn.execute(sql)  # type: ignore[arg-type]
+    else:
+        pytest.skip("memory: planted through the store below")
+
+
+def memory_rows(system: System, copy: str) -> dict[str, dict[str, object]]:
+    store = system.store(system.charter.copies[copy].context)
+    inner = getattr(store, "_store", store)  # under charter.boundary's guard
+    assert isinstance(inner, MemoryStore)
+    return inner._data.copies[copy]
+
+
+@contextmanager
+def later(seconds: float) -> Iterator[None]:
+    """Run the block `seconds` from now (wall time; monotonic time as it is)."""
+    shift = int(seconds * 1e9)
+    source = clock.Source(lambda: time.time_ns() + shift, time.monotonic, clock.randbits)
+    with clock.installed(source):
+        yield
+
+
+def found(system: System, copy: str = "order_customers") -> dict[str, list[str]]:
+    report = reconcile.check(system, system.charter.copies[copy])
+    assert not report.error, report.error
+    kinds: dict[str, list[str]] = {}
+    for finding in report.findings:
+        kinds.setdefault(finding.kind, []).append(finding.id)
+    return {kind: sorted(ids) for kind, ids in kinds.items()}
+
+
+def is_memory(system: System) -> bool:
+    return system.charter.contexts["orders"].store.startswith("memory://")
+
+
+def test_a_copy_equal_to_its_owner_is_clean(shop: System) -> None:
+    customers(shop, 20)
+    Runner(shop).drain()
+    report = reconcile.check(shop, shop.charter.copies["order_customers"])
+    assert report.clean and report.findings == [] and report.complete
+    assert (report.owner, report.team, report.context) == ("customers", "customer-team", "orders")
+    empty = reconcile.check(shop, shop.charter.copies["shipping_customers"])
+    assert empty.clean
+
+
+def test_every_kind_of_drift_is_found_in_its_exact_kind(shop: System) -> None:
+    ids = customers(shop, 12)
+    Runner(shop).drain()
+    for n in (2, 3):
+        rename(shop, ids[n], f"renamed {n}")  # version 2 at the owner
+    Runner(shop).drain()
+    extra = "01900000-0000-7000-8000-0000000000ee"
+    gone, changed, rolled, ahead, also_ahead = ids[0], ids[1], ids[2], ids[4], ids[5]
+    if is_memory(shop):
+        rows = memory_rows(shop, "order_customers")
+        del rows[gone]
+        rows[changed]["name"] = "written past charter"
+        rows[rolled]["version"] = 1
+        rows[ahead]["version"] = 9
+        rows[also_ahead]["version"] = 2
+        rows[extra] = {**rows[ids[6]], "id": extra}
+    else:
+        plant(
+            shop,
+            "order_customers",
+            f"DELETE FROM order_customers WHERE id = '{gone}';"
+            f"UPDATE order_customers SET name = 'written past charter' WHERE id = '{changed}';"
+            f"UPDATE order_customers SET version = 1 WHERE id = '{rolled}';"
+            f"UPDATE order_customers SET version = 9 WHERE id = '{ahead}';"
+            f"UPDATE order_customers SET version = 2 WHERE id = '{also_ahead}';"
+            "INSERT INTO order_customers (id, version, name, email, synced_at) "
+            f"VALUES ('{extra}', 1, 'nobody', 'n@x.org', '2024-01-01T00:00:00.000000Z');",
+        )
+    with later(3600):  # an hour on: every change is beyond the copy's window
+        kinds = found(shop)
+    assert kinds == {
+        "missing": [gone],
+        "divergent": [changed],
+        "stale": [rolled],
+        "ahead": sorted([ahead, also_ahead]),
+        "extra": [extra],
+    }
+    report = reconcile.check(shop, shop.charter.copies["order_customers"])
+    (divergent,) = [f for f in report.findings if f.kind == "divergent"]
+    assert divergent.owner_values == {"name": "C1", "email": "c1@x.org"}
+    assert divergent.copy_values == {"name": "written past charter", "email": "c1@x.org"}
+
+
+def test_what_is_on_its_way_is_in_flight_not_drift(shop: System) -> None:
+    ids = customers(shop, 5)
+    Runner(shop).drain()
+    rename(shop, ids[0], "newer")  # not relayed yet
+    fresh = customers(shop, 1)
+    with shop.context("customers").transaction() as tx:
+        tx.delete("Customer", ids[1])
+    kinds = found(shop)
+    assert kinds == {"in_flight": sorted([ids[0], ids[1], fresh[0]])}
+    report = reconcile.check(shop, shop.charter.copies["order_customers"])
+    assert report.clean and not report.drift
+    with later(3600):
+        assert found(shop) == {
+            "stale": [ids[0]],
+            "extra": [ids[1]],
+            "missing": [fresh[0]],
+        }
+    Runner(shop).drain()
+    assert found(shop) == {}
+
+
+def test_a_copy_restored_from_an_older_file_or_schema_is_behind(
+    shop: System, pair: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    if is_memory(shop):
+        pytest.skip("memory: no file or schema to restore")
+    ids = customers(shop, 6)
+    Runner(shop).drain()
+    url = shop.charter.contexts["orders"].store
+    backup = _backup(url, tmp_path)
+    rename(shop, ids[0], "after the backup")
+    later_ids = customers(shop, 2)
+    Runner(shop).drain()
+    shop.close()
+    _restore(url, backup)
+    system = charter.load(pair[0])
+    try:
+        with later(3600):
+            report = reconcile.check(system, system.charter.copies["order_customers"])
+            assert {k: sorted(report.ids(k)) for k in report.counts} == {
+                "stale": [ids[0]],
+                "missing": sorted(later_ids),
+            }
+            reconcile.repair(system, report)
+        Runner(system, ["orders"], relays=False).drain()
+        with later(3600):
+            assert found(system) == {}
+    finally:
+        system.close()
+
+
+COPY_TABLES = ("order_customers", "charter_checkpoint", "charter_tombstone")
+OWNER_TABLES = ("customer", "charter_outbox", "charter_relay")
+PG_OWNER_TABLES = ("customer", "charter_outbox", "charter_pending")
+
+
+def _backup(url: str, folder: Path, tables: tuple[str, ...] = COPY_TABLES) -> str:
+    if url.startswith("sqlite:///"):
+        target = folder / f"backup-{tables[0]}.db"
+        _sqlite_copy(url.removeprefix("sqlite:///"), str(target))
+        return str(target)
+    base, _, schema = url.partition("?schema=")
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_backup" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{schema}_backup"')
+        for table in tables:
+            conn.execute(  # type: ignore[call-overload]
+                f'CREATE TABLE "{schema}_backup"."{table}" AS TABLE "{schema}"."{table}"'
+            )
+    return f"{schema}_backup"
+
+
+def _sqlite_copy(source: str, target: str) -> None:
+    """The whole file `source` over `target`, with SQLite's own backup (as an operator
+    restoring a backup would: the guard is on tables, not files)."""
+    conn, into = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        conn.backup(into)
+    finally:
+        conn.close()
+        into.close()
+
+
+def _restore(url: str, backup: str, tables: tuple[str, ...] = COPY_TABLES) -> None:
+    if url.startswith("sqlite:///"):
+        _sqlite_copy(backup, url.removeprefix("sqlite:///"))
+        return
+    base, _, schema = url.partition("?schema=")
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        for table in tables:
+            conn.execute(f'DELETE FROM "{schema}"."{table}"')  # type: ignore[call-overload]
+            conn.execute(  # type: ignore[call-overload]
+                f'INSERT INTO "{schema}"."{table}" SELECT * FROM "{backup}"."{table}"'
+            )
+        conn.execute(f'DROP SCHEMA "{backup}" CASCADE')
+
+
+def test_ranges_are_cut_and_only_small_ones_read(
+    shop: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With small parts, a big table is cut several times and only the differing leaf is
+    read as rows; the rest is compared by digests alone."""
+    monkeypatch.setattr(compare, "FIRST_PARTS", 4)
+    monkeypatch.setattr(compare, "PARTS", 4)
+    monkeypatch.setattr(compare, "LEAF", 8)
+    ids = customers(shop, 300)
+    Runner(shop).drain()
+    if is_memory(shop):
+        del memory_rows(shop, "order_customers")[ids[150]]
+    else:
+        plant(shop, "order_customers", f"DELETE FROM order_customers WHERE id = '{ids[150]}'")
+    with later(3600):
+        report = reconcile.check(shop, shop.charter.copies["order_customers"])
+    assert [(f.kind, f.id) for f in report.findings] == [("missing", ids[150])]
+    assert report.rows <= 2 * 8  # one leaf, both sides
+    assert report.ranges > 4
+
+
+def test_the_command_reports_drift_and_exits_5(
+    shop: System, pair: tuple[Path, dict[str, str]]
+) -> None:
+    if is_memory(shop):
+        pytest.skip("memory: a command in this process sees its own empty system")
+    ids = customers(shop, 4)
+    Runner(shop).drain()
+    args = ["reconcile", "-f", str(pair[0])]
+    clean = CliRunner().invoke(main, args)
+    assert clean.exit_code == 0, clean.output
+    assert "order_customers" in clean.output and "OK" in clean.output
+    plant(shop, "order_customers", f"DELETE FROM order_customers WHERE id = '{ids[0]}'")
+    with later(3600):
+        drift = CliRunner().invoke(main, [*args, "--json", "order_customers"])
+    assert drift.exit_code == 5, drift.output
+    (doc,) = json.loads(drift.output)
+    assert (doc["copy"], doc["owner"], doc["team"], doc["drift"]) == (
+        "order_customers",
+        "customers",
+        "customer-team",
+        1,
+    )
+    assert doc["counts"] == {"missing": 1} and doc["findings"][0]["id"] == ids[0]
+    with later(3600):
+        table = CliRunner().invoke(main, args)
+    assert table.exit_code == 5 and "missing" in table.output and ids[0] in table.output
+    unknown = CliRunner().invoke(main, [*args, "no_such_copy"])
+    assert unknown.exit_code == 1 and "no copy 'no_such_copy'" in unknown.output
+    bad = CliRunner().invoke(main, [*args, "--budget", "soon"])
+    assert bad.exit_code == 2 and "not a duration" in bad.output
+
+
+def plant_every_kind(system: System) -> dict[str, list[str]]:
+    """Drift of every kind in order_customers, planted past charter: the ids by kind."""
+    ids = customers(system, 12)
+    Runner(system).drain()
+    for n in (2, 3):
+        rename(system, ids[n], f"renamed {n}")  # version 2 at the owner
+    with system.context("customers").transaction() as tx:
+        tx.delete("Customer", ids[7])
+    Runner(system).drain()
+    extra = "01900000-0000-7000-8000-0000000000ee"
+    gone, changed, rolled, ahead, kept = ids[0], ids[1], ids[2], ids[4], ids[7]
+    if is_memory(system):
+        rows = memory_rows(system, "order_customers")
+        del rows[gone]
+        rows[changed]["name"] = "written past charter"
+        rows[rolled]["version"] = 1
+        rows[ahead]["version"] = 9
+        rows[extra] = {**rows[ids[6]], "id": extra}
+        rows[kept] = {**rows[ids[6]], "id": kept, "version": 1}
+    else:
+        row = "(id, version, name, email, synced_at) VALUES ('{}', 1, 'x', 'x@x.org', 'then')"
+        plant(
+            system,
+            "order_customers",
+            f"DELETE FROM order_customers WHERE id = '{gone}';"
+            f"UPDATE order_customers SET name = 'written past charter' WHERE id = '{changed}';"
+            f"UPDATE order_customers SET version = 1 WHERE id = '{rolled}';"
+            f"UPDATE order_customers SET version = 9 WHERE id = '{ahead}';"
+            f"INSERT INTO order_customers {row.format(extra)};"
+            f"INSERT INTO order_customers {row.format(kept)};",  # deleted at the owner
+        )
+    return {
+        "missing": [gone],
+        "divergent": [changed],
+        "stale": [rolled],
+        "ahead": [ahead],
+        "extra": sorted([extra, kept]),
+    }
+
+
+def owner_state(system: System) -> tuple[int, list[tuple[str, int]]]:
+    store, entity = system.store("customers"), system.charter.entities["Customer"]
+    return len(store.outbox(0, 10_000)), [(r["id"], r["version"]) for r in store.rows(entity)]
+
+
+def test_repair_mends_every_kind_through_the_projector_and_never_writes_the_owner(
+    shop: System,
+) -> None:
+    planted = plant_every_kind(shop)
+    before = owner_state(shop)
+    copy = shop.charter.copies["order_customers"]
+    with later(3600):
+        report = reconcile.check(shop, copy)
+        assert {k: sorted(report.ids(k)) for k in report.counts} == planted
+        done = reconcile.repair(shop, report)  # ahead is left to the operator
+        assert found(shop) == planted  # nothing changes until the copy's projector runs
+    assert done.published == {"missing": 1, "divergent": 1, "stale": 1, "extra": 2}
+    assert [(f.kind, f.id) for f in done.left] == [("ahead", planted["ahead"][0])]
+    Runner(shop, ["orders"]).drain()  # the copy's context only: its projector mends it
+    with later(3600):
+        assert found(shop) == {"ahead": planted["ahead"]}
+        again = reconcile.check(shop, copy)
+        accepted = reconcile.repair(shop, again, accept_owner=True)
+    assert accepted.published == {"ahead": 1}
+    Runner(shop, ["orders"]).drain()
+    with later(3600):
+        assert found(shop) == {}
+    assert owner_state(shop) == before  # the owner's store: not one write
+    rows = {r["id"]: r for r in shop.store("orders").copy_rows(copy)}
+    assert rows[planted["ahead"][0]]["version"] == 1
+    assert rows[planted["divergent"][0]]["name"] == "C1"
+    rename(shop, planted["ahead"][0], "after the repair")  # the owner goes on from there
+    Runner(shop).drain()
+    assert found(shop) == {}
+
+
+def test_the_command_repairs_and_checks_again(
+    shop: System, pair: tuple[Path, dict[str, str]]
+) -> None:
+    if is_memory(shop):
+        pytest.skip("memory: a command in this process sees its own empty system")
+    planted = plant_every_kind(shop)
+    args = ["reconcile", "-f", str(pair[0]), "order_customers", "--budget", "20s"]
+    with Runner(shop, ["orders"]).start(), later(3600):  # the copy's projector, running
+        result = CliRunner().invoke(main, [*args, "--repair", "--json"])
+        assert result.exit_code == 5, result.output  # the copy ahead is left
+        (doc,) = json.loads(result.output)
+        assert doc["before"]["drift"] == 6 and doc["repair"]["applied"]
+        assert doc["repair"]["left"] == planted["ahead"] and doc["counts"] == {"ahead": 1}
+        accepted = CliRunner().invoke(main, [*args, "--repair", "--accept-owner"])
+        assert accepted.exit_code == 0, accepted.output
+        assert "checked again: clean" in accepted.output
+    alone = CliRunner().invoke(main, [*args, "--accept-owner"])
+    assert alone.exit_code == 2 and "only with --repair" in alone.output
+
+
+def test_an_owner_restored_from_an_older_backup_leaves_its_copy_ahead(
+    shop: System, pair: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """What the copy holds past the owner's backup is ahead (versions) or extra (ids the
+    owner no longer has): reported, and moved back only when the operator accepts it."""
+    if is_memory(shop):
+        pytest.skip("memory: no file or schema to restore")
+    ids = customers(shop, 4)
+    Runner(shop).drain()
+    url = shop.charter.contexts["customers"].store
+    tables = OWNER_TABLES if url.startswith("sqlite:///") else PG_OWNER_TABLES
+    backup = _backup(url, tmp_path, tables)
+    rename(shop, ids[0], "lost with the owner's disk")
+    lost = customers(shop, 1)
+    Runner(shop).drain()
+    shop.close()
+    _restore(url, backup, tables)
+    system = charter.load(pair[0])
+    try:
+        with later(3600):
+            report = reconcile.check(system, system.charter.copies["order_customers"])
+            assert {k: report.ids(k) for k in report.counts} == {"extra": lost, "ahead": [ids[0]]}
+            assert reconcile.repair(system, report).published == {"extra": 1}
+            Runner(system, ["orders"], relays=False).drain()
+            assert found(system) == {"ahead": [ids[0]]}
+            again = reconcile.check(system, system.charter.copies["order_customers"])
+            reconcile.repair(system, again, accept_owner=True)
+            Runner(system, ["orders"], relays=False).drain()
+            assert found(system) == {}
+    finally:
+        system.close()
+
+
+def test_events_a_nats_stream_lost_are_found_and_repaired(tmp_path: Path) -> None:
+    """A NATS purge (what a bus that acknowledged events and lost them leaves): the copy
+    never gets them; reconciliation finds the ids missing or stale, and repairs them."""
+    import asyncio
+
+    import nats
+
+    from charter.buses.nats.subjects import stream_name
+
+    backend = PostgresBackend("nats")
+    urls = backend.urls(tmp_path)
+    path = tmp_path / "charter.yaml"
+    path.write_text(SHOP.format(**urls))
+    system = charter.load(path)
+    try:
+        ids = customers(system, 5)
+        Runner(system).drain()
+        rename(system, ids[0], "never arrives")
+        fresh = customers(system, 2)
+        Runner(system, ["customers"], projectors=False).drain()  # relayed, not applied
+
+        async def purge() -> None:
+            conn = await nats.connect("nats://127.0.0.1:4222")
+            try:
+                await conn.jetstream().purge_stream(stream_name(urls["name"]))
+            finally:
+                await conn.close()
+
+        asyncio.run(purge())
+        Runner(system).drain()
+        with later(3600):
+            report = reconcile.check(system, system.charter.copies["order_customers"])
+            assert {k: sorted(report.ids(k)) for k in report.counts} == {
+                "stale": [ids[0]],
+                "missing": sorted(fresh),
+            }
+            reconcile.repair(system, report)
+            Runner(system).drain()
+            assert found(system) == {}
+    finally:
+        system.close()
+        backend.cleanup(urls)

@@ -38,6 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.urls",
         "charter.records",
         "charter.roles",
+        "charter.diff",  # two charters compared: what a change breaks
     ),
     BACKENDS: ("charter.boundary", "charter._sqlite"),
     STORES: ("charter.stores",),
@@ -58,6 +59,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.parking",
         "charter.tables",
         "charter.grants",
+        "charter.diffing",  # charter diff's sides (a file or git:REF) and formats
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

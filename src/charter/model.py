@@ -55,6 +55,7 @@ class Field:
     values: tuple[str, ...] = ()
     default: Any = None
     line: int = 0
+    deprecated: bool = False  # still published; a copy should stop keeping it (charter diff)
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,7 @@ class _Reader:
             if short_form:
                 spec = {"type": spec}
             spec = self._mapping(spec, line, f"field {entity}.{name}")
-            keys = ("type", "required", "unique", "private", "values", "default")
+            keys = ("type", "required", "unique", "private", "values", "default", "deprecated")
             self._unknown_keys(spec, keys, f"field {entity}.{name}")
             kind = str(spec.get("type") or "")
             if not kind:
@@ -410,6 +411,7 @@ class _Reader:
                 values=values,
                 default=default,
                 line=line,
+                deprecated=bool(spec.get("deprecated", False)),
             )
         return fields
 

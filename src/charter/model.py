@@ -197,8 +197,12 @@ class _Reader:
         yaml = YAML(typ="rt")
         yaml.allow_duplicate_keys = True
         try:
-            self._find_duplicates(yaml.compose(self.text))
-            doc = yaml.load(self.text)
+            # Parsed once, by libyaml when ruamel.yaml.clib is there (several times faster
+            # than the round-trip parser, which also gathers comments: the parse is most of
+            # a load's time); then built into mappings that know their lines.
+            node = YAML(typ="safe").compose(self.text)
+            self._find_duplicates(node)
+            doc = yaml.constructor.construct_document(node) if node is not None else None
         except MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 0

@@ -174,6 +174,14 @@ CASES = [
         says="nulls may now arrive",
     ),
     case(
+        "a default given to a kept field, which makes it optional",
+        ("name:     {type: string}", "name:     {type: string, default: anonymous}"),
+        kinds={"field_made_optional", "default_changed"},
+        breaks={"order_customers", "shipping_customers"},
+        exit=4,
+        says="a default without required: true makes a field optional",
+    ),
+    case(
         "a field no copy keeps, made optional",
         ("ends_at:   {type: timestamp}", "ends_at:   {type: timestamp, required: false}"),
         kinds={"field_made_optional"},

@@ -506,9 +506,12 @@ class _Comparison:
             if not gone and not came:
                 self.add("enum_reordered", f"the values of {where} are reordered", **about)
         if old.required and not new.required:
+            why = ""
+            if new.default is not None and old.default is None:
+                why = " (a default without required: true makes a field optional)"
             self.add(
                 "field_made_optional",
-                f"{where}{nobody} made optional: nulls may now arrive",
+                f"{where}{nobody} made optional{why}: nulls may now arrive",
                 breaks=() if new.private else keepers,
                 **about,
             )

@@ -141,7 +141,8 @@ def text(changes: list[Change], old: Side, new: Side) -> str:
     if count:
         lines.append(
             f"[bold red]{count} breaking change{'s' if count != 1 else ''}[/]: "
-            "agree them with the teams named, or keep what they rely on"
+            f"agree {'it' if count == 1 else 'them'} with the teams named, or keep what "
+            "they rely on"
         )
     return "\n".join(lines)
 

@@ -1013,7 +1013,8 @@ def bench_diff(quick: bool, report: Report) -> None:
         f"files of {diffs.ENTITIES} entities and {diffs.COPIES} copies; compare + render "
         f"(text, json, github) {found['compare_render_s'] * 1000:.0f} ms; both files "
         f"loaded too {found['in_process_s']:.2f} s; `charter diff --format json` as a "
-        f"process {found['process_s']:.2f} s (interpreter and imports included)"
+        f"process {found['process_s']:.2f} s, {found['process_cpu_s']:.2f} s of CPU "
+        "(interpreter and imports included)"
     )
 
 

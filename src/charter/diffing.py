@@ -71,7 +71,10 @@ def committed(ref: str, file: Path) -> tuple[str, str]:
             label, f"{folder} is not in a git repository", "compare two files instead"
         )
     root = Path(top.stdout.strip()).resolve()
-    relative = file.resolve().relative_to(root).as_posix()
+    try:
+        relative = file.resolve().relative_to(root).as_posix()
+    except ValueError:  # a link to a file outside the repository
+        raise _git_problem(label, f"{file.resolve()} is not inside {root}") from None
     label = f"{GIT}{ref}:{relative}"
     known = _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     if known.returncode != 0:

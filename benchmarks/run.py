@@ -4,7 +4,7 @@ targets from the issue.
 
     .venv/bin/python benchmarks/run.py                 # everything (~25-35 minutes)
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
-    .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory
+    .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory | diff
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
 
 The sections pg-writes, relay-nats, pg-nats-e2e and pg-nats-latency (servers.py) run charter on
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import diffs
 import orjson
 import peer_eventsourcing as peer
 import servers
@@ -56,7 +57,7 @@ from charter.system import ContextHandle, System
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
-SECTIONS = ("owner", "pipeline", "latency", "memory")
+SECTIONS = ("owner", "pipeline", "latency", "memory", "diff")
 ALL_SECTIONS = SECTIONS + servers.SECTIONS
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
@@ -986,6 +987,37 @@ def bench_memory(sizes: Sizes, report: Report) -> None:
 # --- the report ----------------------------------------------------------------------------
 
 
+def bench_diff(quick: bool, report: Report) -> None:
+    """`charter diff` on 200 entities and 500 copies (diffs.py): the comparison and its
+    rendering, the same after loading both files, and the whole command as a process."""
+    say(
+        f"\n[5] `charter diff`: {diffs.ENTITIES} entities, {diffs.COPIES} copies, against a "
+        "version with a change of every kind on a tenth of them"
+    )
+    found = diffs.measure(3 if quick else 7)
+    report.rows.append(
+        Row(
+            f"5. `charter diff`, {diffs.ENTITIES} entities / {diffs.COPIES} copies "
+            "(s, median): compare + render; load both + compare + render; whole command",
+            "n/a",
+            f"{found['compare_render_s']:.3f}; {found['in_process_s']:.2f}; "
+            f"{found['process_s']:.2f}",
+            "n/a",
+            "n/a",
+            f"< {diffs.TARGET_S:g} s",
+            verdict(found["process_s"] < diffs.TARGET_S),
+        )
+    )
+    report.note(
+        f"diff: {found['changes']} changes ({found['breaking']} breaking) between two "
+        f"files of {diffs.ENTITIES} entities and {diffs.COPIES} copies; compare + render "
+        f"(text, json, github) {found['compare_render_s'] * 1000:.0f} ms; both files "
+        f"loaded too {found['in_process_s']:.2f} s; `charter diff --format json` as a "
+        f"process {found['process_s']:.2f} s, {found['process_cpu_s']:.2f} s of CPU "
+        "(interpreter and imports included)"
+    )
+
+
 def machine() -> dict[str, str]:
     model = "unknown"
     with open("/proc/cpuinfo") as cpuinfo:
@@ -1189,6 +1221,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": lambda: bench_pipeline(sizes, report, True, not args.no_separate_process),
         "latency": lambda: bench_latency(sizes, report),
         "memory": lambda: bench_memory(sizes, report),
+        "diff": lambda: bench_diff(args.quick, report),
     }
     for name in servers.SECTIONS:
         sections[name] = functools.partial(

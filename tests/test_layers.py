@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.urls",
         "charter.records",
         "charter.roles",
+        "charter.diff",  # two charters compared: what a change breaks
     ),
     BACKENDS: ("charter.boundary", "charter._sqlite"),
     STORES: ("charter.stores",),
@@ -62,6 +63,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.exports",  # the contract where tools read it: AsyncAPI, JSON Schema, ODCS
         "charter.codegen",  # each context's own nouns as typed models
         "charter.reconcile",
+        "charter.diffing",  # charter diff's sides (a file or git:REF) and formats
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from charter import exports, model, parking, reconcile
+from charter import diffing, exports, model, parking, reconcile
 from charter._sqlite import bound_heap
 from charter.boundary import driver
 from charter.buses import check_driver
+from charter.diff import compare, deprecated_kept
 from charter.errors import BackendError, CharterError, Error, MissingExtraError, Problem
 from charter.lanes import Lane
 from charter.reconcile import show as reconcile_show
@@ -63,6 +64,7 @@ def _console(stderr: bool = False) -> Console:
 EXIT_CHARTER = 1
 EXIT_BREACH = 3
 EXIT_DRIFT = 5
+EXIT_BREAKING = 4  # charter diff, charter check --against: the change breaks a copy
 
 
 def charter_file(func: F) -> F:
@@ -119,17 +121,52 @@ def main() -> None:
     """charter: one owner per record, read-only copies with contracts, enforced and measured."""
 
 
+def _diff_format(func: F) -> F:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(diffing.FORMATS),
+        default="text",
+        show_default=True,
+        help="text for a person, json for a program, github for GitHub Actions annotations.",
+    )(func)
+
+
 @main.command()
 @charter_file
 @click.option(
     "--offline", is_flag=True, help="Check the file only, not against the stores it names."
 )
+@click.option(
+    "--against",
+    metavar="REF",
+    default=None,
+    help="Then compare the file with its version committed at REF (git), as `charter diff "
+    "git:REF` does, and exit 4 if the change breaks a copy.",
+)
+@_diff_format
 @reports_errors
-def check(path: Path, offline: bool) -> None:
+def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
     """Check the charter and summarise it. Exit 1, listing every problem, if it is bad:
-    in the file, or (unless --offline) a change the data in a reachable store refuses."""
+    in the file, or (unless --offline) a change the data in a reachable store refuses.
+    With --against REF, exit 4 if the change since REF breaks a copy (--format json or
+    github print only the changes)."""
     charter = model.load(path)
     checked = "the file only" if offline else _check_stores(charter)
+    for copy, field in deprecated_kept(charter):
+        _console(stderr=True).print(
+            f"[yellow]warning[/] {escape(f'{path}:{copy.line}')}: copy {escape(copy.name)} "
+            f"keeps {escape(copy.of)}.{escape(field.name)}, which is deprecated: stop keeping "
+            "it, so its owner can remove it",
+            highlight=False,
+        )
+    old: diffing.Side | None = None
+    if against is not None:
+        ref = against if against.startswith(diffing.GIT) else diffing.GIT + against
+        old = diffing.read(ref, path)
+        if fmt != "text":  # a program reads this output: the changes only
+            _diff_print(fmt, old, diffing.Side(str(path), str(path), charter))
+            return
     _console().print(f"[bold]{charter.name}[/]: {path} is valid (checked {checked})\n")
     contexts = Table("context", "team", title="contexts", title_justify="left")
     contexts.add_column("store", overflow="fold")
@@ -138,7 +175,10 @@ def check(path: Path, offline: bool) -> None:
     entities = Table("entity", "owner", "fields", "why", title="entities", title_justify="left")
     for entity in charter.entities.values():
         fields = ", ".join(
-            f.name + (" (private)" if f.private else "") + (" (unique)" if f.unique else "")
+            f.name
+            + (" (private)" if f.private else "")
+            + (" (unique)" if f.unique else "")
+            + (" (deprecated)" if f.deprecated else "")
             for f in entity.fields.values()
         )
         entities.add_row(*map(escape, (entity.name, entity.owner, fields, entity.why)))
@@ -149,6 +189,37 @@ def check(path: Path, offline: bool) -> None:
         copies.add_row(*map(escape, cells), seconds(copy.window_s), escape(copy.breaks))
     _console().print(contexts, entities, copies)
     _console().print(f"bus: {escape(redact(charter.bus))}")
+    if old is not None:
+        _console().print()
+        _diff_print(fmt, old, diffing.Side(str(path), str(path), charter))
+
+
+@main.command(name="diff")
+@charter_file
+@click.argument("old")
+@click.argument("new", required=False)
+@_diff_format
+@reports_errors
+def diff_command(path: Path, old: str, new: str | None, fmt: str) -> None:
+    """What a charter change breaks, before it is merged: every change from OLD to NEW
+    (NEW defaults to the -f file), and for each one the copies it breaks and whom it tells.
+    OLD or NEW may be git:REF, the same file as committed at REF (git:REF:PATH for
+    another). Exit 0 when nothing breaks, 4 when something does."""
+    old_side, new_side = diffing.sides(old, new or str(path), path)
+    _diff_print(fmt, old_side, new_side)
+
+
+def _diff_print(fmt: str, old: diffing.Side, new: diffing.Side) -> None:
+    """Print the changes from `old` to `new`; exit 4 when one breaks a copy."""
+    changes = compare(old.charter, new.charter)
+    if fmt == "json":
+        click.echo(diffing.as_json(changes, old, new))
+    elif fmt == "github":
+        click.echo(diffing.github(changes, old, new))
+    else:
+        _console().print(diffing.text(changes, old, new), highlight=False, soft_wrap=True)
+    if any(c.breaking for c in changes):
+        sys.exit(EXIT_BREAKING)
 
 
 def _check_stores(charter: model.Charter) -> str:

@@ -55,6 +55,7 @@ class Field:
     values: tuple[str, ...] = ()
     default: Any = None
     line: int = 0
+    deprecated: bool = False  # still published; a copy should stop keeping it (charter diff)
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,12 @@ class _Reader:
         yaml = YAML(typ="rt")
         yaml.allow_duplicate_keys = True
         try:
-            self._find_duplicates(yaml.compose(self.text))
-            doc = yaml.load(self.text)
+            # Parsed once, by libyaml when ruamel.yaml.clib is there (several times faster
+            # than the round-trip parser, which also gathers comments: the parse is most of
+            # a load's time); then built into mappings that know their lines.
+            node = YAML(typ="safe").compose(self.text)
+            self._find_duplicates(node)
+            doc = yaml.constructor.construct_document(node) if node is not None else None
         except MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 0
@@ -372,7 +377,7 @@ class _Reader:
             if short_form:
                 spec = {"type": spec}
             spec = self._mapping(spec, line, f"field {entity}.{name}")
-            keys = ("type", "required", "unique", "private", "values", "default")
+            keys = ("type", "required", "unique", "private", "values", "default", "deprecated")
             self._unknown_keys(spec, keys, f"field {entity}.{name}")
             kind = str(spec.get("type") or "")
             if not kind:
@@ -410,6 +415,7 @@ class _Reader:
                 values=values,
                 default=default,
                 line=line,
+                deprecated=bool(spec.get("deprecated", False)),
             )
         return fields
 

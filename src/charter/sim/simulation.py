@@ -174,7 +174,8 @@ class Simulation:
             for copy in charter.copies_of(entity.name)
         ]
         store, bus = self.system.store(context), self.system.bus
-        return Relay(context, store, bus, None, self.config.batch, fills)
+        owned = charter.owned_by(context)
+        return Relay(context, store, bus, None, self.config.batch, fills, owned)
 
     def _projector(self, copy: Copy, number: int) -> Projector:
         assert self.system is not None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -59,9 +60,10 @@ def topics(charter: Charter) -> dict[str, list[str]]:
     return found
 
 
-def narrow(row: OutboxRow, copy: Copy) -> OutboxRow:
-    """`row`'s event as `copy` gets it on its topic: only its fields, its own event id."""
-    doc = orjson.loads(row.body)
+def narrow(row: OutboxRow, copy: Copy, doc: dict[str, Any] | None = None) -> OutboxRow:
+    """`row`'s event as `copy` gets it on its topic: only its fields, its own event id.
+    `doc`: the body already decoded (it is not changed)."""
+    doc = dict(orjson.loads(row.body) if doc is None else doc)
     event_id = f"{row.event_id}{SEPARATOR}{copy.name}"
     doc["id"] = event_id
     data = doc.get("data")
@@ -98,6 +100,7 @@ class Routes:
             copies = self.narrowed.get(row.entity)
             if copies is None:
                 out.append(row)
-            else:
-                out += [narrow(row, copy) for copy in copies]
+            elif copies:
+                doc = orjson.loads(row.body)  # once for all its copies
+                out += [narrow(row, copy, doc) for copy in copies]
         return out

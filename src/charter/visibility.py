@@ -19,7 +19,6 @@ owner's. The whole public event is not published at all (nothing reads it)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -71,12 +70,18 @@ def narrow(row: OutboxRow, copy: Copy, doc: dict[str, Any] | None = None) -> Out
         doc["data"] = {name: data[name] for name in copy.fields if name in data}
     changed = tuple(name for name in row.changed if name in copy.fields)
     doc["changedfields"] = ",".join(changed)
-    return dataclasses.replace(
-        row,
-        event_id=event_id,
-        entity=copy_topic(row.entity, copy.name),
-        changed=changed,
-        body=orjson.dumps(doc),
+    return OutboxRow(  # (not dataclasses.replace: this runs per event and copy)
+        row.seq,
+        event_id,
+        copy_topic(row.entity, copy.name),
+        row.entity_id,
+        row.version,
+        row.op,
+        changed,
+        row.time,
+        orjson.dumps(doc),
+        row.actor,
+        row.private,
     )
 
 

@@ -6,6 +6,7 @@ targets from the issue.
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory | diff
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
+    .venv/bin/python benchmarks/run.py --only visibility  # visibility.py: contract vs public
 
 The sections pg-writes, relay-nats, pg-nats-e2e and pg-nats-latency (servers.py) run charter on
 PostgreSQL and NATS JetStream (--pg, --nats; defaults for a local test setup) beside plain
@@ -45,6 +46,7 @@ import diffs
 import orjson
 import peer_eventsourcing as peer
 import servers
+import visibility as visibility_bench
 from workload import ChangeMaker, alive, charter_run
 
 import charter
@@ -58,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
 SECTIONS = ("owner", "pipeline", "latency", "memory", "diff")
-ALL_SECTIONS = SECTIONS + servers.SECTIONS
+ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, visibility_bench.SECTION)
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
 ENTITY = "Customer"
@@ -1243,6 +1245,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores; "
                 "our own run accounts for about 1 to 2 of it)"
             )
+    if visibility_bench.SECTION in chosen:  # prints its own table (RESULTS.md: by hand)
+        nats = None if servers.unreachable(where) else args.nats
+        visibility_bench.bench(args.quick, nats)
     mode = ("quick" if args.quick else "full") + (
         f", only {', '.join(chosen)}" if args.only else ""
     )

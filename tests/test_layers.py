@@ -40,6 +40,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.records",
         "charter.roles",
         "charter.diff",  # two charters compared: what a change breaks
+        "charter.visibility",
     ),
     BACKENDS: ("charter.boundary", "charter._sqlite"),
     STORES: ("charter.stores",),

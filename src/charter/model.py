@@ -33,6 +33,8 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 DEFAULT_RETENTION_S = 7 * 86400.0
+PUBLIC, CONTRACT = "public", "contract"  # who may read an entity's events (charter.visibility)
+VISIBILITIES = (PUBLIC, CONTRACT)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Entity:
     why: str = ""
     constraints: tuple[NoOverlap, ...] = ()
     line: int = 0
+    visibility: str = PUBLIC  # its own, or the charter's (charter.visibility)
 
     @property
     def table(self) -> str:
@@ -130,6 +133,7 @@ class Charter:
     copies: dict[str, Copy]
     path: Path = field(default_factory=lambda: Path("charter.yaml"))
     retention_s: float = DEFAULT_RETENTION_S
+    visibility: str = PUBLIC  # each entity's, unless it says otherwise
 
     def owned_by(self, context: str) -> list[Entity]:
         return [e for e in self.entities.values() if e.owner == context]
@@ -189,6 +193,7 @@ class _Reader:
         self.text = text
         self.path = path
         self.problems: list[Problem] = []
+        self.visibility = PUBLIC  # the charter's, once read: each entity's default
 
     def problem(self, line: int, message: str, hint: str = "") -> None:
         self.problems.append(Problem(str(self.path), line, message, hint))
@@ -282,7 +287,8 @@ class _Reader:
                 )
 
     def _charter(self, doc: dict[str, Any]) -> Charter | None:
-        keys = ("charter", "name", "bus", "retention", "contexts", "entities", "copies")
+        keys: tuple[str, ...] = ("charter", "name", "bus", "retention", "contexts", "entities")
+        keys += ("copies", "visibility")
         self._unknown_keys(doc, keys, "charter")
         if doc.get("charter") != 1:
             self.problem(
@@ -301,6 +307,7 @@ class _Reader:
                 "write it like 1h, 7d or 30m",
             )
             retention = DEFAULT_RETENTION_S
+        self.visibility = self._visibility(doc, PUBLIC, "charter")
         contexts = self._contexts(
             self._mapping(doc.get("contexts"), self._line(doc, "contexts"), "contexts"), base
         )
@@ -314,7 +321,20 @@ class _Reader:
         )
         if not contexts and "contexts" not in doc:
             self.problem(1, "the charter declares no contexts", "add a 'contexts:' section")
-        return Charter(name, bus, contexts, entities, copies, self.path, retention)
+        return Charter(name, bus, contexts, entities, copies, self.path, retention, self.visibility)
+
+    def _visibility(self, mapping: dict[str, Any], default: str, what: str) -> str:
+        """`visibility:` (public or contract), or `default` when it is not there."""
+        value = mapping.get("visibility", default)
+        if value not in VISIBILITIES:
+            self.problem(
+                self._line(mapping, "visibility"),
+                f"{what}: visibility {value!r} is neither {' nor '.join(VISIBILITIES)}",
+                "public: every context may read the whole public event; contract: each copy "
+                "gets only its own fields",
+            )
+            return default
+        return str(value)
 
     def _url(self, mapping: dict[str, Any], key: str, default: str, base: Path, role: str) -> str:
         url = str(mapping.get(key) or default)
@@ -341,7 +361,8 @@ class _Reader:
             line = self._line(raw, name)
             self._check_name(str(name), line, "entity")
             spec = self._mapping(spec, line, f"entity '{name}'")
-            self._unknown_keys(spec, ("owner", "why", "fields", "constraints"), f"entity '{name}'")
+            keys = ("owner", "why", "fields", "constraints", "visibility")
+            self._unknown_keys(spec, keys, f"entity '{name}'")
             owner = str(spec.get("owner") or "")
             if not owner:
                 self.problem(
@@ -358,7 +379,13 @@ class _Reader:
             )
             constraints = self._constraints(str(name), spec, fields)
             entities[str(name)] = Entity(
-                str(name), owner, fields, str(spec.get("why") or ""), constraints, line
+                str(name),
+                owner,
+                fields,
+                str(spec.get("why") or ""),
+                constraints,
+                line,
+                visibility=self._visibility(spec, self.visibility, f"entity '{name}'"),
             )
         return entities
 

@@ -10,6 +10,15 @@ environment variable (`$SHOP_CUSTOMERS_NATS_PASSWORD`), so the file can be commi
 nats-server reads the variable's value as a config value: let it start with a letter
 (a value like `9e4…` would be read as a number and refused).
 
+Reading. Each context subscribes only to its own replies (its inbox, under its user's
+name), so no context overhears what the server hands another. Under contract visibility
+(any entity of the charter under it) reading is closed too: a context may read (with
+consumers of its own making, and the newest message of a subject) only the topics of its
+own copies (charter.visibility; a copy of an entity under public visibility reads the
+entity's), everything about what it owns, and its copies' notes; nobody but the admin may
+read a stored message by its sequence, which would reach any subject. (A consumer, once
+made, is pulled from by its name, which the server does not tell other contexts.)
+
 Who does what only the admin may: the admin's credentials create the stream (the first
 charter process to open the bus with them, e.g. `charter run` or `charter status` with
 the admin's user in the bus URL) and compact it (the admin's `charter run`; a context's
@@ -22,9 +31,11 @@ import re
 from collections.abc import Callable
 
 from charter.buses.nats import COMPACTED, NOTES, POSITION, note_subject, stream_name, token
-from charter.model import Charter
+from charter.buses.nats.subjects import COPIES, inbox_prefix, topic_filter, topic_note
+from charter.model import CONTRACT, Charter
 from charter.records import FILL_MARK as MARK
 from charter.records import FILL_REQUEST as REQUEST
+from charter.visibility import topic_of
 
 
 def subject_prefix(system: str) -> str:
@@ -63,6 +74,13 @@ def refusal(charter: Charter, user: str | None, subject: str) -> str | None:
             f"{who} may not compact stream {stream} ({subject}): compaction is the admin's "
             f"(NATS user '{admin}'); the admin's `charter run` compacts"
         )
+    read = _read(stream, subject)
+    if read is not None:
+        return (
+            f"{who} may not read {read}: the charter puts entities under contract "
+            "visibility, and a context reads only its own copies' topics, what it owns and "
+            f"its copies' notes (it may read: {', '.join(readable(charter, context))})"
+        )
     if subject.startswith("$"):
         return None
     prefix = subject_prefix(system).split(".")
@@ -87,7 +105,7 @@ def refusal(charter: Charter, user: str | None, subject: str) -> str | None:
                 f"for context '{keeper.context}' to write, which keeps it"
             )
         return None
-    entity = entities.get(api[2])
+    entity = entities.get(api[3] if api[2] == COPIES and len(api) > 3 else api[2])
     if entity is None:
         return None
     team = charter.contexts[entity.owner].team
@@ -95,6 +113,66 @@ def refusal(charter: Charter, user: str | None, subject: str) -> str | None:
         f"{who} may not publish on {subject}: it does not own {entity.name} (owner: "
         f"{entity.owner}, team {team}); run the relay of '{entity.owner}' under its own user "
         f"(`charter run --context {entity.owner}` as '{user_name(system, entity.owner)}')"
+    )
+
+
+def _read(stream: str, subject: str) -> str | None:
+    """What a refused request asked to read: a filter, a subject, or stored messages."""
+    for api, skip in (
+        (f"$JS.API.CONSUMER.CREATE.{stream}.", 1),
+        (f"$JS.API.DIRECT.GET.{stream}.", 0),
+    ):
+        if subject.startswith(api):
+            return subject.removeprefix(api).split(".", skip)[-1]
+    if subject.startswith(f"$JS.API.STREAM.MSG.GET.{stream}"):
+        return f"stored messages of {stream} by their sequence (the admin's)"
+    return None
+
+
+def readable(charter: Charter, context: str) -> list[str]:
+    """The subjects a context may read under contract visibility: its copies' topics (an
+    entity's under public visibility), what it owns (its entities' topics and their copies'),
+    the notes about what it owns and about its copies."""
+    prefix = subject_prefix(charter.name)
+    subjects: list[str] = []
+    for entity in charter.owned_by(context):
+        subjects += [topic_filter(prefix, entity.name), f"{prefix}.{COPIES}.{token(entity.name)}.>"]
+        subjects.append(note_subject(prefix, "*", entity.name, ">"))
+    for copy in charter.copies_in(context):
+        topic = topic_of(charter.entities[copy.of], copy)
+        subjects.append(topic_filter(prefix, topic))
+        subjects += [
+            note_subject(prefix, "*", copy.of, copy.name),
+            topic_note(prefix, COMPACTED, topic),
+        ]
+    return list(dict.fromkeys(subjects))
+
+
+def _reads(charter: Charter, context: str) -> list[str]:
+    """The JetStream API subjects a context may use to read: everything, or under contract
+    visibility only what `readable` names."""
+    stream = stream_name(charter.name)
+    common = [
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.{stream}",
+        # (consumer names cannot be told apart by subject permissions; deleting another
+        # process's reader only makes it read from a new one)
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+    ]
+    if not any(e.visibility == CONTRACT for e in charter.entities.values()):
+        return [
+            *common,
+            f"$JS.API.STREAM.MSG.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}.>",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",  # its readers: ephemeral, no acks
+        ]
+    subjects = readable(charter, context)
+    events = [s for s in subjects if f".{NOTES}." not in s]
+    return (
+        common
+        + [f"$JS.API.CONSUMER.CREATE.{stream}.*.{s}" for s in events]
+        + [f"$JS.API.DIRECT.GET.{stream}.{s}" for s in subjects]
     )
 
 
@@ -109,19 +187,7 @@ def _list(items: list[str]) -> str:
 
 def authorization(charter: Charter) -> str:
     """The `authorization { … }` block for nats-server, one user per context plus an admin."""
-    stream = stream_name(charter.name)
     prefix = subject_prefix(charter.name)
-    consume = [
-        "$JS.API.INFO",
-        f"$JS.API.STREAM.INFO.{stream}",
-        f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}.>",
-        # its readers: ephemeral, no acks (consumer names cannot be told apart by subject
-        # permissions; deleting another process's reader only makes it read from a new one)
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.>",
-        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
-    ]
     # Compaction (STREAM.PURGE, the compacted note), deleting messages and creating the
     # stream stay with the admin user: a context can neither erase nor reshape what others
     # rely on.
@@ -138,7 +204,11 @@ def authorization(charter: Charter) -> str:
         owned = [
             subject
             for e in charter.owned_by(context.name)
-            for subject in (f"{prefix}.{token(e.name)}.>", note_subject(prefix, MARK, e.name, ">"))
+            for subject in (
+                f"{prefix}.{token(e.name)}.>",
+                f"{prefix}.{COPIES}.{token(e.name)}.>",  # its copies' topics (visibility)
+                note_subject(prefix, MARK, e.name, ">"),
+            )
         ]
         owned += [  # fill requests and positions, for its own copies
             note_subject(prefix, kind, c.of, c.name)
@@ -148,8 +218,8 @@ def authorization(charter: Charter) -> str:
         lines += [
             f"    # {context.name} (team {context.team}) publishes only what it owns",
             f'    {{user: "{user}", password: ${password_variable(user)}, permissions: {{',
-            f"      publish: {{allow: {_list(owned + consume)}}},",
-            '      subscribe: {allow: ["_INBOX.>"]}',
+            f"      publish: {{allow: {_list(owned + _reads(charter, context.name))}}},",
+            f'      subscribe: {{allow: ["{inbox_prefix(user)}.>"]}}',
             "    }},",
         ]
     lines += ["  ]", "}", ""]

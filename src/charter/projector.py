@@ -26,6 +26,7 @@ from charter.model import Copy, Entity, Field
 from charter.records import REPAIR_MARKER, Checkpoint, Delivery, Mend, Parked, Row, repair_over
 from charter.stores import Store
 from charter.values import ENCODERS
+from charter.visibility import topic_of
 
 _TEXT = frozenset({"string", "text"})
 GAP_CHECK_S = 1.0  # how often an idle projector asks whether its next events were lost
@@ -54,6 +55,7 @@ class Projector:
         self._position: int | None = None
         self._checked = 0.0  # when an idle step last asked about lost events
         self._fields = [entity.fields[name] for name in copy.fields]
+        self.topic = topic_of(entity, copy)  # what it reads on the bus (charter.visibility)
 
     @property
     def wake_key(self) -> str:
@@ -63,7 +65,7 @@ class Projector:
         """Apply one batch; returns how many deliveries were handled (0: nothing to do)."""
         if self._position is None:
             self._position = self._start()
-        deliveries = self.bus.fetch(self.copy.name, self.entity.name, self._position, self.batch)
+        deliveries = self.bus.fetch(self.copy.name, self.topic, self._position, self.batch)
         if self._skipped(self._position, deliveries):
             self._position = self._start()  # sees the gap, and fills the copy again
             return 1
@@ -84,7 +86,7 @@ class Projector:
         self.store.apply(self.copy, items, parked, last, lane)
         self.taken += len(items) + len(parked)
         self._position = last
-        self.bus.ack(self.copy.name, self.entity.name, self._applied(last))
+        self.bus.ack(self.copy.name, self.topic, self._applied(last))
         return len(deliveries)
 
     def _mend(
@@ -120,7 +122,7 @@ class Projector:
             return False
         else:
             self._checked = time.monotonic()
-        return position < self.bus.compacted(self.entity.name)
+        return position < self.bus.compacted(self.topic)
 
     def _applied(self, position: int) -> int:
         """What the copy as a whole has applied: `position`, or with lanes, where the
@@ -134,7 +136,7 @@ class Projector:
         """Where to read from; a new copy, or one with new fields, is first filled from the
         owner's current state (not by replaying history)."""
         checkpoint = self.store.checkpoint(self.copy, self.lane)
-        lost = self.bus.compacted(self.entity.name)  # nothing at or below it is on the bus
+        lost = self.bus.compacted(self.topic)  # nothing at or below it is on the bus
         gap = checkpoint is not None and checkpoint.position < lost
         if checkpoint is None or checkpoint.fields != self.copy.fields or gap:
             # The fill stands for the whole copy, so it goes from where the whole copy is
@@ -153,7 +155,7 @@ class Projector:
                     lost,
                 )
                 whole = None
-            position = whole.position if whole else max(self.bus.head(self.entity.name), lost)
+            position = whole.position if whole else max(self.bus.head(self.topic), lost)
             try:
                 self.store.backfill(self.copy, self._snapshot(), position)
             except BackfillError as unreachable:  # then through the bus (charter.fills)
@@ -165,7 +167,7 @@ class Projector:
             checkpoint = self.store.checkpoint(self.copy, self.lane) or Checkpoint(
                 position, None, self.copy.fields
             )
-        self.bus.ack(self.copy.name, self.entity.name, self._applied(checkpoint.position))
+        self.bus.ack(self.copy.name, self.topic, self._applied(checkpoint.position))
         return checkpoint.position
 
     def _snapshot(self) -> Iterator[tuple[str, int, Row]]:
@@ -183,7 +185,7 @@ class Projector:
         entity, copy, owner = self.entity.name, self.copy.name, self.entity.owner
         request = fills.request_for(self.bus, entity, copy)
         if request is None or request.fields != self.copy.fields or request.since < lost:
-            self.bus.ack(copy, entity, position)
+            self.bus.ack(copy, self.topic, position)
             request = fills.ask(self.bus, entity, copy, self.copy.fields, position)
         mark = fills.mark_for(self.bus, entity, copy)
         if mark is None or mark.request != request.request:
@@ -203,9 +205,9 @@ class Projector:
         now (a reconnect, say) is read again later."""
         seen, after = 0, mark.start
         while after < mark.end:
-            deliveries = self.bus.fetch(self.copy.name, self.entity.name, after, self.batch)
+            deliveries = self.bus.fetch(self.copy.name, self.topic, after, self.batch)
             if not deliveries:
-                if self.bus.head(self.entity.name) >= mark.end:
+                if self.bus.head(self.topic) >= mark.end:
                     raise BackfillError(
                         f"copy '{self.copy.name}': the bus handed out its fill up to "
                         f"{after} of {mark.end} for now; reading it again"

@@ -2,7 +2,10 @@
 events, and the bus drops an event id it already holds.
 
 The relay also answers fill requests for copies of what its context owns (charter.fills):
-a projector that may not read the owner's store fills its copy from there."""
+a projector that may not read the owner's store fills its copy from there.
+
+What goes on the bus for an entity under contract visibility is one event per copy, with
+only that copy's fields, on the copy's topic (charter.visibility)."""
 
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from charter import clock, fills
 from charter.buses import Bus
 from charter.fills import FillMark, FillRequest
 from charter.ids import uuid7
-from charter.model import Copy, Entity
+from charter.model import CONTRACT, Copy, Entity
 from charter.records import OutboxRow
 from charter.signals import Signals
 from charter.stores import Store
+from charter.visibility import Routes, narrow, topic_of
 
 LEAD_RETRY_S = 0.5  # how often a relay standing by asks for the lead
 
@@ -31,11 +35,15 @@ class Relay:
         signals: Signals | None = None,
         batch: int = 1000,
         copies: Sequence[tuple[Copy, Entity]] = (),
+        owned: Sequence[Entity] = (),
     ) -> None:
+        """`copies`: the copies of what this context owns; `owned`: what it owns (its
+        visibility decides what goes on the bus; an entity not named goes out whole)."""
         self.context, self.store, self.bus = context, store, bus
         self.signals, self.batch = signals, batch
         self._flight: tuple[list[OutboxRow], Callable[[], None]] | None = None
         self._copies = list(copies)  # copies of what this context owns
+        self.routes = Routes(owned, [copy for copy, _ in self._copies])
         self._checked = 0.0  # when fill requests were last looked for
         self.holder = f"{context}:{uuid7()}"  # who this relay is, for the outbox's lead
         self._asked = -LEAD_RETRY_S  # when it last asked for the lead without getting it
@@ -59,13 +67,17 @@ class Relay:
             rows = self.store.pending(self.batch)
             if not rows:
                 return filled
-            flight = (rows, self.bus.publish_begin(rows))
+            flight = (rows, self._send(rows))
         full = len(flight[0]) >= self.batch
         ahead = self.store.pending(self.batch, flight[0]) if full else []
         moved = self._land(flight)
         if ahead:
-            self._flight = (ahead, self.bus.publish_begin(ahead))
+            self._flight = (ahead, self._send(ahead))
         return filled + moved
+
+    def _send(self, rows: Sequence[OutboxRow]) -> Callable[[], None]:
+        """Start publishing what `rows` become on the bus (Routes)."""
+        return self.bus.publish_begin(self.routes.outgoing(rows))
 
     def __del__(self) -> None:
         """A relay dropped without finish() does not keep the lead for its whole process."""
@@ -120,14 +132,17 @@ class Relay:
         records. The range starts where the copy registered when it asked, so events
         committed meanwhile, and another relay's answer to the same request, are in it too."""
         suffix = fills.fill_suffix(request.request)
+        topic = topic_of(entity, copy)  # under contract visibility, only the copy's fields
         # (the head is 0 when compaction left nothing: then the range starts where it went)
-        newest = max(self.bus.head(entity.name), self.bus.compacted(entity.name))
+        newest = max(self.bus.head(topic), self.bus.compacted(topic))
         start = min(request.since, newest)
         count, after = 0, ""
         while rows := self.store.current(entity, after, self.batch):
+            if entity.visibility == CONTRACT:
+                rows = [narrow(r, copy) for r in rows]
             self.bus.publish([dataclasses.replace(r, event_id=r.event_id + suffix) for r in rows])
             count, after = count + len(rows), rows[-1].entity_id
-        end = self.bus.head(entity.name)
+        end = self.bus.head(topic)
         mark = FillMark(request.request, request.fields, start, end, count)
         self.bus.put_note(fills.MARK, entity.name, copy.name, mark.encode())
         if self.signals is not None:
@@ -153,7 +168,7 @@ class Relay:
         pending = {r.seq for r in waiting}
         again = sorted((r for r in newest.values() if r.seq not in pending), key=lambda r: r.seq)
         for start in range(0, len(again), self.batch):
-            self.bus.publish(again[start : start + self.batch])
+            self.bus.publish(self.routes.outgoing(again[start : start + self.batch]))
         if self.signals is not None:
             for entity in {r.entity for r in again}:
                 self.signals.notify(f"bus:{entity}")

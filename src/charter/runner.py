@@ -16,14 +16,16 @@ from charter.projector import Projector
 from charter.relay import Relay
 from charter.reports import Reports
 from charter.system import System
+from charter.visibility import topics
 
 MAX_BACKOFF_S = 1.0  # the longest pause between two tries of a failing worker
 
 
 def declared_copies(charter: Charter) -> dict[str, list[str]]:
-    """Entity -> the names of its copies in the charter: what compaction must wait for,
-    whatever the bus knows (Bus.compact)."""
-    return {name: [c.name for c in charter.copies_of(name)] for name in charter.entities}
+    """Topic (an entity's, or a copy's under contract visibility) -> the names of the
+    copies in the charter that read it: what compaction must wait for, whatever the bus
+    knows (Bus.compact)."""
+    return topics(charter)
 
 
 class Worker(Protocol):
@@ -66,8 +68,9 @@ class Runner:
                     for entity in charter.owned_by(name)
                     for copy in charter.copies_of(entity.name)
                 ]
+                store, owned = system.store(name), charter.owned_by(name)
                 self.workers.append(
-                    Relay(name, system.store(name), system.bus, system.signals, batch, fills)
+                    Relay(name, store, system.bus, system.signals, batch, fills, owned)
                 )
         for name in names if projectors else ():
             for copy in charter.copies_in(name):

@@ -13,6 +13,7 @@ from charter.errors import Error
 from charter.model import Copy
 from charter.records import Backlog
 from charter.system import System
+from charter.visibility import topic_of
 
 OK, BREACH, NEVER_SYNCED, DEGRADED = "OK", "BREACH", "NEVER_SYNCED", "DEGRADED"
 UNKNOWN = "UNKNOWN"  # could not be measured: a store or the bus failed (`error` says which)
@@ -91,7 +92,8 @@ def copy_status(system: System, copy: Copy, owner: bool = True) -> CopyStatus:
     now = dt.datetime.fromtimestamp(clock.time_s(), dt.UTC)
     checkpoint = system.store(copy.context).checkpoint(copy)
     unrelayed = system.store(entity.owner).unrelayed(entity.name) if owner else Backlog(0, None)
-    on_bus = system.bus.backlog(copy.name, entity.name, checkpoint.position if checkpoint else 0)
+    topic = topic_of(entity, copy)  # what the copy reads (charter.visibility)
+    on_bus = system.bus.backlog(copy.name, topic, checkpoint.position if checkpoint else 0)
     lag_events = unrelayed.events + on_bus.events
     lag_s = max(_age(unrelayed.oldest, now), _age(on_bus.oldest, now))
     parked = len(system.store(copy.context).parked(copy))
@@ -99,10 +101,10 @@ def copy_status(system: System, copy: Copy, owner: bool = True) -> CopyStatus:
     whole = checkpoint.position if checkpoint else 0
     if all((lane.position or 0) < whole for lane in lanes):
         lanes = []  # a layout from an earlier run: the copy went on without it
-    head = system.bus.head(entity.name) if lanes else 0
+    head = system.bus.head(topic) if lanes else 0
     if checkpoint is None or checkpoint.fields != copy.fields:
         state = NEVER_SYNCED  # with these fields: a fill of the new ones is still to come
-    elif checkpoint.position < system.bus.compacted(entity.name):
+    elif checkpoint.position < system.bus.compacted(topic):
         state = GAP
         lag_events = max(lag_events, 1)  # one lost event at least: never "synced"
     elif lag_s > copy.window_s:

@@ -2,7 +2,16 @@
 
 A bus is transport, not truth: the owner's outbox is. So a bus only has to keep
 events in order per entity, drop a duplicate by event id, hand a consumer the
-events after a position, and forget what every copy declared in the charter has applied."""
+events after a position, and forget what every copy declared in the charter has applied.
+
+Topics. What the methods below call `entity` is a *topic*: a log of its own. An entity's
+topic is its name (``Customer``); under contract visibility each copy has one of its own,
+``Customer@order_customers`` (charter.visibility), which holds that copy's events only
+(its fields, and event ids of its own). Everything per entity is per topic: ordering,
+fetch, head, backlog, the positions `ack` keeps, compaction and `compacted`. An outbox
+row's `entity` names the topic it is published on. Positions are one sequence for the
+whole bus, as before, and event ids are unique over it. Notes stay keyed by the entity's
+name and the copy (a fill request is about a copy, whatever it reads)."""
 
 from __future__ import annotations
 

@@ -31,9 +31,9 @@ def _no_version_guard(store: MemoryStore, copy: Copy, event: Event, now: str) ->
 def _ack_before_commit(step: Callable[[Projector], int]) -> Callable[[Projector], int]:
     def step_acking_first(self: Projector) -> int:
         if self._position is not None:
-            ahead = self.bus.fetch(self.copy.name, self.entity.name, self._position, self.batch)
+            ahead = self.bus.fetch(self.copy.name, self.topic, self._position, self.batch)
             if ahead:
-                self.bus.ack(self.copy.name, self.entity.name, ahead[-1].position)
+                self.bus.ack(self.copy.name, self.topic, ahead[-1].position)
         return step(self)
 
     return step_acking_first

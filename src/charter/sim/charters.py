@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from charter import model
-from charter.model import Charter, Copy
+from charter.model import CONTRACT, Charter, Copy
 
 LIBRARY = """\
 charter: 1
@@ -77,6 +77,21 @@ def widened(charter: Charter, copy_name: str, field: str) -> Charter:
     copies = dict(charter.copies)
     copies[copy_name] = dataclasses.replace(copy, fields=(*copy.fields, field))
     return dataclasses.replace(charter, copies=copies)
+
+
+def with_visibility(charter: Charter, seed: int) -> Charter:
+    """A third of the seeds run most entities under contract visibility (each copy on a
+    topic of its own, charter.visibility). Drawn apart from the world's randomness, so
+    that every other seed runs as it did before; the salt keeps the seeds that found bugs
+    before visibility existed (tests/test_sim.py) among those."""
+    rng = random.Random(f"visibility:40:{seed}")
+    if rng.random() >= 1 / 3:
+        return charter
+    entities = {
+        name: dataclasses.replace(entity, visibility=CONTRACT) if rng.random() < 0.7 else entity
+        for name, entity in charter.entities.items()
+    }
+    return dataclasses.replace(charter, entities=entities)
 
 
 def with_copy(charter: Charter, entity: str, context: str, rng: random.Random) -> Charter:

@@ -19,17 +19,18 @@ from charter.buses.memory import forget as forget_bus
 from charter.errors import ConflictError, ConstraintError, Error, OwnershipError
 from charter.ids import uuid7
 from charter.lanes import Lane
-from charter.model import Charter, Copy
+from charter.model import CONTRACT, Charter, Copy
 from charter.projector import Projector
 from charter.relay import Relay
 from charter.runner import declared_copies
 from charter.sim import workload
-from charter.sim.charters import widened, with_copy
+from charter.sim.charters import widened, with_copy, with_visibility
 from charter.sim.checker import Checker, Model
 from charter.sim.world import Crash, World
 from charter.stores.memory import MemoryStore
 from charter.stores.memory import forget as forget_store
 from charter.system import System
+from charter.visibility import topic_of
 
 STEPS = 120  # actions before the world goes quiet
 SETTLE_ROUNDS = 400  # rounds of every worker, at most, for the world to settle
@@ -100,6 +101,7 @@ class _Workers:
 
 class Simulation:
     def __init__(self, charter: Charter, seed: int, steps: int = STEPS) -> None:
+        charter = with_visibility(charter, seed)
         self.charter, self.seed, self.steps = charter, seed, steps
         self.world = World(seed)
         self.config = Config.draw(self.world.rng, charter, seed)
@@ -174,7 +176,8 @@ class Simulation:
             for copy in charter.copies_of(entity.name)
         ]
         store, bus = self.system.store(context), self.system.bus
-        return Relay(context, store, bus, None, self.config.batch, fills)
+        owned = charter.owned_by(context)
+        return Relay(context, store, bus, None, self.config.batch, fills, owned)
 
     def _projector(self, copy: Copy, number: int) -> Projector:
         assert self.system is not None
@@ -351,6 +354,9 @@ class Simulation:
             others = [c for c in self.charter.contexts if c != entity.owner]
             doc["source"] = rng.choice(others) if others else "intruder"
             doc["type"] = f"{entity.name}.deleted"
+        topic, copies = entity.name, self.charter.copies_of(entity.name)
+        if entity.visibility == CONTRACT and copies:  # where a copy reads (charter.visibility)
+            topic = topic_of(entity, rng.choice(copies))
         body: bytes | str = b"\xffnot json" if kind == "not json" else orjson.dumps(doc)
         if kind == "text":  # not bytes at all: what another language's client may write
             body = "{not an event"
@@ -358,7 +364,7 @@ class Simulation:
         assert isinstance(bus, MemoryBus)
         self.checker.poisoned(event_id, body)  # before: a publish may land and still fail
         try:
-            bus.publish_raw(event_id, entity.name, subject, body)
+            bus.publish_raw(event_id, topic, subject, body)
         except (Crash, Error):
             return
         self.world.note(f"poison ({kind}) {event_id[-6:]} for {entity.name} {subject[-6:]}")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from charter import clock
+from charter import clock, visibility
 from charter.buses.base import Bus
 from charter.ids import uuid7
 from charter.lanes import partition
@@ -150,11 +150,43 @@ class BusContract:
         bus.compact(3600.0, self.COPIES)
         assert self.fetch_all(bus) == positions
 
+    def test_a_copys_topic_is_a_log_of_its_own(self, bus: Bus) -> None:
+        """Under contract visibility a copy reads its own topic (charter.visibility): its
+        events, head, backlog, position and compaction apart from the entity's and from
+        another copy's; its events' ids are its own, so a copy's event is no duplicate of
+        the entity's, and publishing it again is."""
+        whole = self.rows(2)
+        mine = [copy_event(r, "mail_people") for r in whole]
+        theirs = [copy_event(r, "shipping_people") for r in whole]
+        bus.publish([whole[0], mine[0], theirs[0], whole[1], mine[1], theirs[1]])
+        bus.publish(mine)  # a relay publishing them again
+        topic, other = mine[0].entity, theirs[0].entity
+        got = bus.fetch("mail_people", topic, 0, 10)
+        assert [d.body for d in got] == [r.body for r in mine]
+        assert [d.event_id for d in got] == [r.event_id for r in mine]
+        assert len(self.fetch_all(bus, "Person")) == 2 and len(self.fetch_all(bus, other)) == 2
+        assert bus.head(topic) == got[-1].position != bus.head("Person")
+        assert bus.backlog("mail_people", topic, got[0].position).events == 1
+        bus.ack("mail_people", topic, got[0].position)
+        _settle()
+        bus.compact(0.0, {"Person": [], topic: ["mail_people"], other: ["shipping_people"]})
+        assert self.fetch_all(bus, topic) == [got[1].position]
+        assert bus.compacted(topic) == got[0].position
+        assert len(self.fetch_all(bus, other)) == 2 and bus.compacted(other) == 0
+        assert self.fetch_all(bus, "Person") == []  # no copy reads it: gone by age
+
     def test_an_entity_no_copy_declares_is_compacted_by_age(self, bus: Bus) -> None:
         bus.publish(self.rows(2))
         _settle()
         bus.compact(0.0, {"Person": []})
         assert self.fetch_all(bus) == []
+
+
+def copy_event(row: OutboxRow, copy: str) -> OutboxRow:
+    """`row` as the relay publishes it on the topic of `copy` (name only, under contract
+    visibility)."""
+    mail_people = world.charter().copies["mail_people"]
+    return visibility.narrow(row, dataclasses.replace(mail_people, name=copy))
 
 
 def _settle() -> None:

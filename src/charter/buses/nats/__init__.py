@@ -53,6 +53,16 @@ partitions once chosen. A copy reads its whole entity (filter
 the subject), so a projector lane (charter.lanes) skips other lanes' events without
 decoding them (it still receives them: each lane reads the whole entity).
 
+Under contract visibility (charter.visibility) a copy's topic is a subject of its own:
+``charter.<system>._copy.<Entity>.<copy>.<p>``, read by the copy alone. So that the server
+can permit reading subject by subject (charter.natsauth), every reader and counter is
+made with JetStream's extended create (``CONSUMER.CREATE.<stream>.<name>.<filter>``), and
+a process whose credentials may not read a stored message by its sequence (refused once)
+reads a subject's newest message by a direct get with the subject in the request's own
+subject (the stream has ``allow_direct``; on a stream with replicas a follower may answer
+a moment behind) and counts a backlog through a consumer. Each connection with a user
+takes its replies under ``_INBOX.<user>``, so that user may subscribe to its own only.
+
 Publishing is pipelined (all publishes are written, then the acknowledgements collected;
 ``publish_begin`` returns before they are, so the relay can read its next batch meanwhile),
 in order, on one connection; ``publish`` raises when any event was not acknowledged and

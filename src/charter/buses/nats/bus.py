@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from charter.buses.nats.core import API_TIMEOUT_S, BusError, log
 from charter.buses.nats.publish import _Batch
 from charter.buses.nats.readers import _Pull, _Reading
-from charter.buses.nats.subjects import parse_url, stream_name, token
+from charter.buses.nats.subjects import inbox_prefix, parse_url, stream_name, token
 
 # How nats-server refuses a publish (nats-py lower-cases the whole text: match it so)
 _VIOLATION = re.compile(r'permissions violation for publish to "?([^"\s]+)', re.IGNORECASE)
@@ -40,6 +40,7 @@ class NatsBus(_Reading):
         self._watchers: dict[str, dict[Callable[[str], None], str]] = {}
         self._said: set[str] = set()  # refusals nobody waited for, logged once each
         self._may_compact = True
+        self._direct = False  # True once stored messages may not be read by sequence
         self.system = system
         self.options = parse_url(url)
         self.partitions = self.options.partitions
@@ -98,6 +99,7 @@ class NatsBus(_Reading):
             user=self.options.user,
             password=self.options.password,
             name=f"charter:{self.system}",
+            inbox_prefix=inbox_prefix(self.options.user),
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,

@@ -26,7 +26,15 @@ from charter.buses.nats.core import (
 )
 from charter.buses.nats.publish import _Publishing
 from charter.buses.nats.stream import _epoch
-from charter.buses.nats.subjects import COMPACTED, EVERY_COPY, NOTES, POSITION, note_subject, token
+from charter.buses.nats.subjects import (
+    COMPACTED,
+    COPIES,
+    NOTES,
+    POSITION,
+    note_subject,
+    topic_note,
+)
+from charter.visibility import copy_topic, split
 
 
 class _Compaction(_Publishing):
@@ -66,8 +74,8 @@ class _Compaction(_Publishing):
                 return
             _DEADLINE.set(time.monotonic() + ACK_BUDGET_S)
             try:
-                consumer, entity = key
-                subject = note_subject(self._prefix, POSITION, entity, consumer)
+                consumer, topic = key
+                subject = note_subject(self._prefix, POSITION, split(topic)[0], consumer)
                 body = orjson.dumps({"position": position})
                 await self._publish([(f"position-{secrets.token_hex(8)}", subject, body)])
                 done, failures = position, 0
@@ -100,11 +108,10 @@ class _Compaction(_Publishing):
                     )
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
 
-    async def _position(self, entity: str, copy: str) -> int | None:
-        """The position note of `copy` (None: none, or unreadable: then it is unknown)."""
-        message = await self._message(
-            {"last_by_subj": note_subject(self._prefix, POSITION, entity, copy)}
-        )
+    async def _position(self, topic: str, copy: str) -> int | None:
+        """The position note of `copy` (None: none, or unreadable: then it is unknown). One
+        per copy whichever topic it reads: a position means the same on every topic."""
+        message = await self._last(note_subject(self._prefix, POSITION, split(topic)[0], copy))
         if message is None:
             return None
         try:
@@ -134,8 +141,8 @@ class _Compaction(_Publishing):
         self._call(self._publish([item]), PUBLISH_TIMEOUT_S)
 
     def note(self, kind: str, entity: str, copy: str) -> bytes | None:
-        request = {"last_by_subj": note_subject(self._prefix, kind, entity, copy)}
-        message = self._call(self._message(request), API_TIMEOUT_S)
+        subject = note_subject(self._prefix, kind, entity, copy)
+        message = self._call(self._last(subject), API_TIMEOUT_S)
         return base64.b64decode(message["data"]) if message else None
 
     # ----------------------------------------------------------------- compaction
@@ -168,10 +175,8 @@ class _Compaction(_Publishing):
                 low = found
         return low + 1
 
-    async def _compacted(self, entity: str) -> int:
-        message = await self._message(
-            {"last_by_subj": note_subject(self._prefix, COMPACTED, entity, EVERY_COPY)}
-        )
+    async def _compacted(self, topic: str) -> int:
+        message = await self._last(topic_note(self._prefix, COMPACTED, topic))
         try:
             return int(orjson.loads(base64.b64decode(message["data"]))) if message else 0
         except (ValueError, TypeError):  # unreadable: only compaction writes it, so not here
@@ -205,19 +210,19 @@ class _Compaction(_Publishing):
         last = int(info["state"].get("last_seq", 0))
         subjects: dict[str, int] = info["state"].get("subjects") or {}
         notes = f"{self._prefix}.{NOTES}."
-        names = {token(entity): entity for entity in copies}
+        topics = {self._filter(topic): topic for topic in copies}
         purged = 0
-        for tok in sorted({s.split(".")[2] for s in subjects if not s.startswith(notes)}):
-            entity = names.get(tok, tok)
-            floor = await self._floor(entity, copies.get(entity, ()), last)
-            upto = await self._purge_point(f"{self._prefix}.{tok}.>", floor, cutoff) if floor else 0
+        for filter_ in sorted({_topic_filter(s) for s in subjects if not s.startswith(notes)}):
+            topic = topics.get(filter_) or _topic_named(filter_)
+            floor = await self._floor(topic, copies.get(topic, ()), last)
+            upto = await self._purge_point(filter_, floor, cutoff) if floor else 0
             if upto > 0:
                 # said before it is done: a copy below it has lost events (GAP)
-                if upto - 1 > await self._compacted(entity):
-                    subject = note_subject(self._prefix, COMPACTED, entity, EVERY_COPY)
+                if upto - 1 > await self._compacted(topic):
+                    subject = topic_note(self._prefix, COMPACTED, topic)
                     item = (f"compacted-{secrets.token_hex(8)}", subject, b"%d" % (upto - 1))
                     await self._publish([item])
-                request = {"filter": f"{self._prefix}.{tok}.>", "seq": upto}
+                request = {"filter": filter_, "seq": upto}
                 doc = await self._api(f"STREAM.PURGE.{self.stream}", request)
                 purged += int(doc.get("purged", 0))
         for subject, count in subjects.items():  # each note is its newest message
@@ -244,3 +249,15 @@ class _Compaction(_Publishing):
                 "(the admin's `charter run`)",
             )
             return 0
+
+
+def _topic_filter(subject: str) -> str:
+    """The filter of the topic an event's subject is on (charter.visibility)."""
+    parts = subject.split(".")
+    return ".".join(parts[:5] if parts[2] == COPIES else parts[:3]) + ".>"
+
+
+def _topic_named(filter_: str) -> str:
+    """A topic by its filter, for one the charter does not name (as its tokens say)."""
+    parts = filter_.split(".")
+    return copy_topic(parts[3], parts[4]) if parts[2] == COPIES else parts[2]

@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from charter.buses.base import published
 from charter.buses.nats.core import PUBLISH_TIMEOUT_S, BusError
 from charter.buses.nats.stream import _Stream
-from charter.buses.nats.subjects import token
+from charter.buses.nats.subjects import topic_filter
 from charter.lanes import partition
 from charter.records import OutboxRow
 
@@ -41,11 +41,12 @@ class _Publishing(_Stream):
 
     # ----------------------------------------------------------------- publishing
 
-    def _subject(self, entity: str, entity_id: str) -> str:
-        return f"{self._prefix}.{token(entity)}.{partition(entity_id, self.partitions)}"
+    def _subject(self, topic: str, entity_id: str) -> str:
+        """Where an event of `topic` (an entity's or a copy's) about `entity_id` goes."""
+        return self._filter(topic)[:-1] + str(partition(entity_id, self.partitions))
 
-    def _filter(self, entity: str) -> str:
-        return f"{self._prefix}.{token(entity)}.>"
+    def _filter(self, topic: str) -> str:
+        return topic_filter(self._prefix, topic)
 
     async def _on_publish_ack(self, msg: Msg) -> None:
         batch = self._acks.pop(msg.subject, None)

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import bisect
 import contextlib
+import datetime as dt
 import itertools
 import secrets
 import time
@@ -32,6 +33,7 @@ from charter.buses.nats.core import (
     READER_IDLE_S,
     READER_SILENCE_S,
     BusError,
+    RefusedError,
     log,
 )
 from charter.buses.nats.stream import _CONSUMER_NOT_FOUND, _ApiError, _parse_time
@@ -65,6 +67,24 @@ def _ack_sequences(reply: str | None) -> tuple[int, int] | None:
     except ValueError:
         return None
     return None
+
+
+def _delivered_time(msg: Msg) -> str | None:
+    """The CloudEvent `time` of a delivery; the time the stream stored it if unreadable, or
+    if a fill published it (its body keeps the record's commit time)."""
+    if FILL_MARKER not in _event_id(msg):
+        try:
+            doc = orjson.loads(msg.data)
+            if isinstance(doc, dict) and isinstance(doc.get("time"), str) and doc["time"]:
+                return str(doc["time"])
+        except orjson.JSONDecodeError:
+            pass
+    parts = (msg.reply or "").split(".")
+    stamp = parts[7] if len(parts) == 9 and parts[7].isdigit() else ""  # as _ack_sequences
+    if not stamp:
+        return None
+    moment = dt.datetime.fromtimestamp(int(stamp) / NS, dt.UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 COUNT_BY_WALKING = 64  # a backlog smaller than this is counted message by message
@@ -147,7 +167,10 @@ class _Reading(_Compaction):
         one that died a moment ago (the cluster takes minutes to call a server gone); such
         a consumer is never answered for. So an attempt without an answer within
         CREATE_TIMEOUT_S is deleted (by its name) and made again, placed anew, as long as
-        the call has time for it."""
+        the call has time for it.
+
+        The filter is in the request's subject (JetStream's extended create), so the
+        server permits reading subject by subject (charter.natsauth)."""
         while True:
             name = f"{owner}-{kind}-{secrets.token_hex(4)}"
             config = self._start(
@@ -165,9 +188,9 @@ class _Reading(_Compaction):
             request = {"stream_name": self.stream, "config": config}
             try:
                 return await self._api(
-                    f"CONSUMER.CREATE.{self.stream}.{name}", request, CREATE_TIMEOUT_S
+                    f"CONSUMER.CREATE.{self.stream}.{name}.{subject}", request, CREATE_TIMEOUT_S
                 )
-            except _ApiError:
+            except (_ApiError, RefusedError):
                 raise  # refused: saying so is all there is to do
             except BaseException as exc:  # no answer (or the caller gave up): forget it
                 self._forget(name)
@@ -377,7 +400,7 @@ class _Reading(_Compaction):
         return self._call(self._fetch(consumer, entity, after, max(1, limit)), FETCH_BUDGET_S)
 
     async def _head(self, entity: str) -> int:
-        message = await self._message({"last_by_subj": self._filter(entity)})
+        message = await self._last(self._filter(entity))
         return int(message["seq"]) if message else 0
 
     def head(self, entity: str) -> int:
@@ -406,6 +429,8 @@ class _Reading(_Compaction):
         subject = self._filter(entity)
         if await self._head(entity) <= after:
             return Backlog(0, None)
+        if self._direct:  # it may read its topic only by reading it (stream._last)
+            return await self._backlog_by_reading(subject, after, token(consumer))
         count = await self._count_after(subject, after, token(consumer))
         if count < COUNT_BY_WALKING:
             count = max(count, await self._walk_after(subject, after, COUNT_BY_WALKING))
@@ -413,6 +438,25 @@ class _Reading(_Compaction):
         # The head is after `after`, so one event at least: a consumer on a server that is
         # still catching up with the stream may not have it yet.
         return Backlog(max(count, 1), self._commit_time(first) if first else None)
+
+    async def _backlog_by_reading(self, subject: str, after: int, owner: str) -> Backlog:
+        """The backlog through a consumer of its own, for a process that may not read
+        stored messages by their sequence: what the consumer says is pending, or as many
+        as it hands out at once when that is more (a new consumer's count may come one
+        short), and the commit time of the first."""
+        info = await self._ephemeral(subject, after, owner, "count")
+        pull = _Pull(subject, name=str(info["name"]), owner=owner, base=after)
+        try:
+            await self._subscribe(pull)
+            await self._probe(pull, COUNT_BY_WALKING, FETCH_TIMEOUT_S, READER_SILENCE_S)
+            self._take(pull, ordered=False)
+        finally:
+            if pull.sub is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await pull.sub.unsubscribe()
+            self._forget(pull.name)
+        count = max(int(info["num_pending"]), len(pull.held), 1)  # the head is after `after`
+        return Backlog(count, _delivered_time(pull.held[0][1]) if pull.held else None)
 
     @staticmethod
     def _commit_time(message: dict[str, Any]) -> str | None:

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
 from charter.lanes import PARTITIONS
+from charter.visibility import split
 
 NOTES = "_note"  # the subject token under which notes live
+COPIES = "_copy"  # the subject token under which copies' topics live (charter.visibility)
 POSITION = "position"  # the note of what a copy has applied, per (entity, copy)
 COMPACTED = "compacted"  # the note of how far compaction went, per entity
 EVERY_COPY = "_"  # the copy token of notes about an entity as a whole
@@ -71,6 +73,28 @@ def token(name: str) -> str:
     if not safe:
         raise ValueError("an empty name cannot be a NATS subject token")
     return safe
+
+
+def inbox_prefix(user: str | None) -> str:
+    """Where the replies to a connection of `user` arrive: under its name, so that a
+    context's user may subscribe to its own replies only (charter.natsauth)."""
+    return f"_INBOX.{token(user)}" if user else "_INBOX"
+
+
+def topic_filter(prefix: str, topic: str) -> str:
+    """The subjects of a topic: ``<prefix>.<Entity>.>`` for an entity's,
+    ``<prefix>._copy.<Entity>.<copy>.>`` for a copy's; the last token is the partition."""
+    entity, copy = split(topic)
+    if copy is None:
+        return f"{prefix}.{token(entity)}.>"
+    return f"{prefix}.{COPIES}.{token(entity)}.{token(copy)}.>"
+
+
+def topic_note(prefix: str, kind: str, topic: str) -> str:
+    """A note about a topic as a whole (its compacted mark): the entity's ``_`` for an
+    entity's topic, the copy's for a copy's."""
+    entity, copy = split(topic)
+    return note_subject(prefix, kind, entity, copy or EVERY_COPY)
 
 
 def note_subject(prefix: str, kind: str, entity: str, copy: str) -> str:

@@ -58,6 +58,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.parking",
         "charter.tables",
         "charter.grants",
+        "charter.audit",  # what the database really saw, against the charter
+        "charter.topology",  # the map: the charter drawn, with live states and findings
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

@@ -511,6 +511,85 @@ def _parked_json(p: Parked) -> dict[str, Any]:
     }
 
 
+@main.command(name="audit")
+@charter_file
+@click.argument("logs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--stat-statements",
+    "stat_statements",
+    metavar="URL",
+    help="Also read the live pg_stat_statements of this PostgreSQL database.",
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="NAME=CONTEXT",
+    help="Sessions of this role or application name speak for CONTEXT (repeatable).",
+)
+@click.option("--since", metavar="WHEN", help="Only what happened since: 2h, 7d, or a time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--strict", is_flag=True, help="Exit 3 when there is any finding.")
+@click.option("--suggest", is_flag=True, help="Infer a draft charter from the traffic instead.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the draft charter here (--suggest; default: print it).",
+)
+@click.option(
+    "--columns-from",
+    metavar="URL",
+    help="--suggest: read the tables' columns and types from this database "
+    "(default: the --stat-statements URL).",
+)
+@reports_errors
+def audit_command(
+    path: Path,
+    logs: tuple[Path, ...],
+    stat_statements: str | None,
+    mapping: tuple[str, ...],
+    since: str | None,
+    as_json: bool,
+    strict: bool,
+    suggest: bool,
+    output: Path | None,
+    columns_from: str | None,
+) -> None:
+    """What the database really saw, against the charter: writes by non-owners, shared
+    tables, cross-context reads and joins, tables no context owns, statements that could
+    not be parsed. LOGS: PostgreSQL server logs (csvlog or jsonlog, with log_statement or
+    pgAudit). With --suggest, a draft charter inferred from the traffic."""
+    from charter import audit
+    from charter.audit.actors import parse_mapping
+
+    if not logs and not stat_statements:
+        raise click.UsageError("give a server log (csvlog or jsonlog) or --stat-statements URL")
+    after = audit.since(since) if since else None
+    names = parse_mapping(mapping)
+    if suggest:
+        from charter.audit.suggest import draft
+
+        text = draft(list(logs), stat_statements, names, after, columns_from or stat_statements)
+        if output is None:
+            click.echo(text, nl=False)
+            return
+        if output.exists():
+            raise click.UsageError(f"{output} exists: remove it or choose another name (-o)")
+        output.write_text(text)
+        _console().print(f"wrote {escape(str(output))}: check it with `charter check -f {output}`")
+        return
+    report = audit.audit(model.load(path), list(logs), stat_statements, names, after)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        from charter.audit.report import render
+
+        _console().print(*render(report))
+    if strict and report.findings:
+        sys.exit(EXIT_BREACH)
+
+
 @main.command()
 @click.option("--changes", default=3000, show_default=True, help="How many changes to make.")
 @click.option(

@@ -590,6 +590,58 @@ def audit_command(
         sys.exit(EXIT_BREACH)
 
 
+@main.command(name="map")
+@charter_file
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["svg", "png", "mermaid", "dot", "json"]),
+    default=None,
+    help="Default: what -o's suffix says (.svg .png .mmd .dot .json), else mermaid.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--findings",
+    type=click.File("r"),
+    default=None,
+    help="Draw these audit findings in red (`charter audit --json` output; - for stdin).",
+)
+@click.option(
+    "--no-status", is_flag=True, help="Do not ask the stores and the bus how copies stand."
+)
+@reports_errors
+def map_command(
+    path: Path, fmt: str | None, output: Path | None, findings: Any, no_status: bool
+) -> None:
+    """The system drawn: contexts with their teams, entities at their owners, copies as
+    arrows labelled with fields and window, coloured by their live state; given audit
+    findings, the undeclared readers and writers in red."""
+    from charter import topology
+
+    chosen = topology.format_of(fmt, str(output) if output else None)
+    if chosen == "png" and output is None:
+        raise click.UsageError("--format png needs -o FILE")
+    found: list[dict[str, Any]] = []
+    if findings is not None:
+        try:
+            found = list(json.load(findings)["findings"])
+        except (ValueError, KeyError, TypeError):
+            raise click.BadParameter(
+                "not the JSON of `charter audit --json`", param_hint="--findings"
+            ) from None
+    if no_status:
+        drawn = topology.graph(model.load(path), (), found)
+    else:
+        with _opened(path, note=False) as system:
+            drawn = topology.graph(system.charter, status(system), found)
+    data = topology.render(drawn, chosen)
+    if output is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        output.write_bytes(data)
+        _console().print(f"wrote {escape(str(output))} ({chosen})", highlight=False)
+
+
 @main.command()
 @click.option("--changes", default=3000, show_default=True, help="How many changes to make.")
 @click.option(

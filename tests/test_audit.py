@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
 from charter import model
 from charter.audit import parse
+from charter.audit import since as audit_since
 from charter.audit.findings import (
     CROSS_JOIN,
     CROSS_READ,
@@ -31,8 +33,11 @@ from charter.audit.findings import (
     UNOWNED,
 )
 from charter.audit.parse import Table
+from charter.audit.sources import OBJECT, read_log
 from charter.cli import main
+from charter.system import System
 from tests.audit_servers import Audited, audited
+from tests.backends import POSTGRES
 
 # the tables in one place; `public.` because pgbench creates them there
 ACCOUNTS, BRANCHES, TELLERS, HISTORY, NOTES = (
@@ -456,3 +461,130 @@ def test_django_suggested_charter_puts_each_apps_tables_with_that_app(
     assert {"username"} <= set(admin_users.fields)
     check = CliRunner().invoke(main, ["check", "-f", str(draft)])
     assert check.exit_code == 0, check.output
+
+
+# charter apply --audit-only: what enforcement would refuse, logged by pgAudit and refused to none
+
+TRIAL = """\
+charter: 1
+name: trial
+bus: "sqlite:///{folder}/bus.db"
+contexts:
+  customers: {{team: customer-team, store: "{url}?schema=customers"}}
+  orders: {{team: order-team, store: "{url}?schema=orders"}}
+entities:
+  Customer:
+    owner: customers
+    fields: {{email: string, name: string}}
+  Order:
+    owner: orders
+    fields: {{customer_id: uuid, total: number}}
+copies:
+  order_customers: {{in: orders, of: Customer, fields: [name], window: 5s}}
+"""
+
+# what the orders service might send, each tagged; the ones enforcement refuses are marked
+TRIAL_STATEMENTS = {
+    "own-read": ('SELECT total FROM orders."order"', False),
+    "own-write": ('UPDATE orders."order" SET total = 1 WHERE false', False),
+    "copy-read": ("SELECT name FROM orders.order_customers", False),
+    "copy-write": ("UPDATE orders.order_customers SET name = 'x' WHERE false", True),
+    "bookkeeping-read": ("SELECT * FROM orders.charter_checkpoint", False),
+    "bookkeeping-write": ("DELETE FROM orders.charter_checkpoint WHERE false", True),
+    "other-read": ("SELECT email FROM customers.customer", True),
+    "other-write": ("UPDATE customers.customer SET name = 'x' WHERE false", True),
+    "join": (
+        'SELECT o.total, c.name FROM orders."order" o '
+        "JOIN customers.customer c ON c.id::text = o.customer_id::text",
+        True,
+    ),
+}
+
+
+def run_tagged(conn: psycopg.Connection[tuple[object, ...]]) -> set[str]:
+    """Send every statement (tagged /* tag */); the tags of those refused."""
+    conn.execute("SET charter.guard = 'open'")  # past charter's own trigger: grants are tried
+    refused = set()
+    for tag, (sql, _) in TRIAL_STATEMENTS.items():
+        try:
+            conn.execute(f"/* {tag} */ {sql}")  # type: ignore[arg-type]
+        except psycopg.errors.InsufficientPrivilege:
+            refused.add(tag)
+    return refused
+
+
+def test_audit_only_logs_exactly_what_enforcement_would_refuse(
+    server: Audited, tmp_path: Path
+) -> None:
+
+    server.sql("CREATE DATABASE trial")
+    url = server.url.rsplit("/", 1)[0] + "/trial"
+    path = tmp_path / "charter.yaml"
+    path.write_text(TRIAL.format(url=url, folder=tmp_path))
+    with System.load(path) as system:  # the tables, as the system has them today
+        system.store("customers")
+        system.store("orders")
+    with psycopg.connect(
+        url, autocommit=True
+    ) as conn:  # the role the orders service uses today: may do all
+        conn.execute("CREATE ROLE trial_legacy LOGIN")
+        conn.execute("GRANT USAGE ON SCHEMA customers, orders TO trial_legacy")
+        conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA customers, orders TO trial_legacy")
+    args = ["apply", "-f", str(path), "--audit-only", "--map", "trial_legacy=orders"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "trial_orders_service_audit" in first.output and "pgaudit.role" in first.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "nothing to change" in again.output, again.output
+
+    since = server.now()
+    time.sleep(0.01)
+    legacy = url.replace("postgres@", "trial_legacy@")
+    with psycopg.connect(legacy, autocommit=True) as conn:
+        assert run_tagged(conn) == set()  # refused to none
+    server.flushed()
+    logged = {
+        seen.text.split("*/")[0].strip("/* ")
+        for seen in read_log(server.csv, audit_since(since))
+        if seen.source == OBJECT
+    }
+    expected = {tag for tag, (_, refused) in TRIAL_STATEMENTS.items() if refused}
+    assert logged == expected
+
+    report = json.loads(
+        audit(
+            "-f",
+            str(path),
+            str(server.csv),
+            "--since",
+            since,
+            "--json",
+            "--map",
+            "trial_legacy=orders",
+        )
+    )
+    would = {
+        (f["tables"][0], tuple(f["ops"]))
+        for f in report["findings"]
+        if f["kind"] == "would_be_refused"
+    }
+    assert would == {
+        ("customers.customer", ("READ", "WRITE")),
+        ("orders.order_customers", ("WRITE",)),
+        ("orders.charter_checkpoint", ("WRITE",)),
+    }
+
+    # now enforce: charter's own orders role is refused exactly those
+    enforce = CliRunner().invoke(main, ["apply", "-f", str(path)])
+    assert enforce.exit_code == 0, enforce.output
+    with psycopg.connect(url.replace("postgres@", "trial_orders@"), autocommit=True) as conn:
+        assert run_tagged(conn) == expected
+
+
+def test_audit_only_says_when_pgaudit_is_not_loaded(tmp_path: Path) -> None:
+    """The shared server has no pgAudit: a clear message, nothing changed."""
+    path = tmp_path / "charter.yaml"
+    path.write_text(TRIAL.format(url=POSTGRES.split("?")[0], folder=tmp_path))
+    result = CliRunner().invoke(main, ["apply", "-f", str(path), "--audit-only"])
+    assert result.exit_code == 1
+    assert "pgAudit is not loaded" in result.output and "shared_preload_libraries" in result.output

@@ -279,11 +279,32 @@ def run(
     help="Write the NATS authorization block here (default: .charter/nats-auth.conf "
     "beside the charter, when the bus is NATS).",
 )
+@click.option(
+    "--audit-only",
+    is_flag=True,
+    help="Refuse nothing: set up pgAudit's object audit to log exactly what enforcement "
+    "would refuse (`charter audit` lists it).",
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="ROLE=CONTEXT",
+    help="--audit-only: this role (one the system uses today) speaks for CONTEXT.",
+)
 @reports_errors
-def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
+def apply_command(
+    path: Path, dry_run: bool, nats_config: Path | None, audit_only: bool, mapping: tuple[str, ...]
+) -> None:
     """Make the infrastructure enforce the charter: PostgreSQL roles and grants per
-    context, and a NATS authorization block where each context publishes only what it owns."""
+    context, and a NATS authorization block where each context publishes only what it owns.
+    With --audit-only, nothing is enforced: what would be refused is logged by pgAudit."""
     charter = model.load(path)
+    if audit_only:
+        _apply_audit_only(charter, dry_run, mapping)
+        return
+    if mapping:
+        raise click.UsageError("--map goes with --audit-only")
     changes = 0
     stores = [ctx for ctx in charter.contexts.values() if ctx.store.startswith(POSTGRES)]
     if stores:
@@ -315,6 +336,32 @@ def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
     verb = "would change" if dry_run else "changed"
     click.echo(
         f"{verb} {changes} thing{'s' if changes != 1 else ''}" if changes else "nothing to change"
+    )
+
+
+def _apply_audit_only(charter: model.Charter, dry_run: bool, mapping: tuple[str, ...]) -> None:
+    from charter.audit.actors import parse_mapping
+
+    stores = [ctx for ctx in charter.contexts.values() if ctx.store.startswith(POSTGRES)]
+    if not stores:
+        raise click.UsageError("--audit-only needs a context on PostgreSQL (with pgAudit)")
+    with driver(f"the store of context '{stores[0].name}'", stores[0].store):
+        from charter.audit import trial
+    statements = trial.plan(charter, parse_mapping(mapping))
+    changes = sum(len(s) for s in statements.values())
+    for context, sqls in statements.items():
+        for statement in sqls:
+            click.echo(f"-- {context}\n{statement};" if dry_run else f"{context}: {statement}")
+    if not dry_run:
+        trial.execute(charter, statements)
+    verb = "would change" if dry_run else "changed"
+    if not changes:
+        click.echo("nothing to change")
+        return
+    click.echo(f"{verb} {changes} thing{'s' if changes != 1 else ''}")
+    click.echo(
+        "what charter apply would refuse is now logged by pgAudit (AUDIT: OBJECT) for new "
+        "sessions of those roles, and refused to none: see `charter audit`"
     )
 
 

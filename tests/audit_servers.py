@@ -85,6 +85,11 @@ class Audited:
 
 @contextlib.contextmanager
 def audited() -> Iterator[Audited]:
+    if not (pg_server.BIN.parent / "lib" / "pgaudit.so").exists():
+        raise RuntimeError(
+            f"pgAudit is not installed for {pg_server.BIN.parent} (Debian: "
+            "postgresql-15-pgaudit; .ci/run installs it)"
+        )
     pg = pg_server.Server(SETTINGS)
     options = pg.folder / "options"
     options.write_text(options.read_text() + f" -c log_directory={pg.folder}/logs")

@@ -588,3 +588,29 @@ def test_audit_only_says_when_pgaudit_is_not_loaded(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["apply", "-f", str(path), "--audit-only"])
     assert result.exit_code == 1
     assert "pgAudit is not loaded" in result.output and "shared_preload_libraries" in result.output
+
+
+def test_without_pglast_the_command_names_the_extra(tmp_path: Path) -> None:
+    refuse = (
+        "import sys, importlib.abc\n"
+        "class Refuse(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] == 'pglast':\n"
+        "            raise ModuleNotFoundError(name=name)\n"
+        "sys.meta_path.insert(0, Refuse())\n"
+        "sys.argv = ['charter', *sys.argv[1:]]\n"
+        "from charter.cli import main\n"
+        "main()\n"
+    )
+    log = tmp_path / "server.csv"
+    log.write_text("")
+    path = tmp_path / "charter.yaml"
+    path.write_text(BANK.format(url="postgresql://127.0.0.1/x"))
+    done = subprocess.run(
+        [sys.executable, "-c", refuse, "audit", "-f", str(path), str(log)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "pip install 'charter[audit]'" in done.stderr and "Traceback" not in done.stderr

@@ -610,6 +610,7 @@ def audit_command(
     from charter import audit
     from charter.audit.actors import parse_mapping
 
+    audit.require()
     if not logs and not stat_statements:
         raise click.UsageError("give a server log (csvlog or jsonlog) or --stat-statements URL")
     after = audit.since(since) if since else None

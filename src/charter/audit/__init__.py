@@ -80,6 +80,7 @@ def audit(
     after: dt.datetime | None = None,
 ) -> Report:
     """The findings of `charter audit`: the traffic read, held against `charter`."""
+    require()
     from charter.audit.actors import Actors
     from charter.audit.findings import findings
 

@@ -38,6 +38,7 @@ from charter.cli import main
 from charter.system import System
 from tests.audit_servers import Audited, audited
 from tests.backends import POSTGRES
+from tests.nats_servers import free_ports
 
 # the tables in one place; `public.` because pgbench creates them there
 ACCOUNTS, BRANCHES, TELLERS, HISTORY, NOTES = (
@@ -275,6 +276,10 @@ def test_no_source_or_a_bad_one_is_a_clear_error(bank: Bank, tmp_path: Path) -> 
     assert "names no context" in out
     out = audit("-f", str(bank.charter), str(bank.server.csv), "--since", "yesterday", code=1)
     assert "--since" in out
+    [port] = free_ports(1)
+    stopped = f"postgresql://postgres:secret@127.0.0.1:{port}/test"
+    out = audit("-f", str(bank.charter), "--stat-statements", stopped, code=1)
+    assert f"is PostgreSQL running at 127.0.0.1:{port}?" in out and "secret" not in out
 
 
 # the parser, statement by statement

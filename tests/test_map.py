@@ -21,6 +21,7 @@ from charter.runner import Runner
 from charter.status import BREACH, DEGRADED, GAP, NEVER_SYNCED, OK, UNKNOWN, CopyStatus
 from charter.system import System
 from tests.conftest import SHOP
+from tests.nats_servers import free_ports
 
 
 @pytest.fixture
@@ -172,3 +173,18 @@ def test_bad_arguments_are_clear(shop_path: Path, tmp_path: Path) -> None:
     bad.write_text("[1, 2]")
     out = draw("-f", str(shop_path), "--findings", str(bad), code=2)
     assert "charter audit --json" in out
+
+
+def test_a_stopped_postgresql_draws_its_copies_unknown(tmp_path: Path) -> None:
+    [port] = free_ports(1)
+    url = f"postgresql://postgres:secret@127.0.0.1:{port}/test"
+    stores = {c: f"{url}?schema={c}" for c in ("customers", "orders", "shipping")}
+    path = tmp_path / "charter.yaml"
+    bus = f"sqlite:///{tmp_path}/bus.db"
+    path.write_text(
+        SHOP.format(name="shop", bus=bus, calendar=f"sqlite:///{tmp_path}/c.db", **stores)
+    )
+    graph = json.loads(draw("-f", str(path), "--format", "json"))
+    states = {e["state"] for e in graph["edges"] if e["kind"] == "copy"}
+    assert states == {UNKNOWN}
+    assert "secret" not in json.dumps(graph)

@@ -6,7 +6,11 @@ targets from the issue.
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory | diff
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
+<<<<<<< HEAD
     .venv/bin/python benchmarks/run.py --only visibility  # visibility.py: contract vs public
+=======
+    .venv/bin/python benchmarks/run.py --only audit    # charter audit beside pgBadger, audit_log.py
+>>>>>>> audit
 
 The sections pg-writes, relay-nats, pg-nats-e2e and pg-nats-latency (servers.py) run charter on
 PostgreSQL and NATS JetStream (--pg, --nats; defaults for a local test setup) beside plain
@@ -42,7 +46,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+<<<<<<< HEAD
 import diffs
+=======
+import audit_log
+>>>>>>> audit
 import orjson
 import peer_eventsourcing as peer
 import servers
@@ -59,8 +67,13 @@ from charter.system import ContextHandle, System
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
+<<<<<<< HEAD
 SECTIONS = ("owner", "pipeline", "latency", "memory", "diff")
 ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, visibility_bench.SECTION)
+=======
+SECTIONS = ("owner", "pipeline", "latency", "memory")
+ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, "audit")
+>>>>>>> audit
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
 ENTITY = "Customer"
@@ -1121,6 +1134,21 @@ def render(report: Report, info: dict[str, str], settings: dict[str, str], mode:
     return "\n".join(lines)
 
 
+def bench_audit(quick: bool, info: dict[str, str], write: bool) -> None:
+    """charter audit over a server log, beside pgBadger (audit_log.py); written to RESULTS.md
+    for a full run or --write."""
+    say("\naudit: making the log, then charter audit and pgBadger reading it")
+    result = audit_log.run(quick)
+    when = f"{STARTED:%Y-%m-%d %H:%M} UTC"
+    machine_info = {k: v for k, v in info.items() if k in ("cpu", "ram", "os", "python", "charter")}
+    machine_info["load average (1 min) after"] = f"{os.getloadavg()[0]:.1f}"
+    block = audit_log.render(result, when, machine_info, "quick" if quick else "full")
+    say(block)
+    if write or not quick:
+        audit_log.write_results(RESULTS, block)
+        say(f"\nwritten (audit part): {RESULTS}")
+
+
 def write_results(text: str) -> None:
     kept = f"{READING_MARK}\n\n## Reading the figures\n\n(to be written)\n"
     if RESULTS.exists():
@@ -1234,9 +1262,14 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_separate_process,
             server_report,
         )
+    if "audit" in chosen:
+        sections["audit"] = functools.partial(bench_audit, args.quick, info, args.write)
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0 if args.quick else 180)
     for name in ALL_SECTIONS:
-        if name in sqlite_chosen or name in server_chosen:
+        if name == "audit" and name in chosen:
+            wait_for_quiet(quiet_wait, args.quiet_load)
+            sections[name]()
+        elif name in sqlite_chosen or name in server_chosen:
             before = wait_for_quiet(quiet_wait, args.quiet_load)
             began = time.perf_counter()
             sections[name]()

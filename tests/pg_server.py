@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tests.nats_servers import HOST, free_ports
@@ -26,7 +27,7 @@ BIN = Path(os.environ.get("CHARTER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
         if not (BIN / "initdb").exists():
             raise RuntimeError(f"no initdb in {BIN} (set CHARTER_PG_BIN)")
         self.folder = Path(tempfile.mkdtemp(prefix="charter-pg-"))
@@ -44,6 +45,8 @@ class Server:
             f"-p {self.port} -c listen_addresses={HOST} -c unix_socket_directories={self.folder} "
             "-c fsync=off -c max_connections=100"
         )
+        for name, value in (settings or {}).items():  # e.g. {"log_destination": "csvlog"}
+            options += f" -c {name}={shlex.quote(value)}"
         (self.folder / "options").write_text(options)
 
     def _run(self, *command: str) -> None:
@@ -68,8 +71,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def server() -> Iterator[Server]:
-    pg = Server()
+def server(settings: Mapping[str, str] | None = None) -> Iterator[Server]:
+    pg = Server(settings)
     try:
         pg.start()
         yield pg

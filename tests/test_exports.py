@@ -35,6 +35,7 @@ PUBLIC = {
     },
     "charter.testing": {"StoreContract", "BusContract"},
     "charter.sim": {"Config", "Outcome", "Simulation", "run"},
+    "charter.audit": {"audit", "read", "require", "since"},
 }
 
 

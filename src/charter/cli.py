@@ -363,11 +363,32 @@ def run(
     help="Write the NATS authorization block here (default: .charter/nats-auth.conf "
     "beside the charter, when the bus is NATS).",
 )
+@click.option(
+    "--audit-only",
+    is_flag=True,
+    help="Refuse nothing: set up pgAudit's object audit to log exactly what enforcement "
+    "would refuse (`charter audit` lists it).",
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="ROLE=CONTEXT",
+    help="--audit-only: this role (one the system uses today) speaks for CONTEXT.",
+)
 @reports_errors
-def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
+def apply_command(
+    path: Path, dry_run: bool, nats_config: Path | None, audit_only: bool, mapping: tuple[str, ...]
+) -> None:
     """Make the infrastructure enforce the charter: PostgreSQL roles and grants per
-    context, and a NATS authorization block where each context publishes only what it owns."""
+    context, and a NATS authorization block where each context publishes only what it owns.
+    With --audit-only, nothing is enforced: what would be refused is logged by pgAudit."""
     charter = model.load(path)
+    if audit_only:
+        _apply_audit_only(charter, dry_run, mapping)
+        return
+    if mapping:
+        raise click.UsageError("--map goes with --audit-only")
     changes = 0
     stores = [ctx for ctx in charter.contexts.values() if ctx.store.startswith(POSTGRES)]
     if stores:
@@ -399,6 +420,32 @@ def apply_command(path: Path, dry_run: bool, nats_config: Path | None) -> None:
     verb = "would change" if dry_run else "changed"
     click.echo(
         f"{verb} {changes} thing{'s' if changes != 1 else ''}" if changes else "nothing to change"
+    )
+
+
+def _apply_audit_only(charter: model.Charter, dry_run: bool, mapping: tuple[str, ...]) -> None:
+    from charter.audit.actors import parse_mapping
+
+    stores = [ctx for ctx in charter.contexts.values() if ctx.store.startswith(POSTGRES)]
+    if not stores:
+        raise click.UsageError("--audit-only needs a context on PostgreSQL (with pgAudit)")
+    with driver(f"the store of context '{stores[0].name}'", stores[0].store):
+        from charter.audit import trial
+    statements = trial.plan(charter, parse_mapping(mapping))
+    changes = sum(len(s) for s in statements.values())
+    for context, sqls in statements.items():
+        for statement in sqls:
+            click.echo(f"-- {context}\n{statement};" if dry_run else f"{context}: {statement}")
+    if not dry_run:
+        trial.execute(charter, statements)
+    verb = "would change" if dry_run else "changed"
+    if not changes:
+        click.echo("nothing to change")
+        return
+    click.echo(f"{verb} {changes} thing{'s' if changes != 1 else ''}")
+    click.echo(
+        "what charter apply would refuse is now logged by pgAudit (AUDIT: OBJECT) for new "
+        "sessions of those roles, and refused to none: see `charter audit`"
     )
 
 
@@ -664,6 +711,7 @@ def _parked_json(p: Parked) -> dict[str, Any]:
     }
 
 
+<<<<<<< HEAD
 @main.command(name="export")
 @charter_file
 @click.argument("kind", type=click.Choice(exports.KINDS))
@@ -714,6 +762,138 @@ def codegen(path: Path, context: str, output: Path | None) -> None:
     from charter.codegen import generate
 
     _write(generate(model.load(path), context), output)
+=======
+@main.command(name="audit")
+@charter_file
+@click.argument("logs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--stat-statements",
+    "stat_statements",
+    metavar="URL",
+    help="Also read the live pg_stat_statements of this PostgreSQL database.",
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="NAME=CONTEXT",
+    help="Sessions of this role or application name speak for CONTEXT (repeatable).",
+)
+@click.option("--since", metavar="WHEN", help="Only what happened since: 2h, 7d, or a time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--strict", is_flag=True, help="Exit 3 when there is any finding.")
+@click.option("--suggest", is_flag=True, help="Infer a draft charter from the traffic instead.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the draft charter here (--suggest; default: print it).",
+)
+@click.option(
+    "--columns-from",
+    metavar="URL",
+    help="--suggest: read the tables' columns and types from this database "
+    "(default: the --stat-statements URL).",
+)
+@reports_errors
+def audit_command(
+    path: Path,
+    logs: tuple[Path, ...],
+    stat_statements: str | None,
+    mapping: tuple[str, ...],
+    since: str | None,
+    as_json: bool,
+    strict: bool,
+    suggest: bool,
+    output: Path | None,
+    columns_from: str | None,
+) -> None:
+    """What the database really saw, against the charter: writes by non-owners, shared
+    tables, cross-context reads and joins, tables no context owns, statements that could
+    not be parsed. LOGS: PostgreSQL server logs (csvlog or jsonlog, with log_statement or
+    pgAudit). With --suggest, a draft charter inferred from the traffic."""
+    from charter import audit
+    from charter.audit.actors import parse_mapping
+
+    audit.require()
+    if not logs and not stat_statements:
+        raise click.UsageError("give a server log (csvlog or jsonlog) or --stat-statements URL")
+    after = audit.since(since) if since else None
+    names = parse_mapping(mapping)
+    if suggest:
+        from charter.audit.suggest import draft
+
+        text = draft(list(logs), stat_statements, names, after, columns_from or stat_statements)
+        if output is None:
+            click.echo(text, nl=False)
+            return
+        if output.exists():
+            raise click.UsageError(f"{output} exists: remove it or choose another name (-o)")
+        output.write_text(text)
+        _console().print(f"wrote {escape(str(output))}: check it with `charter check -f {output}`")
+        return
+    report = audit.audit(model.load(path), list(logs), stat_statements, names, after)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        from charter.audit.report import render
+
+        _console().print(*render(report))
+    if strict and report.findings:
+        sys.exit(EXIT_BREACH)
+
+
+@main.command(name="map")
+@charter_file
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["svg", "png", "mermaid", "dot", "json"]),
+    default=None,
+    help="Default: what -o's suffix says (.svg .png .mmd .dot .json), else mermaid.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--findings",
+    type=click.File("r"),
+    default=None,
+    help="Draw these audit findings in red (`charter audit --json` output; - for stdin).",
+)
+@click.option(
+    "--no-status", is_flag=True, help="Do not ask the stores and the bus how copies stand."
+)
+@reports_errors
+def map_command(
+    path: Path, fmt: str | None, output: Path | None, findings: Any, no_status: bool
+) -> None:
+    """The system drawn: contexts with their teams, entities at their owners, copies as
+    arrows labelled with fields and window, coloured by their live state; given audit
+    findings, the undeclared readers and writers in red."""
+    from charter import topology
+
+    chosen = topology.format_of(fmt, str(output) if output else None)
+    if chosen == "png" and output is None:
+        raise click.UsageError("--format png needs -o FILE")
+    found: list[dict[str, Any]] = []
+    if findings is not None:
+        try:
+            found = list(json.load(findings)["findings"])
+        except (ValueError, KeyError, TypeError):
+            raise click.BadParameter(
+                "not the JSON of `charter audit --json`", param_hint="--findings"
+            ) from None
+    if no_status:
+        drawn = topology.graph(model.load(path), (), found)
+    else:
+        with _opened(path, note=False) as system:
+            drawn = topology.graph(system.charter, status(system), found)
+    data = topology.render(drawn, chosen)
+    if output is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        output.write_bytes(data)
+        _console().print(f"wrote {escape(str(output))} ({chosen})", highlight=False)
+>>>>>>> audit
 
 
 @main.command()

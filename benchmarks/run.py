@@ -6,11 +6,8 @@ targets from the issue.
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory | diff
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
-<<<<<<< HEAD
     .venv/bin/python benchmarks/run.py --only visibility  # visibility.py: contract vs public
-=======
     .venv/bin/python benchmarks/run.py --only audit    # charter audit beside pgBadger, audit_log.py
->>>>>>> audit
 
 The sections pg-writes, relay-nats, pg-nats-e2e and pg-nats-latency (servers.py) run charter on
 PostgreSQL and NATS JetStream (--pg, --nats; defaults for a local test setup) beside plain
@@ -46,11 +43,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-<<<<<<< HEAD
-import diffs
-=======
 import audit_log
->>>>>>> audit
+import diffs
 import orjson
 import peer_eventsourcing as peer
 import servers
@@ -67,13 +61,8 @@ from charter.system import ContextHandle, System
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
-<<<<<<< HEAD
 SECTIONS = ("owner", "pipeline", "latency", "memory", "diff")
-ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, visibility_bench.SECTION)
-=======
-SECTIONS = ("owner", "pipeline", "latency", "memory")
-ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, "audit")
->>>>>>> audit
+ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, visibility_bench.SECTION, "audit")
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
 ENTITY = "Customer"

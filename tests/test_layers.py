@@ -61,15 +61,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.parking",
         "charter.tables",
         "charter.grants",
-<<<<<<< HEAD
         "charter.exports",  # the contract where tools read it: AsyncAPI, JSON Schema, ODCS
         "charter.codegen",  # each context's own nouns as typed models
         "charter.reconcile",
         "charter.diffing",  # charter diff's sides (a file or git:REF) and formats
-=======
         "charter.audit",  # what the database really saw, against the charter
         "charter.topology",  # the map: the charter drawn, with live states and findings
->>>>>>> audit
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

@@ -711,7 +711,6 @@ def _parked_json(p: Parked) -> dict[str, Any]:
     }
 
 
-<<<<<<< HEAD
 @main.command(name="export")
 @charter_file
 @click.argument("kind", type=click.Choice(exports.KINDS))
@@ -762,7 +761,8 @@ def codegen(path: Path, context: str, output: Path | None) -> None:
     from charter.codegen import generate
 
     _write(generate(model.load(path), context), output)
-=======
+
+
 @main.command(name="audit")
 @charter_file
 @click.argument("logs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
@@ -893,7 +893,6 @@ def map_command(
     else:
         output.write_bytes(data)
         _console().print(f"wrote {escape(str(output))} ({chosen})", highlight=False)
->>>>>>> audit
 
 
 @main.command()

@@ -38,6 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.urls",
         "charter.records",
         "charter.roles",
+        "charter.latency",
     ),
     BACKENDS: ("charter.boundary", "charter._sqlite"),
     STORES: ("charter.stores",),

@@ -29,7 +29,14 @@ from charter.status import FAILING, UNKNOWN, status
 from charter.stores import open_store
 from charter.stores.memory import in_this_process
 from charter.system import System
-from charter.tables import history_table, lanes_line, seconds, states_of, status_table
+from charter.tables import (
+    history_table,
+    kept_table,
+    lanes_line,
+    seconds,
+    states_of,
+    status_table,
+)
 from charter.urls import NATS, POSTGRES, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -342,6 +349,9 @@ def status_command(path: Path, as_json: bool, strict: bool, context: str | None)
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
     else:
         _console().print(status_table(rows))
+        promise = kept_table(rows)
+        if promise is not None:
+            _console().print(promise)
         for row in rows:
             if row.lanes:
                 _console().print(lanes_line(row), highlight=False)

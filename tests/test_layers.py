@@ -59,6 +59,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.parking",
         "charter.tables",
         "charter.grants",
+        "charter.metrics",
+        "charter.alerts",
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

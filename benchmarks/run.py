@@ -5,6 +5,7 @@ targets from the issue.
     .venv/bin/python benchmarks/run.py                 # everything (~25-35 minutes)
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory
+    .venv/bin/python benchmarks/run.py --only latency-cost --only pg-nats-latency-cost
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
 
 The sections pg-writes, relay-nats, pg-nats-e2e and pg-nats-latency (servers.py) run charter on
@@ -44,7 +45,7 @@ from urllib.parse import urlsplit
 import orjson
 import peer_eventsourcing as peer
 import servers
-from workload import ChangeMaker, alive, charter_run
+from workload import NO_LATENCY, ChangeMaker, alive, charter_run, latency_cost, on_and_off
 
 import charter
 from charter.events import Event
@@ -56,7 +57,7 @@ from charter.system import ContextHandle, System
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
-SECTIONS = ("owner", "pipeline", "latency", "memory")
+SECTIONS = ("owner", "pipeline", "latency", "memory", "latency-cost")
 ALL_SECTIONS = SECTIONS + servers.SECTIONS
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
@@ -165,10 +166,11 @@ def pragmas(conn: sqlite3.Connection) -> str:
     return f"journal_mode={mode}, synchronous={sync}"
 
 
-def new_system(folder: Path) -> System:
-    """A fresh charter system in `folder`, every store and the bus opened and prepared."""
+def new_system(folder: Path, more: str = "") -> System:
+    """A fresh charter system in `folder`, every store and the bus opened and prepared;
+    `more` is added to the charter file (say, "latency_retention: 0\n")."""
     path = folder / "charter.yaml"
-    path.write_text(CHARTER_FILE)
+    path.write_text(CHARTER_FILE + more)
     system = charter.load(path)
     for name in system.charter.contexts:
         system.store(name)
@@ -755,6 +757,70 @@ def bench_pipeline(sizes: Sizes, report: Report, in_process: bool, separate: boo
     )
 
 
+# --- 2b. what recording latencies costs ------------------------------------------------------
+
+
+def apply_cost(batches: int = 200, size: int = 1000) -> tuple[float, float]:
+    """µs per event of one copy's apply on SQLite (1000-event batches), with and without the
+    latencies: the projector's part (reading commit times) and the store's (counting them in
+    the same transaction), apart from the noise of a whole pipeline."""
+    from charter.projector import _latencies
+
+    with scratch("apply-cost") as folder, new_system(folder) as system:
+        copy = system.charter.copies["order_customers"]
+        store = system.store(copy.context)
+        store.backfill(copy, iter(()), 0)
+        per: dict[bool, list[float]] = {True: [], False: []}
+        position = 0
+        for number in range(batches):
+            items = []
+            for _ in range(size):
+                position += 1
+                event = cloud_event(uuid7(), 1, "created", "n", f"{position}@x")
+                items.append((position, event))
+            recording = number % 4 in (0, 3)  # on, off, off, on: as on_and_off
+            start = time.perf_counter()
+            timed = _latencies(items) if recording else ()
+            store.apply(copy, items, [], position, None, timed)
+            per[recording].append((time.perf_counter() - start) / size * 1e6)
+    return statistics.median(per[True]), statistics.median(per[False])
+
+
+def bench_latency_cost(sizes: Sizes, report: Report) -> None:
+    n, per, rounds = sizes.pipeline_changes, 100, 3
+    say(f"\n[2b] latency recorded or not: {n} changes end to end, {rounds} rounds each")
+
+    def run(recording: bool) -> float:
+        opened = functools.partial(new_system, more="" if recording else NO_LATENCY)
+        _, rate = charter_pipeline_in_process(n, per, opened)
+        say(f"  latency {'on ' if recording else 'off'}: {rate:,.0f} changes/s")
+        return rate
+
+    on, off = on_and_off(rounds, run)
+    cost = latency_cost(on, off)
+    with_us, without_us = apply_cost()
+    say(f"  cost {cost:.1%}; one copy's apply {with_us:.1f} µs/event on, {without_us:.1f} off")
+    report.rows.append(
+        Row(
+            "2b. end to end, latency recorded on / off, runner in background threads "
+            "(changes/s, median)",
+            "n/a",
+            f"{statistics.median(on):,.0f} on; {statistics.median(off):,.0f} off",
+            "n/a",
+            f"cost {cost:.1%}",
+            "≤ 5 %",
+            verdict(cost <= 0.05),
+        )
+    )
+    report.note(
+        f"latency cost: {n:,} changes, {per} a transaction, two copies, {rounds} runs each way "
+        "taking turns; on: " + ", ".join(f"{r:,.0f}" for r in on) + "; off (the charter's "
+        "`latency_retention: 0`): " + ", ".join(f"{r:,.0f}" for r in off) + " changes/s. "
+        f"One copy's apply of 1000-event batches on SQLite: {with_us:.1f} µs/event with the "
+        f"latencies, {without_us:.1f} without (medians of 100 batches each, taking turns)"
+    )
+
+
 # --- 3. propagation latency ----------------------------------------------------------------
 
 
@@ -1189,6 +1255,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": lambda: bench_pipeline(sizes, report, True, not args.no_separate_process),
         "latency": lambda: bench_latency(sizes, report),
         "memory": lambda: bench_memory(sizes, report),
+        "latency-cost": lambda: bench_latency_cost(sizes, report),
     }
     for name in servers.SECTIONS:
         sections[name] = functools.partial(

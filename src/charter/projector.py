@@ -15,6 +15,7 @@ from charter.clock) goes to the store with the batch, into the copy's latency hi
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -228,11 +229,14 @@ def _latencies(items: Sequence[tuple[int, Event]]) -> list[tuple[int, float]]:
     """(position, seconds) of each event whose commit time can be read: now (the copy's
     commit, as near as the projector can tell) minus the owner's commit."""
     now = clock.time_ns()
-    found = []
+    found: list[tuple[int, float]] = []
+    seen, seconds = "", math.nan  # the events of one owner transaction share their time
     for position, event in items:
-        committed = latency.commit_ns(event.time)
-        if committed is not None:
-            found.append((position, (now - committed) / 1e9))
+        if event.time != seen:
+            seen, committed = event.time, latency.commit_ns(event.time)
+            seconds = math.nan if committed is None else (now - committed) / 1e9
+        if seconds == seconds:  # not NaN: the time could be read
+            found.append((position, seconds))
     return found
 
 

@@ -5,6 +5,7 @@ fails), backfill, and parked events kept, retried and dropped."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -180,8 +181,12 @@ class _Copies(_Schema):
             parts.append((delete, [copy.name, oldest]))
         if latencies and self._latency.kept > 0:
             start, params = self._start(copy, lane)
-            positions = "{" + ",".join([str(at) for at, _ in latencies]) + "}"
-            buckets = "{" + ",".join([str(latency.bucket(s)) for _, s in latencies]) + "}"
+            found: dict[float, str] = {}  # a few latencies: one per owner transaction
+            for _, seconds in latencies:
+                if seconds not in found:
+                    found[seconds] = str(latency.bucket(seconds))
+            positions = "{" + ",".join(map(str, map(itemgetter(0), latencies))) + "}"
+            buckets = "{" + ",".join(map(found.__getitem__, map(itemgetter(1), latencies))) + "}"
             insert = (
                 f"l AS (INSERT INTO {table} SELECT %s, %s, u.bucket, count(*) "
                 "FROM unnest(%s::bigint[], %s::smallint[]) AS u(position, bucket) "

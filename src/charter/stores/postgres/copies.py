@@ -4,8 +4,8 @@ fails), backfill, and parked events kept, retried and dropped."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -36,6 +36,29 @@ _TRANSIENT = frozenset({"08", "40", "53", "55", "57"})
 def _text(value: str) -> str:
     """`value` as PostgreSQL text can hold it (no NUL character), to park what holds one."""
     return value.replace("\x00", "\\0") if "\x00" in value else value
+
+
+def _runs(latencies: Sequence[tuple[int, float]]) -> tuple[list[int], list[int], list[int]]:
+    """(position, seconds) in position order as runs of consecutive positions whose
+    latencies share a bucket: their first and last positions and their buckets."""
+    firsts: list[int] = []
+    lasts: list[int] = []
+    buckets: list[int] = []
+    seen, bucket, last = math.nan, -1, -2
+    for position, seconds in latencies:
+        if seconds != seen:
+            seen, bucket = seconds, latency.bucket(seconds)
+        if position == last + 1 and bucket == buckets[-1]:
+            last = position  # the run goes on
+            continue
+        if firsts:
+            lasts.append(last)
+        firsts.append(position)
+        buckets.append(bucket)
+        last = position
+    if firsts:
+        lasts.append(last)
+    return firsts, lasts, buckets
 
 
 def _parked(row: Sequence[Any]) -> Parked:
@@ -171,7 +194,9 @@ class _Copies(_Schema):
     ) -> list[tuple[str, list[Any]]]:
         """As parts of the apply's WITH list: the latencies of the events past the
         checkpoint added to this minute's counts, and (once a minute) the minutes past the
-        retention deleted. Each event's bucket goes with its position, as array text."""
+        retention deleted. The latencies travel as runs of consecutive positions in one
+        bucket (a few per batch: the events of one owner transaction share a latency),
+        each counted as far as it lies past the checkpoint."""
         minute = latency.minute(clock.time_ns())
         table = self._t("charter_latency")
         parts: list[tuple[str, list[Any]]] = []
@@ -181,19 +206,15 @@ class _Copies(_Schema):
             parts.append((delete, [copy.name, oldest]))
         if latencies and self._latency.kept > 0:
             start, params = self._start(copy, lane)
-            found: dict[float, str] = {}  # a few latencies: one per owner transaction
-            for _, seconds in latencies:
-                if seconds not in found:
-                    found[seconds] = str(latency.bucket(seconds))
-            positions = "{" + ",".join(map(str, map(itemgetter(0), latencies))) + "}"
-            buckets = "{" + ",".join(map(found.__getitem__, map(itemgetter(1), latencies))) + "}"
+            firsts, lasts, buckets = _runs(latencies)
             insert = (
-                f"l AS (INSERT INTO {table} SELECT %s, %s, u.bucket, count(*) "
-                "FROM unnest(%s::bigint[], %s::smallint[]) AS u(position, bucket) "
-                f"WHERE u.position > {start} GROUP BY u.bucket ON CONFLICT (copy, minute, "
-                f"bucket) DO UPDATE SET count = {table}.count + excluded.count)"
+                f"l AS (INSERT INTO {table} SELECT %s, %s, r.bucket, "
+                f"sum(r.last - greatest(r.first - 1, {start})) FROM unnest(%s::bigint[], "
+                "%s::bigint[], %s::smallint[]) AS r(first, last, bucket) "
+                f"WHERE r.last > {start} GROUP BY r.bucket ON CONFLICT (copy, minute, bucket) "
+                f"DO UPDATE SET count = {table}.count + excluded.count)"
             )
-            parts.append((insert, [copy.name, minute, positions, buckets, *params]))
+            parts.append((insert, [copy.name, minute, *params, firsts, lasts, buckets, *params]))
         return parts
 
     def latency(self, copy: Copy, since: int) -> dict[int, int]:

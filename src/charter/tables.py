@@ -65,7 +65,12 @@ def kept_table(rows: list[CopyStatus]) -> Table | None:
     shown = [row for row in rows if row.within_window_1d is not None]
     if not shown:
         return None
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="kept", title_justify="left")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title="promise kept (owner commit → copy)",
+        title_justify="left",
+    )
     table.add_column("copy")
     for name in ("p50 (5 min)", "p99 (5 min)", "in window (1 h)", "(1 day)"):
         table.add_column(name, justify="right")

@@ -5,6 +5,7 @@ a clock that moves only when the test says."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -91,6 +92,35 @@ def test_metrics_say_what_the_copies_and_outboxes_do(shop: System) -> None:
     assert value(found, f"{histogram}_bucket", **ORDER, le="+Inf") == 4
     assert value(found, f"{histogram}_sum", **ORDER) == pytest.approx(8.0)
     assert value(found, f"{histogram}_bucket", **shipping, le="3.0") == 4  # its own edges
+
+
+def test_scrapes_open_no_new_connections(shop: System) -> None:
+    """One thread answers every scrape, so a store's connection per thread is made once."""
+    runner = charter.Runner(shop)
+    runner.drain()
+    server = MetricsServer(runner, "127.0.0.1", 0)
+    try:
+        scrape(server)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            scrape(server)
+        assert len(os.listdir("/proc/self/fd")) <= before + 2
+    finally:
+        server.close()
+
+
+def test_a_runner_of_copies_alone_reads_no_owners_store(shop: System) -> None:
+    runner = charter.Runner(shop, ["orders"])
+    server = MetricsServer(runner, "127.0.0.1", 0)
+    try:
+        create(shop, 2, "a")
+        found = samples(scrape(server))
+    finally:
+        server.close()
+    assert value(found, "charter_copy_lag_events", **ORDER) == 0  # none on the bus yet
+    outboxes = [s.labels for s in found if s.name == "charter_outbox_unrelayed_events"]
+    assert outboxes == [{"owner": "orders", "of": "Order"}]  # its own, not the customers'"
+    assert not [s for s in found if s.labels.get("copy") == "shipping_customers"]
 
 
 def test_latency_buckets_sit_at_fractions_and_multiples_of_the_window() -> None:

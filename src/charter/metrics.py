@@ -3,11 +3,14 @@ prometheus-client library (the extra `charter[metrics]`).
 
 What a copy's contract is measured by is computed at scrape time from its status (the same
 figures as `charter status`): staleness, window, lag, parked events; and for each owner
-whose relay runs here, its unrelayed outbox. What happens between scrapes is counted as it
-happens, through each projector's `on_applied`: the events applied and a histogram of
-their propagation latency, with buckets at fractions and multiples of the copy's window
-(so that "within the window" is always a bucket edge). A copy that cannot be measured
-(UNKNOWN in status) has `charter_copy_up 0` and no gauges, rather than a false 0.
+whose relay runs here, its unrelayed outbox. A copy's lag counts that outbox only where
+its owner's relay runs here: a process that runs only copies may not read the owners'
+stores, and says what is on the bus (as `charter status --context` does). What happens
+between scrapes is counted as it happens, through each projector's `on_applied`: the
+events applied and a histogram of their propagation latency, with buckets at fractions
+and multiples of the copy's window (so that "within the window" is always a bucket edge).
+A copy that cannot be measured (UNKNOWN in status) has `charter_copy_up 0` and no
+gauges, rather than a false 0.
 
 Labels: `copy`, `of` (the entity), `owner`, `in` (the context keeping the copy); the
 outbox's are `owner` and `of`."""
@@ -15,10 +18,13 @@ outbox's are `owner` and `of`."""
 from __future__ import annotations
 
 import math
+import socket
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from charter.errors import Error, MissingExtraError
 from charter.model import Copy
@@ -26,7 +32,7 @@ from charter.runner import Runner
 from charter.status import UNKNOWN, copy_status
 
 try:
-    from prometheus_client import start_http_server
+    from prometheus_client import make_wsgi_app
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -77,9 +83,14 @@ class CopyCollector(Collector):
         self.system = runner.system
         charter = self.system.charter
         self.copies: dict[str, Copy] = {p.copy.name: p.copy for p in runner.projectors}
-        self.owned = [
-            (r.context, e.name) for r in runner.relays for e in charter.owned_by(r.context)
-        ]
+        relayed = [r.context for r in runner.relays]
+        self.owned = [(context, e.name) for context in relayed for e in charter.owned_by(context)]
+        # A copy's lag counts its owner's unrelayed outbox where this process relays it; a
+        # process running only copies may not read the owners' stores (their own runners
+        # serve their outboxes), so there it is what is on the bus.
+        self.with_owner = {
+            name: charter.entities[c.of].owner in relayed for name, c in self.copies.items()
+        }
         self._lock = threading.Lock()
         self._observed = {name: _Observed(buckets(c.window_s)) for name, c in self.copies.items()}
         for projector in runner.projectors:
@@ -125,7 +136,7 @@ class CopyCollector(Collector):
             labels = self.labels(copy)
             window.add_metric(labels, copy.window_s)
             try:
-                row = copy_status(self.system, copy)
+                row = copy_status(self.system, copy, owner=self.with_owner[name])
             except Error:
                 row = None
             up.add_metric(labels, 0 if row is None or row.state == UNKNOWN else 1)
@@ -162,14 +173,30 @@ def _edge(value: float) -> str:
     return "+Inf" if value == math.inf else repr(value)
 
 
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a line on stderr each."""
+
+
+class _Server6(WSGIServer):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
-    """The HTTP endpoint (/metrics) of one runner's metrics, until close()."""
+    """The HTTP endpoint (/metrics) of one runner's metrics, until close(). One thread
+    answers every scrape, one after the other: the stores keep a connection per thread
+    (SQLite's), so a thread per request would open new ones at every scrape."""
 
     def __init__(self, runner: Runner, host: str, port: int) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = CopyCollector(runner)
         self.registry.register(self.collector)
-        self._server, self._thread = start_http_server(port, host, self.registry)
+        kind = _Server6 if ":" in host else WSGIServer
+        self._server = make_server(host, port, make_wsgi_app(self.registry), kind, _Quiet)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="charter:metrics", daemon=True
+        )
+        self._thread.start()
         self.host, self.port = host, int(self._server.server_port)
 
     @property

@@ -107,5 +107,13 @@ def on_and_off(rounds: int, run: Callable[[bool], float]) -> tuple[list[float], 
 
 
 def latency_cost(on: list[float], off: list[float]) -> float:
-    """What recording costs as a share of the throughput without it (medians)."""
-    return 1 - statistics.median(on) / statistics.median(off)
+    """What recording costs as a share of the throughput without it: the mean over the
+    rounds of each round's pair (run one after the other, so the machine was alike). With
+    an even number of rounds each setting runs first as often: on PostgreSQL + NATS the
+    first run of a pair was 5-10 % slower whichever it was, and this cancels it."""
+    return statistics.mean(1 - a / b for a, b in zip(on, off, strict=True))
+
+
+def costs_text(on: list[float], off: list[float]) -> str:
+    """Each round's cost, for the notes: what the median was taken of."""
+    return ", ".join(f"{1 - a / b:+.1%}" for a, b in zip(on, off, strict=True))

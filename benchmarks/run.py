@@ -5,6 +5,7 @@ targets from the issue.
     .venv/bin/python benchmarks/run.py                 # everything (~25-35 minutes)
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory | diff
+    .venv/bin/python benchmarks/run.py --only latency-cost --only pg-nats-latency-cost
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
     .venv/bin/python benchmarks/run.py --only visibility  # visibility.py: contract vs public
     .venv/bin/python benchmarks/run.py --only audit    # charter audit beside pgBadger, audit_log.py
@@ -49,7 +50,15 @@ import orjson
 import peer_eventsourcing as peer
 import servers
 import visibility as visibility_bench
-from workload import ChangeMaker, alive, charter_run
+from workload import (
+    NO_LATENCY,
+    ChangeMaker,
+    alive,
+    charter_run,
+    costs_text,
+    latency_cost,
+    on_and_off,
+)
 
 import charter
 from charter.events import Event
@@ -61,7 +70,7 @@ from charter.system import ContextHandle, System
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
-SECTIONS = ("owner", "pipeline", "latency", "memory", "diff")
+SECTIONS = ("owner", "pipeline", "latency", "memory", "diff", "latency-cost")
 ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, visibility_bench.SECTION, "audit")
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
@@ -170,10 +179,11 @@ def pragmas(conn: sqlite3.Connection) -> str:
     return f"journal_mode={mode}, synchronous={sync}"
 
 
-def new_system(folder: Path) -> System:
-    """A fresh charter system in `folder`, every store and the bus opened and prepared."""
+def new_system(folder: Path, more: str = "") -> System:
+    """A fresh charter system in `folder`, every store and the bus opened and prepared;
+    `more` is added to the charter file (say, "latency_retention: 0\n")."""
     path = folder / "charter.yaml"
-    path.write_text(CHARTER_FILE)
+    path.write_text(CHARTER_FILE + more)
     system = charter.load(path)
     for name in system.charter.contexts:
         system.store(name)
@@ -760,6 +770,84 @@ def bench_pipeline(sizes: Sizes, report: Report, in_process: bool, separate: boo
     )
 
 
+# --- 2b. what recording latencies costs ------------------------------------------------------
+
+
+def apply_cost(batches: int = 400, size: int = 1000) -> tuple[float, float, float]:
+    """The CPU that recording adds per event, apart from the noise of disks and a shared
+    machine: (µs/event reading the commit times in the projector; µs/event of one copy's
+    apply on the memory store, with the latencies counted and without), 1000-event batches
+    taking turns. The SQL stores add one small statement part per batch to this."""
+    from charter.projector import _latencies
+
+    with scratch("apply-cost") as folder, memory_system(folder) as system:
+        copy = system.charter.copies["order_customers"]
+        store = system.store(copy.context)
+        store.backfill(copy, iter(()), 0)
+        per: dict[bool, list[float]] = {True: [], False: []}
+        reading: list[float] = []
+        position = 0
+        for number in range(batches):
+            items = []
+            for _ in range(size):
+                position += 1
+                event = cloud_event(uuid7(), 1, "created", "n", f"{position}@x")
+                items.append((position, event))
+            start = time.perf_counter()
+            timed = _latencies(items)
+            reading.append((time.perf_counter() - start) / size * 1e6)
+            recording = number % 4 in (0, 3)  # on, off, off, on: as on_and_off
+            start = time.perf_counter()
+            store.apply(copy, items, [], position, None, timed if recording else ())
+            per[recording].append((time.perf_counter() - start) / size * 1e6)
+    median = statistics.median
+    return median(reading), median(per[True]), median(per[False])
+
+
+def bench_latency_cost(sizes: Sizes, report: Report) -> None:
+    n, per, rounds = (
+        sizes.pipeline_changes,
+        100,
+        6,
+    )  # even: each setting first as often (latency_cost)
+    say(f"\n[2b] latency recorded or not: {n} changes end to end, {rounds} rounds each")
+
+    def run(recording: bool) -> float:
+        opened = functools.partial(new_system, more="" if recording else NO_LATENCY)
+        _, rate = charter_pipeline_in_process(n, per, opened)
+        say(f"  latency {'on ' if recording else 'off'}: {rate:,.0f} changes/s")
+        return rate
+
+    on, off = on_and_off(rounds, run)
+    cost = latency_cost(on, off)
+    reading_us, with_us, without_us = apply_cost()
+    say(
+        f"  cost {cost:.1%}; per event: {reading_us:.2f} µs reading its commit time, one "
+        f"copy's apply on the memory store {with_us:.2f} µs counted, {without_us:.2f} not"
+    )
+    report.rows.append(
+        Row(
+            "2b. end to end, latency recorded on / off, runner in background threads "
+            "(changes/s, median)",
+            "n/a",
+            f"{statistics.median(on):,.0f} on; {statistics.median(off):,.0f} off",
+            "n/a",
+            f"cost {cost:.1%} (mean of rounds)",
+            "≤ 5 %",
+            verdict(cost <= 0.05),
+        )
+    )
+    report.note(
+        f"latency cost: {n:,} changes, {per} a transaction, two copies, {rounds} runs each way "
+        "taking turns; on: " + ", ".join(f"{r:,.0f}" for r in on) + "; off (the charter's "
+        "`latency_retention: 0`): " + ", ".join(f"{r:,.0f}" for r in off) + " changes/s; "
+        f"cost per round (on against off, run one after the other): {costs_text(on, off)}. "
+        f"The CPU per event, 1000-event batches: {reading_us:.2f} µs reading its commit time "
+        f"(projector); one copy's apply on the memory store {with_us:.2f} µs with the latencies "
+        f"counted, {without_us:.2f} without (medians of 200 batches each, taking turns)"
+    )
+
+
 # --- 3. propagation latency ----------------------------------------------------------------
 
 
@@ -1241,6 +1329,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda: bench_latency(sizes, report),
         "memory": lambda: bench_memory(sizes, report),
         "diff": lambda: bench_diff(args.quick, report),
+        "latency-cost": lambda: bench_latency_cost(sizes, report),
     }
     for name in servers.SECTIONS:
         sections[name] = functools.partial(

@@ -19,6 +19,8 @@ Sections:
   transaction, changes/s from the first write until both copies hold the last one.
 - ``pg-nats-latency``: p50/p99 from an owner commit to the later of the two copies applying
   it, at a steady 1,000 changes/s.
+- ``pg-nats-latency-cost``: ``pg-nats-e2e`` (runner in threads) with each copy's latency
+  histogram recorded and not (``latency_retention: 0``), runs taking turns.
 
 Every run uses schemas and charter names of its own (``bench_<random>_…``) and drops the
 schemas and deletes the streams afterwards, also when a measurement fails.
@@ -51,7 +53,15 @@ import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from psycopg_pool import ConnectionPool
-from workload import ChangeMaker, alive, charter_run
+from workload import (
+    NO_LATENCY,
+    ChangeMaker,
+    alive,
+    charter_run,
+    costs_text,
+    latency_cost,
+    on_and_off,
+)
 
 import charter
 from charter.buses.nats import NatsBus, stream_name, token
@@ -63,7 +73,7 @@ from charter.status import status
 from charter.system import ContextHandle, System
 from charter.values import now_text
 
-SECTIONS = ("pg-writes", "relay-nats", "pg-nats-e2e", "pg-nats-latency")
+SECTIONS = ("pg-writes", "relay-nats", "pg-nats-e2e", "pg-nats-latency", "pg-nats-latency-cost")
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 NATS_DEFAULT = "nats://127.0.0.1:4222"
 RUN = f"bench_{secrets.token_hex(4)}"  # schemas, charter names and streams of this run
@@ -380,16 +390,18 @@ class Deployment:
 
 
 @contextmanager
-def deployment(servers: Servers, tag: str, pool: int | None = None) -> Iterator[Deployment]:
-    """A fresh charter `<RUN>_<tag>`: every context in a schema of its own, one stream.
-    Dropped and deleted on the way out."""
+def deployment(
+    servers: Servers, tag: str, pool: int | None = None, more: str = ""
+) -> Iterator[Deployment]:
+    """A fresh charter `<RUN>_<tag>`: every context in a schema of its own, one stream;
+    `more` added to its file. Dropped and deleted on the way out."""
     name = f"{RUN}_{tag}"
     schemas = {context: f"{name}_{context}" for context in CONTEXTS}
     with tempfile.TemporaryDirectory(prefix=f"charter-bench-{tag}-") as tmp:
         folder = Path(tmp)
         urls = {context: store_url(servers.pg, schemas[context], pool) for context in CONTEXTS}
         (folder / "charter.yaml").write_text(
-            CHARTER_FILE.format(name=name, bus=servers.nats, **urls)
+            CHARTER_FILE.format(name=name, bus=servers.nats, **urls) + more
         )
         system = charter.load(folder / "charter.yaml")
         try:
@@ -1015,12 +1027,14 @@ LAYOUTS: dict[str, list[tuple[str, ...]]] = {
 }
 
 
-def e2e(servers: Servers, n: int, per: int, tag: str) -> tuple[float, float, int, str]:
+def e2e(
+    servers: Servers, n: int, per: int, tag: str, more: str = ""
+) -> tuple[float, float, int, str]:
     """(owner's rate, end-to-end rate in changes/s, runner errors, CPU use), the runner run
-    as LAYOUTS[tag] says."""
+    as LAYOUTS[tag] says, `more` added to the charter."""
     processes = LAYOUTS[tag]
     errors = 0
-    with deployment(servers, tag) as dep:
+    with deployment(servers, tag, more=more) as dep:
         system = dep.system
         open_all(system)
         progress = Progress(system)
@@ -1139,6 +1153,37 @@ def bench_e2e(servers: Servers, sizes: Sizes, report: Report, separate: bool) ->
         f"per transaction one executemany each of UPDATE, INSERT entity, INSERT outbox, rows "
         f"made before the clock starts: {raw:,.0f} changes/s, the ceiling of the owner's "
         "PostgreSQL alone"
+    )
+
+
+def bench_latency_cost(servers: Servers, sizes: Sizes, report: Report) -> None:
+    n, per, rounds = sizes.e2e_changes, 100, 6  # even: each setting first as often (latency_cost)
+    say(f"\n[pg-nats-latency-cost] latency recorded or not: {n:,} changes, {rounds} rounds each")
+
+    def run(recording: bool) -> float:
+        _, rate, _, _ = e2e(servers, n, per, "e2e", "" if recording else NO_LATENCY)
+        say(f"  latency {'on ' if recording else 'off'}: {rate:,.0f} changes/s")
+        return rate
+
+    on, off = on_and_off(rounds, run)
+    cost = latency_cost(on, off)
+    say(f"  cost {cost:.1%}")
+    report.rows.append(
+        Row(
+            "3b. end to end PostgreSQL → NATS → 2 PostgreSQL copies, latency recorded on / off, "
+            "runner in background threads (changes/s, median)",
+            "n/a",
+            f"{statistics.median(on):,.0f} on; {statistics.median(off):,.0f} off",
+            f"cost {cost:.1%} (mean of rounds)",
+            "≤ 5 %",
+            verdict(cost <= 0.05),
+        )
+    )
+    report.note(
+        f"pg-nats-latency-cost: {n:,} changes, {per} a transaction, {rounds} runs each way "
+        "taking turns; on: " + ", ".join(f"{r:,.0f}" for r in on) + "; off (the charter's "
+        "`latency_retention: 0`): " + ", ".join(f"{r:,.0f}" for r in off) + " changes/s; "
+        f"cost per round (on against off, run one after the other): {costs_text(on, off)}"
     )
 
 
@@ -1293,6 +1338,8 @@ def run_section(name: str, servers: Servers, quick: bool, separate: bool, report
         bench_e2e(servers, sizes, report, separate)
     elif name == "pg-nats-latency":
         bench_latency(servers, sizes, report, separate)
+    elif name == "pg-nats-latency-cost":
+        bench_latency_cost(servers, sizes, report)
     else:
         raise ValueError(f"no server section '{name}'")
 

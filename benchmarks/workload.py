@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -90,3 +91,29 @@ def alive(proc: subprocess.Popen[bytes], folder: Path) -> Callable[[], None]:
             raise RuntimeError(f"charter run exited with {proc.returncode}:\n{tail}")
 
     return check
+
+
+NO_LATENCY = "latency_retention: 0\n"  # the charter's switch: no latency recorded
+
+
+def on_and_off(rounds: int, run: Callable[[bool], float]) -> tuple[list[float], list[float]]:
+    """`run(recording)` for each setting `rounds` times, taking turns (on, off, off, on, …)
+    so that a machine getting busier or quieter weighs on both alike: (on rates, off rates)."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for number in range(rounds):
+        for recording in (True, False) if number % 2 == 0 else (False, True):
+            rates[recording].append(run(recording))
+    return rates[True], rates[False]
+
+
+def latency_cost(on: list[float], off: list[float]) -> float:
+    """What recording costs as a share of the throughput without it: the mean over the
+    rounds of each round's pair (run one after the other, so the machine was alike). With
+    an even number of rounds each setting runs first as often: on PostgreSQL + NATS the
+    first run of a pair was 5-10 % slower whichever it was, and this cancels it."""
+    return statistics.mean(1 - a / b for a, b in zip(on, off, strict=True))
+
+
+def costs_text(on: list[float], off: list[float]) -> str:
+    """Each round's cost, for the notes: what the median was taken of."""
+    return ", ".join(f"{1 - a / b:+.1%}" for a, b in zip(on, off, strict=True))

@@ -30,6 +30,10 @@ KEYS = [
     "parked",
     "state",
     "lanes",
+    "latency_p50_s",
+    "latency_p99_s",
+    "within_window_1h",
+    "within_window_1d",
 ]
 
 

@@ -41,6 +41,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.roles",
         "charter.diff",  # two charters compared: what a change breaks
         "charter.visibility",
+        "charter.latency",
     ),
     BACKENDS: ("charter.boundary", "charter._sqlite"),
     STORES: ("charter.stores",),
@@ -67,6 +68,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.diffing",  # charter diff's sides (a file or git:REF) and formats
         "charter.audit",  # what the database really saw, against the charter
         "charter.topology",  # the map: the charter drawn, with live states and findings
+        "charter.metrics",
+        "charter.alerts",
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

@@ -32,7 +32,14 @@ from charter.status import FAILING, UNKNOWN, status
 from charter.stores import open_store
 from charter.stores.memory import in_this_process
 from charter.system import System
-from charter.tables import history_table, lanes_line, seconds, states_of, status_table
+from charter.tables import (
+    history_table,
+    kept_table,
+    lanes_line,
+    seconds,
+    states_of,
+    status_table,
+)
 from charter.urls import NATS, POSTGRES, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -281,6 +288,34 @@ def _lane(_ctx: click.Context, _param: click.Parameter, value: str | None) -> La
         raise click.BadParameter(str(exc)) from None
 
 
+def _address(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[str, int] | None:
+    """HOST:PORT (or [IPv6]:PORT, or :PORT for every address) → (host, port)."""
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"expected HOST:PORT (say 127.0.0.1:9464), got {value!r}")
+    return host.removeprefix("[").removesuffix("]") or "0.0.0.0", int(port)
+
+
+def _serve_metrics(runner: Runner, address: tuple[str, int]) -> Any:
+    """The runner's metrics served on `address` (charter.metrics)."""
+    from charter.metrics import MetricsServer
+
+    try:
+        server = MetricsServer(runner, *address)
+    except OSError as exc:
+        host, port = address
+        raise click.BadParameter(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
+            param_hint="--metrics",
+        ) from None
+    _console().print(f"metrics on {server.url}", highlight=False)
+    return server
+
+
 @main.command()
 @charter_file
 @click.option("--context", "contexts", multiple=True, help="Run only this context (repeatable).")
@@ -298,6 +333,14 @@ def _lane(_ctx: click.Context, _param: click.Parameter, value: str | None) -> La
     metavar="K/N",
     help="Share the copies' work among N processes: this one applies lane K's ids.",
 )
+@click.option(
+    "--metrics",
+    "metrics",
+    callback=_address,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics of the copies and outboxes run here at "
+    "http://HOST:PORT/metrics (needs charter[metrics]).",
+)
 @reports_errors
 def run(
     path: Path,
@@ -307,8 +350,11 @@ def run(
     projectors: bool,
     poll: float,
     lane: Lane | None,
+    metrics: tuple[str, int] | None,
 ) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM."""
+    if once and metrics:
+        raise click.UsageError("--metrics serves a runner that keeps running, not --once")
     bound_heap()  # a long-running process: its SQLite page caches must not grow with the files
     with _opened(path) as system:
         try:
@@ -338,6 +384,7 @@ def run(
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        served = _serve_metrics(runner, metrics) if metrics else None
         runner.start()
         _console().print(
             f"running {names}: {len(runner.workers)} workers; SIGINT or SIGTERM to stop",
@@ -348,6 +395,8 @@ def run(
             for line in runner.reports.take():
                 _console(stderr=True).print(f"[yellow]warning[/] {escape(line)}")
         runner.stop()
+        if served is not None:
+            served.close()
         for line in runner.reports.take():
             _console(stderr=True).print(f"[yellow]warning[/] {escape(line)}")
         _console().print("stopped cleanly")
@@ -473,6 +522,9 @@ def status_command(path: Path, as_json: bool, strict: bool, context: str | None)
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
     else:
         _console().print(status_table(rows))
+        promise = kept_table(rows)
+        if promise is not None:
+            _console().print(promise)
         for row in rows:
             if row.lanes:
                 _console().print(lanes_line(row), highlight=False)
@@ -566,6 +618,32 @@ def reconcile_command(
         sys.exit(EXIT_CHARTER)
     if not all(r.clean for r in reports):
         sys.exit(EXIT_DRIFT)
+
+
+@main.command()
+@charter_file
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the rules to this file (default: print them).",
+)
+@reports_errors
+def alerts(path: Path, output: Path | None) -> None:
+    """Prometheus alerting rules for every copy, from the metrics `charter run --metrics`
+    serves: staler than its window for a while, or parked events; each says what breaks
+    and names the owner's team."""
+    from charter.alerts import text
+
+    charter = model.load(path)
+    rules = text(charter)
+    if output is None:
+        click.echo(rules, nl=False)
+        return
+    output.write_text(rules)
+    count = 2 * len(charter.copies)
+    click.echo(f"wrote {count} rule{'s' if count != 1 else ''} to {output}")
 
 
 @main.command()

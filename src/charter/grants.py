@@ -35,6 +35,7 @@ PROJECTOR_TABLES = {
     "charter_lane": {"SELECT", "INSERT", "UPDATE"},
     "charter_tombstone": {"SELECT", "INSERT", "UPDATE"},
     "charter_parked": {"SELECT", "INSERT", "UPDATE", "DELETE"},  # parked --retry / --drop
+    "charter_latency": {"SELECT", "INSERT", "UPDATE", "DELETE"},  # pruned past its retention
     "charter_schema": {"SELECT"},
     "charter_meta": {"SELECT"},
 }

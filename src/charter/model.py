@@ -3,6 +3,7 @@ reports every problem at once, each with its file, line and a hint."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 DEFAULT_RETENTION_S = 7 * 86400.0
 PUBLIC, CONTRACT = "public", "contract"  # who may read an entity's events (charter.visibility)
 VISIBILITIES = (PUBLIC, CONTRACT)
+DEFAULT_LATENCY_RETENTION_S = 86400.0  # how long each copy's latency histogram is kept
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class Charter:
     path: Path = field(default_factory=lambda: Path("charter.yaml"))
     retention_s: float = DEFAULT_RETENTION_S
     visibility: str = PUBLIC  # each entity's, unless it says otherwise
+    latency_retention_s: float = DEFAULT_LATENCY_RETENTION_S  # 0: latencies not recorded
 
     def owned_by(self, context: str) -> list[Entity]:
         return [e for e in self.entities.values() if e.owner == context]
@@ -288,7 +291,7 @@ class _Reader:
 
     def _charter(self, doc: dict[str, Any]) -> Charter | None:
         keys: tuple[str, ...] = ("charter", "name", "bus", "retention", "contexts", "entities")
-        keys += ("copies", "visibility")
+        keys += ("copies", "visibility", "latency_retention")
         self._unknown_keys(doc, keys, "charter")
         if doc.get("charter") != 1:
             self.problem(
@@ -321,7 +324,10 @@ class _Reader:
         )
         if not contexts and "contexts" not in doc:
             self.problem(1, "the charter declares no contexts", "add a 'contexts:' section")
-        return Charter(name, bus, contexts, entities, copies, self.path, retention, self.visibility)
+        charter = Charter(
+            name, bus, contexts, entities, copies, self.path, retention, self.visibility
+        )
+        return self._latency_retention(doc, charter)
 
     def _visibility(self, mapping: dict[str, Any], default: str, what: str) -> str:
         """`visibility:` (public or contract), or `default` when it is not there."""
@@ -335,6 +341,21 @@ class _Reader:
             )
             return default
         return str(value)
+
+    def _latency_retention(self, doc: dict[str, Any], charter: Charter) -> Charter:
+        """`latency_retention` (default 24h): how long each copy keeps its latency
+        histogram (charter.latency); 0 records none."""
+        if "latency_retention" not in doc:
+            return charter
+        kept = parse_duration(doc["latency_retention"])
+        if kept is None:
+            self.problem(
+                self._line(doc, "latency_retention"),
+                f"latency_retention {doc['latency_retention']!r} is not a duration",
+                "write it like 24h, 7d or 0 (no latencies recorded)",
+            )
+            return charter
+        return dataclasses.replace(charter, latency_retention_s=kept)
 
     def _url(self, mapping: dict[str, Any], key: str, default: str, base: Path, role: str) -> str:
         url = str(mapping.get(key) or default)

@@ -6,17 +6,22 @@ going (G8). With a lane, applies only the lane's share of the ids (charter.lanes
 A copy whose position is below what the bus has compacted (Bus.compacted) has lost events
 it never applied: it is filled again from the owner's current state, as a new copy is, and
 goes on from there. Records the owner deleted meanwhile stay in the copy (no event says
-so any more) until reconciliation finds them."""
+so any more) until reconciliation finds them.
+
+Each applied event's propagation latency (the copy's commit time minus the owner's, both
+from charter.clock) goes to the store with the batch, into the copy's latency histogram
+(charter.latency), and to `on_applied` once the batch is committed."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import orjson
 
-from charter import fills
+from charter import clock, fills, latency
 from charter.buses import Bus
 from charter.errors import BackfillError, EventError, ValidationError
 from charter.events import MAX_VERSION, Event, decode
@@ -45,6 +50,7 @@ class Projector:
         batch: int = 1000,
         lane: Lane | None = None,
         owner_team: str = "",
+        record_latency: bool = True,
     ) -> None:
         if lane is not None:
             lane.check(bus.partitions)
@@ -56,6 +62,10 @@ class Projector:
         self._checked = 0.0  # when an idle step last asked about lost events
         self._fields = [entity.fields[name] for name in copy.fields]
         self.topic = topic_of(entity, copy)  # what it reads on the bus (charter.visibility)
+        self.record_latency = record_latency  # into the copy's store (charter.latency)
+        self.on_applied: Callable[[Sequence[float]], None] | None = None
+        """Called after each committed batch with the latencies, in seconds, of the events
+        it applied (charter.metrics observes them)."""
 
     @property
     def wake_key(self) -> str:
@@ -83,9 +93,13 @@ class Projector:
                 parked.append(park(self.copy, delivery, str(exc)))
         last = deliveries[-1].position
         items = self._mend(deliveries, items)
-        self.store.apply(self.copy, items, parked, last, lane)
+        hook = self.on_applied
+        timed = _latencies(items) if items and (self.record_latency or hook) else []
+        self.store.apply(self.copy, items, parked, last, lane, timed if self.record_latency else ())
         self.taken += len(items) + len(parked)
         self._position = last
+        if hook is not None and timed:
+            hook([seconds for _, seconds in timed])
         self.bus.ack(self.copy.name, self.topic, self._applied(last))
         return len(deliveries)
 
@@ -234,6 +248,21 @@ class Projector:
 
     def _check(self, event: Event) -> Event:
         return check(event, self.entity, self.owner_team, self._fields)
+
+
+def _latencies(items: Sequence[tuple[int, Event]]) -> list[tuple[int, float]]:
+    """(position, seconds) of each event whose commit time can be read: now (the copy's
+    commit, as near as the projector can tell) minus the owner's commit."""
+    now = clock.time_ns()
+    found: list[tuple[int, float]] = []
+    seen, seconds = "", math.nan  # the events of one owner transaction share their time
+    for position, event in items:
+        if event.time != seen:
+            seen, committed = event.time, latency.commit_ns(event.time)
+            seconds = math.nan if committed is None else (now - committed) / 1e9
+        if seconds == seconds:  # not NaN: the time could be read
+            found.append((position, seconds))
+    return found
 
 
 def check(event: Event, entity: Entity, team: str, fields: list[Field]) -> Event:

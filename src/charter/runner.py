@@ -85,6 +85,7 @@ class Runner:
                         batch,
                         lane,
                         charter.contexts[entity.owner].team,
+                        record_latency=charter.latency_retention_s > 0,
                     )
                 )
         self._stop = threading.Event()
@@ -93,6 +94,16 @@ class Runner:
         # counted in `reports`, which is what `charter run` prints).
         self.errors: list[BaseException] = []
         self.reports = Reports()
+
+    @property
+    def projectors(self) -> list[Projector]:
+        """This runner's projectors, one per copy it keeps (their `on_applied` is the hook
+        for what watches the copies: charter.metrics)."""
+        return [w for w in self.workers if isinstance(w, Projector)]
+
+    @property
+    def relays(self) -> list[Relay]:
+        return [w for w in self.workers if isinstance(w, Relay)]
 
     def drain(self) -> int:
         """Run every worker until none has anything left; returns how many events moved.
@@ -193,7 +204,7 @@ class Runner:
         from charter.status import copy_status
 
         deadline = time.monotonic() + timeout
-        copies = [w.copy for w in self.workers if isinstance(w, Projector)]
+        copies = [w.copy for w in self.projectors]
         while time.monotonic() < deadline:
             try:
                 if all(copy_status(self.system, c).synced for c in copies):

@@ -1,6 +1,10 @@
 """Every copy measured against its contract (G5): how many events and how many
 seconds it is behind its owner, and whether that breaks its window. A copy with parked
-events is wrong for those ids however fresh it is: DEGRADED (a broken window still wins)."""
+events is wrong for those ids however fresh it is: DEGRADED (a broken window still wins).
+
+And how it has kept its promise, from its latency histogram (charter.latency): p50 and
+p99 over the last 5 minutes, and the share of events applied within its window over the
+last hour and day. A span of N minutes is this minute and the N - 1 before it."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from charter import clock
+from charter import clock, latency
 from charter.errors import Error
 from charter.model import Copy
 from charter.records import Backlog
@@ -45,6 +49,10 @@ class CopyStatus:
     state: str
     lanes: tuple[LaneStatus, ...] = ()  # when the copy runs in lanes (charter.lanes)
     error: str = ""  # why the state is UNKNOWN
+    latency_p50_s: float | None = None  # over the last 5 minutes; None: nothing applied
+    latency_p99_s: float | None = None
+    within_window_1h: float | None = None  # share (0 to 1) applied within the window
+    within_window_1d: float | None = None
 
     @property
     def synced(self) -> bool:
@@ -72,7 +80,12 @@ JSON_KEYS = (
     "parked",
     "state",
     "lanes",
+    "latency_p50_s",
+    "latency_p99_s",
+    "within_window_1h",
+    "within_window_1d",
 )  # and "error", when the state is UNKNOWN
+SPANS_MIN = (5, 60, 1440)  # the spans of the quantiles, and of the two shares
 
 
 def _age(moment: str | None, now: dt.datetime) -> float:
@@ -85,9 +98,34 @@ def _age(moment: str | None, now: dt.datetime) -> float:
     return max(0.0, (now - then).total_seconds())
 
 
-def copy_status(system: System, copy: Copy, owner: bool = True) -> CopyStatus:
+Kept = tuple[float | None, float | None, float | None, float | None]
+NOTHING_KEPT: Kept = (None, None, None, None)
+
+
+def kept(system: System, copy: Copy) -> Kept:
+    """How `copy` kept its promise, from its latency histogram: p50 and p99 (seconds) over
+    the last 5 minutes, the share within its window over the last hour and day; None where
+    nothing was applied in the span."""
+    store, now = system.store(copy.context), latency.minute(clock.time_ns())
+    recent, hour, day = (store.latency(copy, now - span + 1) for span in SPANS_MIN)
+    return (
+        _rounded(latency.quantile(recent, 0.5)),
+        _rounded(latency.quantile(recent, 0.99)),
+        _rounded(latency.within(hour, copy.window_s)),
+        _rounded(latency.within(day, copy.window_s)),
+    )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def copy_status(
+    system: System, copy: Copy, owner: bool = True, history: bool = False
+) -> CopyStatus:
     """`copy` against its contract. Without `owner`, the owner's store is not read (a
-    context's own roles may not): the lag is what is on the bus."""
+    context's own roles may not): the lag is what is on the bus. With `history`, also how
+    it kept its promise (kept)."""
     entity = system.charter.entities[copy.of]
     now = dt.datetime.fromtimestamp(clock.time_s(), dt.UTC)
     checkpoint = system.store(copy.context).checkpoint(copy)
@@ -113,6 +151,7 @@ def copy_status(system: System, copy: Copy, owner: bool = True) -> CopyStatus:
         state = DEGRADED
     else:
         state = OK
+    p50, p99, hour, day = kept(system, copy) if history else NOTHING_KEPT
     return CopyStatus(
         copy.name,
         copy.of,
@@ -133,6 +172,10 @@ def copy_status(system: System, copy: Copy, owner: bool = True) -> CopyStatus:
             )
             for x in lanes
         ),
+        latency_p50_s=p50,
+        latency_p99_s=p99,
+        within_window_1h=hour,
+        within_window_1d=day,
     )
 
 
@@ -146,7 +189,7 @@ def status(system: System, context: str | None = None) -> list[CopyStatus]:
     rows = []
     for copy in copies:
         try:
-            rows.append(copy_status(system, copy, owner=context is None))
+            rows.append(copy_status(system, copy, owner=context is None, history=True))
         except Error as exc:
             rows.append(unknown(system, copy, exc))
     return rows

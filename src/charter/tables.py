@@ -1,6 +1,6 @@
-"""What more than one face prints: the status table (`charter status`, the demo), a copy's
-lanes and a record's history (`charter history`, the demo), as rich renders that fit an
-80-column terminal."""
+"""What more than one face prints: the status table (`charter status`, the demo), how the
+copies kept their promise, a copy's lanes and a record's history (`charter history`, the
+demo), as rich renders that fit an 80-column terminal."""
 
 from __future__ import annotations
 
@@ -56,6 +56,55 @@ def status_table(rows: list[CopyStatus]) -> Table:
             f"[{colour[row.state]}]{row.state}[/]",
         )
     return table
+
+
+def kept_table(rows: list[CopyStatus]) -> Table | None:
+    """How each copy kept its promise: p50 and p99 over the last 5 minutes, the share of
+    events applied within its window over the last hour and day (None: no copy has
+    applied anything in a day)."""
+    shown = [row for row in rows if row.within_window_1d is not None]
+    if not shown:
+        return None
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title="promise kept (owner commit → copy)",
+        title_justify="left",
+    )
+    table.add_column("copy")
+    for name in ("p50 (5 min)", "p99 (5 min)", "in window (1 h)", "(1 day)"):
+        table.add_column(name, justify="right")
+    for row in shown:
+        hour = row.within_window_1h
+        table.add_row(
+            row.copy,
+            measured(row.latency_p50_s),
+            measured(row.latency_p99_s),
+            "-" if hour is None else f"{percent(hour)} within {seconds(row.window_s)}",
+            percent(row.within_window_1d),
+        )
+    return table
+
+
+def percent(share: float | None) -> str:
+    """A share as a percentage that never rounds up to 100 % or down to 0 % when it is not."""
+    if share is None:
+        return "-"
+    value = share * 100
+    if 0 < share < 1:
+        value = min(max(value, 0.1), 99.9)
+    return f"{value:.1f} %"
+
+
+def measured(value: float | None) -> str:
+    """A measured duration in three figures: 12.3ms, 1.52s, 2.5m."""
+    if value is None:
+        return "-"
+    if value < 0.9995:
+        return f"{value * 1000:.3g}ms"
+    if value < 59.95:
+        return f"{value:.3g}s"
+    return f"{value / 60:.3g}m"
 
 
 def lanes_line(row: CopyStatus) -> str:

@@ -130,10 +130,23 @@ class Store(Protocol):
         parked: Sequence[Parked],
         position: int,
         lane: Lane | None = None,
+        latencies: Sequence[tuple[int, float]] = (),
     ) -> list[Parked]:
         """Apply events newer than each id's version, park what fails, move the checkpoint
         (the whole copy's, or `lane`'s): all in one transaction. Returns the events parked
-        while applying."""
+        while applying.
+
+        Every event past the checkpoint is applied, whatever fields it changed: the copy's
+        version of the id follows the owner's, even for a change of fields the copy does
+        not keep. `latencies` holds (position, seconds) for events of `items`: each one's
+        propagation latency (charter.latency). Those past the checkpoint are counted in the
+        copy's histogram, in the current minute (charter.clock), in the same transaction;
+        minutes older than the charter's `latency_retention` are deleted now and then (at
+        most once a minute per copy, in an apply)."""
+
+    def latency(self, copy: Copy, since: int) -> dict[int, int]:
+        """The copy's latency histogram summed over the minutes from `since` (minutes since
+        the epoch, charter.latency.minute) on: bucket → events (empty: none recorded)."""
 
     def backfill(self, copy: Copy, rows: Iterator[tuple[str, int, Row]], position: int) -> int:
         """Write the owner's current `rows` into the copy (newer or equal versions win) and

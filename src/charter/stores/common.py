@@ -3,12 +3,16 @@ messages of the guards, refusals of unsafe schema changes, rows read back."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any
 
+from charter import latency
 from charter.errors import SchemaChangeError
 from charter.events import Event
-from charter.model import Copy, Entity, Field, NoOverlap
+from charter.model import DEFAULT_LATENCY_RETENTION_S, Charter, Copy, Entity, Field, NoOverlap
 from charter.records import OutboxRow, Parked, Row
 
 OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
@@ -161,3 +165,38 @@ def unstorable(copy: Copy, position: int, event: Event, exc: Exception) -> Parke
         f"event {event.id} (version {event.version}) cannot be stored: {str(exc).strip()}",
         event.encode(),
     )
+
+
+class LatencyMinutes:
+    """A store's side of the copies' latency histograms (charter.latency): what an apply
+    counts, and when a copy's minutes older than the charter's latency_retention are to go
+    (once a minute per copy, in an apply: never a transaction of its own)."""
+
+    def __init__(self) -> None:
+        self.kept = math.ceil(DEFAULT_LATENCY_RETENTION_S / 60)  # minutes, this one included
+        self._pruned: dict[str, int] = {}  # copy → the minute it was last pruned in
+
+    def prepared(self, charter: Charter) -> None:
+        self.kept = math.ceil(charter.latency_retention_s / 60)
+
+    def counts(self, latencies: Sequence[tuple[int, float]], start: int) -> dict[int, int]:
+        """Bucket → count of the latencies of the events past `start` (the checkpoint)."""
+        if self.kept <= 0 or not latencies:
+            return {}
+        if latencies[0][0] > start:  # all of them (positions ascend): the usual case
+            values = Counter(map(itemgetter(1), latencies))
+        else:
+            values = Counter(s for at, s in latencies if at > start)
+        counts: dict[int, int] = {}
+        for seconds, count in values.items():  # a few: one per owner transaction
+            at = latency.bucket(seconds)
+            counts[at] = counts.get(at, 0) + count
+        return counts
+
+    def prune_before(self, copy: Copy, minute: int) -> int | None:
+        """The oldest minute `copy` keeps, when its older minutes are to be deleted in the
+        apply that records `minute`; None when they were this minute already."""
+        if self._pruned.get(copy.name) == minute:
+            return None
+        self._pruned[copy.name] = minute
+        return minute - self.kept + 1

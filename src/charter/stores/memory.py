@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from charter import digests, values
+from charter import clock, digests, latency, values
 from charter.digests import Digest
 from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
@@ -36,7 +36,12 @@ from charter.records import (
     Row,
     latest_lanes,
 )
-from charter.stores.common import check_extension, extension_problems, overlap_refused
+from charter.stores.common import (
+    LatencyMinutes,
+    check_extension,
+    extension_problems,
+    overlap_refused,
+)
 
 _DELETED = None  # in a transaction's changes: the id was deleted
 
@@ -56,6 +61,7 @@ class _Data:
     tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
     parked: dict[str, list[Parked]] = field(default_factory=dict)
     applied: list[tuple[str, str, int, str]] | None = None  # (copy, id, version, lane)
+    latency: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)  # (copy, minute)
     unique: dict[tuple[str, str], dict[object, str]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)  # any read or write
     writer: threading.Lock = field(default_factory=threading.Lock)  # one owner tx at a time
@@ -99,6 +105,7 @@ class MemoryStore:
         with _OPEN_LOCK:
             self._data = _OPEN.setdefault(_key(url), _Data())
         self.fault: Callable[[str], None] | None = None
+        self._latency = LatencyMinutes()
 
     def _touch(self, operation: str) -> None:
         if self.fault is not None:
@@ -117,6 +124,7 @@ class MemoryStore:
     def prepare(self, charter: Charter, context: str) -> None:
         self._touch("prepare")
         data = self._data
+        self._latency.prepared(charter)
         with data.lock:
             for entity in charter.owned_by(context):
                 rows = data.entities.setdefault(entity.name, {})
@@ -313,12 +321,14 @@ class MemoryStore:
         parked: Sequence[Parked],
         position: int,
         lane: Lane | None = None,
+        latencies: Sequence[tuple[int, float]] = (),
     ) -> list[Parked]:
         self._touch("apply")
         data, now = self._data, values.now_text()
         with data.lock:
             current = self._checkpoint(copy, lane)
             start = current.position if current else 0
+            self._record_latency(copy, latencies, start)
             for at, event in items:
                 if at > start and self._apply_event(copy, event, now) and data.applied is not None:
                     data.applied.append(
@@ -335,6 +345,29 @@ class MemoryStore:
             elif position > start:
                 data.checkpoints[copy.name] = (position, now, copy.fields)
         return []  # a dictionary takes any value: nothing fails to be stored
+
+    def _record_latency(
+        self, copy: Copy, latencies: Sequence[tuple[int, float]], start: int
+    ) -> None:
+        """Count the latencies of the events past `start` in this minute; forget the minutes
+        past the retention (once a minute)."""
+        minute = latency.minute(clock.time_ns())
+        oldest = self._latency.prune_before(copy, minute)
+        if oldest is not None:
+            for key in [k for k in self._data.latency if k[0] == copy.name and k[1] < oldest]:
+                del self._data.latency[key]
+        counts = self._latency.counts(latencies, start)
+        if counts:
+            latency.add(self._data.latency.setdefault((copy.name, minute), {}), counts)
+
+    def latency(self, copy: Copy, since: int) -> dict[int, int]:
+        self._touch("latency")
+        counts: dict[int, int] = {}
+        with self._data.lock:
+            for (name, minute), held in self._data.latency.items():
+                if name == copy.name and minute >= since:
+                    latency.add(counts, held)
+        return counts
 
     def _apply_event(self, copy: Copy, event: Event, now: str) -> bool:
         """The version guard (G3, G4): only a newer version than the copy's, and never one

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from charter import clock, latency
 from charter._sqlite import IS_CHARTER, Connections, quote, sqlite_path
 from charter.digests import Digest
 from charter.errors import ConstraintError, SchemaChangeError
@@ -39,6 +40,7 @@ from charter.stores.common import (
     OUTBOX_COLUMNS,
     OUTBOX_COLUMNS_OF_O,
     OUTBOX_INSERT,
+    LatencyMinutes,
     check_extension,
     copy_guard_message,
     counted,
@@ -82,6 +84,10 @@ CREATE TABLE IF NOT EXISTS charter_parked (
     copy TEXT NOT NULL, entity_id TEXT NOT NULL, version INTEGER, event_id TEXT,
     position INTEGER NOT NULL, reason TEXT NOT NULL, body BLOB, parked_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS charter_latency (
+    copy TEXT NOT NULL, minute INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (copy, minute, bucket)
+) WITHOUT ROWID;
 """
 
 
@@ -99,10 +105,12 @@ class SQLiteStore:
         self._sql: dict[str, str] = {}
         self._relayed = self._saved = 0  # relay position: in memory / known to be saved
         self._leads: dict[str, TextIO] = {}  # relay holder → its open, locked lead file
+        self._latency = LatencyMinutes()
 
     # -- schema ---------------------------------------------------------------
 
     def prepare(self, charter: Charter, context: str) -> None:
+        self._latency.prepared(charter)
         conn = self._conns.get()
         conn.executescript(_META)
         owned = charter.owned_by(context)
@@ -433,10 +441,12 @@ class SQLiteStore:
         parked: Sequence[Parked],
         position: int,
         lane: Lane | None = None,
+        latencies: Sequence[tuple[int, float]] = (),
     ) -> list[Parked]:
         with self._conns.write() as conn:
             current = _checkpoint(conn, copy, lane)
             start = current.position if current else 0
+            self._record_latency(conn, copy, latencies, start)
             fresh = [(p, e) for p, e in items if p > start]
             failed: list[Parked] = []
             if fresh:
@@ -484,6 +494,37 @@ class SQLiteStore:
                     (copy.name, position, now_text(), orjson.dumps(copy.fields).decode()),
                 )
         return failed
+
+    def _record_latency(
+        self,
+        conn: sqlite3.Connection,
+        copy: Copy,
+        latencies: Sequence[tuple[int, float]],
+        start: int,
+    ) -> None:
+        """Count the latencies of the events past `start` in this minute's rows; delete the
+        minutes past the retention (once a minute)."""
+        minute = latency.minute(clock.time_ns())
+        oldest = self._latency.prune_before(copy, minute)
+        if oldest is not None:
+            conn.execute(
+                "DELETE FROM charter_latency WHERE copy = ? AND minute < ?", (copy.name, oldest)
+            )
+        counts = self._latency.counts(latencies, start)
+        if counts:
+            conn.executemany(
+                "INSERT INTO charter_latency VALUES (?, ?, ?, ?) ON CONFLICT "
+                "(copy, minute, bucket) DO UPDATE SET count = count + excluded.count",
+                [(copy.name, minute, at, count) for at, count in counts.items()],
+            )
+
+    def latency(self, copy: Copy, since: int) -> dict[int, int]:
+        rows = self._conns.get().execute(
+            "SELECT bucket, sum(count) FROM charter_latency WHERE copy = ? AND minute >= ? "
+            "GROUP BY bucket",
+            (copy.name, since),
+        )
+        return {int(at): int(count) for at, count in rows}
 
     def _apply_events(
         self, conn: sqlite3.Connection, copy: Copy, items: Sequence[tuple[int, Event]], now: str

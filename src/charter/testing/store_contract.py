@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from charter import digests
+from charter import digests, latency
 from charter.digests import Digest
 from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
@@ -423,3 +423,75 @@ class StoreContract:
         assert rows[ahead] == (3, "Owner") and rows[tomb] == (4, "Owner")  # … unless accepted
         copies.apply(copy, [(10, world.event(tomb, 5, name="Five"))], [], 10)
         assert {r["id"]: r["version"] for r in copies.copy_rows(copy)}[tomb] == 5
+
+    def test_every_event_moves_the_copys_version_whatever_it_changed(
+        self, copies: Store, charter: Charter
+    ) -> None:
+        """An event that changes no field the copy keeps (another field, a private one)
+        still carries the owner's version, and the copy takes it."""
+        copy, entity_id = self.copy(charter), uuid7()
+        copies.apply(copy, [(1, world.event(entity_id, 1, op="created", name="Same"))], [], 1)
+        copies.apply(copy, [(2, world.event(entity_id, 2, name="Same"))], [], 2)
+        same = world.event(entity_id, 3, name="Same")
+        copies.apply(copy, [(3, same), (4, world.event(entity_id, 4, name="Same"))], [], 4)
+        (row,) = copies.copy_rows(copy)
+        assert (row["version"], row["name"]) == (4, "Same")
+
+    # -- latency ------------------------------------------------------------------
+
+    def test_latencies_are_counted_with_their_apply_once_each(
+        self, copies: Store, charter: Charter
+    ) -> None:
+        copy, clock = self.copy(charter), world.Clock()
+        with clock.installed():
+            copies.backfill(copy, iter(()), 0)
+            events = [(n, world.event(uuid7(), 1, op="created")) for n in (1, 2, 3)]
+            copies.apply(copy, events, [], 3, latencies=[(1, 0.004), (2, 0.004), (3, 2.5)])
+            copies.apply(copy, events, [], 3, latencies=[(1, 0.004), (3, 2.5)])  # again
+            assert copies.latency(copy, clock.minute) == {
+                latency.bucket(0.004): 2,
+                latency.bucket(2.5): 1,
+            }
+            clock.advance(60)  # the next minute: a row of its own
+            later = [(n, world.event(uuid7(), 1, op="created")) for n in (4, 5)]
+            copies.apply(copy, later, [], 5, latencies=[(4, 0.004), (5, 90.0)])
+            assert copies.latency(copy, clock.minute) == {
+                latency.bucket(0.004): 1,
+                latency.bucket(90.0): 1,
+            }
+            assert copies.latency(copy, clock.minute - 1)[latency.bucket(0.004)] == 3
+            assert copies.latency(copy, clock.minute + 1) == {}
+
+    def test_a_lane_counts_the_latencies_past_its_own_checkpoint(
+        self, copies: Store, charter: Charter
+    ) -> None:
+        copy, clock, one = self.copy(charter), world.Clock(), Lane(1, 2)
+        with clock.installed():
+            copies.backfill(copy, iter(()), 0)
+            copies.apply(copy, [(4, world.event(uuid7(), 1, op="created"))], [], 4, one, [(4, 1)])
+            events = [(n, world.event(uuid7(), 1, op="created")) for n in (4, 6)]
+            copies.apply(copy, events, [], 6, one, [(4, 1.0), (6, 1.0)])
+            assert copies.latency(copy, clock.minute) == {latency.bucket(1.0): 2}
+
+    def test_latency_minutes_past_the_retention_are_deleted(self, copies: Store) -> None:
+        charter = world.charter(f"c{uuid7()[-12:]}", more="latency_retention: 10m")
+        copies.prepare(charter, "mailing")
+        copy, clock = self.copy(charter), world.Clock()
+        with clock.installed():
+            copies.backfill(copy, iter(()), 0)
+            first = clock.minute
+            copies.apply(copy, [(1, world.event(uuid7(), 1, op="created"))], [], 1, None, [(1, 1)])
+            clock.advance(9 * 60)  # the tenth minute: the first is kept
+            copies.apply(copy, [(2, world.event(uuid7(), 1, op="created"))], [], 2, None, [(2, 1)])
+            assert copies.latency(copy, first) == {latency.bucket(1.0): 2}
+            clock.advance(60)  # the eleventh: the first goes
+            copies.apply(copy, [], [], 3)
+            assert copies.latency(copy, first) == {latency.bucket(1.0): 1}
+
+    def test_no_latency_is_kept_with_a_retention_of_zero(self, copies: Store) -> None:
+        charter = world.charter(f"c{uuid7()[-12:]}", more="latency_retention: 0")
+        copies.prepare(charter, "mailing")
+        copy = self.copy(charter)
+        copies.backfill(copy, iter(()), 0)
+        copies.apply(copy, [(1, world.event(uuid7(), 1, op="created"))], [], 1, None, [(1, 1)])
+        assert copies.latency(copy, 0) == {}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from charter import model, values
+import time
+from contextlib import AbstractContextManager
+
+from charter import clock, model, values
 from charter.events import Event
 from charter.ids import uuid7
 from charter.model import Charter
@@ -39,12 +42,13 @@ copies:
 """
 
 
-def charter(name: str = "contract", person_name: str = "") -> Charter:
-    """The suites' charter; `person_name` replaces the declaration of Person.name."""
+def charter(name: str = "contract", person_name: str = "", more: str = "") -> Charter:
+    """The suites' charter; `person_name` replaces the declaration of Person.name, `more`
+    is added at the top level (say, "latency_retention: 10m")."""
     text = CHARTER.format(name=name)
     if person_name:
         text = text.replace("name:  {type: string}", person_name, 1)
-    return model.loads(text)
+    return model.loads(text + (more + "\n" if more else ""))
 
 
 def event(
@@ -62,3 +66,26 @@ def event(
 
 def outbox_row(event: Event, seq: int = 0) -> OutboxRow:
     return OutboxRow.of(event, event.encode(), seq)
+
+
+class Clock:
+    """charter's wall clock (charter.clock) standing still until a test moves it, so that
+    what depends on the time (latencies, minutes) is exact; monotonic time and randomness
+    stay real. Single-threaded use, as charter.clock.installed says."""
+
+    START_NS = 1_767_225_630 * 10**9  # 2026-01-01T00:00:30Z: half a minute into a minute
+
+    def __init__(self, start_ns: int = START_NS) -> None:
+        self.now_ns = start_ns
+        self._randbits = clock.randbits
+
+    def advance(self, seconds: float) -> None:
+        self.now_ns += round(seconds * 1e9)
+
+    @property
+    def minute(self) -> int:
+        return self.now_ns // 60_000_000_000
+
+    def installed(self) -> AbstractContextManager[None]:
+        source = clock.Source(lambda: self.now_ns, time.monotonic, self._randbits)
+        return clock.installed(source)

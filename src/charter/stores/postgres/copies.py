@@ -4,12 +4,14 @@ fails), backfill, and parked events kept, retried and dropped."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
 import psycopg
 
+from charter import clock, latency
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Copy
@@ -34,6 +36,29 @@ _TRANSIENT = frozenset({"08", "40", "53", "55", "57"})
 def _text(value: str) -> str:
     """`value` as PostgreSQL text can hold it (no NUL character), to park what holds one."""
     return value.replace("\x00", "\\0") if "\x00" in value else value
+
+
+def _runs(latencies: Sequence[tuple[int, float]]) -> tuple[list[int], list[int], list[int]]:
+    """(position, seconds) in position order as runs of consecutive positions whose
+    latencies share a bucket: their first and last positions and their buckets."""
+    firsts: list[int] = []
+    lasts: list[int] = []
+    buckets: list[int] = []
+    seen, bucket, last = math.nan, -1, -2
+    for position, seconds in latencies:
+        if seconds != seen:
+            seen, bucket = seconds, latency.bucket(seconds)
+        if position == last + 1 and bucket == buckets[-1]:
+            last = position  # the run goes on
+            continue
+        if firsts:
+            lasts.append(last)
+        firsts.append(position)
+        buckets.append(bucket)
+        last = position
+    if firsts:
+        lasts.append(last)
+    return firsts, lasts, buckets
 
 
 def _parked(row: Sequence[Any]) -> Parked:
@@ -85,16 +110,18 @@ class _Copies(_Schema):
         parked: Sequence[Parked],
         position: int,
         lane: Lane | None = None,
+        latencies: Sequence[tuple[int, float]] = (),
     ) -> list[Parked]:
+        timed = self._latency_parts(copy, latencies, lane)
         with self.pool.connection() as conn:
             try:
-                self._apply_batch(conn, copy, items, parked, position, lane)
+                self._apply_batch(conn, copy, items, parked, position, lane, timed)
                 return []
             except psycopg.Error:
                 if conn.closed or not items:
                     raise
             # Something in the batch the table refuses: find it, park it, apply the rest.
-            return self._apply_one_by_one(conn, copy, items, parked, position, lane)
+            return self._apply_one_by_one(conn, copy, items, parked, position, lane, timed)
 
     def _apply_batch(
         self,
@@ -104,16 +131,18 @@ class _Copies(_Schema):
         parked: Sequence[Parked],
         position: int,
         lane: Lane | None,
+        timed: Sequence[tuple[str, list[Any]]] = (),
     ) -> None:
         """The whole batch in one transaction and one round trip. What another process
         running this copy applied already changes nothing: a copy takes only newer versions,
         never a deleted record again, parks only what is past its checkpoint, and its
-        checkpoint only moves forward."""
+        checkpoint only moves forward. `timed`: the latency parts (_latency_parts)."""
         now = now_text()
         parts = self._apply_parts(copy, items, now)
         if parked:
             park, params = self._park_statement(copy, parked, now, lane)
             parts.append((f"p AS ({park})", [*(params or ())]))
+        parts += timed
         conn.execute(*self._with(parts, self._checkpoint_statement(copy, position, now, lane)))
 
     def _apply_one_by_one(
@@ -124,6 +153,7 @@ class _Copies(_Schema):
         parked: Sequence[Parked],
         position: int,
         lane: Lane | None,
+        timed: Sequence[tuple[str, list[Any]]] = (),
     ) -> list[Parked]:
         """Event by event, each under a savepoint; what fails is parked."""
         now = now_text()
@@ -150,12 +180,51 @@ class _Copies(_Schema):
             statements: list[Statement] = []
             if parked or failed:
                 statements.append(self._park_statement(copy, [*parked, *failed], now, lane))
+            if timed:
+                statements.append(self._with(timed, ("SELECT 1", None)))
             statements += [self._checkpoint_statement(copy, position, now, lane), ("COMMIT", None)]
             pipelined(conn, statements)
             return failed
         except BaseException:
             rollback(conn)
             raise
+
+    def _latency_parts(
+        self, copy: Copy, latencies: Sequence[tuple[int, float]], lane: Lane | None
+    ) -> list[tuple[str, list[Any]]]:
+        """As parts of the apply's WITH list: the latencies of the events past the
+        checkpoint added to this minute's counts, and (once a minute) the minutes past the
+        retention deleted. The latencies travel as runs of consecutive positions in one
+        bucket (a few per batch: the events of one owner transaction share a latency),
+        each counted as far as it lies past the checkpoint."""
+        minute = latency.minute(clock.time_ns())
+        table = self._t("charter_latency")
+        parts: list[tuple[str, list[Any]]] = []
+        oldest = self._latency.prune_before(copy, minute)
+        if oldest is not None:
+            delete = f"lx AS (DELETE FROM {table} WHERE copy = %s AND minute < %s)"
+            parts.append((delete, [copy.name, oldest]))
+        if latencies and self._latency.kept > 0:
+            start, params = self._start(copy, lane)
+            firsts, lasts, buckets = _runs(latencies)
+            insert = (
+                f"l AS (INSERT INTO {table} SELECT %s, %s, r.bucket, "
+                f"sum(r.last - greatest(r.first - 1, {start})) FROM unnest(%s::bigint[], "
+                "%s::bigint[], %s::smallint[]) AS r(first, last, bucket) "
+                f"WHERE r.last > {start} GROUP BY r.bucket ON CONFLICT (copy, minute, bucket) "
+                f"DO UPDATE SET count = {table}.count + excluded.count)"
+            )
+            parts.append((insert, [copy.name, minute, *params, firsts, lasts, buckets, *params]))
+        return parts
+
+    def latency(self, copy: Copy, since: int) -> dict[int, int]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT bucket, sum(count) FROM {self._t('charter_latency')} "
+                "WHERE copy = %s AND minute >= %s GROUP BY bucket",
+                (copy.name, since),
+            ).fetchall()
+        return {int(at): int(count) for at, count in rows}
 
     def _start(self, copy: Copy, lane: Lane | None, lock: bool = False) -> tuple[str, list[Any]]:
         """An SQL expression for where the copy (or `lane`) is, so that only what is past it

@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from charter.model import Charter
 from charter.records import Row
-from charter.stores.common import where_clause
+from charter.stores.common import LatencyMinutes, where_clause
 
 log = logging.getLogger("charter.stores.postgres")
 
@@ -55,6 +55,7 @@ class _Core:
     _selects: dict[str, list[str]]
     _prepared: tuple[Charter, str] | None
     _user: str
+    _latency: LatencyMinutes
 
     @property
     def pool(self) -> ConnectionPool:

@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS {s}.charter_parked (
     copy text NOT NULL, entity_id text NOT NULL, version integer, event_id text,
     position bigint NOT NULL, reason text NOT NULL, body bytea, parked_at text NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {s}.charter_latency (
+    copy text NOT NULL, minute bigint NOT NULL, bucket smallint NOT NULL,
+    count bigint NOT NULL, PRIMARY KEY (copy, minute, bucket)
+);
 CREATE OR REPLACE FUNCTION {s}.charter_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('charter.guard', true) IS DISTINCT FROM 'open' THEN
@@ -119,6 +123,7 @@ class _Schema(_Core):
 
     def prepare(self, charter: Charter, context: str) -> None:
         self.schema = self._schema_option or context
+        self._latency.prepared(charter)
         owned = charter.owned_by(context)
         copies = charter.copies_in(context)
         fingerprint = _fingerprint(charter, context)

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from charter.model import Charter, Entity
 from charter.records import Row
-from charter.stores.common import OUTBOX_INSERT
+from charter.stores.common import OUTBOX_INSERT, LatencyMinutes
 from charter.stores.postgres.copies import _Copies
 from charter.stores.postgres.core import PREPARED, split_url
 from charter.stores.postgres.reconcile import _Reconcile
@@ -44,6 +44,7 @@ class PostgresStore(_Copies, _Relay, _Reconcile):
         self._selects: dict[str, list[str]] = {}
         self._prepared: tuple[Charter, str] | None = None  # for refusal(): whose store
         self._user = ""  # the role this process logs in as (current_user)
+        self._latency = LatencyMinutes()  # the copies' latency histograms
 
     # -- owner side -------------------------------------------------------------
 

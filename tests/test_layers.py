@@ -38,6 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.urls",
         "charter.records",
         "charter.roles",
+        "charter.tokens",
     ),
     BACKENDS: ("charter.boundary", "charter._sqlite"),
     STORES: ("charter.stores",),
@@ -49,6 +50,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.fills",
         "charter.signals",
         "charter.reports",
+        "charter.tracing",
+        "charter.lag",
     ),
     SYSTEM: ("charter.system",),
     # the runner runs a whole System (and waits on its status), so it sits here, not below it

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
-from charter import fills
+from charter import fills, tracing
 from charter.buses import Bus
 from charter.errors import BackfillError, EventError, ValidationError
 from charter.events import MAX_VERSION, Event, decode
@@ -80,7 +80,8 @@ class Projector:
             except (EventError, ValidationError) as exc:
                 parked.append(park(self.copy, delivery, str(exc)))
         last = deliveries[-1].position
-        self.store.apply(self.copy, items, parked, last, lane)
+        with tracing.applying(self.copy.name, self.entity.name, items):
+            self.store.apply(self.copy, items, parked, last, lane)
         self.taken += len(items) + len(parked)
         self._position = last
         self.bus.ack(self.copy.name, self.entity.name, self._applied(last))

@@ -4,14 +4,12 @@ events is wrong for those ids however fresh it is: DEGRADED (a broken window sti
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from charter import clock
+from charter import lag
 from charter.errors import Error
 from charter.model import Copy
-from charter.records import Backlog
 from charter.system import System
 
 OK, BREACH, NEVER_SYNCED, DEGRADED = "OK", "BREACH", "NEVER_SYNCED", "DEGRADED"
@@ -74,26 +72,13 @@ JSON_KEYS = (
 )  # and "error", when the state is UNKNOWN
 
 
-def _age(moment: str | None, now: dt.datetime) -> float:
-    if not moment:
-        return 0.0
-    try:
-        then = dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return max(0.0, (now - then).total_seconds())
-
-
 def copy_status(system: System, copy: Copy, owner: bool = True) -> CopyStatus:
     """`copy` against its contract. Without `owner`, the owner's store is not read (a
     context's own roles may not): the lag is what is on the bus."""
     entity = system.charter.entities[copy.of]
-    now = dt.datetime.fromtimestamp(clock.time_s(), dt.UTC)
-    checkpoint = system.store(copy.context).checkpoint(copy)
-    unrelayed = system.store(entity.owner).unrelayed(entity.name) if owner else Backlog(0, None)
-    on_bus = system.bus.backlog(copy.name, entity.name, checkpoint.position if checkpoint else 0)
-    lag_events = unrelayed.events + on_bus.events
-    lag_s = max(_age(unrelayed.oldest, now), _age(on_bus.oldest, now))
+    owner_store = system.store(entity.owner) if owner else None
+    measured = lag.measure(copy, system.store(copy.context), owner_store, system.bus)
+    checkpoint, lag_events, lag_s = measured.checkpoint, measured.events, measured.seconds
     parked = len(system.store(copy.context).parked(copy))
     lanes = system.store(copy.context).lanes(copy)
     whole = checkpoint.position if checkpoint else 0

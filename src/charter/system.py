@@ -166,7 +166,7 @@ class CopyReader:
         wanted = tokens.parse(token)
         if wanted.entity != self.spec.of:
             raise ValidationError(
-                f"token {wanted} is for a {wanted.entity}; copy '{self.spec.name}' is of "
+                f"token {wanted} is for {wanted.entity}; copy '{self.spec.name}' is of "
                 f"{self.spec.of}: wait on a copy of {wanted.entity}"
             )
         wait = self.spec.window_s if timeout is None else timeout

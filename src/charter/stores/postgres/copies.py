@@ -95,12 +95,15 @@ class _Copies(_Schema):
         with self.pool.connection() as conn:
             try:
                 self._apply_batch(conn, copy, items, parked, position, lane)
+                self._changed(copy)
                 return []
             except psycopg.Error:
                 if conn.closed or not items:
                     raise
             # Something in the batch the table refuses: find it, park it, apply the rest.
-            return self._apply_one_by_one(conn, copy, items, parked, position, lane)
+            failed = self._apply_one_by_one(conn, copy, items, parked, position, lane)
+        self._changed(copy)
+        return failed
 
     def _apply_batch(
         self,
@@ -256,6 +259,11 @@ class _Copies(_Schema):
         it is part of commits."""
         return "SELECT pg_notify(%s, '')", [channel(self.schema, copy.name)]
 
+    def _changed(self, copy: Copy) -> None:
+        """Wake this process's waits on the copy at once (others hear the NOTIFY)."""
+        if self._listening is not None:
+            self._listening.heard(channel(self.schema, copy.name))
+
     def _announcing(
         self, copy: Copy, parts: Sequence[tuple[str, list[Any]]], main: Statement
     ) -> Statement:
@@ -308,6 +316,7 @@ class _Copies(_Schema):
                 (copy.name, position, now, orjson.dumps(copy.fields).decode()),
             )
             conn.execute(*self._announce(copy))
+        self._changed(copy)
         return count
 
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
@@ -374,6 +383,7 @@ class _Copies(_Schema):
                 ([p.position for p in stay], [_text(p.reason) for p in stay], copy.name),
             )
             conn.execute(*self._announce(copy))
+        self._changed(copy)
         return stay
 
     def drop_parked(self, copy: Copy, positions: Sequence[int]) -> list[Parked]:

@@ -66,6 +66,12 @@ class Listener:
         changes = self._changes.get(name)
         return _Heard(self, changes.watch() if changes is not None else None)
 
+    def heard(self, name: str) -> None:
+        """Wake the waits on `name` (a change this process made, told without the server)."""
+        changes = self._changes.get(name)
+        if changes is not None:
+            changes.bump()
+
     def _run(self) -> None:
         conn: psycopg.Connection[Any] | None = self._conn
         while not self._stop.is_set():
@@ -74,9 +80,7 @@ class Listener:
                     conn = self._connect()
                     self._wake_all()  # what changed while nobody listened
                 for notify in conn.notifies(timeout=IDLE_S):
-                    changes = self._changes.get(notify.channel)
-                    if changes is not None:
-                        changes.bump()
+                    self.heard(notify.channel)
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     break

@@ -5,6 +5,7 @@ targets from the issue.
     .venv/bin/python benchmarks/run.py                 # everything (~25-35 minutes)
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory
+                                                       # | wait-for
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
 
 The sections pg-writes, relay-nats, pg-nats-e2e and pg-nats-latency (servers.py) run charter on
@@ -26,6 +27,7 @@ import functools
 import importlib.metadata
 import os
 import platform
+import queue
 import random
 import sqlite3
 import statistics
@@ -52,11 +54,12 @@ from charter.ids import uuid7
 from charter.runner import Runner
 from charter.status import status
 from charter.system import ContextHandle, System
+from charter.tokens import parse
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
-SECTIONS = ("owner", "pipeline", "latency", "memory")
+SECTIONS = ("owner", "pipeline", "latency", "memory", "wait-for")
 ALL_SECTIONS = SECTIONS + servers.SECTIONS
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
@@ -983,6 +986,125 @@ def bench_memory(sizes: Sizes, report: Report) -> None:
     )
 
 
+# --- 5. read your own writes: what wait_for adds to the propagation -------------------------
+
+WAIT_SAMPLE_EVERY = 20  # of the changes written at 1,000/s, every 20th is waited for (50/s)
+POLL_S = 0.00005  # the reference reader asks every 50 µs: what no wake-up can beat by much
+
+
+def waits(system: System, seconds: float, rate: float, how: str, tag: str) -> list[float]:
+    """Seconds from each sampled change's commit to its reader's return, the owner writing
+    one create per transaction at `rate`: the reader is `copy.wait_for(token)`, or (`poll`)
+    the store asked every POLL_S whether the copy holds the version, in a thread of its own
+    fed the tokens as they commit."""
+    copy = system.context("orders").copy("order_customers")
+    store = system.store("orders")
+    handed: queue.Queue[tuple[str, float] | None] = queue.Queue()
+    seen: list[float] = []
+
+    def reader() -> None:
+        while (item := handed.get()) is not None:
+            token, committed = item
+            if how == "wait_for":
+                copy.wait_for(token, timeout=60)
+            else:
+                wanted = parse(token)
+                while store.wait_applied(copy.spec, wanted.id, wanted.version, 0) < wanted.version:
+                    time.sleep(POLL_S)
+            seen.append(time.perf_counter() - committed)
+
+    thread = threading.Thread(target=reader, name=f"reader-{how}")
+    thread.start()
+    ctx = system.context("customers")
+    start = time.perf_counter()
+    try:
+        for i in range(int(seconds * rate)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            with ctx.transaction() as tx:
+                made = tx.create(ENTITY, name=f"{tag}{i}", email=f"{tag}{i}@example.org")
+            if i % WAIT_SAMPLE_EVERY == 0:
+                handed.put((made.token, time.perf_counter()))
+    finally:
+        handed.put(None)
+        thread.join()
+    return seen
+
+
+def wait_rounds(system: System, seconds: float, rate: float) -> dict[str, list[float]]:
+    """Both readers, alternating in four rounds each (the machine is shared)."""
+    found: dict[str, list[float]] = {"poll": [], "wait_for": []}
+    waits(system, 0.3, rate, "wait_for", "warm")
+    for round_ in range(4):
+        for how in ("poll", "wait_for"):
+            found[how] += waits(system, seconds / 4, rate, how, f"r{round_}{how}")
+    return found
+
+
+def wait_in_process(seconds: float, rate: float) -> dict[str, list[float]]:
+    with scratch("wait-for") as folder, new_system(folder) as system:
+        runner = Runner(system).start()
+        try:
+            return wait_rounds(system, seconds, rate)
+        finally:
+            runner.stop()
+
+
+def wait_process(seconds: float, rate: float) -> dict[str, list[float]]:
+    with (
+        scratch("wait-for-proc") as folder,
+        new_system(folder) as system,
+        charter_run(folder) as proc,
+    ):
+        alive(proc, folder)()
+        return wait_rounds(system, seconds, rate)
+
+
+def bench_wait_for(sizes: Sizes, report: Report) -> None:
+    rate, seconds = 1000.0, sizes.latency_s
+    say(
+        f"\n[5] wait_for beyond the propagation itself, at a steady {rate:.0f} changes/s "
+        f"({seconds:.0f} s each way, every {WAIT_SAMPLE_EVERY}th change waited for)"
+    )
+    cases = [
+        ("runner in background threads", wait_in_process),
+        ("runner as `charter run` process", wait_process),
+    ]
+    for label, run in cases:
+        found = run(seconds, rate)
+        poll, waited = found["poll"], found["wait_for"]
+        figures = {
+            name: (percentile(values, 50) * 1e3, percentile(values, 99) * 1e3)
+            for name, values in found.items()
+        }
+        added = figures["wait_for"][1] - figures["poll"][1]
+        say(
+            f"  {label}: polling every 50 µs p50 {figures['poll'][0]:.2f} ms, p99 "
+            f"{figures['poll'][1]:.2f} ms; wait_for p50 {figures['wait_for'][0]:.2f} ms, p99 "
+            f"{figures['wait_for'][1]:.2f} ms: {added:+.2f} ms at p99 "
+            f"({len(poll)} and {len(waited)} waits)"
+        )
+        report.rows.append(
+            Row(
+                f"5. wait_for beyond propagation, {label}",
+                f"poll 50 µs: p50 {figures['poll'][0]:.2f} ms, p99 {figures['poll'][1]:.2f} ms",
+                f"p50 {figures['wait_for'][0]:.2f} ms, p99 {figures['wait_for'][1]:.2f} ms",
+                "n/a",
+                f"{added:+.2f} ms at p99",
+                "≤ +1 ms at p99",
+                verdict(added <= 1.0),
+            )
+        )
+        report.note(
+            f"wait_for, {label}: the owner writes one create per transaction at {rate:.0f}/s; "
+            f"every {WAIT_SAMPLE_EVERY}th change's token goes to a reader thread, timed from "
+            "just after the commit to the reader's return: `copy.wait_for(token)` (its final "
+            "read of the record included), or the reference, the store asked every 50 µs; "
+            f"four alternating rounds of each, {len(poll)} and {len(waited)} waits"
+        )
+
+
 # --- the report ----------------------------------------------------------------------------
 
 
@@ -1189,6 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": lambda: bench_pipeline(sizes, report, True, not args.no_separate_process),
         "latency": lambda: bench_latency(sizes, report),
         "memory": lambda: bench_memory(sizes, report),
+        "wait-for": lambda: bench_wait_for(sizes, report),
     }
     for name in servers.SECTIONS:
         sections[name] = functools.partial(

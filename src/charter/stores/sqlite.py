@@ -617,9 +617,9 @@ class _FileWatch:
     """Changes of one copy in a SQLite file. This process's applies wake the wait at once
     (`waiting.Changes`); another process's commits cannot wake anyone, so the wait asks the
     file, cheaply (PRAGMA data_version on the waiting thread's connection, which changes
-    whenever another connection commits; no I/O, no lock), after pauses that start at
-    0.1 ms and grow with the wait (waiting.poll_pause). Any commit to the file counts: a
-    wait may wake for another table's change, and reads again."""
+    whenever another connection commits; no I/O, no lock), after pauses from 0.1 ms to
+    1 ms (waiting.poll_pause). Any commit to the file counts: a wait may wake for another
+    table's change, and reads again."""
 
     __slots__ = ("_began", "_conn", "_local", "_version")
 

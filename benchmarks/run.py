@@ -6,6 +6,7 @@ targets from the issue.
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, a couple of minutes
     .venv/bin/python benchmarks/run.py --only latency  # owner | pipeline | latency | memory | diff
     .venv/bin/python benchmarks/run.py --only latency-cost --only pg-nats-latency-cost
+    .venv/bin/python benchmarks/run.py --only wait-for
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
     .venv/bin/python benchmarks/run.py --only visibility  # visibility.py: contract vs public
     .venv/bin/python benchmarks/run.py --only audit    # charter audit beside pgBadger, audit_log.py
@@ -29,6 +30,7 @@ import functools
 import importlib.metadata
 import os
 import platform
+import queue
 import random
 import sqlite3
 import statistics
@@ -66,11 +68,12 @@ from charter.ids import uuid7
 from charter.runner import Runner
 from charter.status import status
 from charter.system import ContextHandle, System
+from charter.tokens import parse
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
-SECTIONS = ("owner", "pipeline", "latency", "memory", "diff", "latency-cost")
+SECTIONS = ("owner", "pipeline", "latency", "memory", "diff", "latency-cost", "wait-for")
 ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, visibility_bench.SECTION, "audit")
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
@@ -1076,6 +1079,199 @@ def bench_memory(sizes: Sizes, report: Report) -> None:
     )
 
 
+# --- 5. read your own writes: what wait_for adds to the propagation -------------------------
+
+WAIT_SAMPLE_EVERY = 10  # of the changes written at 1,000/s, every 10th is waited for (100/s)
+POLL_S = 0.00005  # the floor: a reader asking every 50 µs, what no wake-up can beat by much
+
+
+def waits(
+    system: System, seconds: float, rate: float, tag: str, how: str = "wait_for"
+) -> tuple[list[tuple[str, float, float]], float]:
+    """The owner writes one create per transaction at `rate`; every WAIT_SAMPLE_EVERY-th
+    change's token goes to a reader thread, which calls `copy.wait_for(token)` (or, `poll`,
+    asks the store every POLL_S and then reads the record). Returns, per sampled change,
+    (id, committed, returned) on time.monotonic() (one clock for every process of the
+    machine), and the rate achieved."""
+    copy = system.context("orders").copy("order_customers")
+    store = system.store("orders")
+    handed: queue.Queue[tuple[str, float] | None] = queue.Queue()
+    seen: list[tuple[str, float, float]] = []
+
+    def reader() -> None:
+        while (item := handed.get()) is not None:
+            token, committed = item
+            wanted = parse(token)
+            if how == "wait_for":
+                copy.wait_for(token, timeout=60)
+            else:
+                while store.wait_applied(copy.spec, wanted.id, wanted.version, 0) < 1:
+                    time.sleep(POLL_S)
+                copy.get(wanted.id)
+            seen.append((wanted.id, committed, time.monotonic()))
+
+    thread = threading.Thread(target=reader, name="reader")
+    thread.start()
+    ctx = system.context("customers")
+    n = int(seconds * rate)
+    start = time.perf_counter()
+    try:
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            with ctx.transaction() as tx:
+                made = tx.create(ENTITY, name=f"{tag}{i}", email=f"{tag}{i}@example.org")
+            if i % WAIT_SAMPLE_EVERY == 0:
+                handed.put((made.token, time.monotonic()))
+    finally:
+        handed.put(None)
+        thread.join()
+    return seen, n / (time.perf_counter() - start)
+
+
+def note_applies(store: Any, copy: str, applied: dict[str, float]) -> None:
+    """From now on, note in `applied` when (time.monotonic()) each record's first event to
+    `copy` was applied: the moment the store's apply returned, its transaction committed."""
+    inner = store.apply
+
+    def apply(spec: Any, items: Any, *rest: Any) -> Any:
+        result = inner(spec, items, *rest)
+        if spec.name == copy:
+            now = time.monotonic()
+            for _, event in items:
+                applied.setdefault(event.entity_id, now)
+        return result
+
+    store.apply = apply
+
+
+# A runner in a process of its own that notes when it applied what (note_applies), and
+# writes that down as JSON when it is stopped (SIGTERM).
+NOTING_RUNNER = """
+import json, signal, sys, threading
+sys.path.insert(0, sys.argv[3])
+import charter
+from run import note_applies
+
+system = charter.load(sys.argv[1])
+applied = {}
+note_applies(system.store("orders"), "order_customers", applied)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+with charter.Runner(system):
+    print("running", flush=True)
+    stop.wait()
+with open(sys.argv[2], "w") as out:
+    json.dump(applied, out)
+system.close()
+"""
+
+
+Seen = dict[str, list[tuple[str, float, float]]]  # reader → (id, committed, returned)
+
+
+def wait_rounds(system: System, seconds: float, rate: float) -> tuple[Seen, float]:
+    """Both readers, wait_for and the floor, in four alternating rounds (a shared machine)."""
+    seen: Seen = {"wait_for": [], "poll": []}
+    rates = []
+    waits(system, 0.3, rate, "warm")
+    for n in range(4):
+        for how in seen:
+            found, achieved = waits(system, seconds / 4, rate, f"r{n}{how}", how)
+            seen[how] += found
+            rates.append(achieved)
+    return seen, min(rates)
+
+
+def wait_in_process(seconds: float, rate: float) -> tuple[Seen, dict[str, float], float]:
+    with scratch("wait-for") as folder, new_system(folder) as system:
+        applied: dict[str, float] = {}
+        note_applies(system.store("orders"), "order_customers", applied)
+        with Runner(system):
+            seen, achieved = wait_rounds(system, seconds, rate)
+        return seen, applied, achieved
+
+
+def wait_process(seconds: float, rate: float) -> tuple[Seen, dict[str, float], float]:
+    with scratch("wait-for-proc") as folder, new_system(folder) as system:
+        noted = folder / "applied.json"
+        runner = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                NOTING_RUNNER,
+                str(folder / "charter.yaml"),
+                str(noted),
+                str(HERE),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert runner.stdout is not None and runner.stdout.readline().strip() == "running"
+            seen, achieved = wait_rounds(system, seconds, rate)
+        finally:
+            runner.terminate()
+            runner.wait(60)
+        return seen, orjson.loads(noted.read_bytes()), achieved
+
+
+def bench_wait_for(sizes: Sizes, report: Report) -> None:
+    rate, seconds = 1000.0, sizes.latency_s
+    say(
+        f"\n[5] what wait_for adds to the propagation, at a steady {rate:.0f} changes/s for "
+        f"{seconds:.0f} s each reader (every {WAIT_SAMPLE_EVERY}th change waited for)"
+    )
+    cases = [
+        ("runner in background threads", wait_in_process),
+        ("runner in another process", wait_process),
+    ]
+    for label, run in cases:
+        seen, applied, achieved = run(seconds, rate)
+        ms: dict[str, dict[str, float]] = {}
+        for how, rows in seen.items():
+            added = [returned - applied[i] for i, _, returned in rows]
+            whole = [returned - committed for _, committed, returned in rows]
+            spread = [applied[i] - committed for i, committed, _ in rows]
+            ms[how] = {
+                "p50": percentile(added, 50) * 1e3,
+                "p99": percentile(added, 99) * 1e3,
+                "beyond": (percentile(whole, 99) - percentile(spread, 99)) * 1e3,
+                "propagation": percentile(spread, 99) * 1e3,
+                "count": len(rows),
+            }
+        ours, floor = ms["wait_for"], ms["poll"]
+        say(
+            f"  {label}: wait_for adds p50 {ours['p50']:.2f} ms, p99 {ours['p99']:.2f} ms per "
+            f"change (the 50 µs poller: p50 {floor['p50']:.2f}, p99 {floor['p99']:.2f}); "
+            f"p99 commit→return minus p99 commit→applied {ours['beyond']:+.2f} ms "
+            f"(propagation p99 {ours['propagation']:.1f} ms; {ours['count']:.0f} waits, "
+            f"{achieved:.0f} changes/s at least)"
+        )
+        report.rows.append(
+            Row(
+                f"5. wait_for beyond propagation, {label}",
+                f"poll 50 µs: +{floor['p50']:.2f} ms p50, +{floor['p99']:.2f} ms p99",
+                f"+{ours['p50']:.2f} ms p50, +{ours['p99']:.2f} ms p99 per change",
+                "n/a",
+                f"p99 {ours['beyond']:+.2f} ms beyond propagation p99 {ours['propagation']:.1f} ms",
+                "≤ +1 ms at p99",
+                verdict(ours["beyond"] <= 1.0),
+            )
+        )
+        report.note(
+            f"wait_for, {label}: the owner writes one create per transaction at {rate:.0f}/s "
+            f"({achieved:.0f}/s achieved at least); every {WAIT_SAMPLE_EVERY}th change's token "
+            "goes to a reader thread: `copy.wait_for(token)`, or the floor, a reader asking "
+            "the store every 50 µs and then reading the record; four alternating rounds of "
+            "each. Per change, added = from the moment the projector's apply of it returned "
+            "(its transaction committed; noted by wrapping the store's apply, in whichever "
+            "process runs it) to the reader's return, on time.monotonic(). The target column: "
+            "p99 of commit → wait_for's return minus p99 of commit → applied"
+        )
+
+
 # --- the report ----------------------------------------------------------------------------
 
 
@@ -1330,6 +1526,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": lambda: bench_memory(sizes, report),
         "diff": lambda: bench_diff(args.quick, report),
         "latency-cost": lambda: bench_latency_cost(sizes, report),
+        "wait-for": lambda: bench_wait_for(sizes, report),
     }
     for name in servers.SECTIONS:
         sections[name] = functools.partial(

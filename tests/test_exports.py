@@ -32,6 +32,7 @@ PUBLIC = {
         "SchemaChangeError",
         "BackendError",
         "UnavailableError",
+        "StaleReadError",
     },
     "charter.testing": {"StoreContract", "BusContract"},
     "charter.sim": {"Config", "Outcome", "Simulation", "run"},

@@ -17,37 +17,45 @@ from tests.backends import NATS, POSTGRES
 from tests.conftest import SHOP
 
 DRIVERS = ("psycopg", "psycopg_pool", "nats")
-
-# Runs the rest of the command line as `charter …` (or, after `-c`, as Python code) with the
-# drivers refused; prints which of them anything tried to import.
-WITHOUT_DRIVERS = textwrap.dedent(
-    f"""
-    import atexit, importlib.abc, sys
-
-    tried = []
-
-    class Refuse(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.partition(".")[0] in {DRIVERS!r}:
-                tried.append(name)
-                raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-            return None
-
-    sys.meta_path.insert(0, Refuse())
-    atexit.register(lambda: print("drivers tried:", sorted(set(tried)), file=sys.stderr))
-    if sys.argv[1:2] == ["-c"]:
-        exec(sys.argv[2])
-    else:
-        sys.argv = ["charter", *sys.argv[1:]]
-        from charter.cli import main
-        main()
-    """
-)
+OPTIONAL = ("opentelemetry", "starlette")  # charter[otel], charter[web]
 
 
-def without_drivers(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def refusing(modules: tuple[str, ...]) -> str:
+    """A script that runs the rest of its command line as `charter …` (or, after `-c`, as
+    Python code) with `modules` refused; it prints which of them anything tried to import."""
+    return textwrap.dedent(
+        f"""
+        import atexit, importlib.abc, sys
+
+        tried = []
+
+        class Refuse(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] in {modules!r}:
+                    tried.append(name)
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Refuse())
+        atexit.register(lambda: print("drivers tried:", sorted(set(tried)), file=sys.stderr))
+        if sys.argv[1:2] == ["-c"]:
+            exec(sys.argv[2])
+        else:
+            sys.argv = ["charter", *sys.argv[1:]]
+            from charter.cli import main
+            main()
+        """
+    )
+
+
+WITHOUT_DRIVERS = refusing(DRIVERS)
+
+
+def without_drivers(
+    *args: str, cwd: Path, script: str = WITHOUT_DRIVERS
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", WITHOUT_DRIVERS, *args],
+        [sys.executable, "-c", script, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -164,3 +172,35 @@ def test_the_api_raises_a_charter_error_naming_the_extra(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert "context 'customers'" in result.stdout
     assert "needs the psycopg package" in result.stdout
+
+
+def test_without_opentelemetry_and_starlette_nothing_changes(tmp_path: Path) -> None:
+    """charter[otel] and charter[web] not installed: `import charter` never looks for
+    them, a change made and applied carries no trace context, and only charter.asgi says
+    which extra it needs."""
+    script = refusing(OPTIONAL)
+    imported = without_drivers("-c", "import charter, charter.cli", cwd=tmp_path, script=script)
+    assert imported.returncode == 0, imported.stderr
+    assert tried(imported) == "[]"
+    shop(tmp_path, "sqlite:///.charter/{name}.db", "sqlite:///.charter/bus.db")
+    code = (
+        "import charter, orjson\n"
+        "from charter.errors import MissingExtraError\n"
+        "with charter.load('charter.yaml') as system:\n"
+        "    charter.Runner(system).drain()\n"
+        "    with system.context('customers').transaction() as tx:\n"
+        "        ada = tx.create('Customer', email='a@x.org', name='A', password_hash='h')\n"
+        "    charter.Runner(system).drain()\n"
+        "    assert system.context('orders').copy('order_customers').wait_for(ada.token)\n"
+        "    (row,) = system.store('customers').history('Customer', ada.id)\n"
+        "    assert 'traceparent' not in orjson.loads(row.body)\n"
+        "try:\n"
+        "    import charter.asgi\n"
+        "except MissingExtraError as exc:\n"
+        "    assert exc.extra == 'web', exc\n"
+        "    print(exc)\n"
+    )
+    result = without_drivers("-c", code, cwd=tmp_path, script=script)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'charter[web]'" in result.stdout
+    assert tried(result) == "['opentelemetry', 'starlette']"

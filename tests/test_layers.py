@@ -23,7 +23,7 @@ OPERATIONS = "status, operations"
 API = "api"  # the package's own namespace: charter/__init__.py
 SIM = "sim"
 TESTING = "testing"
-FACES = ("cli", "demo", "web")
+FACES = ("cli", "demo", "web", "asgi")  # asgi: what a web service of the user's puts on
 
 # layer: its modules, bottom up (a name stands for the module or package and everything in it)
 LAYERS: dict[str, tuple[str, ...]] = {
@@ -42,6 +42,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.diff",  # two charters compared: what a change breaks
         "charter.visibility",
         "charter.latency",
+        "charter.tokens",
     ),
     BACKENDS: ("charter.boundary", "charter._sqlite"),
     STORES: ("charter.stores",),
@@ -53,6 +54,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.fills",
         "charter.signals",
         "charter.reports",
+        "charter.tracing",
+        "charter.lag",
     ),
     SYSTEM: ("charter.system",),
     # the runner runs a whole System (and waits on its status), so it sits here, not below it

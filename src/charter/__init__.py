@@ -10,6 +10,7 @@ from charter.errors import (
     NotFoundError,
     OwnershipError,
     SchemaChangeError,
+    StaleReadError,
     UnavailableError,
     ValidationError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Record",
     "Runner",
     "SchemaChangeError",
+    "StaleReadError",
     "System",
     "Transaction",
     "UnavailableError",

@@ -102,3 +102,27 @@ class MissingExtraError(Error):
     def __init__(self, message: str, *, extra: str, package: str) -> None:
         self.extra, self.package = extra, package
         super().__init__(message)
+
+
+class StaleReadError(Error):
+    """A copy did not get a change within the wait (`CopyReader.wait_for`): names the copy,
+    what it waited for and what the copy holds, how far behind its owner the copy is (events
+    and seconds, as `charter status` measures it; None when that could not be measured) and
+    its window."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        copy: str,
+        token: str,
+        held: int,
+        lag_events: int | None,
+        lag_s: float | None,
+        window_s: float,
+        waited_s: float,
+    ) -> None:
+        self.copy, self.token, self.held = copy, token, held
+        self.lag_events, self.lag_s, self.window_s = lag_events, lag_s, window_s
+        self.waited_s = waited_s
+        super().__init__(message)

@@ -28,6 +28,10 @@ class Event:
     owner: str
     time: str
     actor: str | None = None  # who made the change, when the transaction said
+    # The W3C trace context of the owner's transaction (the CloudEvents distributed
+    # tracing extension), when OpenTelemetry was tracing it: charter.tracing.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def to_cloudevent(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -44,6 +48,10 @@ class Event:
         }
         if self.actor is not None:
             doc["actor"] = self.actor  # a CloudEvents extension attribute
+        if self.traceparent is not None:
+            doc["traceparent"] = self.traceparent
+            if self.tracestate:
+                doc["tracestate"] = self.tracestate
         return doc
 
     def encode(self) -> bytes:
@@ -85,6 +93,10 @@ def decode(body: bytes | str) -> Event:
     actor = doc.get("actor")
     if actor is not None and not isinstance(actor, str):
         raise EventError(f"{where}: actor must be a string, got {actor!r}")
+    # Trace context only links spans: one that is not text is left out, never parked for.
+    traceparent, tracestate = doc.get("traceparent"), doc.get("tracestate")
+    traceparent = traceparent if isinstance(traceparent, str) else None
+    tracestate = tracestate if isinstance(tracestate, str) and traceparent else None
     return Event(
         event_id,
         entity,
@@ -96,4 +108,6 @@ def decode(body: bytes | str) -> Event:
         source,
         time,
         actor,
+        traceparent,
+        tracestate,
     )

@@ -8,13 +8,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from charter import values
+from charter import tracing, values
 from charter.errors import ConflictError, Error, NotFoundError, OwnershipError, ValidationError
 from charter.events import Event
 from charter.ids import uuid7
 from charter.model import Charter, Entity, Field, _hint
 from charter.records import Row
 from charter.stores.base import OwnerWrites
+from charter.tokens import token
 
 
 class Record(Mapping[str, Any]):
@@ -47,6 +48,14 @@ class Record(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._values)
+
+    @property
+    def token(self) -> str:
+        """This version of this record, as a read-your-writes token (charter.tokens): hand
+        it to a reader, who waits with `copy.wait_for(token)` until a copy holds it. It
+        means something once the transaction that made the version has committed. (A field
+        named `token` is read as `record["token"]`.)"""
+        return token(self.entity, self.id, self.version)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
@@ -128,6 +137,21 @@ class Transaction:
         self._changes: list[_Change] = []
         self._refused: tuple[str, Exception] | None = None  # the first, and what it was
         self._actor = actor
+        self._tokens: list[str] | None = None  # once committed
+        self._made: list[str] = []  # the tokens of what _commit_events wrote
+
+    @property
+    def tokens(self) -> list[str]:
+        """After the transaction committed: a read-your-writes token (charter.tokens) for
+        each record it changed, at the version it left it (a delete's too), in the order
+        they were first changed. Read it after the `with` block: before the commit it
+        raises, since a token names a change that may still be rolled back."""
+        if self._tokens is None:
+            raise Error(
+                "the transaction has not committed: its tokens are valid only after it "
+                "commits (read tx.tokens after the `with` block)"
+            )
+        return list(self._tokens)
 
     def _owned(self, name: str) -> Entity:
         return owned_entity(self._charter, self._context, name)
@@ -188,7 +212,9 @@ class Transaction:
 
     def delete(
         self, entity_name: str, entity_id: str, /, *, expected_version: int | None = None
-    ) -> None:
+    ) -> str:
+        """Delete the record; returns the token of the version that deletes it (a copy has
+        the delete once it no longer holds the record: `copy.wait_for(token)`)."""
         try:
             entity = self._owned(entity_name)
             current = self._current(entity, entity_id, expected_version)
@@ -200,6 +226,7 @@ class Transaction:
         self._changes.append(
             _Change(entity, entity_id, current["version"] + 1, "deleted", (), None)
         )
+        return token(entity.name, entity_id, current["version"] + 1)
 
     def get(self, entity_name: str, entity_id: str) -> Record | None:
         entity = self._owned(entity_name)
@@ -272,6 +299,7 @@ class Transaction:
             return []
         time = values.now_text()
         owner = self._context
+        parent, state = tracing.current()  # the trace this change is part of, if any
         events = [
             Event(
                 uuid7(),
@@ -284,13 +312,21 @@ class Transaction:
                 owner,
                 time,
                 self._actor,
+                parent,
+                state,
             )
             for c in self._changes
         ]
         private = [c.private for c in self._changes]
         self._writes.append(events, [e.encode() for e in events], private if any(private) else ())
+        newest = {(c.entity.name, c.entity_id): c.version for c in self._changes}
+        self._made = [token(entity, entity_id, v) for (entity, entity_id), v in newest.items()]
         self._changes.clear()
         return events
+
+    def _committed(self) -> None:
+        """The store committed what _commit_events wrote: its tokens are valid now."""
+        self._tokens, self._made = self._made, []
 
 
 _SYNCED = Field("synced_at", "timestamp")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import orjson
 
-from charter import clock, fills, latency
+from charter import clock, fills, latency, tracing
 from charter.buses import Bus
 from charter.errors import BackfillError, EventError, ValidationError
 from charter.events import MAX_VERSION, Event, decode
@@ -95,7 +95,10 @@ class Projector:
         items = self._mend(deliveries, items)
         hook = self.on_applied
         timed = _latencies(items) if items and (self.record_latency or hook) else []
-        self.store.apply(self.copy, items, parked, last, lane, timed if self.record_latency else ())
+        with tracing.applying(self.copy.name, self.entity.name, items):
+            self.store.apply(
+                self.copy, items, parked, last, lane, timed if self.record_latency else ()
+            )
         self.taken += len(items) + len(parked)
         self._position = last
         if hook is not None and timed:

@@ -8,14 +8,12 @@ last hour and day. A span of N minutes is this minute and the N - 1 before it.""
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from charter import clock, latency
+from charter import clock, lag, latency
 from charter.errors import Error
 from charter.model import Copy
-from charter.records import Backlog
 from charter.system import System
 from charter.visibility import topic_of
 
@@ -88,16 +86,6 @@ JSON_KEYS = (
 SPANS_MIN = (5, 60, 1440)  # the spans of the quantiles, and of the two shares
 
 
-def _age(moment: str | None, now: dt.datetime) -> float:
-    if not moment:
-        return 0.0
-    try:
-        then = dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return max(0.0, (now - then).total_seconds())
-
-
 Kept = tuple[float | None, float | None, float | None, float | None]
 NOTHING_KEPT: Kept = (None, None, None, None)
 
@@ -127,13 +115,10 @@ def copy_status(
     context's own roles may not): the lag is what is on the bus. With `history`, also how
     it kept its promise (kept)."""
     entity = system.charter.entities[copy.of]
-    now = dt.datetime.fromtimestamp(clock.time_s(), dt.UTC)
-    checkpoint = system.store(copy.context).checkpoint(copy)
-    unrelayed = system.store(entity.owner).unrelayed(entity.name) if owner else Backlog(0, None)
+    owner_store = system.store(entity.owner) if owner else None
+    measured = lag.measure(copy, entity, system.store(copy.context), owner_store, system.bus)
+    checkpoint, lag_events, lag_s = measured.checkpoint, measured.events, measured.seconds
     topic = topic_of(entity, copy)  # what the copy reads (charter.visibility)
-    on_bus = system.bus.backlog(copy.name, topic, checkpoint.position if checkpoint else 0)
-    lag_events = unrelayed.events + on_bus.events
-    lag_s = max(_age(unrelayed.oldest, now), _age(on_bus.oldest, now))
     parked = len(system.store(copy.context).parked(copy))
     lanes = system.store(copy.context).lanes(copy)
     whole = checkpoint.position if checkpoint else 0

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from charter import model, values
+from charter import lag, model, tokens, values
 from charter.buses import Bus, open_bus
-from charter.errors import ConflictError, ConstraintError, ValidationError
+from charter.errors import ConflictError, ConstraintError, Error, StaleReadError, ValidationError
 from charter.model import Charter, Copy, _hint
 from charter.owner import (
     FromRecord,
@@ -120,6 +120,7 @@ class ContextHandle:
             # a store that sends its changes at commit refuses them there (PostgreSQL)
             message = f"{exc}; the transaction was rolled back and nothing was committed"
             raise restated(exc, message) from None
+        tx._committed()
         if events:
             self.system.signals.notify(f"outbox:{self.name}")
 
@@ -160,12 +161,72 @@ class ContextHandle:
 
 
 class CopyReader:
-    """A read-only copy: get, filter, iterate. Rows carry their version and synced_at."""
+    """A read-only copy: get, filter, iterate. Rows carry their version and synced_at.
+    `wait_for` reads your own writes: it waits until the copy holds a change."""
 
     def __init__(self, system: System, copy: Copy) -> None:
         self.spec = copy
+        self._system = system
         self._entity = system.charter.entities[copy.of]
         self._store = system.store(copy.context)
+
+    def wait_for(self, token: str | tokens.Token, timeout: float | None = None) -> Record | None:
+        """Wait until this copy holds the change `token` names (a committed record's
+        `.token`, or one of `tx.tokens`): that version of the record or a newer one, or its
+        delete. Returns the record as the copy holds it then (None: deleted). After
+        `timeout` seconds (default: the copy's window) raises StaleReadError, naming the
+        copy, how far behind its owner it is and its window. Whichever process applies the
+        change wakes the wait (on SQLite another process's apply is noticed by asking the
+        file, cheaply: charter.stores.waiting)."""
+        wanted = tokens.parse(token)
+        if wanted.entity != self.spec.of:
+            raise ValidationError(
+                f"token {wanted} is for {wanted.entity}; copy '{self.spec.name}' is of "
+                f"{self.spec.of}: wait on a copy of {wanted.entity}"
+            )
+        wait = self.spec.window_s if timeout is None else timeout
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+            raise ValidationError(f"timeout must be a number of seconds (0 or more), got {wait!r}")
+        held = self._store.wait_applied(self.spec, wanted.id, wanted.version, float(wait))
+        if held < wanted.version:
+            raise self._stale(wanted, held, float(wait))
+        return self.get(wanted.id)
+
+    def _stale(self, wanted: tokens.Token, held: int, waited: float) -> StaleReadError:
+        """What a wait that ran out of time says: the copy, what it holds, its lag (as
+        `charter status` measures it) and its window."""
+        copy, system = self.spec, self._system
+        owner = system.charter.entities[copy.of].owner
+        with system._lock:  # the owner's store only if this process has it open already
+            owner_store = system._stores.get(owner)
+        try:
+            measured: lag.Lag | None = lag.measure(
+                copy, system.charter.entities[copy.of], self._store, owner_store, system.bus
+            )
+        except Error as exc:
+            measured, why = None, str(exc).splitlines()[0]
+        has = f"it holds version {held}" if held else "it holds no version of it"
+        if measured is None:
+            behind = f"how far behind its owner it is could not be measured ({why})"
+        else:
+            behind = (
+                f"it is {measured.events} event{'s' if measured.events != 1 else ''} and "
+                f"{measured.seconds:.3g} s behind its owner '{owner}'"
+                + ("" if owner_store is not None else " on the bus")
+            )
+        return StaleReadError(
+            f"copy '{copy.name}' (in {copy.context}) does not hold {wanted.entity} "
+            f"{wanted.id} version {wanted.version} after {waited:.3g} s: {has}; {behind} "
+            f"(its window: {copy.window_s:g} s). Is a projector running for it? "
+            "(`charter status`)",
+            copy=copy.name,
+            token=str(wanted),
+            held=held,
+            lag_events=measured.events if measured else None,
+            lag_s=round(measured.seconds, 3) if measured else None,
+            window_s=copy.window_s,
+            waited_s=waited,
+        )
 
     @overload
     def get(self, entity_id: str) -> Record | None: ...

@@ -156,6 +156,15 @@ class Store(Protocol):
         cannot be missed."""
 
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]: ...
+
+    def wait_applied(self, copy: Copy, entity_id: str, version: int, timeout: float) -> int:
+        """Wait up to `timeout` seconds until the copy holds `entity_id` at `version` or
+        newer, or deleted it at `version` or later (its tombstone), whichever process
+        applies it (an apply, a backfill or a retry of parked events); returns the newest
+        version of the record the copy has taken, its row's or its tombstone's (0: none),
+        which is below `version` only when the time ran out. A wait is woken by the change
+        where the database can say so (charter.stores.waiting), not by asking in a loop."""
+
     def parked(self, copy: Copy) -> list[Parked]: ...
 
     def retry_parked(

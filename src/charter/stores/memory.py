@@ -36,6 +36,7 @@ from charter.records import (
     Row,
     latest_lanes,
 )
+from charter.stores import waiting
 from charter.stores.common import (
     LatencyMinutes,
     check_extension,
@@ -63,6 +64,7 @@ class _Data:
     applied: list[tuple[str, str, int, str]] | None = None  # (copy, id, version, lane)
     latency: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)  # (copy, minute)
     unique: dict[tuple[str, str], dict[object, str]] = field(default_factory=dict)
+    changes: waiting.Registry = field(default_factory=waiting.Registry)  # by copy
     lock: threading.RLock = field(default_factory=threading.RLock)  # any read or write
     writer: threading.Lock = field(default_factory=threading.Lock)  # one owner tx at a time
 
@@ -344,6 +346,7 @@ class MemoryStore:
                     data.lanes[key] = (position, now)
             elif position > start:
                 data.checkpoints[copy.name] = (position, now, copy.fields)
+        data.changes(copy.name).bump()
         return []  # a dictionary takes any value: nothing fails to be stored
 
     def _record_latency(
@@ -403,6 +406,7 @@ class MemoryStore:
             saved = data.checkpoints.get(copy.name)
             at = min(position, saved[0]) if saved else position
             data.checkpoints[copy.name] = (at, now, copy.fields)
+        data.changes(copy.name).bump()
         return len(staged)
 
     def versions(self, copy: Copy) -> dict[str, int]:
@@ -427,6 +431,17 @@ class MemoryStore:
             found = [{n: r.get(n) for n in names} for r in candidates]
         yield from sorted(_matching(found, where), key=_by_id)
 
+    def wait_applied(self, copy: Copy, entity_id: str, version: int, timeout: float) -> int:
+        self._touch("wait_applied")
+        watch = self._data.changes(copy.name).watch()
+        return waiting.wait_applied(lambda: self._held(copy, entity_id), version, timeout, watch)
+
+    def _held(self, copy: Copy, entity_id: str) -> int:
+        with self._data.lock:
+            row = self._data.copies[copy.name].get(entity_id)
+            deleted = self._data.tombstones.get((copy.name, entity_id), 0)
+            return max(row["version"] if row else 0, deleted)
+
     def parked(self, copy: Copy) -> list[Parked]:
         self._touch("parked")
         with self._data.lock:
@@ -447,7 +462,9 @@ class MemoryStore:
                 for p in data.parked[copy.name]
                 if p.position not in gone
             ]
-            return [p for p in data.parked[copy.name] if p.position in reasons]
+            stay = [p for p in data.parked[copy.name] if p.position in reasons]
+        data.changes(copy.name).bump()
+        return stay
 
     def drop_parked(self, copy: Copy, positions: Sequence[int]) -> list[Parked]:
         self._touch("drop_parked")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TextIO
@@ -33,7 +34,7 @@ from charter.records import (
     Row,
     latest_lanes,
 )
-from charter.stores import sqlite_reconcile
+from charter.stores import sqlite_reconcile, waiting
 from charter.stores.common import (
     HISTORY_COLUMNS,
     OUTBOX_ADDED_COLUMNS,
@@ -55,6 +56,7 @@ from charter.stores.common import (
 from charter.values import now_text
 
 _COLUMN_TYPE = {"integer": "INTEGER", "boolean": "INTEGER", "number": "REAL"}
+_CHANGES = waiting.Registry()  # (file, copy): this process's applies, for wait_applied
 
 _META = """
 CREATE TABLE IF NOT EXISTS charter_schema (
@@ -314,6 +316,10 @@ class SQLiteStore:
         )
         self._sql[f"refresh:{copy.name}"] = upsert + f'WHERE excluded.version >= "{table}".version'
         self._sql[f"select-copy:{copy.name}"] = f'SELECT {cols} FROM "{table}"'
+        self._sql[f"held:{copy.name}"] = (
+            f'SELECT max(coalesce((SELECT version FROM "{table}" WHERE id = ?1), 0), '
+            "coalesce((SELECT version FROM charter_tombstone WHERE copy = ?2 AND id = ?1), 0))"
+        )
 
     # -- owner side -------------------------------------------------------------
 
@@ -493,6 +499,7 @@ class SQLiteStore:
                     "UPDATE SET position = excluded.position, applied_at = excluded.applied_at",
                     (copy.name, position, now_text(), orjson.dumps(copy.fields).decode()),
                 )
+        self._changed(copy)
         return failed
 
     def _record_latency(
@@ -583,6 +590,7 @@ class SQLiteStore:
                 "applied_at = excluded.applied_at",
                 (copy.name, position, now, orjson.dumps(copy.fields).decode()),
             )
+        self._changed(copy)
         return count
 
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
@@ -590,6 +598,21 @@ class SQLiteStore:
         sql, params = where_clause(self._sql[f"select-copy:{copy.name}"], where, names, "IS ?")
         for row in self._conns.get().execute(sql + " ORDER BY id", params):
             yield dict(zip(names, row, strict=True))
+
+    def wait_applied(self, copy: Copy, entity_id: str, version: int, timeout: float) -> int:
+        conn = self._conns.get()
+        watch = _FileWatch(conn, _CHANGES(str(self._conns.path), copy.name))
+        held = self._sql[f"held:{copy.name}"]
+        return waiting.wait_applied(
+            lambda: int(conn.execute(held, (entity_id, copy.name)).fetchone()[0]),
+            version,
+            timeout,
+            watch,
+        )
+
+    def _changed(self, copy: Copy) -> None:
+        """Wake this process's waits on the copy (those of other processes ask the file)."""
+        _CHANGES(str(self._conns.path), copy.name).bump()
 
     def parked(self, copy: Copy) -> list[Parked]:
         rows = self._conns.get().execute(
@@ -613,6 +636,7 @@ class SQLiteStore:
                 "UPDATE charter_parked SET reason = ? WHERE copy = ? AND position = ?",
                 [(p.reason, copy.name, p.position) for p in stay],
             )
+        self._changed(copy)
         return stay
 
     def drop_parked(self, copy: Copy, positions: Sequence[int]) -> list[Parked]:
@@ -654,6 +678,38 @@ class SQLiteStore:
         for holder in list(self._leads):
             self.release(holder)
         self._conns.close()
+
+
+class _FileWatch:
+    """Changes of one copy in a SQLite file. This process's applies wake the wait at once
+    (`waiting.Changes`); another process's commits cannot wake anyone, so the wait asks the
+    file, cheaply (PRAGMA data_version on the waiting thread's connection, which changes
+    whenever another connection commits; no I/O, no lock), after pauses from 0.1 ms to
+    1 ms (waiting.poll_pause). Any commit to the file counts: a wait may wake for another
+    table's change, and reads again."""
+
+    __slots__ = ("_began", "_conn", "_local", "_version")
+
+    def __init__(self, conn: sqlite3.Connection, changes: waiting.Changes) -> None:
+        self._conn, self._local = conn, changes.watch()
+        self._version = self._data_version()
+        self._began = time.monotonic()
+
+    def _data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            left = deadline - now
+            if left <= 0:
+                return
+            woken = self._local.changed(waiting.poll_pause(now - self._began, left))
+            version = self._data_version()
+            if woken or version != self._version:
+                self._version = version
+                return
 
 
 class _Transaction:

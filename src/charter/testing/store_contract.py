@@ -5,6 +5,7 @@ one, a fresh copy store (context `mailing`)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -495,3 +496,46 @@ class StoreContract:
         copies.backfill(copy, iter(()), 0)
         copies.apply(copy, [(1, world.event(uuid7(), 1, op="created"))], [], 1, None, [(1, 1)])
         assert copies.latency(copy, 0) == {}
+
+    # -- waiting for a version (read your own writes) ----------------------------------
+
+    def test_wait_applied_says_what_the_copy_holds(self, copies: Store, charter: Charter) -> None:
+        copy, entity_id = self.copy(charter), uuid7()
+        assert copies.wait_applied(copy, entity_id, 1, 0.0) == 0
+        copies.apply(copy, [(1, world.event(entity_id, 2))], [], 1)
+        assert copies.wait_applied(copy, entity_id, 2, 0.0) == 2
+        assert copies.wait_applied(copy, entity_id, 1, 0.0) == 2  # an older one: there too
+        assert copies.wait_applied(copy, entity_id, 3, 0.05) == 2  # not there: time runs out
+        assert copies.wait_applied(copy, uuid7(), 1, 0.0) == 0  # another record
+        copies.apply(copy, [(2, world.event(entity_id, 4, op="deleted"))], [], 2)
+        assert list(copies.copy_rows(copy)) == []
+        assert copies.wait_applied(copy, entity_id, 3, 0.0) == 4  # deleted after it
+        assert copies.wait_applied(copy, entity_id, 4, 0.0) == 4  # the delete itself
+
+    def test_a_wait_wakes_when_another_thread_applies(
+        self, copies: Store, charter: Charter
+    ) -> None:
+        """Waits (in threads, on their own connections) for versions applied after they
+        began: one by an apply of the version after a lower one, one by a backfill, one by
+        a delete; each is woken by the change and returns what the copy then holds."""
+        copy, a, b, c = self.copy(charter), uuid7(), uuid7(), uuid7()
+        copies.apply(copy, [(1, world.event(c, 1, op="created"))], [], 1)
+        got: dict[str, int] = {}
+
+        def wait(entity_id: str, version: int) -> None:
+            got[entity_id] = copies.wait_applied(copy, entity_id, version, 600.0)
+
+        waiting = [
+            threading.Thread(target=wait, args=wanted) for wanted in ((a, 2), (b, 3), (c, 2))
+        ]
+        for thread in waiting:
+            thread.start()
+        time.sleep(0.05)  # the waits begin (a wait that began later sees the versions at once)
+        copies.apply(copy, [(2, world.event(a, 1, op="created"))], [], 2)  # not yet
+        copies.apply(copy, [(3, world.event(a, 2))], [], 3)
+        copies.backfill(copy, iter([(b, 3, {"name": "B", "email": "b@x"})]), 3)
+        copies.apply(copy, [(4, world.event(c, 2, op="deleted"))], [], 4)
+        for thread in waiting:
+            thread.join(30)  # woken by the change: never near the ten minutes it may wait
+        assert not any(thread.is_alive() for thread in waiting), "a wait was not woken"
+        assert got == {a: 2, b: 3, c: 2}

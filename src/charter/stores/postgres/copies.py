@@ -5,6 +5,7 @@ fails), backfill, and parked events kept, retried and dropped."""
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,8 +23,10 @@ from charter.records import (
     Row,
     latest_lanes,
 )
+from charter.stores import waiting
 from charter.stores.common import unstorable
 from charter.stores.postgres.core import PREPARED
+from charter.stores.postgres.listen import Listener, channel
 from charter.stores.postgres.schema import _Schema
 from charter.stores.postgres.writes import Statement, pipelined, rollback
 from charter.values import now_text
@@ -66,7 +69,10 @@ def _parked(row: Sequence[Any]) -> Parked:
 
 
 class _Copies(_Schema):
-    """Checkpoints, apply, backfill, parked."""
+    """Checkpoints, apply, backfill, parked, waits for a version."""
+
+    _listening: Listener | None  # the LISTEN connection of waits, once made
+    _listen_lock: threading.Lock
 
     # -- copy side --------------------------------------------------------------
 
@@ -116,12 +122,15 @@ class _Copies(_Schema):
         with self.pool.connection() as conn:
             try:
                 self._apply_batch(conn, copy, items, parked, position, lane, timed)
+                self._changed(copy)
                 return []
             except psycopg.Error:
                 if conn.closed or not items:
                     raise
             # Something in the batch the table refuses: find it, park it, apply the rest.
-            return self._apply_one_by_one(conn, copy, items, parked, position, lane, timed)
+            failed = self._apply_one_by_one(conn, copy, items, parked, position, lane, timed)
+        self._changed(copy)
+        return failed
 
     def _apply_batch(
         self,
@@ -143,7 +152,8 @@ class _Copies(_Schema):
             park, params = self._park_statement(copy, parked, now, lane)
             parts.append((f"p AS ({park})", [*(params or ())]))
         parts += timed
-        conn.execute(*self._with(parts, self._checkpoint_statement(copy, position, now, lane)))
+        checkpoint = self._checkpoint_statement(copy, position, now, lane)
+        conn.execute(*self._announcing(copy, parts, checkpoint))
 
     def _apply_one_by_one(
         self,
@@ -182,7 +192,11 @@ class _Copies(_Schema):
                 statements.append(self._park_statement(copy, [*parked, *failed], now, lane))
             if timed:
                 statements.append(self._with(timed, ("SELECT 1", None)))
-            statements += [self._checkpoint_statement(copy, position, now, lane), ("COMMIT", None)]
+            statements += [
+                self._checkpoint_statement(copy, position, now, lane),
+                self._announce(copy),
+                ("COMMIT", None),
+            ]
             pipelined(conn, statements)
             return failed
         except BaseException:
@@ -309,6 +323,25 @@ class _Copies(_Schema):
             parts.append((self._sql[f"delete:{copy.name}"], [gone.decode(), copy.name]))
         return parts
 
+    def _announce(self, copy: Copy) -> Statement:
+        """The NOTIFY that wakes waits on the copy (listen.py), sent when the transaction
+        it is part of commits."""
+        return "SELECT pg_notify(%s, '')", [channel(self.schema, copy.name)]
+
+    def _changed(self, copy: Copy) -> None:
+        """Wake this process's waits on the copy at once (others hear the NOTIFY)."""
+        if self._listening is not None:
+            self._listening.heard(channel(self.schema, copy.name))
+
+    def _announcing(
+        self, copy: Copy, parts: Sequence[tuple[str, list[Any]]], main: Statement
+    ) -> Statement:
+        """`parts` and `main` as one statement that also announces the change (_announce):
+        `main` becomes the last part of the WITH list (a statement that writes runs
+        whether or not anything reads it), the NOTIFY the statement."""
+        last = (f"cp AS ({main[0]})", [*(main[1] or ())])
+        return self._with([*parts, last], self._announce(copy))
+
     @staticmethod
     def _with(parts: Sequence[tuple[str, list[Any]]], main: Statement) -> Statement:
         """One statement: `parts` as its WITH list, then `main`. One statement is one
@@ -351,12 +384,38 @@ class _Copies(_Schema):
                 "fields = excluded.fields, applied_at = excluded.applied_at",
                 (copy.name, position, now, orjson.dumps(copy.fields).decode()),
             )
+            conn.execute(*self._announce(copy))
+        self._changed(copy)
         return count
 
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
         yield from self._stream(
             self._sql[f"select-copy:{copy.name}"], self._selects[f"copy:{copy.name}"], where
         )
+
+    def wait_applied(self, copy: Copy, entity_id: str, version: int, timeout: float) -> int:
+        watch = self._listener().watch(channel(self.schema, copy.name))
+        query = (
+            f"SELECT greatest((SELECT version FROM {self._t(copy.table)} WHERE id = %s), "
+            f"(SELECT version FROM {self._t('charter_tombstone')} WHERE copy = %s AND id = %s))"
+        )
+
+        def held() -> int:
+            with self.pool.connection() as conn:
+                row = conn.execute(query, (entity_id, copy.name, entity_id), prepare=PREPARED)
+                found = row.fetchone()
+            return int(found[0] or 0) if found else 0
+
+        return waiting.wait_applied(held, version, timeout, watch)
+
+    def _listener(self) -> Listener:
+        """This store's LISTEN connection (listen.py), made on the first wait."""
+        with self._listen_lock:
+            if self._listening is None:
+                copies = self._prepared[0].copies_in(self._prepared[1]) if self._prepared else []
+                names = [channel(self.schema, c.name) for c in copies]
+                self._listening = Listener(self._conninfo, names)
+            return self._listening
 
     def parked(self, copy: Copy) -> list[Parked]:
         with self.pool.connection() as conn:
@@ -392,6 +451,8 @@ class _Copies(_Schema):
                 "%s::text[]) AS u(position, reason) WHERE p.copy = %s AND p.position = u.position",
                 ([p.position for p in stay], [_text(p.reason) for p in stay], copy.name),
             )
+            conn.execute(*self._announce(copy))
+        self._changed(copy)
         return stay
 
     def drop_parked(self, copy: Copy, positions: Sequence[int]) -> list[Parked]:

@@ -21,6 +21,7 @@ from charter.records import Row
 from charter.stores.common import OUTBOX_INSERT, LatencyMinutes
 from charter.stores.postgres.copies import _Copies
 from charter.stores.postgres.core import PREPARED, split_url
+from charter.stores.postgres.listen import Listener
 from charter.stores.postgres.reconcile import _Reconcile
 from charter.stores.postgres.relay import _Relay
 from charter.stores.postgres.writes import Statement, Writes
@@ -45,6 +46,8 @@ class PostgresStore(_Copies, _Relay, _Reconcile):
         self._prepared: tuple[Charter, str] | None = None  # for refusal(): whose store
         self._user = ""  # the role this process logs in as (current_user)
         self._latency = LatencyMinutes()  # the copies' latency histograms
+        self._listening: Listener | None = None  # made on the first wait_applied
+        self._listen_lock = threading.Lock()
 
     # -- owner side -------------------------------------------------------------
 
@@ -127,6 +130,10 @@ class PostgresStore(_Copies, _Relay, _Reconcile):
     def close(self) -> None:
         for holder in list(self._leads):
             self.release(holder)
+        with self._listen_lock:
+            if self._listening is not None:
+                self._listening.close()
+                self._listening = None
         if self._relayed and self._pool is not None:
             with contextlib.suppress(psycopg.Error), self.pool.connection() as conn:
                 self._flush_marks(conn)

@@ -49,6 +49,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.fills",
         "charter.signals",
         "charter.reports",
+        "charter.commands",  # commands to owners: the sender's request, the owner's worker
     ),
     SYSTEM: ("charter.system",),
     # the runner runs a whole System (and waits on its status), so it sits here, not below it

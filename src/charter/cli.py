@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -214,6 +215,13 @@ def _lane(_ctx: click.Context, _param: click.Parameter, value: str | None) -> La
     metavar="K/N",
     help="Share the copies' work among N processes: this one applies lane K's ids.",
 )
+@click.option(
+    "--handlers",
+    "handlers",
+    multiple=True,
+    metavar="MODULE:FUNCTION",
+    help="Call FUNCTION(system) first, which registers command handlers (repeatable).",
+)
 @reports_errors
 def run(
     path: Path,
@@ -223,10 +231,14 @@ def run(
     projectors: bool,
     poll: float,
     lane: Lane | None,
+    handlers: tuple[str, ...],
 ) -> None:
-    """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM."""
+    """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM,
+    and the command handlers that --handlers registers."""
     bound_heap()  # a long-running process: its SQLite page caches must not grow with the files
     with _opened(path) as system:
+        for spec in handlers:
+            registered(spec)(system)
         try:
             runner = Runner(
                 system,
@@ -267,6 +279,25 @@ def run(
         for line in runner.reports.take():
             _console(stderr=True).print(f"[yellow]warning[/] {escape(line)}")
         _console().print("stopped cleanly")
+
+
+def registered(spec: str) -> Callable[[System], Any]:
+    """The function MODULE:FUNCTION names (`charter run --handlers`), imported."""
+    module, _, name = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), name) if name else None
+    except ImportError as exc:
+        message = f"cannot import {module}: {exc}"
+        raise click.BadParameter(message, param_hint="--handlers") from None
+    except AttributeError:
+        found = None
+    if not callable(found):
+        raise click.BadParameter(
+            f"{spec}: no function there; give MODULE:FUNCTION, FUNCTION(system) registering "
+            "the handlers",
+            param_hint="--handlers",
+        )
+    return found  # type: ignore[no-any-return]
 
 
 @main.command(name="apply")

@@ -116,3 +116,26 @@ class Delivery:
     partition: int = 0
     event_id: str = ""  # as published (a fill's events carry a suffix: FillMark)
     subject: str = ""  # the record's id, where the bus keeps it apart from the body
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDelivery:
+    """A command as the bus hands it to its owner (charter.commands): its idempotency key,
+    its name, the request (JSON), and what the bus needs to answer it and to let it go
+    (`ticket`: a row, a message)."""
+
+    key: str
+    name: str
+    body: bytes
+    ticket: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedCommand:
+    """A command its owner has handled, as its store keeps it (charter_command): the key,
+    the command's name, its outcome as answered (JSON: the result or the refusal), when."""
+
+    key: str
+    name: str
+    result: bytes
+    time: str

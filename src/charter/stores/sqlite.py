@@ -27,6 +27,7 @@ from charter.records import (
     LaneCheckpoint,
     OutboxRow,
     Parked,
+    RecordedCommand,
     Row,
     latest_lanes,
 )
@@ -79,6 +80,9 @@ CREATE TABLE IF NOT EXISTS charter_parked (
     copy TEXT NOT NULL, entity_id TEXT NOT NULL, version INTEGER, event_id TEXT,
     position INTEGER NOT NULL, reason TEXT NOT NULL, body BLOB, parked_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS charter_command (
+    key TEXT PRIMARY KEY, name TEXT NOT NULL, result BLOB NOT NULL, time TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -670,6 +674,21 @@ class _Writes:
             self._conn.execute(sql, rows[0])
         else:
             self._conn.executemany(sql, rows)
+
+    def command(self, key: str) -> RecordedCommand | None:
+        row = self._conn.execute(
+            "SELECT key, name, result, time FROM charter_command WHERE key = ?", (key,)
+        ).fetchone()
+        return RecordedCommand(row[0], row[1], bytes(row[2]), row[3]) if row else None
+
+    def record_command(self, command: RecordedCommand) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO charter_command VALUES (?, ?, ?, ?)",
+                (command.key, command.name, command.result, command.time),
+            )
+        except sqlite3.IntegrityError:
+            raise ConstraintError(f"command key {command.key!r} was handled already") from None
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

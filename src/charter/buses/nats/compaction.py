@@ -26,7 +26,15 @@ from charter.buses.nats.core import (
 )
 from charter.buses.nats.publish import _Publishing
 from charter.buses.nats.stream import _epoch
-from charter.buses.nats.subjects import COMPACTED, EVERY_COPY, NOTES, POSITION, note_subject, token
+from charter.buses.nats.subjects import (
+    COMMANDS,
+    COMPACTED,
+    EVERY_COPY,
+    NOTES,
+    POSITION,
+    note_subject,
+    token,
+)
 
 
 class _Compaction(_Publishing):
@@ -207,7 +215,15 @@ class _Compaction(_Publishing):
         notes = f"{self._prefix}.{NOTES}."
         names = {token(entity): entity for entity in copies}
         purged = 0
-        for tok in sorted({s.split(".")[2] for s in subjects if not s.startswith(notes)}):
+        tokens = {s.split(".")[2] for s in subjects if not s.startswith(notes)}
+        if COMMANDS in tokens:  # commands wait at most the retention (charter.commands)
+            tokens.discard(COMMANDS)
+            waiting = f"{self._prefix}.{COMMANDS}.>"
+            upto = await self._purge_point(waiting, last, cutoff)
+            if upto > 0:
+                request = {"filter": waiting, "seq": upto}
+                await self._api(f"STREAM.PURGE.{self.stream}", request)
+        for tok in sorted(tokens):
             entity = names.get(tok, tok)
             floor = await self._floor(entity, copies.get(entity, ()), last)
             upto = await self._purge_point(f"{self._prefix}.{tok}.>", floor, cutoff) if floor else 0

@@ -16,7 +16,7 @@ from charter.ids import uuid7
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity
 from charter.owner import Transaction
-from charter.records import Parked
+from charter.records import Parked, RecordedCommand
 from charter.stores.base import Store
 from charter.testing import world
 
@@ -334,3 +334,54 @@ class StoreContract:
         assert lanes == {("1/2", 4), ("2/2", 8)}
         copies.apply(copy, [], [], 2, one)  # a lane's checkpoint only moves forward too
         assert copies.checkpoint(copy, one).position == 4  # type: ignore[union-attr]
+
+    # -- commands (charter.commands) ----------------------------------------------
+
+    @staticmethod
+    def handled(key: str, result: bytes = b'{"ok":1}') -> RecordedCommand:
+        return RecordedCommand(key, "Rename", result, "2030-01-01T00:00:00.000000Z")
+
+    def test_a_command_key_commits_with_its_change_or_not_at_all(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        def rename(tx: Transaction) -> None:
+            assert tx._recorded_command("k1") is None
+            tx.create("Person", email="a@x.org", name="A")
+            tx._record_command(self.handled("k1"))
+            assert tx._recorded_command("k1") == self.handled("k1")  # seen in its transaction
+
+        self.write(owner, charter, rename)
+
+        def fail(tx: Transaction) -> None:
+            tx.create("Person", email="b@x.org", name="B")
+            tx._record_command(self.handled("k2"))
+            tx._commit_events()
+            raise RuntimeError("the handler gives up")
+
+        with pytest.raises(RuntimeError):
+            self.write(owner, charter, fail)
+        with owner.transaction() as writes:
+            assert writes.command("k1") == self.handled("k1")
+            assert writes.command("k2") is None
+        assert [r["email"] for r in owner.rows(self.person(charter))] == ["a@x.org"]
+
+    def test_a_command_key_is_recorded_once(self, owner: Store, charter: Charter) -> None:
+        self.write(owner, charter, lambda tx: tx._record_command(self.handled("k")))
+        with pytest.raises(ConstraintError):
+            self.write(owner, charter, lambda tx: tx._record_command(self.handled("k", b"2")))
+        with owner.transaction() as writes:
+            assert writes.command("k") == self.handled("k")
+
+    def test_a_command_recorded_in_a_failed_savepoint_is_not(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        def work(tx: Transaction) -> None:
+            with pytest.raises(RuntimeError), tx.savepoint():
+                tx._record_command(self.handled("inner"))
+                raise RuntimeError("undo it")
+            tx._record_command(self.handled("outer"))
+
+        self.write(owner, charter, work)
+        with owner.transaction() as writes:
+            assert writes.command("inner") is None
+            assert writes.command("outer") is not None

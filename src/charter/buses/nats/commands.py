@@ -101,9 +101,10 @@ class _Commands(_Reading):
         answer = self._call(self._send_command(sender, owner, name, key, body), PUBLISH_TIMEOUT_S)
 
         async def wait(timeout: float) -> bytes | None:
+            # still waiting after a timeout (an answer may come later: asked again, it is
+            # there); until the process ends, when no answer ever comes
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(answer), timeout)
-            answer.cancel()
             return None
 
         return lambda timeout: self._call(wait(timeout), timeout)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import commands_bench
 import orjson
 import peer_eventsourcing as peer
 import servers
@@ -57,7 +58,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
 SECTIONS = ("owner", "pipeline", "latency", "memory")
-ALL_SECTIONS = SECTIONS + servers.SECTIONS
+COMMANDS = "commands"  # command round trips on SQLite and on the servers: commands_bench.py
+ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, COMMANDS)
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
 ENTITY = "Customer"
@@ -1210,6 +1212,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores; "
                 "our own run accounts for about 1 to 2 of it)"
             )
+    if COMMANDS in chosen:
+        before = wait_for_quiet(quiet_wait, args.quiet_load)
+        say("\ncommands (commands_bench.py): round trips from ctx.send to the owner's answer")
+        reachable = servers.unreachable(where) is None
+        for label, text in commands_bench.bench(
+            where.pg if reachable else None, where.nats, servers.RUN, args.quick
+        ):
+            report.note(f"command round trip, {label}: {text}")
+        report.note(
+            f"commands: load average (1 min) {before:.1f} before, {os.getloadavg()[0]:.1f} after"
+        )
     mode = ("quick" if args.quick else "full") + (
         f", only {', '.join(chosen)}" if args.only else ""
     )

@@ -50,8 +50,6 @@ class _Queue:
     sub: Subscription | None = None
     arrived: list[Msg] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    asked: int = 0  # messages the pull request on its way may still bring (0: none open)
-    asked_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -137,40 +135,37 @@ class _Commands(_Reading):
         queue.inbox = self.nc.new_inbox()
 
         async def arrive(msg: Msg) -> None:
-            status = msg.headers.get("Status") if msg.headers else None
             if (msg.reply or "").startswith("$JS.ACK."):
-                queue.arrived.append(msg)
-                queue.asked = max(0, queue.asked - 1)
-            elif status != "100":  # the request ended (408 expired, 404 nothing, 409 …)
-                queue.asked = 0
+                queue.arrived.append(msg)  # else a request's end (408 expired, 404 nothing…)
             queue.wake.set()
 
         queue.sub = await self.nc.subscribe(queue.inbox, cb=arrive)
         return queue
 
     async def _take_commands(self, owner: str, limit: int, wait: float) -> list[CommandDelivery]:
+        """What arrived; else a pull request for up to `limit`, waited for up to `wait`. A
+        request is not followed to its end (a lost end would stall the queue): each take
+        that finds nothing asks anew, and what an older request still brings arrives for
+        the next one (within its lease)."""
         queue = await self._command_queue(owner)
         async with queue.lock:
-            now = time.monotonic()
-            if queue.asked and now - queue.asked_at > wait + API_TIMEOUT_S:
-                queue.asked = 0  # its end was lost (a reconnect): ask again
-            if not queue.arrived and not queue.asked:
+            if not queue.arrived:
                 request: dict[str, object] = {"batch": limit}
                 if wait > 0:
                     request["expires"] = int(wait * NS)
                 else:
                     request["no_wait"] = True
-                queue.asked, queue.asked_at = limit, now
+                queue.wake.clear()
                 await self.nc.publish(
                     f"{self._api_prefix}.CONSUMER.MSG.NEXT.{self.stream}.{queue.name}",
                     orjson.dumps(request),
                     reply=queue.inbox,
                 )
-            deadline = min(now + wait, _DEADLINE.get())
-            while not queue.arrived and queue.asked and time.monotonic() < deadline:
-                queue.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(queue.wake.wait(), deadline - time.monotonic())
+                deadline = min(time.monotonic() + wait, _DEADLINE.get())
+                while not queue.arrived and (left := deadline - time.monotonic()) > 0:
+                    queue.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(queue.wake.wait(), left)
             taken, queue.arrived = queue.arrived[:limit], queue.arrived[limit:]
         return [
             CommandDelivery(msg.headers.get(KEY, ""), msg.headers.get(NAME, ""), msg.data, msg)

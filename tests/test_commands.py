@@ -172,7 +172,7 @@ def test_the_sender_checks_a_command_against_the_charter(system: System) -> None
         orders.send("ChangeEmail", id=ada, name="x")
     with pytest.raises(charter.ValidationError, match="text is required"):
         orders.send("AppendNote", id=ada)
-    with pytest.raises(charter.ValidationError, match="AppendNote.text: expected a string"):
+    with pytest.raises(charter.ValidationError, match=r"AppendNote\.text: expected a string"):
         orders.send("AppendNote", id=ada, text=12)
     with pytest.raises(charter.OwnershipError, match="'customers'"):
         orders.handles("ChangeEmail")
@@ -287,6 +287,12 @@ def test_charter_run_says_when_handlers_cannot_be_found(commands_file: Path) -> 
         ["run", "-f", str(commands_file), "--once", "--handlers", "tests.command_handlers:nope"],
     )
     assert result.exit_code != 0 and "no function there" in result.output
+
+
+def test_charter_check_lists_the_commands(commands_file: Path) -> None:
+    result = CliRunner().invoke(main, ["check", "-f", str(commands_file), "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "AppendNote" in result.output and "orders, shipping" in result.output
 
 
 def test_a_command_with_unknown_senders_or_fields_is_a_charter_problem(tmp_path: Path) -> None:

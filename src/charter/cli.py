@@ -136,6 +136,13 @@ def check(path: Path, offline: bool) -> None:
         cells = (copy.name, copy.context, copy.of, ", ".join(copy.fields))
         copies.add_row(*map(escape, cells), seconds(copy.window_s), escape(copy.breaks))
     _console().print(contexts, entities, copies)
+    if charter.commands:
+        sent = Table("command", "entity", "owner", "senders", "fields", title="commands")
+        sent.title_justify = "left"
+        for command in charter.commands.values():
+            cells = (command.name, command.entity, command.owner, ", ".join(command.senders))
+            sent.add_row(*map(escape, (*cells, ", ".join(command.fields))))
+        _console().print(sent)
     _console().print(f"bus: {escape(redact(charter.bus))}")
 
 

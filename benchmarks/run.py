@@ -47,6 +47,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import audit_log
+import commands_bench
 import diffs
 import orjson
 import peer_eventsourcing as peer
@@ -74,7 +75,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
 SECTIONS = ("owner", "pipeline", "latency", "memory", "diff", "latency-cost", "wait-for")
-ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, visibility_bench.SECTION, "audit")
+COMMANDS = "commands"  # command round trips on SQLite and on the servers: commands_bench.py
+ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, visibility_bench.SECTION, "audit", COMMANDS)
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
 ENTITY = "Customer"
@@ -1556,6 +1558,17 @@ def main(argv: list[str] | None = None) -> int:
     if visibility_bench.SECTION in chosen:  # prints its own table (RESULTS.md: by hand)
         nats = None if servers.unreachable(where) else args.nats
         visibility_bench.bench(args.quick, nats)
+    if COMMANDS in chosen:
+        before = wait_for_quiet(quiet_wait, args.quiet_load)
+        say("\ncommands (commands_bench.py): round trips from ctx.send to the owner's answer")
+        reachable = servers.unreachable(where) is None
+        for label, text in commands_bench.bench(
+            where.pg if reachable else None, where.nats, servers.RUN, args.quick
+        ):
+            report.note(f"command round trip, {label}: {text}")
+        report.note(
+            f"commands: load average (1 min) {before:.1f} before, {os.getloadavg()[0]:.1f} after"
+        )
     mode = ("quick" if args.quick else "full") + (
         f", only {', '.join(chosen)}" if args.only else ""
     )

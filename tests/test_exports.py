@@ -28,6 +28,7 @@ PUBLIC = {
         "ConflictError",
         "ConstraintError",
         "NotFoundError",
+        "CommandTimeoutError",
         "EventError",
         "SchemaChangeError",
         "BackendError",

@@ -56,6 +56,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.reports",
         "charter.tracing",
         "charter.lag",
+        "charter.commands",  # commands to owners: the sender's request, the owner's worker
     ),
     SYSTEM: ("charter.system",),
     # the runner runs a whole System (and waits on its status), so it sits here, not below it

@@ -3,6 +3,7 @@
 from charter.errors import (
     BackendError,
     CharterError,
+    CommandTimeoutError,
     ConflictError,
     ConstraintError,
     Error,
@@ -22,6 +23,7 @@ from charter.system import ContextHandle, CopyReader, System, load
 __all__ = [
     "BackendError",
     "CharterError",
+    "CommandTimeoutError",
     "ConflictError",
     "ConstraintError",
     "ContextHandle",

@@ -258,6 +258,12 @@ class _Writes:
     def append(self, *args: Any) -> Any:
         return self._call(self._inner.append, *args)
 
+    def command(self, *args: Any) -> Any:
+        return self._call(self._inner.command, *args)
+
+    def record_command(self, *args: Any) -> Any:
+        return self._call(self._inner.record_command, *args)
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()

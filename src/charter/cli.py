@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -195,6 +196,13 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
         cells = (copy.name, copy.context, copy.of, ", ".join(copy.fields))
         copies.add_row(*map(escape, cells), seconds(copy.window_s), escape(copy.breaks))
     _console().print(contexts, entities, copies)
+    if charter.commands:
+        sent = Table("command", "entity", "owner", "senders", "fields", title="commands")
+        sent.title_justify = "left"
+        for command in charter.commands.values():
+            cells = (command.name, command.entity, command.owner, ", ".join(command.senders))
+            sent.add_row(*map(escape, (*cells, ", ".join(command.fields))))
+        _console().print(sent)
     _console().print(f"bus: {escape(redact(charter.bus))}")
     if old is not None:
         _console().print()
@@ -341,6 +349,13 @@ def _serve_metrics(runner: Runner, address: tuple[str, int]) -> Any:
     help="Serve Prometheus metrics of the copies and outboxes run here at "
     "http://HOST:PORT/metrics (needs charter[metrics]).",
 )
+@click.option(
+    "--handlers",
+    "handlers",
+    multiple=True,
+    metavar="MODULE:FUNCTION",
+    help="Call FUNCTION(system) first, which registers command handlers (repeatable).",
+)
 @reports_errors
 def run(
     path: Path,
@@ -351,12 +366,16 @@ def run(
     poll: float,
     lane: Lane | None,
     metrics: tuple[str, int] | None,
+    handlers: tuple[str, ...],
 ) -> None:
-    """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM."""
+    """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM,
+    and the command handlers that --handlers registers."""
     if once and metrics:
         raise click.UsageError("--metrics serves a runner that keeps running, not --once")
     bound_heap()  # a long-running process: its SQLite page caches must not grow with the files
     with _opened(path) as system:
+        for spec in handlers:
+            registered(spec)(system)
         try:
             runner = Runner(
                 system,
@@ -400,6 +419,25 @@ def run(
         for line in runner.reports.take():
             _console(stderr=True).print(f"[yellow]warning[/] {escape(line)}")
         _console().print("stopped cleanly")
+
+
+def registered(spec: str) -> Callable[[System], Any]:
+    """The function MODULE:FUNCTION names (`charter run --handlers`), imported."""
+    module, _, name = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), name) if name else None
+    except ImportError as exc:
+        message = f"cannot import {module}: {exc}"
+        raise click.BadParameter(message, param_hint="--handlers") from None
+    except AttributeError:
+        found = None
+    if not callable(found):
+        raise click.BadParameter(
+            f"{spec}: no function there; give MODULE:FUNCTION, FUNCTION(system) registering "
+            "the handlers",
+            param_hint="--handlers",
+        )
+    return found  # type: ignore[no-any-return]
 
 
 @main.command(name="apply")

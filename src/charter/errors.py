@@ -37,11 +37,21 @@ class CharterError(Error):
 class OwnershipError(Error):
     """A context tried to write an entity that another context owns (G1)."""
 
-    def __init__(self, entity: str, owner: str, team: str, writer: str) -> None:
+    def __init__(
+        self, entity: str, owner: str, team: str, writer: str, commands: tuple[str, ...] = ()
+    ) -> None:
+        """`commands`: those of the entity that `writer` may send its owner instead."""
         self.entity, self.owner, self.team, self.writer = entity, owner, team, writer
+        self.commands = commands
+        ask = (
+            f"Send '{owner}' a command instead: "
+            + " or ".join(f"ctx.send({name!r}, …)" for name in commands)
+            if commands
+            else f"Ask '{owner}' to make the change"
+        )
         super().__init__(
             f"{entity} is owned by context '{owner}' (team {team}); '{writer}' may not write it. "
-            f"Ask '{owner}' to make the change, or keep a read-only copy fed by its events."
+            f"{ask}, or keep a read-only copy fed by its events."
         )
 
 
@@ -59,6 +69,20 @@ class ConstraintError(Error):
 
 class NotFoundError(Error):
     """No record with that id (or it was deleted)."""
+
+
+class CommandTimeoutError(Error):
+    """No answer came to a command in time (charter.commands). It may still be applied: it
+    waits on the bus until its owner takes it. Sending it again with the same `key` is
+    safe (a key is applied at most once) and answers with its outcome."""
+
+    def __init__(self, command: str, owner: str, key: str, timeout: float) -> None:
+        self.command, self.owner, self.key, self.timeout = command, owner, key, timeout
+        super().__init__(
+            f"no answer from '{owner}' to {command} (key {key!r}) within {timeout:g}s: it may "
+            f"still be applied, once its owner takes it from the bus; to learn its outcome, "
+            f"send it again with key={key!r} (a key is never applied twice)"
+        )
 
 
 class EventError(Error):

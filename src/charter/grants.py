@@ -27,6 +27,7 @@ from charter.stores.postgres import split_url
 OWNER_TABLES = {
     "charter_outbox": {"SELECT", "INSERT"},
     "charter_pending": {"SELECT", "INSERT", "DELETE"},
+    "charter_command": {"SELECT", "INSERT"},  # each command's key, with its change
     "charter_schema": {"SELECT"},
     "charter_meta": {"SELECT"},
 }

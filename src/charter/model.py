@@ -83,6 +83,20 @@ class NoOverlap:
 
 
 @dataclass(frozen=True)
+class Command:
+    """A request another context may send to an entity's owner (charter.commands): who may
+    send it (`senders`), and its arguments besides the record's `id` (`fields`: the entity's
+    own fields named in a list, or fields of its own declared as in an entity)."""
+
+    name: str
+    entity: str
+    owner: str
+    senders: tuple[str, ...]
+    fields: dict[str, Field]
+    line: int = 0
+
+
+@dataclass(frozen=True)
 class Entity:
     """A kind of record, owned by exactly one context."""
 
@@ -93,6 +107,8 @@ class Entity:
     constraints: tuple[NoOverlap, ...] = ()
     line: int = 0
     visibility: str = PUBLIC  # its own, or the charter's (charter.visibility)
+    # not in repr: commands shape no table (a store's fingerprint is made of the repr)
+    commands: dict[str, Command] = field(default_factory=dict, repr=False)
 
     @property
     def table(self) -> str:
@@ -146,6 +162,11 @@ class Charter:
 
     def copies_of(self, entity: str) -> list[Copy]:
         return [c for c in self.copies.values() if c.of == entity]
+
+    @cached_property
+    def commands(self) -> dict[str, Command]:
+        """Every command, by name (names are unique in a charter)."""
+        return {n: c for e in self.entities.values() for n, c in e.commands.items()}
 
 
 def snake_case(name: str) -> str:
@@ -382,7 +403,7 @@ class _Reader:
             line = self._line(raw, name)
             self._check_name(str(name), line, "entity")
             spec = self._mapping(spec, line, f"entity '{name}'")
-            keys = ("owner", "why", "fields", "constraints", "visibility")
+            keys = ("owner", "why", "fields", "constraints", "visibility", "commands")
             self._unknown_keys(spec, keys, f"entity '{name}'")
             owner = str(spec.get("owner") or "")
             if not owner:
@@ -399,6 +420,7 @@ class _Reader:
                 str(name), self._mapping(spec.get("fields"), self._line(spec, "fields"), "fields")
             )
             constraints = self._constraints(str(name), spec, fields)
+            commands = self._commands(str(name), owner, spec, fields, contexts, entities)
             entities[str(name)] = Entity(
                 str(name),
                 owner,
@@ -406,9 +428,89 @@ class _Reader:
                 str(spec.get("why") or ""),
                 constraints,
                 line,
+                commands=commands,
                 visibility=self._visibility(spec, self.visibility, f"entity '{name}'"),
             )
         return entities
+
+    def _commands(
+        self,
+        entity: str,
+        owner: str,
+        spec: dict[str, Any],
+        fields: dict[str, Field],
+        contexts: dict[str, Context],
+        before: dict[str, Entity],
+    ) -> dict[str, Command]:
+        """An entity's `commands: {Name: {senders: [contexts], fields: [...] or {...}}}`."""
+        raw = self._mapping(spec.get("commands"), self._line(spec, "commands"), "commands")
+        taken = {n: e.name for e in before.values() for n in e.commands}
+        commands: dict[str, Command] = {}
+        for name, body in raw.items():
+            name, line = str(name), self._line(raw, name)
+            self._check_name(name, line, "command")
+            if name in taken:
+                self.problem(
+                    line,
+                    f"command '{name}' is declared on {taken[name]} and on {entity}",
+                    "a command's name is how a sender names it: give each its own",
+                )
+            body = self._mapping(body, line, f"command '{name}'")
+            self._unknown_keys(body, ("senders", "fields"), f"command '{name}'")
+            senders = body.get("senders")
+            if not isinstance(senders, list) or not senders:
+                self.problem(
+                    line,
+                    f"command '{name}' names no senders",
+                    "senders: [the contexts that may send it]",
+                )
+                senders = []
+            for sender in map(str, senders):
+                if sender not in contexts:
+                    self.problem(
+                        self._line(body, "senders"),
+                        f"command '{name}' is sent by unknown context '{sender}'",
+                        _hint(sender, tuple(contexts)) or "declare it under contexts:",
+                    )
+            arguments = self._command_fields(entity, name, body, fields, line)
+            commands[name] = Command(name, entity, owner, tuple(map(str, senders)), arguments, line)
+        return commands
+
+    def _command_fields(
+        self, entity: str, name: str, body: dict[str, Any], fields: dict[str, Field], line: int
+    ) -> dict[str, Field]:
+        """A list names fields of the entity (their types, and whether they are required);
+        a mapping declares arguments of the command's own, as an entity's fields are."""
+        raw = body.get("fields")
+        if raw is None:
+            return {}
+        if isinstance(raw, dict):
+            declared = self._fields(name, raw)
+        elif isinstance(raw, list):
+            declared = {}
+            for item in map(str, raw):
+                if item not in fields:
+                    self.problem(
+                        self._line(body, "fields"),
+                        f"command '{name}' takes unknown field {entity}.{item}",
+                        _hint(item, tuple(fields))
+                        or "list fields of the entity, or declare them: fields: {qty: integer}",
+                    )
+                else:
+                    declared[item] = fields[item]
+        else:
+            self.problem(
+                self._line(body, "fields"),
+                f"command '{name}': fields must be a list of {entity}'s fields or a mapping",
+            )
+            return {}
+        for reserved in sorted(set(declared) & {"key", "timeout"}):
+            self.problem(
+                line,
+                f"command '{name}': '{reserved}' is reserved",
+                "ctx.send takes key and timeout itself; pick another name",
+            )
+        return declared
 
     def _fields(self, entity: str, raw: dict[str, Any]) -> dict[str, Field]:
         fields: dict[str, Field] = {}

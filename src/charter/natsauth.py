@@ -31,7 +31,16 @@ import re
 from collections.abc import Callable
 
 from charter.buses.nats import COMPACTED, NOTES, POSITION, note_subject, stream_name, token
-from charter.buses.nats.subjects import COPIES, inbox_prefix, topic_filter, topic_note
+from charter.buses.nats.subjects import (
+    COMMANDS,
+    COPIES,
+    command_consumer,
+    command_subject,
+    inbox_prefix,
+    reply_prefix,
+    topic_filter,
+    topic_note,
+)
 from charter.model import CONTRACT, Charter
 from charter.records import FILL_MARK as MARK
 from charter.records import FILL_REQUEST as REQUEST
@@ -86,6 +95,14 @@ def refusal(charter: Charter, user: str | None, subject: str) -> str | None:
     prefix = subject_prefix(system).split(".")
     if api[:2] != prefix or len(api) < 3:
         return None
+    if api[2] == COMMANDS and len(api) == 5:
+        command = next((c for c in charter.commands.values() if token(c.name) == api[4]), None)
+        if command is None or token(command.owner) != api[3]:
+            return None
+        return (
+            f"{who} may not send {command.name} to '{command.owner}' ({subject}): the charter "
+            f"lets only {', '.join(command.senders)} send it"
+        )
     entities = {token(name): entity for name, entity in charter.entities.items()}
     if api[2] == NOTES and len(api) == 6:
         kind, entity, copy = api[3], entities.get(api[4]), api[5]
@@ -181,6 +198,27 @@ def explainer(charter: Charter, user: str | None) -> Callable[[str], str | None]
     return lambda subject: refusal(charter, user, subject)
 
 
+def _commands(charter: Charter, context: str) -> list[str]:
+    """What `context` publishes for commands (charter.commands): the commands it may send;
+    for those it handles, the answers to their senders and the acks of its own consumer."""
+    prefix, stream = subject_prefix(charter.name), stream_name(charter.name)
+    sent = [
+        command_subject(prefix, c.owner, c.name)
+        for c in charter.commands.values()
+        if context in c.senders
+    ]
+    handled = [c for c in charter.commands.values() if c.owner == context]
+    senders = sorted({sender for c in handled for sender in c.senders})
+    answers = [f"{reply_prefix(charter.name, sender)}.*" for sender in senders]
+    consumer = command_consumer(context)
+    acks = [  # its own durable consumer of the commands it handles: made, read, acked
+        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    ]
+    return sent + answers + (acks if handled else [])
+
+
 def _list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
@@ -215,12 +253,14 @@ def authorization(charter: Charter) -> str:
             for c in charter.copies_in(context.name)
             for kind in (REQUEST, POSITION)
         ]
+        owned += _commands(charter, context.name)
+        sends = any(context.name in c.senders for c in charter.commands.values())
+        answers = [f"{reply_prefix(charter.name, context.name)}.*"] if sends else []
         lines += [
             f"    # {context.name} (team {context.team}) publishes only what it owns",
             f'    {{user: "{user}", password: ${password_variable(user)}, permissions: {{',
             f"      publish: {{allow: {_list(owned + _reads(charter, context.name))}}},",
-            f'      subscribe: {{allow: ["{inbox_prefix(user)}.>"]}}',
-            "    }},",
+            f"      subscribe: {{allow: {_list([f'{inbox_prefix(user)}.>', *answers])}}}    }}}},",
         ]
     lines += ["  ]", "}", ""]
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from charter.errors import ConflictError, Error, NotFoundError, OwnershipError, 
 from charter.events import Event
 from charter.ids import uuid7
 from charter.model import Charter, Entity, Field, _hint
-from charter.records import Row
+from charter.records import RecordedCommand, Row
 from charter.stores.base import OwnerWrites
 from charter.tokens import token
 
@@ -107,7 +107,8 @@ def owned_entity(charter: Charter, context: str, name: str) -> Entity:
         raise ValidationError(f"no entity '{name}' in the charter" + (f"; {hint}" if hint else ""))
     if entity.owner != context:
         owner = charter.contexts[entity.owner]
-        raise OwnershipError(entity.name, owner.name, owner.team, context)
+        instead = tuple(n for n, c in entity.commands.items() if context in c.senders)
+        raise OwnershipError(entity.name, owner.name, owner.team, context, instead)
     return entity
 
 
@@ -232,6 +233,14 @@ class Transaction:
         entity = self._owned(entity_name)
         row = self._writes.fetch(entity, entity_id)
         return record_from_row(entity, row) if row else None
+
+    def _recorded_command(self, key: str) -> RecordedCommand | None:
+        """The command handled under `key` (charter.commands), if one was."""
+        return self._writes.command(key)
+
+    def _record_command(self, command: RecordedCommand) -> None:
+        """Record a handled command in this transaction: it commits with the changes."""
+        self._writes.record_command(command)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

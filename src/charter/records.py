@@ -155,3 +155,26 @@ def repair_over(event_id: str) -> int | None:
     """The `over` of a repair's event id (repair_id)."""
     _, found, over = event_id.rpartition(_OVER)
     return int(over) if found and over.isdigit() else None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDelivery:
+    """A command as the bus hands it to its owner (charter.commands): its idempotency key,
+    its name, the request (JSON), and what the bus needs to answer it and to let it go
+    (`ticket`: a row, a message)."""
+
+    key: str
+    name: str
+    body: bytes
+    ticket: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedCommand:
+    """A command its owner has handled, as its store keeps it (charter_command): the key,
+    the command's name, its outcome as answered (JSON: the result or the refusal), when."""
+
+    key: str
+    name: str
+    result: bytes
+    time: str

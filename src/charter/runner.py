@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Protocol
 
+from charter.commands import CommandWorker
 from charter.errors import Error
 from charter.lanes import Lane
 from charter.model import Charter
@@ -40,7 +41,9 @@ class Runner:
     for the copies they keep. Relays and projectors can run apart (relays=False or
     projectors=False), e.g. under the service's and the projector's database roles. With
     a `lane`, this runner's projectors apply only that lane's share of each copy, and other
-    runners the other lanes (charter.lanes)."""
+    runners the other lanes (charter.lanes). A context with command handlers registered
+    on the system before (ContextHandle.handles) gets a command worker that serves them
+    (commands=False: none)."""
 
     def __init__(
         self,
@@ -53,6 +56,7 @@ class Runner:
         relays: bool = True,
         projectors: bool = True,
         lane: Lane | None = None,
+        commands: bool = True,
     ) -> None:
         charter = system.charter
         names = list(contexts) if contexts is not None else list(charter.contexts)
@@ -86,6 +90,20 @@ class Runner:
                         lane,
                         charter.contexts[entity.owner].team,
                         record_latency=charter.latency_retention_s > 0,
+                    )
+                )
+        for name in names if commands else ():
+            handlers = system.handlers.get(name)
+            if handlers:
+                context = system.context(name)
+                self.workers.append(
+                    CommandWorker(
+                        name,
+                        charter,
+                        system.bus,
+                        partial(system.store, name),
+                        context.transaction,
+                        handlers,
                     )
                 )
         self._stop = threading.Event()
@@ -228,4 +246,6 @@ def worker_name(worker: Worker) -> str:
     if isinstance(worker, Projector):
         lane = f" (lane {worker.lane})" if worker.lane else ""
         return f"projector of copy '{worker.copy.name}'{lane}"
+    if isinstance(worker, CommandWorker):
+        return f"commands of '{worker.context}'"
     return worker.wake_key

@@ -4,14 +4,21 @@ context's store, the bus. The front door of the Python API."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from charter import lag, model, tokens, values
+from charter import commands, lag, model, tokens, values
 from charter.buses import Bus, open_bus
-from charter.errors import ConflictError, ConstraintError, Error, StaleReadError, ValidationError
+from charter.errors import (
+    CommandTimeoutError,
+    ConflictError,
+    ConstraintError,
+    Error,
+    StaleReadError,
+    ValidationError,
+)
 from charter.model import Charter, Copy, _hint
 from charter.owner import (
     FromRecord,
@@ -26,6 +33,7 @@ from charter.signals import Signals
 from charter.stores import Store, open_store
 
 M = TypeVar("M")
+H = TypeVar("H", bound=commands.Handler)
 
 
 class System:
@@ -37,6 +45,8 @@ class System:
         self._stores: dict[str, Store] = {}
         self._bus: Bus | None = None
         self._lock = threading.Lock()
+        # context -> command -> handler (ContextHandle.handles); a Runner serves them
+        self.handlers: dict[str, dict[str, commands.Handler]] = {}
 
     @classmethod
     def load(cls, path: str | Path = "charter.yaml") -> System:
@@ -147,6 +157,45 @@ class ContextHandle:
         checked = values.check_changes(spec, fields)
         rows = self.system.store(self.name).rows(spec, checked)
         return [record_from_row(spec, row) for row in rows]
+
+    def send(
+        self,
+        command: str,
+        /,
+        *,
+        key: str | None = None,
+        timeout: float = commands.DEFAULT_TIMEOUT_S,
+        **fields: Any,
+    ) -> Any:
+        """Ask the owner to do `command` (charter.commands), e.g. send("ChangeEmail",
+        id=…, email=…): its handler's result, or its refusal raised as the same error.
+        Applied at most once per `key` (default: a new one); a CommandTimeoutError says it
+        may still be applied, and sending it again with the same key is safe."""
+        entity_id = fields.pop("id", None)
+        charter = self.system.charter
+        spec, key, body = commands.request(charter, self.name, command, key, entity_id, fields)
+        try:
+            answer = self.system.bus.send_command(self.name, spec.owner, command, key, body)
+        except Error as exc:
+            exc.add_note(f"{command} may have reached the bus: send it again with key={key!r}")
+            raise
+        self.system.signals.notify(commands.wake_key(spec.owner))
+        got = answer(timeout)
+        if got is None:
+            raise CommandTimeoutError(command, spec.owner, key, timeout)
+        return commands.outcome(charter, spec, key, got)
+
+    def handles(self, command: str) -> Callable[[H], H]:
+        """Register the handler of `command`, which this context must own the entity of:
+        `@ctx.handles("ChangeEmail") def change_email(tx, cmd): …`. It runs in an owner
+        transaction (`tx`), once per key, in a Runner of this system started after."""
+        commands.handled_by(self.system.charter, self.name, command)
+
+        def register(handler: H) -> H:
+            self.system.handlers.setdefault(self.name, {})[command] = handler
+            return handler
+
+        return register
 
     def copy(self, name: str) -> CopyReader:
         copy = self.system.charter.copies.get(name)

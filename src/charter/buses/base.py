@@ -18,9 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from charter.records import Backlog, Delivery, OutboxRow
+from charter.records import Backlog, CommandDelivery, Delivery, OutboxRow
 
-__all__ = ["Bus", "Delivery", "published"]  # Delivery lives in charter.records
+__all__ = ["COMMAND_LEASE_S", "Bus", "Delivery", "published"]  # Delivery: charter.records
+
+# A command handed to its owner and not answered within this is handed out again: its
+# taker may have died (the owner's store keeps a second delivery from applying twice).
+COMMAND_LEASE_S = 5.0
 
 
 class Bus(Protocol):
@@ -67,6 +71,25 @@ class Bus(Protocol):
         """The position of the newest event of `entity` compaction has forgotten (0: none).
         A copy whose position is below it has lost events it never applied: it must be
         filled again (charter.projector), and status says GAP until it is."""
+
+    # commands to owners (charter.commands) -------------------------------------------
+
+    def send_command(
+        self, sender: str, owner: str, name: str, key: str, body: bytes
+    ) -> Callable[[float], bytes | None]:
+        """Put a command for the context `owner` on the bus, from the context `sender`, under
+        idempotency `key`. It stays there until the owner answers it, however long that
+        takes (at most the charter's retention). The function returned waits at most that
+        many seconds for the answer: the bytes the owner answered for `key`, or None."""
+
+    def take_commands(self, owner: str, limit: int, wait: float) -> list[CommandDelivery]:
+        """Commands for `owner` not answered yet, oldest first, at most `limit`; when there
+        is none, waits up to `wait` seconds for one. A command handed out and not answered
+        within COMMAND_LEASE_S is handed out again (at least once)."""
+
+    def answer_command(self, owner: str, command: CommandDelivery, answer: bytes) -> None:
+        """Hand `answer` to whoever waits for the command's key, and let the command go: it
+        is not handed out again."""
 
     def close(self) -> None: ...
 

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import itertools
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from charter import clock
+from charter.buses.base import COMMAND_LEASE_S
 from charter.errors import Error
 from charter.lanes import PARTITIONS, partition
-from charter.records import FILL_MARKER, Backlog, Delivery, OutboxRow
+from charter.records import FILL_MARKER, Backlog, CommandDelivery, Delivery, OutboxRow
 from charter.values import timestamp_text
 
 
@@ -54,6 +57,19 @@ class _Stored:
 
 
 @dataclass
+class _Command:
+    """A command waiting for its owner; `taken_until`: handed out, until then."""
+
+    number: int
+    owner: str
+    key: str
+    name: str
+    body: bytes
+    sent_at: float
+    taken_until: float = 0.0
+
+
+@dataclass
 class _Log:
     entities: dict[str, list[_Stored]] = field(default_factory=dict)  # each in seq order
     ids: set[str] = field(default_factory=set)
@@ -62,6 +78,13 @@ class _Log:
     notes: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     compacted: dict[str, int] = field(default_factory=dict)  # entity → newest forgotten
     lock: threading.RLock = field(default_factory=threading.RLock)
+    commands: list[_Command] = field(default_factory=list)  # in the order sent
+    answers: dict[tuple[str, str], tuple[bytes, float]] = field(default_factory=dict)
+    numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    changed: threading.Condition = field(init=False)  # a command or an answer came
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
 
 
 _OPEN: dict[str, _Log] = {}
@@ -210,12 +233,63 @@ class MemoryBus:
                 log.compacted[e.entity] = max(e.seq, log.compacted.get(e.entity, 0))
             # as a broker's dedup window, it forgets the ids with the events
             log.ids.difference_update(e.event_id for e in gone)
+            # commands and answers wait at most the retention
+            log.commands = [c for c in log.commands if c.sent_at >= cutoff]
+            log.answers = {k: a for k, a in log.answers.items() if a[1] >= cutoff}
         return len(gone)
 
     def compacted(self, entity: str) -> int:
         self._touch("compacted")
         with self._log.lock:
             return self._log.compacted.get(entity, 0)
+
+    def send_command(
+        self, sender: str, owner: str, name: str, key: str, body: bytes
+    ) -> Callable[[float], bytes | None]:
+        self._touch("send_command")
+        log = self._log
+        with log.lock:
+            waiting = any(c.owner == owner and c.key == key for c in log.commands)
+            if not waiting and (owner, key) not in log.answers:
+                log.commands.append(
+                    _Command(next(log.numbers), owner, key, name, bytes(body), clock.time_s())
+                )
+                log.changed.notify_all()
+
+        def answer(timeout: float) -> bytes | None:
+            deadline = time.monotonic() + timeout
+            with log.lock:
+                while (owner, key) not in log.answers:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    log.changed.wait(left)
+                return log.answers[(owner, key)][0]
+
+        return answer
+
+    def take_commands(self, owner: str, limit: int, wait: float) -> list[CommandDelivery]:
+        self._touch("take_commands")
+        log, deadline = self._log, time.monotonic() + wait
+        with log.lock:
+            while True:
+                now = clock.time_s()
+                free = [c for c in log.commands if c.owner == owner and c.taken_until <= now]
+                left = deadline - time.monotonic()
+                if free or left <= 0:
+                    break
+                log.changed.wait(left)
+            for command in free[:limit]:
+                command.taken_until = now + COMMAND_LEASE_S
+            return [CommandDelivery(c.key, c.name, c.body, c.number) for c in free[:limit]]
+
+    def answer_command(self, owner: str, command: CommandDelivery, answer: bytes) -> None:
+        self._touch("answer_command")
+        log = self._log
+        with log.lock:
+            log.answers[(owner, command.key)] = (bytes(answer), clock.time_s())
+            log.commands = [c for c in log.commands if c.number != command.ticket]
+            log.changed.notify_all()
 
     def lose_newest(self, count: int) -> list[str]:
         """Forget the newest `count` events, acknowledged or not, as a broker that lost

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from charter._sqlite import Connections, sqlite_path
-from charter.buses.base import published
+from charter.buses.base import COMMAND_LEASE_S, published
 from charter.lanes import PARTITIONS, partition
-from charter.records import FILL_MARKER, Backlog, Delivery, OutboxRow
+from charter.records import FILL_MARKER, Backlog, CommandDelivery, Delivery, OutboxRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -30,7 +32,24 @@ CREATE TABLE IF NOT EXISTS consumers (
     consumer TEXT NOT NULL, entity TEXT NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (consumer, entity)
 );
+CREATE TABLE IF NOT EXISTS commands (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, key TEXT NOT NULL,
+    sender TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL, sent_at REAL NOT NULL,
+    taken_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS commands_owner ON commands (owner, taken_until);
+CREATE TABLE IF NOT EXISTS answers (
+    owner TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL, answered_at REAL NOT NULL,
+    PRIMARY KEY (owner, key)
+);
 """
+
+T = TypeVar("T")
+
+# Waiting for a command or an answer written by another process is polling (SQLite tells no
+# one): a read every POLL_FIRST_S at first, then less often, up to every POLL_MOST_S. In this
+# process a write wakes the waiters at once.
+POLL_FIRST_S, POLL_MOST_S = 0.0002, 0.002
 
 
 _COMPACTED = "compacted"  # the note (kind, entity, '') that says how far compaction went
@@ -55,6 +74,7 @@ class SQLiteBus:
         self._conns = Connections(path, synchronous)
         self._conns.get().executescript(_SCHEMA)
         self._acked: dict[tuple[str, str], int] = {}
+        self._changed = threading.Condition()  # a command or an answer written here
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
         if not rows:
@@ -187,10 +207,96 @@ class SQLiteBus:
                 purged += conn.execute(
                     f"DELETE FROM events WHERE {where}", (entity, floor, cutoff)
                 ).rowcount
+            # commands and answers wait at most the retention
+            conn.execute("DELETE FROM commands WHERE sent_at < ?", (cutoff,))
+            conn.execute("DELETE FROM answers WHERE answered_at < ?", (cutoff,))
         return purged
 
     def compacted(self, entity: str) -> int:
         return _compacted(self._conns.get(), entity)
+
+    # commands --------------------------------------------------------------------------
+
+    def send_command(
+        self, sender: str, owner: str, name: str, key: str, body: bytes
+    ) -> Callable[[float], bytes | None]:
+        with self._conns.write() as conn:
+            # one waiting per key; none when its answer is here already
+            conn.execute(
+                "INSERT INTO commands (owner, key, sender, name, body, sent_at) "
+                "SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                "(SELECT 1 FROM commands WHERE owner = ? AND key = ?) AND NOT EXISTS "
+                "(SELECT 1 FROM answers WHERE owner = ? AND key = ?)",
+                (owner, key, sender, name, body, time.time(), owner, key, owner, key),
+            )
+        self._wake()
+
+        def answer(timeout: float) -> bytes | None:
+            return self._poll(timeout, lambda: self._answer(owner, key))
+
+        return answer
+
+    def _answer(self, owner: str, key: str) -> bytes | None:
+        row = (
+            self._conns.get()
+            .execute("SELECT body FROM answers WHERE owner = ? AND key = ?", (owner, key))
+            .fetchone()
+        )
+        return bytes(row[0]) if row else None
+
+    def take_commands(self, owner: str, limit: int, wait: float) -> list[CommandDelivery]:
+        def waiting() -> bool | None:
+            row = (
+                self._conns.get()
+                .execute(
+                    "SELECT 1 FROM commands WHERE owner = ? AND taken_until <= ? LIMIT 1",
+                    (owner, time.time()),
+                )
+                .fetchone()
+            )
+            return True if row else None
+
+        if not self._poll(wait, waiting):
+            return []
+        with self._conns.write() as conn:  # taken by one taker at a time
+            now = time.time()
+            rows = conn.execute(
+                "SELECT seq, key, name, body FROM commands WHERE owner = ? AND taken_until <= ? "
+                "ORDER BY seq LIMIT ?",
+                (owner, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE commands SET taken_until = ? WHERE seq = ?",
+                [(now + COMMAND_LEASE_S, row[0]) for row in rows],
+            )
+        return [CommandDelivery(key, name, bytes(body), seq) for seq, key, name, body in rows]
+
+    def answer_command(self, owner: str, command: CommandDelivery, answer: bytes) -> None:
+        with self._conns.write() as conn:
+            conn.execute(
+                "INSERT INTO answers VALUES (?, ?, ?, ?) ON CONFLICT (owner, key) "
+                "DO UPDATE SET body = excluded.body, answered_at = excluded.answered_at",
+                (owner, command.key, answer, time.time()),
+            )
+            conn.execute("DELETE FROM commands WHERE seq = ?", (command.ticket,))
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _poll(self, timeout: float, found: Callable[[], T | None]) -> T | None:
+        """`found()` once it is not None, asked again until `timeout` passes (see POLL_*)."""
+        deadline = time.monotonic() + timeout
+        pause = POLL_FIRST_S
+        while True:
+            result = found()
+            left = deadline - time.monotonic()
+            if result is not None or left <= 0:
+                return result
+            with self._changed:
+                self._changed.wait(min(pause, left))
+            pause = min(pause * 2, POLL_MOST_S)
 
     def close(self) -> None:
         self._conns.close()

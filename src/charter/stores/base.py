@@ -23,6 +23,7 @@ from charter.records import (
     Mend,
     OutboxRow,
     Parked,
+    RecordedCommand,
     Row,
     latest_lanes,
 )
@@ -58,6 +59,14 @@ class OwnerWrites(Protocol):
         """The outbox rows of the transaction, just before it commits. `private`, when not
         empty, holds for each event the private fields its change set (kept in the row,
         for the owner's history; never in the body)."""
+
+    def command(self, key: str) -> RecordedCommand | None:
+        """The command handled under idempotency `key`, if one was (charter.commands)."""
+
+    def record_command(self, command: RecordedCommand) -> None:
+        """Keep a handled command's outcome in this transaction, so it commits with the
+        changes the command made or not at all (G9). A key recorded already, by another
+        transaction, fails this one with a ConstraintError (at once, or at commit)."""
 
     def savepoint(self) -> AbstractContextManager[None]:
         """A nested part of the transaction. A block that raises is undone alone (back to

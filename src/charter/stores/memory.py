@@ -33,6 +33,7 @@ from charter.records import (
     Mend,
     OutboxRow,
     Parked,
+    RecordedCommand,
     Row,
     latest_lanes,
 )
@@ -65,6 +66,7 @@ class _Data:
     latency: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)  # (copy, minute)
     unique: dict[tuple[str, str], dict[object, str]] = field(default_factory=dict)
     changes: waiting.Registry = field(default_factory=waiting.Registry)  # by copy
+    commands: dict[str, RecordedCommand] = field(default_factory=dict)  # charter_command
     lock: threading.RLock = field(default_factory=threading.RLock)  # any read or write
     writer: threading.Lock = field(default_factory=threading.Lock)  # one owner tx at a time
 
@@ -571,16 +573,30 @@ class _Writes:
         self._store, self._data = store, store._data
         self._changes: dict[tuple[str, str], Row | None] = {}
         self._events: list[tuple[Event, bytes, tuple[str, ...]]] = []
+        self._commands: dict[str, RecordedCommand] = {}
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Changes made inside are undone, alone, when the block raises."""
-        changes, events = dict(self._changes), list(self._events)
+        changes, events, commands = dict(self._changes), list(self._events), dict(self._commands)
         try:
             yield
         except BaseException:
-            self._changes, self._events = changes, events
+            self._changes, self._events, self._commands = changes, events, commands
             raise
+
+    def command(self, key: str) -> RecordedCommand | None:
+        self._store._touch("tx.command")
+        if key in self._commands:
+            return self._commands[key]
+        with self._data.lock:
+            return self._data.commands.get(key)
+
+    def record_command(self, command: RecordedCommand) -> None:
+        self._store._touch("tx.record_command")
+        if self.command(command.key) is not None:
+            raise ConstraintError(f"command key {command.key!r} was handled already")
+        self._commands[command.key] = command
 
     def _row(self, entity: Entity, entity_id: str) -> Row | None:
         key = (entity.name, entity_id)
@@ -683,6 +699,7 @@ class _Writes:
             for event, body, private in self._events:
                 seq += 1
                 data.outbox.append(OutboxRow.of(event, body, seq, private))
+            data.commands.update(self._commands)
 
 
 def _overlapping(rule: NoOverlap, row: Row, others: Iterable[Row]) -> Row | None:

@@ -31,6 +31,7 @@ from charter.records import (
     Mend,
     OutboxRow,
     Parked,
+    RecordedCommand,
     Row,
     latest_lanes,
 )
@@ -89,6 +90,9 @@ CREATE TABLE IF NOT EXISTS charter_parked (
 CREATE TABLE IF NOT EXISTS charter_latency (
     copy TEXT NOT NULL, minute INTEGER NOT NULL, bucket INTEGER NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (copy, minute, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS charter_command (
+    key TEXT PRIMARY KEY, name TEXT NOT NULL, result BLOB NOT NULL, time TEXT NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -794,6 +798,21 @@ class _Writes:
             self._conn.execute(sql, rows[0])
         else:
             self._conn.executemany(sql, rows)
+
+    def command(self, key: str) -> RecordedCommand | None:
+        row = self._conn.execute(
+            "SELECT key, name, result, time FROM charter_command WHERE key = ?", (key,)
+        ).fetchone()
+        return RecordedCommand(row[0], row[1], bytes(row[2]), row[3]) if row else None
+
+    def record_command(self, command: RecordedCommand) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO charter_command VALUES (?, ?, ?, ?)",
+                (command.key, command.name, command.result, command.time),
+            )
+        except sqlite3.IntegrityError:
+            raise ConstraintError(f"command key {command.key!r} was handled already") from None
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

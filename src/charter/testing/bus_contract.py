@@ -4,19 +4,68 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from charter import clock, visibility
-from charter.buses.base import Bus
+from charter.buses.base import COMMAND_LEASE_S, Bus
 from charter.ids import uuid7
 from charter.lanes import partition
-from charter.records import OutboxRow
+from charter.records import CommandDelivery, OutboxRow
 from charter.testing import world
 
 
-class BusContract:
+class _Commands:
+    """Commands on a bus (Bus.send_command and its owner's side)."""
+
+    def test_a_command_waits_on_the_bus_until_its_owner_answers(self, bus: Bus) -> None:
+        answer = bus.send_command("mailing", "people", "Rename", "k1", b'{"n":1}')
+        assert answer(0.05) is None  # nobody took it yet
+        (command,) = bus.take_commands("people", 10, 5.0)
+        assert (command.key, command.name, command.body) == ("k1", "Rename", b'{"n":1}')
+        assert bus.take_commands("people", 10, 0.0) == []  # handed out: not again meanwhile
+        bus.answer_command("people", command, b'{"ok":1}')
+        assert answer(5.0) == b'{"ok":1}'
+        assert bus.take_commands("people", 10, 0.2) == []  # answered: gone
+
+    def test_commands_come_out_in_order_for_their_owner_only(self, bus: Bus) -> None:
+        for n in range(3):
+            bus.send_command("mailing", "people", "Rename", f"k{n}", b"{}")
+        bus.send_command("people", "mailing", "Other", "x", b"{}")
+        taken: list[str] = []
+        while len(taken) < 3 and (batch := bus.take_commands("people", 2, 5.0)):
+            taken += [c.key for c in batch]
+            for command in batch:
+                bus.answer_command("people", command, b"{}")
+        assert taken == ["k0", "k1", "k2"]
+        (other,) = bus.take_commands("mailing", 10, 5.0)
+        assert other.key == "x"
+
+    def test_a_command_taken_and_not_answered_is_handed_out_again(self, bus: Bus) -> None:
+        """Its taker may have died: after the lease another one gets it (at least once)."""
+        answer = bus.send_command("mailing", "people", "Rename", "k", b"{}")
+        assert len(bus.take_commands("people", 10, 5.0)) == 1
+        deadline = time.monotonic() + COMMAND_LEASE_S + 10
+        again: list[CommandDelivery] = []
+        while not again and time.monotonic() < deadline:
+            again = bus.take_commands("people", 10, 1.0)
+        assert [c.key for c in again] == ["k"], "not handed out again after the lease"
+        bus.answer_command("people", again[0], b'{"ok":2}')
+        assert answer(5.0) == b'{"ok":2}'
+
+    def test_every_sender_of_a_key_hears_its_answer(self, bus: Bus) -> None:
+        """A retry with the same key while the first attempt waits: both hear the answer."""
+        first = bus.send_command("mailing", "people", "Rename", "same", b"{}")
+        second = bus.send_command("mailing", "people", "Rename", "same", b"{}")
+        taken = bus.take_commands("people", 10, 5.0)
+        assert taken and {c.key for c in taken} == {"same"}
+        bus.answer_command("people", taken[0], b'{"ok":3}')
+        assert first(5.0) == second(5.0) == b'{"ok":3}'
+
+
+class BusContract(_Commands):
     """The Bus protocol, test by test. Subclasses implement `make_bus`."""
 
     def make_bus(self, system: str) -> Bus:

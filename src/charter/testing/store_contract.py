@@ -19,7 +19,7 @@ from charter.ids import uuid7
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity
 from charter.owner import Transaction
-from charter.records import Mend, Parked
+from charter.records import Mend, Parked, RecordedCommand
 from charter.stores.base import Store
 from charter.testing import world
 
@@ -539,3 +539,54 @@ class StoreContract:
             thread.join(30)  # woken by the change: never near the ten minutes it may wait
         assert not any(thread.is_alive() for thread in waiting), "a wait was not woken"
         assert got == {a: 2, b: 3, c: 2}
+
+    # -- commands (charter.commands) ----------------------------------------------
+
+    @staticmethod
+    def handled(key: str, result: bytes = b'{"ok":1}') -> RecordedCommand:
+        return RecordedCommand(key, "Rename", result, "2030-01-01T00:00:00.000000Z")
+
+    def test_a_command_key_commits_with_its_change_or_not_at_all(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        def rename(tx: Transaction) -> None:
+            assert tx._recorded_command("k1") is None
+            tx.create("Person", email="a@x.org", name="A")
+            tx._record_command(self.handled("k1"))
+            assert tx._recorded_command("k1") == self.handled("k1")  # seen in its transaction
+
+        self.write(owner, charter, rename)
+
+        def fail(tx: Transaction) -> None:
+            tx.create("Person", email="b@x.org", name="B")
+            tx._record_command(self.handled("k2"))
+            tx._commit_events()
+            raise RuntimeError("the handler gives up")
+
+        with pytest.raises(RuntimeError):
+            self.write(owner, charter, fail)
+        with owner.transaction() as writes:
+            assert writes.command("k1") == self.handled("k1")
+            assert writes.command("k2") is None
+        assert [r["email"] for r in owner.rows(self.person(charter))] == ["a@x.org"]
+
+    def test_a_command_key_is_recorded_once(self, owner: Store, charter: Charter) -> None:
+        self.write(owner, charter, lambda tx: tx._record_command(self.handled("k")))
+        with pytest.raises(ConstraintError):
+            self.write(owner, charter, lambda tx: tx._record_command(self.handled("k", b"2")))
+        with owner.transaction() as writes:
+            assert writes.command("k") == self.handled("k")
+
+    def test_a_command_recorded_in_a_failed_savepoint_is_not(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        def work(tx: Transaction) -> None:
+            with pytest.raises(RuntimeError), tx.savepoint():
+                tx._record_command(self.handled("inner"))
+                raise RuntimeError("undo it")
+            tx._record_command(self.handled("outer"))
+
+        self.write(owner, charter, work)
+        with owner.transaction() as writes:
+            assert writes.command("inner") is None
+            assert writes.command("outer") is not None

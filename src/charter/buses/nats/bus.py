@@ -15,17 +15,19 @@ from collections.abc import Callable
 import nats
 import orjson
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
+from charter.buses.nats.commands import _Commands, _Queue
 from charter.buses.nats.core import API_TIMEOUT_S, BusError, log
 from charter.buses.nats.publish import _Batch
-from charter.buses.nats.readers import _Pull, _Reading
+from charter.buses.nats.readers import _Pull
 from charter.buses.nats.subjects import inbox_prefix, parse_url, stream_name, token
 
 # How nats-server refuses a publish (nats-py lower-cases the whole text: match it so)
 _VIOLATION = re.compile(r'permissions violation for publish to "?([^"\s]+)', re.IGNORECASE)
 
 
-class NatsBus(_Reading):
+class NatsBus(_Commands):
     """Events in one JetStream stream per charter; per copy, a note of what it has applied
     and, in each process running it, one ephemeral consumer to read."""
 
@@ -58,6 +60,9 @@ class NatsBus(_Reading):
         self._ack_refused: set[tuple[str, str]] = set()  # positions these credentials may not write
         self._hurry: asyncio.Event | None = None  # set: acknowledge now, do not wait to gather
         self._chores: set[asyncio.Task[None]] = set()  # deletes nobody waits for
+        self._queues: dict[str, _Queue] = {}  # owner -> its commands' consumer, pulled here
+        self._answers: dict[str, set[asyncio.Future[bytes]]] = {}
+        self._reply_subs: dict[str, Subscription] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._serve, name=f"charter-nats:{system}", daemon=True

@@ -27,6 +27,7 @@ from charter.buses.nats.core import (
 from charter.buses.nats.publish import _Publishing
 from charter.buses.nats.stream import _epoch
 from charter.buses.nats.subjects import (
+    COMMANDS,
     COMPACTED,
     COPIES,
     NOTES,
@@ -212,7 +213,14 @@ class _Compaction(_Publishing):
         notes = f"{self._prefix}.{NOTES}."
         topics = {self._filter(topic): topic for topic in copies}
         purged = 0
-        for filter_ in sorted({_topic_filter(s) for s in subjects if not s.startswith(notes)}):
+        filters = {_topic_filter(s) for s in subjects if not s.startswith(notes)}
+        waiting = f"{self._prefix}.{COMMANDS}.>"
+        if waiting in filters:  # commands wait at most the retention (charter.commands)
+            filters.discard(waiting)
+            upto = await self._purge_point(waiting, last, cutoff)
+            if upto > 0:
+                await self._api(f"STREAM.PURGE.{self.stream}", {"filter": waiting, "seq": upto})
+        for filter_ in sorted(filters):
             topic = topics.get(filter_) or _topic_named(filter_)
             floor = await self._floor(topic, copies.get(topic, ()), last)
             upto = await self._purge_point(filter_, floor, cutoff) if floor else 0

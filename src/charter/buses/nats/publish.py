@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import nats
@@ -55,7 +55,10 @@ class _Publishing(_Stream):
             if len(batch.got) == batch.size:
                 batch.done.set()
 
-    async def _publish(self, items: Sequence[tuple[str, str, bytes]]) -> None:
+    async def _publish(
+        self, items: Sequence[tuple[str, str, bytes]], headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Publish (event id, subject, body) items, each with `headers` besides its id."""
         nc = self.nc
         batch = _Batch(len(items))
         replies: list[str] = []
@@ -71,8 +74,8 @@ class _Publishing(_Stream):
                     reply = f"{self._ack_inbox}.{next(self._ack_ids)}"
                     self._acks[reply] = batch
                     replies.append(reply)
-                    headers = {"Nats-Msg-Id": event_id}
-                    await nc.publish(subject, body, reply=reply, headers=headers)
+                    sent = {**(headers or {}), "Nats-Msg-Id": event_id}
+                    await nc.publish(subject, body, reply=reply, headers=sent)
                 if replies:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(batch.done.wait(), PUBLISH_TIMEOUT_S)

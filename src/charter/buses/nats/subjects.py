@@ -15,6 +15,8 @@ COPIES = "_copy"  # the subject token under which copies' topics live (charter.v
 POSITION = "position"  # the note of what a copy has applied, per (entity, copy)
 COMPACTED = "compacted"  # the note of how far compaction went, per entity
 EVERY_COPY = "_"  # the copy token of notes about an entity as a whole
+COMMANDS = "_cmd"  # the subject token under which commands to owners wait (in the stream)
+REPLIES = "charter_reply"  # answers to commands: core NATS, outside the stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +103,19 @@ def note_subject(prefix: str, kind: str, entity: str, copy: str) -> str:
     """Where a note lives (charter.fills), outside every entity's subjects, so readers and
     compaction never see notes. `copy` may be the wildcard ``>``."""
     return f"{prefix}.{NOTES}.{kind}.{token(entity)}.{copy if copy == '>' else token(copy)}"
+
+
+def command_subject(prefix: str, owner: str, command: str) -> str:
+    """Where a command for the context `owner` waits: in the stream, outside every entity's
+    subjects (entity names cannot start with '_'). `command` may be the wildcard ``*``."""
+    return f"{prefix}.{COMMANDS}.{token(owner)}.{command if command == '*' else token(command)}"
+
+
+def reply_prefix(system: str, sender: str) -> str:
+    """Where the answers to the commands the context `sender` sends arrive (plus one token)."""
+    return f"{REPLIES}.{token(system)}.{token(sender)}"
+
+
+def command_consumer(owner: str) -> str:
+    """The durable consumer through which the context `owner` takes its commands."""
+    return f"cmd-{token(owner)}"

@@ -27,6 +27,7 @@ from charter.stores.common import (
     extension_problems,
     overlap_refused,
 )
+from charter.stores.postgres import commands
 from charter.stores.postgres.core import _Core
 from charter.stores.postgres.writes import OLD
 
@@ -79,6 +80,7 @@ BEGIN
     RETURN NULL;
 END $$;
 """
+_META += commands.TABLE
 
 
 def _fingerprint(charter: Charter, context: str) -> str:
@@ -145,6 +147,7 @@ class _Schema(_Core):
             self._compile_entity(entity)
         for copy in copies:
             self._compile_copy(copy, charter.entities[copy.of])
+        self._sql.update(commands.statements(self._t))
 
     def check(self, charter: Charter, context: str) -> list[SchemaChangeError]:
         self.schema = self._schema_option or context

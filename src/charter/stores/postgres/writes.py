@@ -33,8 +33,9 @@ from psycopg import errors as pg_errors
 from charter.errors import ConflictError, ConstraintError
 from charter.events import Event
 from charter.model import Entity
-from charter.records import Row
+from charter.records import RecordedCommand, Row
 from charter.stores.common import outbox_values
+from charter.stores.postgres import commands
 
 OLD = "charter.old_version"  # the version an owner's UPDATE or DELETE expects to find
 
@@ -74,7 +75,16 @@ class _Run:
 class Writes:
     """The store's half of one owner transaction: reads now, writes at commit."""
 
-    __slots__ = ("_begun", "_conn", "_outbox", "_runs", "_savepoints", "_store", "_written")
+    __slots__ = (
+        "_begun",
+        "_commands",
+        "_conn",
+        "_outbox",
+        "_runs",
+        "_savepoints",
+        "_store",
+        "_written",
+    )
 
     def __init__(self, store: StoreSide, conn: psycopg.Connection[Any]) -> None:
         self._store, self._conn = store, conn
@@ -82,6 +92,7 @@ class Writes:
         self._runs: list[_Run] = []
         self._written: dict[tuple[str, str], Row | None] = {}  # None: deleted here
         self._outbox: list[tuple[Any, ...]] = []
+        self._commands: list[RecordedCommand] = []  # recorded at commit
         # savepoints open, innermost last: name, and what was written when it began
         self._savepoints: list[tuple[str, dict[tuple[str, str], Row | None]]] = []
 
@@ -119,14 +130,31 @@ class Writes:
     ) -> None:
         self._outbox.extend(outbox_values(events, bodies, private))
 
+    def command(self, key: str) -> RecordedCommand | None:
+        queued = next((c for c in self._commands if c.key == key), None)
+        if queued is not None:
+            return queued
+        if not self._begun:
+            self._conn.execute("BEGIN")
+            self._begun = True
+        row = self._conn.execute(self._store._sql[commands.SELECT], (key,)).fetchone()
+        return commands.recorded(row)
+
+    def record_command(self, command: RecordedCommand) -> None:
+        if self.command(command.key) is not None:
+            raise ConstraintError(f"command key {command.key!r} was handled already")
+        self._commands.append(command)  # a second one committing first fails the commit
+
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         name = f"charter_{len(self._savepoints) + 1}"
         self._send((f"SAVEPOINT {name}", None))  # what came before is checked here
         self._savepoints.append((name, dict(self._written)))
+        recorded = len(self._commands)
         try:
             yield
         except BaseException:
+            del self._commands[recorded:]
             self._undo()
             raise
         else:
@@ -192,11 +220,16 @@ class Writes:
     # -- commit and rollback ----------------------------------------------------------
 
     def commit(self) -> None:
-        if not self._runs and not self._outbox:
+        if not self._runs and not self._outbox and not self._commands:
             if self._begun:
                 self._conn.execute("COMMIT")
             return
-        if not self._begun and len(self._runs) == 1 and self._runs[0].kind == "insert":
+        if (
+            not self._begun
+            and not self._commands
+            and len(self._runs) == 1
+            and self._runs[0].kind == "insert"
+        ):
             # The common case (only creates, nothing read): one statement, which on an
             # autocommit connection is a transaction of its own.
             statement = self._store._outbox_statement(self._outbox, self._statement(self._runs[0]))
@@ -210,6 +243,8 @@ class Writes:
         statements += [self._statement(run) for run in self._runs]
         if self._outbox:
             statements.append(self._store._outbox_statement(self._outbox))
+        insert = self._store._sql.get(commands.INSERT, "")
+        statements += [(insert, commands.params(c)) for c in self._commands]
         checked = any(run.kind != "insert" for run in self._runs)
         if not checked:  # nothing to look at before committing: commit in the same trip
             statements.append(("COMMIT", None))
@@ -257,6 +292,9 @@ class Writes:
     ) -> ConstraintError | ConflictError:
         """The caller's error for a refused statement: which rule, which value."""
         table = exc.diag.table_name or ""
+        if table == commands.NAME:  # another transaction recorded the same key first
+            keys = ", ".join(repr(c.key) for c in self._commands)
+            return ConstraintError(f"command key {keys} was handled already")
         entity = next((r.entity for r in self._runs if r.entity.table == table), None)
         if entity is None:
             entity = next((r.entity for r in self._runs), None)

@@ -1,0 +1,333 @@
+"""Commands to owners (G9): a context that needs a change to a record it does not own asks
+the owner, which alone decides and writes.
+
+The charter declares each command on its entity (`commands: {ChangeEmail: {senders: […],
+fields: […]}}`). A sender's `ctx.send("ChangeEmail", id=…, email=…, key=…)` checks the
+arguments against the charter, puts the request on the bus (Bus.send_command) and waits for
+the answer. The owner registers a handler (`@ctx.handles("ChangeEmail")`); its command
+worker (`CommandWorker`, run by the Runner) takes the request from the bus and runs the
+handler in one owner transaction, in which it also records the idempotency key with the
+answer (charter_command): the change and the key commit together or not at all. A key
+already recorded answers with what it answered the first time, so a retry or a second
+delivery never applies twice. A refusal (ValidationError, ConflictError, …) is recorded
+too, in a transaction of its own, unless another delivery recorded the key first: a key's
+outcome is final, a refusal included (to try again after one, use a new key). A store or
+bus failing is no outcome: the request stays on the bus and is handed out again.
+
+On the wire, a request is JSON: ``{"command", "key", "sender", "id", "fields"}`` (fields in
+canonical form, only those given); an answer ``{"ok": result}`` or ``{"refused":
+"<ErrorType>", "message": …}``. A handler's result is JSON, or a Record, which travels as
+its public fields and is a Record again at the sender.
+
+A saga step (later) is a command with a compensation: it sends with a key of its own, so
+resuming a saga after a crash sends each step again safely."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+import orjson
+
+from charter import errors, values
+from charter.buses.base import Bus
+from charter.errors import (
+    BackendError,
+    ConstraintError,
+    Error,
+    OwnershipError,
+    ValidationError,
+)
+from charter.ids import uuid7
+from charter.model import Charter, Command, Field, _hint
+from charter.owner import Record, Transaction, record_from_row
+from charter.records import CommandDelivery, RecordedCommand
+from charter.stores.base import Store
+
+DEFAULT_TIMEOUT_S = 10.0  # how long ctx.send waits for the owner's answer, unless told
+WAIT_S = 0.05  # how long a command worker's step waits on the bus for a command
+
+# The refusals a sender gets back as the same type (any other charter error: Error).
+REFUSALS: dict[str, type[Error]] = {
+    kind.__name__: kind
+    for kind in (
+        errors.ValidationError,
+        errors.ConflictError,
+        errors.ConstraintError,
+        errors.NotFoundError,
+        errors.OwnershipError,
+        errors.SchemaChangeError,
+        Error,
+    )
+}
+
+
+class Request(Mapping[str, Any]):
+    """A command as its handler sees it: its name, idempotency key, sender, the record's
+    `id` (None when the command names none) and its fields, by name or as attributes."""
+
+    __slots__ = ("fields", "id", "key", "name", "sender")
+
+    def __init__(
+        self, name: str, key: str, sender: str, id: str | None, fields: dict[str, Any]
+    ) -> None:
+        self.name, self.key, self.sender, self.id, self.fields = name, key, sender, id, fields
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise AttributeError(f"command {self.name} has no field '{name}'") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __repr__(self) -> str:
+        fields = "".join(f", {k}={v!r}" for k, v in self.fields.items())
+        return f"{self.name}(id={self.id!r}, key={self.key!r}, sender={self.sender!r}{fields})"
+
+
+Handler = Callable[[Transaction, Request], Any]
+
+
+def wake_key(owner: str) -> str:
+    """The signal that wakes the command worker of `owner` in this process."""
+    return f"commands:{owner}"
+
+
+def declared(charter: Charter, name: str) -> Command:
+    """The command `name`; a ValidationError with a hint when the charter has none."""
+    spec = charter.commands.get(name)
+    if spec is None:
+        hint = _hint(name, tuple(charter.commands))
+        known = ", ".join(charter.commands) or "none"
+        raise ValidationError(
+            f"no command '{name}' in the charter; " + (hint or f"its commands: {known}")
+        )
+    return spec
+
+
+def handled_by(charter: Charter, context: str, name: str) -> Command:
+    """The command `name`, which `context` must own the entity of to handle it."""
+    spec = declared(charter, name)
+    if spec.owner != context:
+        owner = charter.contexts[spec.owner]
+        raise OwnershipError(spec.entity, owner.name, owner.team, context)
+    return spec
+
+
+# -- the sender's side --------------------------------------------------------------------
+
+
+def request(
+    charter: Charter,
+    sender: str,
+    name: str,
+    key: str | None,
+    entity_id: str | None,
+    fields: Mapping[str, Any],
+) -> tuple[Command, str, bytes]:
+    """Check a command as `sender` sends it; (its declaration, its key, the request)."""
+    spec = declared(charter, name)
+    if sender not in spec.senders:
+        raise ValidationError(
+            f"context '{sender}' may not send {name} to '{spec.owner}' (its senders: "
+            f"{', '.join(spec.senders)}); add '{sender}' to its senders in the charter"
+        )
+    key = uuid7() if key is None else key
+    if not isinstance(key, str) or not key.strip():
+        raise ValidationError(f"a command's key must be a non-empty string, got {key!r}")
+    if entity_id is not None and not isinstance(entity_id, str):
+        raise ValidationError(f"{name}: id must be a record id (a string), got {entity_id!r}")
+    unknown = set(fields) - set(spec.fields)
+    if unknown:
+        raise ValidationError(
+            f"command {name} has no field {', '.join(sorted(unknown))}; "
+            f"it takes {', '.join(['id', *spec.fields])}"
+        )
+    given = {n: f.default for n, f in spec.fields.items() if f.default is not None}
+    given.update(fields)
+    for field in spec.fields.values():
+        if field.required and given.get(field.name) is None:
+            raise ValidationError(f"command {name}: {field.name} is required")
+    canonical = {n: _encode(name, spec.fields[n], v) for n, v in given.items()}
+    body = {"command": name, "key": key, "sender": sender, "id": entity_id, "fields": canonical}
+    return spec, key, orjson.dumps(body)
+
+
+def _encode(command: str, field: Field, value: Any) -> Any:
+    if value is None:
+        return None
+    return values.ENCODERS[field.type](command, field, value)
+
+
+def outcome(charter: Charter, spec: Command, key: str, answer: bytes) -> Any:
+    """What the owner answered: its result, or its refusal raised as the same type."""
+    try:
+        doc = orjson.loads(answer)
+        refused = doc.get("refused")
+    except (orjson.JSONDecodeError, AttributeError):
+        message = f"{spec.name} (key {key!r}): the answer of '{spec.owner}' is unreadable"
+        raise Error(message) from None
+    if refused is not None:
+        kind = REFUSALS.get(str(refused), Error)
+        error = kind.__new__(kind)
+        Exception.__init__(error, str(doc.get("message", "")))
+        error.add_note(f"refused by '{spec.owner}' for command {spec.name} (key {key!r})")
+        raise error
+    return _result(charter, doc.get("ok"))
+
+
+def _result(charter: Charter, value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"record"}:
+        doc = value["record"]
+        entity = charter.entities.get(str(doc.get("entity")))
+        if entity is not None:
+            row = {"id": doc["id"], "version": doc["version"], **doc["values"]}
+            return record_from_row(entity, row, entity.public_names)
+    return value
+
+
+# -- the owner's side ---------------------------------------------------------------------
+
+
+def _ok(charter: Charter, result: Any) -> bytes:
+    """The answer for a handler's result; a Record travels as its public fields."""
+    if isinstance(result, Record):
+        entity = charter.entities[result.entity]
+        public = {
+            n: values.encode(entity, entity.fields[n], result.get(n))
+            for n in entity.public_names
+            if n in result
+        }
+        result = {
+            "record": {
+                "entity": entity.name,
+                "id": result.id,
+                "version": result.version,
+                "values": public,
+            }
+        }
+    try:
+        return orjson.dumps({"ok": result})
+    except TypeError as exc:
+        message = f"the handler's result cannot be sent back ({exc}): return JSON or a Record"
+        raise Error(message) from None
+
+
+def refusal(exc: Exception) -> bytes:
+    """The answer for a refusal: a charter error by its type, anything else as Error."""
+    if isinstance(exc, Error):
+        kind = next(k for k in type(exc).__mro__ if k.__name__ in REFUSALS)
+        return orjson.dumps({"refused": kind.__name__, "message": str(exc)})
+    return orjson.dumps(
+        {"refused": "Error", "message": f"the handler failed: {type(exc).__name__}: {exc}"}
+    )
+
+
+def _decode(charter: Charter, body: bytes) -> tuple[Command, Request]:
+    """A request from the bus, checked against this charter (the sender's may differ)."""
+    try:
+        doc = orjson.loads(body)
+        name, key, sender = str(doc["command"]), str(doc["key"]), str(doc["sender"])
+        entity_id, raw = doc.get("id"), doc.get("fields") or {}
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise ValidationError("not a command: " + repr(body[:200])) from None
+    spec = declared(charter, name)
+    if sender not in spec.senders:  # the memory and SQLite buses do not ask who sends
+        raise ValidationError(f"context '{sender}' may not send {name} to '{spec.owner}'")
+    unknown = set(raw) - set(spec.fields)
+    if unknown:
+        raise ValidationError(f"command {name} has no field {', '.join(sorted(unknown))}")
+    fields = {n: values.decode(spec.fields[n], v) for n, v in raw.items()}
+    return spec, Request(name, key, sender, entity_id, fields)
+
+
+class CommandWorker:
+    """Takes the commands for one owner context from the bus and handles each once per
+    key, in an owner transaction of its store (the Runner runs one per context that has
+    handlers). `transaction(actor)` is the context's own (ContextHandle.transaction)."""
+
+    def __init__(
+        self,
+        context: str,
+        charter: Charter,
+        bus: Bus,
+        store: Callable[[], Store],
+        transaction: Callable[[str | None], AbstractContextManager[Transaction]],
+        handlers: Mapping[str, Handler],
+        batch: int = 100,
+        wait: float = WAIT_S,
+    ) -> None:
+        self.context, self.charter, self.bus = context, charter, bus
+        self._store, self._transaction = store, transaction
+        self.handlers = dict(handlers)
+        self.batch, self.wait = batch, wait
+
+    @property
+    def wake_key(self) -> str:
+        return wake_key(self.context)
+
+    def step(self) -> int:
+        taken = self.bus.take_commands(self.context, self.batch, self.wait)
+        for command in taken:
+            self.bus.answer_command(self.context, command, self.handle(command))
+        return len(taken)
+
+    def handle(self, command: CommandDelivery) -> bytes:
+        """The answer to one delivery. Raises (and so leaves the command on the bus, to be
+        handed out again) only when the store fails."""
+        try:
+            spec, asked = _decode(self.charter, command.body)
+            if spec.owner != self.context:
+                raise ValidationError(f"{spec.name} is for '{spec.owner}', not '{self.context}'")
+            handler = self.handlers.get(spec.name)
+            if handler is None:
+                raise Error(f"'{self.context}' has no handler for {spec.name} running")
+        except Error as exc:  # not a command it can handle: said, not recorded
+            return refusal(exc)
+        try:
+            with self._transaction(f"{asked.sender}/{spec.name}") as tx:
+                done = tx._recorded_command(asked.key)
+                if done is not None:  # a retry, or a second delivery: not again
+                    return _again(done, spec.name)
+                answer = _ok(self.charter, handler(tx, asked))
+                tx._record_command(RecordedCommand(asked.key, spec.name, answer, values.now_text()))
+            return answer
+        except BackendError:
+            raise
+        except Exception as exc:
+            return self._refused(asked.key, spec.name, exc)
+
+    def _refused(self, key: str, name: str, exc: Exception) -> bytes:
+        """Record a refusal as the key's outcome, unless another delivery recorded one first
+        (the same key handled at once elsewhere): then that one is the answer."""
+        answer = refusal(exc)
+        for _ in range(3):
+            try:
+                with self._store().transaction() as writes:
+                    done = writes.command(key)
+                    if done is not None:
+                        return _again(done, name)
+                    writes.record_command(RecordedCommand(key, name, answer, values.now_text()))
+                return answer
+            except ConstraintError:
+                continue  # recorded meanwhile: read it
+        return answer
+
+
+def _again(done: RecordedCommand, name: str) -> bytes:
+    """The answer for a key handled before: its outcome then; a refusal when the key was
+    used for another command."""
+    if done.name != name:
+        return refusal(
+            ValidationError(f"key {done.key!r} was used for {done.name} already: use a new key")
+        )
+    return done.result

@@ -717,3 +717,14 @@ def test_check_missing_file_exits_1_with_a_clear_error(tmp_path: Path) -> None:
     assert "cannot read the charter" in result.stderr
     assert "No such file" in result.stderr
     assert result.stdout == ""
+
+
+def test_an_unquoted_url_in_a_flow_mapping_loads() -> None:
+    """libyaml refuses `{store: sqlite:///x.db}` (a ':' in a flow scalar); the loader must
+    not: charter's own examples write stores that way (charter.sim's library did)."""
+    text = (
+        "charter: 1\nname: flow\nbus: memory://flow/bus\ncontexts:\n"
+        "  a: {team: t, store: memory://flow/a}\nentities: {}\ncopies: {}\n"
+    )
+    charter = model.loads(text, FILE)
+    assert charter.contexts["a"].store == "memory://flow/a"

@@ -210,6 +210,16 @@ def loads(text: str, path: str | Path = "charter.yaml") -> Charter:
     return _Reader(text, Path(path)).read()
 
 
+def _compose(text: str) -> Any:
+    """The YAML's node tree: by libyaml when it takes the text, else by ruamel's own parser.
+    libyaml refuses a ':' inside a plain scalar in a flow mapping (`{store: sqlite:///x.db}`,
+    which the charter's own examples write), so such a text is parsed again the slow way."""
+    try:
+        return YAML(typ="safe").compose(text)
+    except MarkedYAMLError:
+        return YAML(typ="safe", pure=True).compose(text)
+
+
 class _Reader:
     """Turns YAML into a Charter, collecting problems instead of stopping at the first."""
 
@@ -229,7 +239,7 @@ class _Reader:
             # Parsed once, by libyaml when ruamel.yaml.clib is there (several times faster
             # than the round-trip parser, which also gathers comments: the parse is most of
             # a load's time); then built into mappings that know their lines.
-            node = YAML(typ="safe").compose(self.text)
+            node = _compose(self.text)
             self._find_duplicates(node)
             doc = yaml.constructor.construct_document(node) if node is not None else None
         except MarkedYAMLError as exc:

@@ -58,9 +58,9 @@ from workload import (
     ChangeMaker,
     alive,
     charter_run,
-    costs_text,
     latency_cost,
     on_and_off,
+    on_off_text,
 )
 
 import charter
@@ -844,9 +844,7 @@ def bench_latency_cost(sizes: Sizes, report: Report) -> None:
     )
     report.note(
         f"latency cost: {n:,} changes, {per} a transaction, two copies, {rounds} runs each way "
-        "taking turns; on: " + ", ".join(f"{r:,.0f}" for r in on) + "; off (the charter's "
-        "`latency_retention: 0`): " + ", ".join(f"{r:,.0f}" for r in off) + " changes/s; "
-        f"cost per round (on against off, run one after the other): {costs_text(on, off)}. "
+        f"taking turns; {on_off_text(on, off)}. "
         f"The CPU per event, 1000-event batches: {reading_us:.2f} µs reading its commit time "
         f"(projector); one copy's apply on the memory store {with_us:.2f} µs with the latencies "
         f"counted, {without_us:.2f} without (medians of 200 batches each, taking turns)"

@@ -58,9 +58,9 @@ from workload import (
     ChangeMaker,
     alive,
     charter_run,
-    costs_text,
     latency_cost,
     on_and_off,
+    on_off_text,
 )
 
 import charter
@@ -1181,9 +1181,7 @@ def bench_latency_cost(servers: Servers, sizes: Sizes, report: Report) -> None:
     )
     report.note(
         f"pg-nats-latency-cost: {n:,} changes, {per} a transaction, {rounds} runs each way "
-        "taking turns; on: " + ", ".join(f"{r:,.0f}" for r in on) + "; off (the charter's "
-        "`latency_retention: 0`): " + ", ".join(f"{r:,.0f}" for r in off) + " changes/s; "
-        f"cost per round (on against off, run one after the other): {costs_text(on, off)}"
+        f"taking turns; {on_off_text(on, off)}"
     )
 
 

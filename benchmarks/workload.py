@@ -117,3 +117,12 @@ def latency_cost(on: list[float], off: list[float]) -> float:
 def costs_text(on: list[float], off: list[float]) -> str:
     """Each round's cost, for the notes: what the median was taken of."""
     return ", ".join(f"{1 - a / b:+.1%}" for a, b in zip(on, off, strict=True))
+
+
+def on_off_text(on: list[float], off: list[float]) -> str:
+    """A latency-cost run's rounds, for the notes: each rate on and off, and each round's cost."""
+    return (
+        "on: " + ", ".join(f"{r:,.0f}" for r in on) + "; off (the charter's "
+        "`latency_retention: 0`): " + ", ".join(f"{r:,.0f}" for r in off) + " changes/s; "
+        f"cost per round (on against off, run one after the other): {costs_text(on, off)}"
+    )

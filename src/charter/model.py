@@ -584,7 +584,11 @@ class _Reader:
     ) -> tuple[NoOverlap, ...]:
         raw = spec.get("constraints") or []
         if not isinstance(raw, list):
-            self.problem(self._line(spec, "constraints"), "constraints must be a list")
+            self.problem(
+                self._line(spec, "constraints"),
+                f"{entity}: constraints must be a list",
+                "write each as an item: constraints: [{no_overlap: {per: [...], range: [a, b]}}]",
+            )
             return ()
         result: list[NoOverlap] = []
         for index, item in enumerate(raw):

@@ -291,6 +291,11 @@ class MemoryBus:
             log.commands = [c for c in log.commands if c.number != command.ticket]
             log.changed.notify_all()
 
+    def waiting_commands(self) -> int:
+        """How many commands wait for their owners, handed out or not (for checkers)."""
+        with self._log.lock:
+            return len(self._log.commands)
+
     def lose_newest(self, count: int) -> list[str]:
         """Forget the newest `count` events, acknowledged or not, as a broker that lost
         unsynced data in a crash does; returns their event ids. Their ids are forgotten

@@ -15,7 +15,7 @@ from charter.model import Copy
 from charter.projector import Projector
 from charter.records import Backlog
 from charter.relay import Relay
-from charter.stores.memory import MemoryStore, _copy_row
+from charter.stores.memory import MemoryStore, _copy_row, _Writes
 
 
 def _no_version_guard(store: MemoryStore, copy: Copy, event: Event, now: str) -> bool:
@@ -54,12 +54,17 @@ def _blind_backlog(self: MemoryBus, consumer: str, entity: str, after: int) -> B
     return Backlog(0, None)
 
 
+def _forgets_keys(self: _Writes, key: str) -> None:
+    return None  # every delivery of a command looks like its first
+
+
 BUGS: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
     "no version guard": (MemoryStore, "_apply_event", lambda _: _no_version_guard),
     "ack before commit": (Projector, "step", _ack_before_commit),
     "relay marks before publish": (Relay, "_land", lambda _: _mark_before_publish),
     "a lane takes another lane's ids": (Lane, "holds", lambda _: _greedy_lane),
     "status ignores the bus": (MemoryBus, "backlog", lambda _: _blind_backlog),
+    "a command's key forgotten": (_Writes, "command", lambda _: _forgets_keys),
 }
 
 

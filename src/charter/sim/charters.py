@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from charter import model
-from charter.model import CONTRACT, Charter, Copy
+from charter.model import CONTRACT, Charter, Command, Copy, Field
 
 LIBRARY = """\
 charter: 1
@@ -102,3 +102,28 @@ def with_copy(charter: Charter, entity: str, context: str, rng: random.Random) -
     name = f"late_{context}_{entity.lower()}"
     copy = Copy(name, context, entity, fields, 10.0)
     return dataclasses.replace(charter, copies={**charter.copies, name: copy})
+
+
+def with_commands(charter: Charter, seed: int) -> Charter:
+    """A third of the seeds declare a command on each entity (charter.commands):
+    `Set<Entity>`, sent by some of the other contexts, changing one or two of its public
+    fields, with `refuse` (a boolean: the sender asks the owner to refuse). A charter that
+    declares commands of its own keeps them, and only them. Drawn apart from the world's
+    randomness, as visibility is, and salted so that the seeds that found bugs before
+    commands existed (tests/test_sim.py) run as they did."""
+    rng = random.Random(f"commands:10:{seed}")
+    if charter.commands or rng.random() >= 1 / 3:
+        return charter
+    entities = dict(charter.entities)
+    for name, entity in charter.entities.items():
+        others = [c for c in charter.contexts if c != entity.owner]
+        public = list(entity.public_names)
+        if not others or not public:
+            continue
+        senders = tuple(rng.sample(others, 1 + rng.randrange(len(others))))
+        picked = rng.sample(public, min(len(public), 1 + rng.randrange(2)))
+        fields = {n: entity.fields[n] for n in picked}
+        fields["refuse"] = Field("refuse", "boolean", required=False, default=False)
+        command = Command(f"Set{name}", name, entity.owner, senders, fields)
+        entities[name] = dataclasses.replace(entity, commands={command.name: command})
+    return dataclasses.replace(charter, entities=entities)

@@ -24,8 +24,9 @@ from charter.projector import Projector
 from charter.relay import Relay
 from charter.runner import declared_copies
 from charter.sim import workload
-from charter.sim.charters import widened, with_copy, with_visibility
+from charter.sim.charters import widened, with_commands, with_copy, with_visibility
 from charter.sim.checker import Checker, Model
+from charter.sim.commanding import Commands
 from charter.sim.world import Crash, World
 from charter.stores.memory import MemoryStore
 from charter.stores.memory import forget as forget_store
@@ -101,13 +102,14 @@ class _Workers:
 
 class Simulation:
     def __init__(self, charter: Charter, seed: int, steps: int = STEPS) -> None:
-        charter = with_visibility(charter, seed)
+        charter = with_commands(with_visibility(charter, seed), seed)
         self.charter, self.seed, self.steps = charter, seed, steps
         self.world = World(seed)
         self.config = Config.draw(self.world.rng, charter, seed)
         self.model = Model()
         self.checker = Checker(self.world, self.model)
         self.workers = _Workers()
+        self.commands = Commands(self.world, self.model, self.checker, seed)
         self.operations = 0
         self.system: System | None = None
 
@@ -166,6 +168,7 @@ class Simulation:
         for copy in charter.copies.values():
             for n in range(self.config.lanes.get(copy.name, 1)):
                 self.workers.projectors[(copy.name, n)] = None
+        self.commands.open(charter, self.system)
 
     def _relay(self, context: str) -> Relay:
         assert self.system is not None
@@ -193,6 +196,9 @@ class Simulation:
     # -- what happens at each step ----------------------------------------------------
 
     def _act(self) -> None:
+        if self.commands.act():
+            self.operations += 1
+            return
         roll = self.world.rng.random()
         if roll < 0.35:
             self._write()
@@ -438,13 +444,15 @@ class Simulation:
                 self.workers.projectors[key] = projector
                 moved += self._step(f"projector {key[0]}", projector, lambda: None)
                 self.checker.after_apply(copy)
-            if moved == 0 and self.checker.synced():
+            moved += self.commands.settle_step()
+            if moved == 0 and self.checker.synced() and not self.commands.waiting():
                 break
         else:
             self.checker.fail(f"the copies did not settle in {SETTLE_ROUNDS} quiet rounds")
             return
         self.system.bus.compact(self.config.retention_s, declared_copies(self.charter))
         self.checker.final()
+        self.commands.final()
 
 
 def _out_of_reach() -> Any:

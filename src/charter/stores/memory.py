@@ -419,6 +419,12 @@ class MemoryStore:
             held.update({i: r["version"] for i, r in self._data.copies[copy.name].items()})
         return held
 
+    def recorded_commands(self) -> dict[str, RecordedCommand]:
+        """The command keys this store has recorded (charter_command), with their answers
+        (for checkers: charter.sim)."""
+        with self._data.lock:
+            return dict(self._data.commands)
+
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
         self._touch("copy_rows")
         names = ["id", "version", *copy.fields, "synced_at"]

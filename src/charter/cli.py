@@ -589,6 +589,49 @@ def status_command(path: Path, as_json: bool, strict: bool, context: str | None)
         sys.exit(EXIT_BREACH)
 
 
+@main.command(name="sagas")
+@charter_file
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option("--saga", default=None, help="Only the runs of this saga.")
+@click.option(
+    "--status",
+    "state",
+    type=click.Choice(["running", "compensating", "completed", "compensated", "parked"]),
+    default=None,
+    help="Only the runs in this state.",
+)
+@click.option("--strict", is_flag=True, help="Exit 3 when a run is parked.")
+@click.option(
+    "--resume", "resume_id", default=None, metavar="ID", help="A parked run compensates again."
+)
+@reports_errors
+def sagas_command(
+    path: Path,
+    as_json: bool,
+    saga: str | None,
+    state: str | None,
+    strict: bool,
+    resume_id: str | None,
+) -> None:
+    """Every run of the charter's sagas: running, compensating, completed, compensated and
+    parked (with its reason), read from each orchestrator's store."""
+    from charter.sagas import listing
+
+    with _opened(path, note=not as_json) as system:
+        if resume_id is not None:
+            resumed = listing.resume(system, resume_id)
+            _console().print(f"{resumed.saga} {resumed.id}: compensating again", highlight=False)
+            return
+        rows = listing.listed(system, saga, state)
+    if as_json:
+        click.echo(json.dumps([row.as_json() for row in rows], indent=2))
+    else:
+        _console().print(listing.table(rows))
+        _console().print(listing.counts(rows), highlight=False)
+    if strict and any(row.status == "parked" for row in rows):
+        sys.exit(EXIT_BREACH)
+
+
 @main.command(name="reconcile")
 @charter_file
 @click.argument("copies", nargs=-1)

@@ -16,6 +16,7 @@ from charter.model import Charter
 from charter.projector import Projector
 from charter.relay import Relay
 from charter.reports import Reports
+from charter.sagas.worker import SagaWorker
 from charter.system import System
 from charter.visibility import topics
 
@@ -43,7 +44,8 @@ class Runner:
     a `lane`, this runner's projectors apply only that lane's share of each copy, and other
     runners the other lanes (charter.lanes). A context with command handlers registered
     on the system before (ContextHandle.handles) gets a command worker that serves them
-    (commands=False: none)."""
+    (commands=False: none), and one with sagas registered (Saga.register) an orchestrator
+    of them."""
 
     def __init__(
         self,
@@ -106,6 +108,9 @@ class Runner:
                         handlers,
                     )
                 )
+        for name in names if commands else ():
+            if system.sagas.get(name):
+                self.workers.append(SagaWorker(system, name, system.sagas[name]))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # Each distinct failure of a worker, the first time (a failure that repeats is
@@ -248,4 +253,6 @@ def worker_name(worker: Worker) -> str:
         return f"projector of copy '{worker.copy.name}'{lane}"
     if isinstance(worker, CommandWorker):
         return f"commands of '{worker.context}'"
+    if isinstance(worker, SagaWorker):
+        return f"sagas of '{worker.context}'"
     return worker.wake_key

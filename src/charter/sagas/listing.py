@@ -12,9 +12,10 @@ from rich.table import Table
 
 from charter import clock
 from charter.errors import ValidationError
-from charter.sagas.state import ACTIVE, COMPENSATING, ENDED, PARKED, Run
+from charter.sagas.state import ACTIVE, COMPENSATED, COMPENSATING, COMPLETED, ENDED, PARKED, Run
 from charter.system import System
 
+DONE = (COMPLETED, COMPENSATED)  # a parked run still names the step it is stuck at
 ORDER = ("running", "compensating", "parked", "completed", "compensated")
 COLOURS = {
     "running": "cyan",
@@ -33,7 +34,7 @@ class Listed:
     context: str
     id: str
     status: str
-    step: str | None  # the step it is at (to do, or to compensate); None once ended
+    step: str | None  # the step it is at (to do, to compensate, stuck at); None once done
     attempts: int
     started: str  # from its id (UUIDv7: time-ordered)
     version: int  # how many changes its record has had: `charter history SAGA ID`
@@ -64,7 +65,7 @@ def listed(system: System, saga: str | None = None, status: str | None = None) -
         where = {} if status is None else {"status": status}
         for record in system.context(context).filter(name, **where):
             run = Run.from_record(record)
-            at = None if run.ended else run.step_name()
+            at = None if run.status in DONE else run.step_name()
             rows.append(
                 Listed(
                     name,

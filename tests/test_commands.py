@@ -383,3 +383,32 @@ def _until(condition: object, timeout: float = 30.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_commands_of_different_records_are_handled_at_once_and_each_records_in_order(
+    system: System,
+) -> None:
+    """A command worker with concurrency: 60 non-idempotent AppendNotes over three
+    customers, sent at once, each applied exactly once and each customer's in the order
+    sent (a record's commands are handled one after another, records' at once)."""
+    register(system)
+    ids = [customer(system, f"c{n}@example.com") for n in range(3)]
+    orders = system.context("orders")
+    with charter.Runner(system, ["customers"], command_concurrency=4):
+        waits = []
+        for n in range(20):
+            for who in ids:
+                _, key, body = request(
+                    system.charter, "orders", "AppendNote", f"k{n}-{who}", who, {"text": f"n{n}"}
+                )
+                waits.append(
+                    system.bus.send_command("orders", "customers", "AppendNote", key, body)
+                )
+        system.signals.notify("commands:customers")
+        assert all(wait(30) is not None for wait in waits)
+        again = orders.send("AppendNote", id=ids[0], text="n0", key=f"k0-{ids[0]}")
+        assert again["version"] == 2, "a key handled before answers as then"
+    for who in ids:
+        owned = system.context("customers").get("Customer", who)
+        assert owned is not None and owned.version == 21
+        assert owned.address == "".join(f"n{n};" for n in range(20))

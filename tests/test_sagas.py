@@ -310,6 +310,7 @@ def test_a_saga_section_with_mistakes_is_a_charter_problem(tmp_path: Path) -> No
 
 def _owners(setup: Setup) -> WorkerProcess:
     args = ("run", "-f", str(setup.path), "--context", "inventory", "--context", "payments")
+    args += ("--command-concurrency", "4")
     process = WorkerProcess(charter_command(*args, "--handlers", "tests.saga_setup:register"))
     process.wait_for(lambda line: line.startswith("running"))
     return process

@@ -354,7 +354,16 @@ def _serve_metrics(runner: Runner, address: tuple[str, int]) -> Any:
     "handlers",
     multiple=True,
     metavar="MODULE:FUNCTION",
-    help="Call FUNCTION(system) first, which registers command handlers (repeatable).",
+    help="Call FUNCTION(system) first, which registers command handlers and sagas (repeatable).",
+)
+@click.option(
+    "--command-concurrency",
+    "command_concurrency",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Commands of different records each context handles at once (each in its own "
+    "transaction; one record's in order).",
 )
 @reports_errors
 def run(
@@ -367,6 +376,7 @@ def run(
     lane: Lane | None,
     metrics: tuple[str, int] | None,
     handlers: tuple[str, ...],
+    command_concurrency: int,
 ) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM,
     and the command handlers that --handlers registers."""
@@ -384,6 +394,7 @@ def run(
                 relays=relays,
                 projectors=projectors,
                 lane=lane,
+                command_concurrency=command_concurrency,
             )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--lane") from None

@@ -25,6 +25,7 @@ resuming a saga after a crash sends each step again safely."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -265,11 +266,16 @@ class CommandWorker:
         handlers: Mapping[str, Handler],
         batch: int = 100,
         wait: float = WAIT_S,
+        concurrency: int = 1,
     ) -> None:
         self.context, self.charter, self.bus = context, charter, bus
         self._store, self._transaction = store, transaction
         self.handlers = dict(handlers)
         self.batch, self.wait = batch, wait
+        # Up to this many commands handled at once, each in its own owner transaction;
+        # commands naming one record are still handled one after another, in order.
+        self.concurrency = max(1, concurrency)
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def wake_key(self) -> str:
@@ -277,9 +283,46 @@ class CommandWorker:
 
     def step(self) -> int:
         taken = self.bus.take_commands(self.context, self.batch, self.wait)
-        for command in taken:
-            self.bus.answer_command(self.context, command, self.handle(command))
+        if self.concurrency > 1 and len(taken) > 1:
+            return self._step_at_once(taken)
+        answers: list[tuple[CommandDelivery, bytes]] = []
+        try:
+            for command in taken:
+                answers.append((command, self.handle(command)))
+        finally:  # what was handled is answered, also when the store fails on the next
+            if answers:
+                self.bus.answer_commands(self.context, answers)
         return len(taken)
+
+    def _step_at_once(self, taken: list[CommandDelivery]) -> int:
+        """The commands of each record in order, the records' at once in the worker's
+        threads; every one handled is answered, then the first store failure raised."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, f"charter:commands:{self.context}")
+        groups: dict[object, list[CommandDelivery]] = {}
+        for command in taken:
+            groups.setdefault(_record_of(command.body), []).append(command)
+
+        def handle_all(group: list[CommandDelivery]) -> list[tuple[CommandDelivery, bytes]]:
+            return [(command, self.handle(command)) for command in group]
+
+        answers: list[tuple[CommandDelivery, bytes]] = []
+        failed: list[BaseException] = []
+        for future in [self._pool.submit(handle_all, g) for g in groups.values()]:
+            try:
+                answers.extend(future.result())
+            except Exception as exc:
+                failed.append(exc)
+        if answers:
+            self.bus.answer_commands(self.context, answers)
+        if failed:
+            raise failed[0]
+        return len(taken)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def handle(self, command: CommandDelivery) -> bytes:
         """The answer to one delivery. Raises (and so leaves the command on the bus, to be
@@ -321,6 +364,16 @@ class CommandWorker:
             except ConstraintError:
                 continue  # recorded meanwhile: read it
         return answer
+
+
+def _record_of(body: bytes) -> object:
+    """The record a request names (its `id`), to keep one record's commands in order; an
+    unreadable one is a group of its own (its handling refuses it)."""
+    try:
+        doc = orjson.loads(body)
+        return doc.get("id") or object() if isinstance(doc, dict) else object()
+    except orjson.JSONDecodeError:
+        return object()
 
 
 def _again(done: RecordedCommand, name: str) -> bytes:

@@ -44,8 +44,9 @@ class Runner:
     a `lane`, this runner's projectors apply only that lane's share of each copy, and other
     runners the other lanes (charter.lanes). A context with command handlers registered
     on the system before (ContextHandle.handles) gets a command worker that serves them
-    (commands=False: none), and one with sagas registered (Saga.register) an orchestrator
-    of them."""
+    (commands=False: none; `command_concurrency` commands of different records handled
+    at once, each in its own transaction), and one with sagas registered (Saga.register)
+    an orchestrator of them."""
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class Runner:
         projectors: bool = True,
         lane: Lane | None = None,
         commands: bool = True,
+        command_concurrency: int = 1,
     ) -> None:
         charter = system.charter
         names = list(contexts) if contexts is not None else list(charter.contexts)
@@ -106,6 +108,7 @@ class Runner:
                         partial(system.store, name),
                         context.transaction,
                         handlers,
+                        concurrency=command_concurrency,
                     )
                 )
         for name in names if commands else ():
@@ -221,6 +224,9 @@ class Runner:
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
+        for worker in self.workers:
+            if isinstance(worker, CommandWorker):
+                worker.close()
 
     def wait_until_synced(self, timeout: float = 30.0) -> bool:
         """Block until every copy in scope has applied every committed event."""

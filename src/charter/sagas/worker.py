@@ -59,14 +59,12 @@ class SagaWorker:
         if not due:
             return 0
         planned = [plan(saga, charter, run, now) for run in due]
-        waits: list[tuple[Run, Send, Callable[[float], bytes | None] | Answer]] = []
-        for run, send in planned:
-            if send is not None:
-                waits.append((run, send, self._send(run, send)))
-        _at(saga, "sent", [run for run, _, _ in waits])
+        sends = [(run, send) for run, send in planned if send is not None]
+        waits = list(zip(sends, self._send(sends), strict=True))
+        _at(saga, "sent", [run for run, _ in sends])
         deadline = time.monotonic() + saga.step_timeout
         now_runs: dict[str, Run] = {run.id: run for run, _ in planned}
-        for run, send, waiting in waits:
+        for (run, send), waiting in waits:
             answer = (
                 waiting if isinstance(waiting, Answer) else self._answer(send, waiting, deadline)
             )
@@ -78,23 +76,36 @@ class SagaWorker:
         _at(saga, "recorded", changed)
         return len(changed)
 
-    def _send(self, run: Run, send: Send) -> Callable[[float], bytes | None] | Answer:
-        """Put the command on the bus; the function that waits for its answer (or the
-        answer at once, when the request itself is refused, say by the charter)."""
+    def _send(
+        self, sends: list[tuple[Run, Send]]
+    ) -> list[Callable[[float], bytes | None] | Answer]:
+        """Put the commands on the bus, all at once; for each, the function that waits for
+        its answer, or the answer at once when the request itself is refused (say by the
+        charter) or the bus fails (then tried again after a pause)."""
         system = self.system
-        args = dict(send.args)
-        entity_id = args.pop("id", None)
+        out: list[Callable[[float], bytes | None] | Answer] = []
+        outgoing: list[tuple[str, str, str, bytes]] = []
+        for _, send in sends:
+            args = dict(send.args)
+            entity_id = args.pop("id", None)
+            try:
+                spec, key, body = commands.request(
+                    system.charter, self.context, send.command, send.key, entity_id, args
+                )
+            except Error as exc:
+                out.append(Answer(refused=exc))
+                continue
+            out.append(NO_ANSWER)  # replaced by its waiting function once sent
+            outgoing.append((spec.owner, send.command, key, body))
+        if not outgoing:
+            return out
         try:
-            spec, key, body = commands.request(
-                system.charter, self.context, send.command, send.key, entity_id, args
-            )
-            waiting = system.bus.send_command(self.context, spec.owner, send.command, key, body)
+            waiting = iter(system.bus.send_commands(self.context, outgoing))
         except BackendError:
-            return NO_ANSWER  # the bus failing: tried again after a pause
-        except Error as exc:
-            return Answer(refused=exc)
-        system.signals.notify(commands.wake_key(spec.owner))
-        return waiting
+            return out  # every one NO_ANSWER, or refused
+        for owner in {owner for owner, _, _, _ in outgoing}:
+            system.signals.notify(commands.wake_key(owner))
+        return [next(waiting) if answer is NO_ANSWER else answer for answer in out]
 
     def _answer(
         self, send: Send, waiting: Callable[[float], bytes | None], deadline: float

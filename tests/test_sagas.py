@@ -150,6 +150,19 @@ def test_a_checkout_completes_and_its_history_is_the_orchestrators_outbox(shop: 
     assert run.version == 5
 
 
+def test_a_run_started_in_an_owner_transaction_starts_only_if_it_commits(shop: System) -> None:
+    lamp = stock(shop, 3)
+    orders = shop.context("orders")
+    with pytest.raises(RuntimeError), orders.transaction() as tx:
+        CHECKOUT.start(tx, customer="ada", total=40.0, stock=lamp, quantity=1)
+        raise RuntimeError("the rest of the transaction fails")
+    assert orders.filter("Checkout") == []
+    with orders.transaction() as tx:
+        run_id = CHECKOUT.start(tx, customer="ada", total=40.0, stock=lamp, quantity=1)
+    with charter.Runner(shop):
+        assert CHECKOUT.wait(shop, run_id).status == "completed"
+
+
 def test_a_declined_payment_is_compensated_in_reverse_order(shop: System) -> None:
     lamp = stock(shop, 3)
     seen = logged(shop)

@@ -49,7 +49,7 @@ def _started(run_id: str) -> str:
         ms = int(run_id.replace("-", ""), 16) >> 80
     except ValueError:
         return ""
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def listed(system: System, saga: str | None = None, status: str | None = None) -> list[Listed]:

@@ -287,12 +287,83 @@ class CommandWorker:
             return self._step_at_once(taken)
         answers: list[tuple[CommandDelivery, bytes]] = []
         try:
-            for command in taken:
-                answers.append((command, self.handle(command)))
+            for part in self._parts(taken):
+                answers.extend(self._handle_part(part))
         finally:  # what was handled is answered, also when the store fails on the next
             if answers:
                 self.bus.answer_commands(self.context, answers)
         return len(taken)
+
+    def _parts(self, taken: list[CommandDelivery]) -> Iterator[list[_Asked]]:
+        """The deliveries in order, cut where the actor (sender and command) changes: each
+        part is handled in one owner transaction, whose events name that actor."""
+        part: list[_Asked] = []
+        for command in taken:
+            asked = self._asked(command)
+            if part and (
+                isinstance(asked, bytes)
+                or isinstance(part[-1][1], bytes)
+                or _actor(asked) != _actor(part[-1][1])
+            ):
+                yield part
+                part = []
+            part.append((command, asked))
+        if part:
+            yield part
+
+    def _asked(self, command: CommandDelivery) -> tuple[Command, Request, Handler] | bytes:
+        """What the delivery asks and the handler for it, or the refusal to answer (not
+        recorded: not a command this worker can handle)."""
+        try:
+            spec, asked = _decode(self.charter, command.body)
+            if spec.owner != self.context:
+                raise ValidationError(f"{spec.name} is for '{spec.owner}', not '{self.context}'")
+            handler = self.handlers.get(spec.name)
+            if handler is None:
+                raise Error(f"'{self.context}' has no handler for {spec.name} running")
+        except Error as exc:
+            return refusal(exc)
+        return spec, asked, handler
+
+    def _handle_part(self, part: list[_Asked]) -> list[tuple[CommandDelivery, bytes]]:
+        """Several commands of one actor in one owner transaction, each in a savepoint with
+        its key (a refusal undoes its own changes and is recorded in their place): one
+        commit for them all. When that transaction cannot commit (another process
+        recorded one of the keys meanwhile), each is handled on its own."""
+        if len(part) == 1 or isinstance(part[0][1], bytes):
+            return [(command, self.handle(command)) for command, _ in part]
+        items = [(command, asked) for command, asked in part if not isinstance(asked, bytes)]
+        try:
+            return self._together(items)
+        except BackendError:
+            raise
+        except Exception:
+            return [(command, self.handle(command)) for command, _ in items]
+
+    def _together(
+        self, items: list[tuple[CommandDelivery, tuple[Command, Request, Handler]]]
+    ) -> list[tuple[CommandDelivery, bytes]]:
+        answers: list[tuple[CommandDelivery, bytes]] = []
+        with self._transaction(_actor(items[0][1])) as tx:
+            for command, (spec, asked, handler) in items:
+                done = tx._recorded_command(asked.key)
+                if done is not None:  # a retry, a second delivery (also in this part)
+                    answers.append((command, _again(done, spec.name)))
+                    continue
+                try:
+                    with tx.savepoint():
+                        answer = _ok(self.charter, handler(tx, asked))
+                        recorded = RecordedCommand(asked.key, spec.name, answer, values.now_text())
+                        tx._record_command(recorded)
+                except BackendError:
+                    raise
+                except Exception as exc:
+                    answer = refusal(exc)
+                    tx._record_command(
+                        RecordedCommand(asked.key, spec.name, answer, values.now_text())
+                    )
+                answers.append((command, answer))
+        return answers
 
     def _step_at_once(self, taken: list[CommandDelivery]) -> int:
         """The commands of each record in order, the records' at once in the worker's
@@ -327,17 +398,12 @@ class CommandWorker:
     def handle(self, command: CommandDelivery) -> bytes:
         """The answer to one delivery. Raises (and so leaves the command on the bus, to be
         handed out again) only when the store fails."""
+        checked = self._asked(command)
+        if isinstance(checked, bytes):  # not a command it can handle: said, not recorded
+            return checked
+        spec, asked, handler = checked
         try:
-            spec, asked = _decode(self.charter, command.body)
-            if spec.owner != self.context:
-                raise ValidationError(f"{spec.name} is for '{spec.owner}', not '{self.context}'")
-            handler = self.handlers.get(spec.name)
-            if handler is None:
-                raise Error(f"'{self.context}' has no handler for {spec.name} running")
-        except Error as exc:  # not a command it can handle: said, not recorded
-            return refusal(exc)
-        try:
-            with self._transaction(f"{asked.sender}/{spec.name}") as tx:
+            with self._transaction(_actor(checked)) as tx:
                 done = tx._recorded_command(asked.key)
                 if done is not None:  # a retry, or a second delivery: not again
                     return _again(done, spec.name)
@@ -364,6 +430,15 @@ class CommandWorker:
             except ConstraintError:
                 continue  # recorded meanwhile: read it
         return answer
+
+
+_Asked = tuple[CommandDelivery, "tuple[Command, Request, Handler] | bytes"]
+
+
+def _actor(asked: tuple[Command, Request, Handler] | bytes) -> str:
+    """Who a command's changes are by, in the owner's history: its sender and its name."""
+    assert not isinstance(asked, bytes)
+    return f"{asked[1].sender}/{asked[0].name}"
 
 
 def _record_of(body: bytes) -> object:

@@ -47,7 +47,9 @@ from charter.system import System
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 NATS = "nats://127.0.0.1:4222"
 STOCKS = 100  # the stock records the reservations spread over
-CONCURRENCY = 8  # commands of different records each owner handles at once (Runner)
+# Commands each owner handles at once (Runner concurrency): on SQLite one writer at a
+# time, so one (a batch in one transaction); on PostgreSQL round trips overlap.
+CONCURRENCY = {"sqlite": 1, "servers": 8}
 CONTEXTS = ("shop", "inventory", "payments", "shipping")
 
 CHARTER_FILE = """\
@@ -133,14 +135,14 @@ def register(system: System) -> None:
     BUY.register(system)
 
 
-def charter_rate(path: Path, n: int, warmup: int) -> float:
+def charter_rate(path: Path, n: int, warmup: int, concurrency: int) -> float:
     """Sagas completed per second: `n` started one by one, until the last completed."""
     system = charter.load(path)
     try:
         register(system)
         with system.context("inventory").transaction() as tx:
             stocks = [tx.create("Stock", available=10**9).id for _ in range(STOCKS)]
-        with charter.Runner(system, projectors=False, command_concurrency=CONCURRENCY):
+        with charter.Runner(system, projectors=False, concurrency=concurrency):
             _charter_runs(system, stocks, warmup)
             began = time.perf_counter()
             _charter_runs(system, stocks, n)
@@ -318,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     with sqlite_charter() as path:
-        sqlite = charter_rate(path, n, warmup)
+        sqlite = charter_rate(path, n, warmup, CONCURRENCY["sqlite"])
     print(f"charter, SQLite:            {sqlite:8.0f} sagas/s", flush=True)
     with server_charter(args.pg, args.nats) as path:
-        servers = charter_rate(path, n, warmup)
+        servers = charter_rate(path, n, warmup, CONCURRENCY["servers"])
     print(f"charter, PostgreSQL + NATS: {servers:8.0f} sagas/s", flush=True)
     dbos, threads = dbos_rate(args.pg, n, warmup, (8, 32))
     print(f"DBOS Transact, PostgreSQL:  {dbos:8.0f} workflows/s ({threads} threads, best)")

@@ -394,7 +394,7 @@ def test_commands_of_different_records_are_handled_at_once_and_each_records_in_o
     register(system)
     ids = [customer(system, f"c{n}@example.com") for n in range(3)]
     orders = system.context("orders")
-    with charter.Runner(system, ["customers"], command_concurrency=4):
+    with charter.Runner(system, ["customers"], concurrency=4):
         waits = []
         for n in range(20):
             for who in ids:

@@ -357,13 +357,13 @@ def _serve_metrics(runner: Runner, address: tuple[str, int]) -> Any:
     help="Call FUNCTION(system) first, which registers command handlers and sagas (repeatable).",
 )
 @click.option(
-    "--command-concurrency",
-    "command_concurrency",
+    "--concurrency",
+    "concurrency",
     type=click.IntRange(1, 256),
     default=1,
     show_default=True,
-    help="Commands of different records each context handles at once (each in its own "
-    "transaction; one record's in order).",
+    help="Shares of its commands each context handles at once (one record's in one share, "
+    "in order), and orchestrators sharing its sagas' runs.",
 )
 @reports_errors
 def run(
@@ -376,7 +376,7 @@ def run(
     lane: Lane | None,
     metrics: tuple[str, int] | None,
     handlers: tuple[str, ...],
-    command_concurrency: int,
+    concurrency: int,
 ) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM,
     and the command handlers that --handlers registers."""
@@ -394,7 +394,7 @@ def run(
                 relays=relays,
                 projectors=projectors,
                 lane=lane,
-                command_concurrency=command_concurrency,
+                concurrency=concurrency,
             )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--lane") from None

@@ -24,6 +24,7 @@ resuming a saga after a crash sends each step again safely."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -366,23 +367,33 @@ class CommandWorker:
         return answers
 
     def _step_at_once(self, taken: list[CommandDelivery]) -> int:
-        """The commands of each record in order, the records' at once in the worker's
-        threads; every one handled is answered, then the first store failure raised."""
+        """The deliveries dealt into `concurrency` shares, one record's always to the same
+        share and in order, each share handled as step() handles a batch (one owner
+        transaction per run of one actor) in the worker's threads; every one handled is
+        answered, then the first store failure raised."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, f"charter:commands:{self.context}")
-        groups: dict[object, list[CommandDelivery]] = {}
-        for command in taken:
-            groups.setdefault(_record_of(command.body), []).append(command)
+        shares: list[list[CommandDelivery]] = [[] for _ in range(self.concurrency)]
+        for number, command in enumerate(taken):
+            record = _record_of(command.body)
+            share = number if record is None else zlib.crc32(record.encode())
+            shares[share % self.concurrency].append(command)
 
-        def handle_all(group: list[CommandDelivery]) -> list[tuple[CommandDelivery, bytes]]:
-            return [(command, self.handle(command)) for command in group]
-
-        answers: list[tuple[CommandDelivery, bytes]] = []
-        failed: list[BaseException] = []
-        for future in [self._pool.submit(handle_all, g) for g in groups.values()]:
+        def handle_share(share: list[CommandDelivery]) -> tuple[list[Answered], Exception | None]:
+            answers: list[Answered] = []
             try:
-                answers.extend(future.result())
-            except Exception as exc:
+                for part in self._parts(share):
+                    answers.extend(self._handle_part(part))
+            except Exception as exc:  # what it handled before is answered all the same
+                return answers, exc
+            return answers, None
+
+        answers: list[Answered] = []
+        failed: list[Exception] = []
+        for future in [self._pool.submit(handle_share, share) for share in shares if share]:
+            done, exc = future.result()
+            answers.extend(done)
+            if exc is not None:
                 failed.append(exc)
         if answers:
             self.bus.answer_commands(self.context, answers)
@@ -433,6 +444,7 @@ class CommandWorker:
 
 
 _Asked = tuple[CommandDelivery, "tuple[Command, Request, Handler] | bytes"]
+Answered = tuple[CommandDelivery, bytes]  # a delivery and the answer to send for it
 
 
 def _actor(asked: tuple[Command, Request, Handler] | bytes) -> str:
@@ -441,14 +453,15 @@ def _actor(asked: tuple[Command, Request, Handler] | bytes) -> str:
     return f"{asked[1].sender}/{asked[0].name}"
 
 
-def _record_of(body: bytes) -> object:
-    """The record a request names (its `id`), to keep one record's commands in order; an
-    unreadable one is a group of its own (its handling refuses it)."""
+def _record_of(body: bytes) -> str | None:
+    """The record a request names (its `id`), to keep one record's commands in order
+    (None: it names none, or cannot be read, and its handling says so)."""
     try:
         doc = orjson.loads(body)
-        return doc.get("id") or object() if isinstance(doc, dict) else object()
     except orjson.JSONDecodeError:
-        return object()
+        return None
+    found = doc.get("id") if isinstance(doc, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _again(done: RecordedCommand, name: str) -> bytes:

@@ -44,9 +44,10 @@ class Runner:
     a `lane`, this runner's projectors apply only that lane's share of each copy, and other
     runners the other lanes (charter.lanes). A context with command handlers registered
     on the system before (ContextHandle.handles) gets a command worker that serves them
-    (commands=False: none; `command_concurrency` commands of different records handled
-    at once, each in its own transaction), and one with sagas registered (Saga.register)
-    an orchestrator of them."""
+    (commands=False: none), and one with sagas registered (Saga.register) an orchestrator
+    of them. With `concurrency` N, each command worker handles up to N shares of its
+    commands at once (one record's in one share, in order), and N orchestrators share a
+    context's runs."""
 
     def __init__(
         self,
@@ -60,7 +61,7 @@ class Runner:
         projectors: bool = True,
         lane: Lane | None = None,
         commands: bool = True,
-        command_concurrency: int = 1,
+        concurrency: int = 1,
     ) -> None:
         charter = system.charter
         names = list(contexts) if contexts is not None else list(charter.contexts)
@@ -108,12 +109,15 @@ class Runner:
                         partial(system.store, name),
                         context.transaction,
                         handlers,
-                        concurrency=command_concurrency,
+                        concurrency=concurrency,
                     )
                 )
         for name in names if commands else ():
             if system.sagas.get(name):
-                self.workers.append(SagaWorker(system, name, system.sagas[name]))
+                loops = max(1, concurrency)  # each its share of the runs, at its own pace
+                for share in range(loops):
+                    worker = SagaWorker(system, name, system.sagas[name], share=(share, loops))
+                    self.workers.append(worker)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # Each distinct failure of a worker, the first time (a failure that repeats is
@@ -260,5 +264,6 @@ def worker_name(worker: Worker) -> str:
     if isinstance(worker, CommandWorker):
         return f"commands of '{worker.context}'"
     if isinstance(worker, SagaWorker):
-        return f"sagas of '{worker.context}'"
+        share = f" (share {worker.share[0] + 1}/{worker.share[1]})" if worker.share[1] > 1 else ""
+        return f"sagas of '{worker.context}'{share}"
     return worker.wake_key

@@ -11,6 +11,7 @@ version it read, so only one of them moves the run (the other's conflict is let 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,11 +31,19 @@ class SagaWorker:
     """Moves the runs of `sagas` (by name), all orchestrated by `context`."""
 
     def __init__(
-        self, system: System, context: str, sagas: Mapping[str, Saga], batch: int = BATCH
+        self,
+        system: System,
+        context: str,
+        sagas: Mapping[str, Saga],
+        batch: int = BATCH,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
         self.system, self.context = system, context
         self.sagas = dict(sagas)
         self.batch = batch
+        # (k, n): this worker moves the runs whose id falls in share k of n; n workers
+        # (threads or processes) then move a context's runs side by side
+        self.share = share
 
     @property
     def wake_key(self) -> str:
@@ -49,7 +58,9 @@ class SagaWorker:
     def _due(self, saga: Saga, now: float) -> list[Run]:
         handle = self.system.context(self.context)
         records = [r for status in ACTIVE for r in handle.filter(saga.name, status=status)]
-        runs = sorted((Run.from_record(r) for r in records), key=lambda r: r.next_at)
+        k, n = self.share
+        mine = (r for r in records if n == 1 or zlib.crc32(r.id.encode()) % n == k)
+        runs = sorted((Run.from_record(r) for r in mine), key=lambda r: r.next_at)
         return [r for r in runs if r.next_at <= now][: self.batch]
 
     def _step(self, saga: Saga) -> int:

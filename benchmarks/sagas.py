@@ -13,7 +13,9 @@ three-step workflow on the same PostgreSQL server, in one run, printed as ratios
   workflow of three @DBOS.step functions, each one transaction on a table of the same
   shape (the stock decremented if any is left, a payment inserted, a parcel inserted),
   run by THREADS client threads (DBOS runs a workflow called directly in the caller's
-  thread; several thread counts are tried and the best counts).
+  thread; several thread counts are tried and the best counts);
+- the raw floor: the same three statements with plain psycopg in as many threads, nothing
+  durable about the progress (what the server does for this work without any saga).
 
 Everything runs in this one process (the owners' command workers, relays and the
 orchestrator in a charter Runner's threads). Each figure is N runs started one by one,
@@ -207,10 +209,12 @@ def server_charter(pg: str, nats: str) -> Iterator[Path]:
 
 
 @contextmanager
-def dbos_runner(pg: str, warmup: int, threads: tuple[int, ...]) -> Iterator[Callable[[int], float]]:
+def dbos_runner(
+    pg: str, warmup: int, threads: tuple[int, ...]
+) -> Iterator[tuple[Callable[[int], float], Callable[[int], float]]]:
     """DBOS Transact launched on a database of its own on `pg`'s server (dropped
     afterwards), warmed up; yields measure(n): workflows completed per second at the best
-    of the thread counts."""
+    of the thread counts, and floor(n): the same statements without DBOS."""
     import psycopg
     from dbos import DBOS, DBOSConfig
     from psycopg_pool import ConnectionPool
@@ -283,7 +287,28 @@ def dbos_runner(pg: str, warmup: int, threads: tuple[int, ...]) -> Iterator[Call
                 best_at.append(at)
                 return best
 
-            yield measure
+            def floor(n: int) -> float:
+                """The same three statements with plain psycopg, nothing durable about the
+                progress: the raw limit of the server for this work."""
+
+                def plain(stock: int) -> None:
+                    run = str(uuid.uuid4())
+                    with pool.connection() as conn:
+                        conn.execute(
+                            "UPDATE stock SET available = available - 1 WHERE id = %s "
+                            "AND available >= 1",
+                            (stock,),
+                        )
+                    with pool.connection() as conn:
+                        conn.execute("INSERT INTO payment VALUES (%s, 10.0)", (run,))
+                    with pool.connection() as conn:
+                        conn.execute("INSERT INTO parcel VALUES (%s)", (run,))
+
+                began = time.perf_counter()
+                _threaded(plain, n, max(threads))
+                return n / (time.perf_counter() - began)
+
+            yield measure, floor
         finally:
             DBOS.destroy(destroy_registry=True)
     finally:
@@ -338,20 +363,22 @@ def main(argv: list[str] | None = None) -> int:
     sqlite: list[float] = []
     servers: list[float] = []
     dbos: list[float] = []
+    raw: list[float] = []
     with (
         sqlite_charter() as lite_path,
         server_charter(args.pg, args.nats) as pg_path,
         charter_runner(lite_path, warmup, CONCURRENCY["sqlite"]) as on_sqlite,
         charter_runner(pg_path, warmup, CONCURRENCY["servers"]) as on_servers,
-        dbos_runner(args.pg, warmup, THREADS) as on_dbos,
+        dbos_runner(args.pg, warmup, THREADS) as (on_dbos, on_floor),
     ):
         for number in range(args.rounds):  # taking turns, so the load is shared out
             sqlite.append(on_sqlite(n))
             servers.append(on_servers(n))
             dbos.append(on_dbos(n))
+            raw.append(on_floor(n))
             print(
                 f"round {number + 1}: charter SQLite {sqlite[-1]:.0f}/s, charter PostgreSQL + "
-                f"NATS {servers[-1]:.0f}/s, DBOS {dbos[-1]:.0f}/s",
+                f"NATS {servers[-1]:.0f}/s, DBOS {dbos[-1]:.0f}/s, raw {raw[-1]:.0f}/s",
                 flush=True,
             )
     mid = statistics.median
@@ -360,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"charter, SQLite:            {mid(sqlite):8.0f} sagas/s (median of {args.rounds})")
     print(f"charter, PostgreSQL + NATS: {mid(servers):8.0f} sagas/s")
     print(f"DBOS Transact, PostgreSQL:  {mid(dbos):8.0f} workflows/s (best of {THREADS} threads)")
+    print(
+        f"raw PostgreSQL floor:       {mid(raw):8.0f} /s (the three statements, plain psycopg, "
+        f"{max(THREADS)} threads, no saga state); charter PostgreSQL + NATS "
+        f"{mid(servers) / mid(raw):.2f}x of it, DBOS {mid(dbos) / mid(raw):.2f}x"
+    )
     each = ", ".join(f"{r:.2f}" for r in pg_ratios)
     print(
         f"ratios to DBOS (median of the rounds' ratios): SQLite {mid(lite_ratios):.2f}x, "

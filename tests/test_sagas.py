@@ -304,6 +304,14 @@ def test_a_saga_is_checked_against_the_charter(shop: System) -> None:
         CHECKOUT.start(shop.context("payments"), customer="x")
 
 
+def test_charter_check_lists_the_sagas(setup: Setup) -> None:
+    if setup.kind == "memory":
+        pytest.skip("memory: charter check runs in a process of its own")
+    out = CliRunner().invoke(main, ["check", "-f", str(setup.path)])
+    assert out.exit_code == 0, out.output
+    assert "sagas" in out.output and "records of Checkout in orders" in out.output
+
+
 def test_a_saga_section_with_mistakes_is_a_charter_problem(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().replace(
         "Checkout: {in: orders, why:", "Order: {in: ordres, colour: red, why:"

@@ -203,6 +203,14 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
             cells = (command.name, command.entity, command.owner, ", ".join(command.senders))
             sent.add_row(*map(escape, (*cells, ", ".join(command.fields))))
         _console().print(sent)
+    if charter.sagas:
+        sagas = Table("saga", "orchestrated by", "its runs", title="sagas")
+        sagas.title_justify = "left"
+        for saga, context in charter.sagas.items():
+            sagas.add_row(
+                escape(saga), escape(context), f"records of {escape(saga)} in {escape(context)}"
+            )
+        _console().print(sagas)
     _console().print(f"bus: {escape(redact(charter.bus))}")
     if old is not None:
         _console().print()

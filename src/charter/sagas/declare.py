@@ -43,7 +43,8 @@ class Step:
     """One step: the command `command` sent to its owner with the arguments `args` makes of
     the run so far (`id=` names the record), and `undo`, the command that compensates it,
     with `undo_args` (by default the id of the record the step's command returned). A step
-    without undo needs none (the last one, say, or one that changes nothing)."""
+    without undo needs none (the last one, say, or one that changes nothing). A step is
+    named by its command (`s.PlaceOrder`): a saga sends each command in one step only."""
 
     command: str
     args: Args

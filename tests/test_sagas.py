@@ -312,6 +312,24 @@ def test_charter_check_lists_the_sagas(setup: Setup) -> None:
     assert "sagas" in out.output and "records of Checkout in orders" in out.output
 
 
+def test_charter_sagas_says_what_is_wrong_without_a_traceback(shop: System, setup: Setup) -> None:
+    if setup.kind == "memory":
+        pytest.skip("memory: charter sagas runs in a process of its own")
+    lamp = stock(shop, 3)
+    with charter.Runner(shop):
+        done = CHECKOUT.wait(
+            shop, CHECKOUT.start(shop, customer="a", total=1.0, stock=lamp, quantity=1)
+        )
+    for args, said in [
+        (["--saga", "Chekout"], "no saga 'Chekout' in the charter (its sagas: Checkout)"),
+        (["--resume", "nope"], "no run nope in any saga of the charter"),
+        (["--resume", done.id], f"run {done.id} of saga Checkout is completed, not parked"),
+    ]:
+        out = CliRunner().invoke(main, ["sagas", "-f", str(setup.path), *args])
+        assert out.exit_code == 1, out.output
+        assert said in " ".join(out.output.split()) and "Traceback" not in out.output
+
+
 def test_a_saga_section_with_mistakes_is_a_charter_problem(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().replace(
         "Checkout: {in: orders, why:", "Order: {in: ordres, colour: red, why:"

@@ -74,6 +74,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.topology",  # the map: the charter drawn, with live states and findings
         "charter.metrics",
         "charter.alerts",
+        "charter.sagas",  # sagas: steps as commands to owners, each with its compensation
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

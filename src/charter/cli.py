@@ -203,6 +203,14 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
             cells = (command.name, command.entity, command.owner, ", ".join(command.senders))
             sent.add_row(*map(escape, (*cells, ", ".join(command.fields))))
         _console().print(sent)
+    if charter.sagas:
+        sagas = Table("saga", "orchestrated by", "its runs", title="sagas")
+        sagas.title_justify = "left"
+        for saga, context in charter.sagas.items():
+            sagas.add_row(
+                escape(saga), escape(context), f"records of {escape(saga)} in {escape(context)}"
+            )
+        _console().print(sagas)
     _console().print(f"bus: {escape(redact(charter.bus))}")
     if old is not None:
         _console().print()
@@ -354,7 +362,16 @@ def _serve_metrics(runner: Runner, address: tuple[str, int]) -> Any:
     "handlers",
     multiple=True,
     metavar="MODULE:FUNCTION",
-    help="Call FUNCTION(system) first, which registers command handlers (repeatable).",
+    help="Call FUNCTION(system) first, which registers command handlers and sagas (repeatable).",
+)
+@click.option(
+    "--concurrency",
+    "concurrency",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Shares of its commands each context handles at once (one record's in one share, "
+    "in order), and orchestrators sharing its sagas' runs.",
 )
 @reports_errors
 def run(
@@ -367,6 +384,7 @@ def run(
     lane: Lane | None,
     metrics: tuple[str, int] | None,
     handlers: tuple[str, ...],
+    concurrency: int,
 ) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM,
     and the command handlers that --handlers registers."""
@@ -384,6 +402,7 @@ def run(
                 relays=relays,
                 projectors=projectors,
                 lane=lane,
+                concurrency=concurrency,
             )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--lane") from None
@@ -586,6 +605,49 @@ def status_command(path: Path, as_json: bool, strict: bool, context: str | None)
     if any(row.state == UNKNOWN for row in rows):
         sys.exit(EXIT_CHARTER)
     if strict and any(row.state in FAILING for row in rows):
+        sys.exit(EXIT_BREACH)
+
+
+@main.command(name="sagas")
+@charter_file
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option("--saga", default=None, help="Only the runs of this saga.")
+@click.option(
+    "--status",
+    "state",
+    type=click.Choice(["running", "compensating", "completed", "compensated", "parked"]),
+    default=None,
+    help="Only the runs in this state.",
+)
+@click.option("--strict", is_flag=True, help="Exit 3 when a run is parked.")
+@click.option(
+    "--resume", "resume_id", default=None, metavar="ID", help="A parked run compensates again."
+)
+@reports_errors
+def sagas_command(
+    path: Path,
+    as_json: bool,
+    saga: str | None,
+    state: str | None,
+    strict: bool,
+    resume_id: str | None,
+) -> None:
+    """Every run of the charter's sagas: running, compensating, completed, compensated and
+    parked (with its reason), read from each orchestrator's store."""
+    from charter.sagas import listing
+
+    with _opened(path, note=not as_json) as system:
+        if resume_id is not None:
+            resumed = listing.resume(system, resume_id)
+            _console().print(f"{resumed.saga} {resumed.id}: compensating again", highlight=False)
+            return
+        rows = listing.listed(system, saga, state)
+    if as_json:
+        click.echo(json.dumps([row.as_json() for row in rows], indent=2))
+    else:
+        _console().print(listing.table(rows))
+        _console().print(listing.counts(rows), highlight=False)
+    if strict and any(row.status == "parked" for row in rows):
         sys.exit(EXIT_BREACH)
 
 

@@ -24,7 +24,9 @@ resuming a saga after a crash sends each step again safely."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -265,11 +267,16 @@ class CommandWorker:
         handlers: Mapping[str, Handler],
         batch: int = 100,
         wait: float = WAIT_S,
+        concurrency: int = 1,
     ) -> None:
         self.context, self.charter, self.bus = context, charter, bus
         self._store, self._transaction = store, transaction
         self.handlers = dict(handlers)
         self.batch, self.wait = batch, wait
+        # Up to this many commands handled at once, each in its own owner transaction;
+        # commands naming one record are still handled one after another, in order.
+        self.concurrency = max(1, concurrency)
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def wake_key(self) -> str:
@@ -277,13 +284,37 @@ class CommandWorker:
 
     def step(self) -> int:
         taken = self.bus.take_commands(self.context, self.batch, self.wait)
-        for command in taken:
-            self.bus.answer_command(self.context, command, self.handle(command))
+        if self.concurrency > 1 and len(taken) > 1:
+            return self._step_at_once(taken)
+        answers: list[tuple[CommandDelivery, bytes]] = []
+        try:
+            for part in self._parts(taken):
+                answers.extend(self._handle_part(part))
+        finally:  # what was handled is answered, also when the store fails on the next
+            if answers:
+                self.bus.answer_commands(self.context, answers)
         return len(taken)
 
-    def handle(self, command: CommandDelivery) -> bytes:
-        """The answer to one delivery. Raises (and so leaves the command on the bus, to be
-        handed out again) only when the store fails."""
+    def _parts(self, taken: list[CommandDelivery]) -> Iterator[list[_Asked]]:
+        """The deliveries in order, cut where the actor (sender and command) changes: each
+        part is handled in one owner transaction, whose events name that actor."""
+        part: list[_Asked] = []
+        for command in taken:
+            asked = self._asked(command)
+            if part and (
+                isinstance(asked, bytes)
+                or isinstance(part[-1][1], bytes)
+                or _actor(asked) != _actor(part[-1][1])
+            ):
+                yield part
+                part = []
+            part.append((command, asked))
+        if part:
+            yield part
+
+    def _asked(self, command: CommandDelivery) -> tuple[Command, Request, Handler] | bytes:
+        """What the delivery asks and the handler for it, or the refusal to answer (not
+        recorded: not a command this worker can handle)."""
         try:
             spec, asked = _decode(self.charter, command.body)
             if spec.owner != self.context:
@@ -291,10 +322,99 @@ class CommandWorker:
             handler = self.handlers.get(spec.name)
             if handler is None:
                 raise Error(f"'{self.context}' has no handler for {spec.name} running")
-        except Error as exc:  # not a command it can handle: said, not recorded
+        except Error as exc:
             return refusal(exc)
+        return spec, asked, handler
+
+    def _handle_part(self, part: list[_Asked]) -> list[tuple[CommandDelivery, bytes]]:
+        """Several commands of one actor in one owner transaction, each in a savepoint with
+        its key (a refusal undoes its own changes and is recorded in their place): one
+        commit for them all. When that transaction cannot commit (another process
+        recorded one of the keys meanwhile), each is handled on its own."""
+        if len(part) == 1 or isinstance(part[0][1], bytes):
+            return [(command, self.handle(command)) for command, _ in part]
+        items = [(command, asked) for command, asked in part if not isinstance(asked, bytes)]
         try:
-            with self._transaction(f"{asked.sender}/{spec.name}") as tx:
+            return self._together(items)
+        except BackendError:
+            raise
+        except Exception:
+            return [(command, self.handle(command)) for command, _ in items]
+
+    def _together(
+        self, items: list[tuple[CommandDelivery, tuple[Command, Request, Handler]]]
+    ) -> list[tuple[CommandDelivery, bytes]]:
+        answers: list[tuple[CommandDelivery, bytes]] = []
+        with self._transaction(_actor(items[0][1])) as tx:
+            for command, (spec, asked, handler) in items:
+                done = tx._recorded_command(asked.key)
+                if done is not None:  # a retry, a second delivery (also in this part)
+                    answers.append((command, _again(done, spec.name)))
+                    continue
+                try:
+                    with tx.savepoint():
+                        answer = _ok(self.charter, handler(tx, asked))
+                        recorded = RecordedCommand(asked.key, spec.name, answer, values.now_text())
+                        tx._record_command(recorded)
+                except BackendError:
+                    raise
+                except Exception as exc:
+                    answer = refusal(exc)
+                    tx._record_command(
+                        RecordedCommand(asked.key, spec.name, answer, values.now_text())
+                    )
+                answers.append((command, answer))
+        return answers
+
+    def _step_at_once(self, taken: list[CommandDelivery]) -> int:
+        """The deliveries dealt into `concurrency` shares, one record's always to the same
+        share and in order, each share handled as step() handles a batch (one owner
+        transaction per run of one actor) in the worker's threads; every one handled is
+        answered, then the first store failure raised."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, f"charter:commands:{self.context}")
+        shares: list[list[CommandDelivery]] = [[] for _ in range(self.concurrency)]
+        for number, command in enumerate(taken):
+            record = _record_of(command.body)
+            share = number if record is None else zlib.crc32(record.encode())
+            shares[share % self.concurrency].append(command)
+
+        def handle_share(share: list[CommandDelivery]) -> tuple[list[Answered], Exception | None]:
+            answers: list[Answered] = []
+            try:
+                for part in self._parts(share):
+                    answers.extend(self._handle_part(part))
+            except Exception as exc:  # what it handled before is answered all the same
+                return answers, exc
+            return answers, None
+
+        answers: list[Answered] = []
+        failed: list[Exception] = []
+        for future in [self._pool.submit(handle_share, share) for share in shares if share]:
+            done, exc = future.result()
+            answers.extend(done)
+            if exc is not None:
+                failed.append(exc)
+        if answers:
+            self.bus.answer_commands(self.context, answers)
+        if failed:
+            raise failed[0]
+        return len(taken)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def handle(self, command: CommandDelivery) -> bytes:
+        """The answer to one delivery. Raises (and so leaves the command on the bus, to be
+        handed out again) only when the store fails."""
+        checked = self._asked(command)
+        if isinstance(checked, bytes):  # not a command it can handle: said, not recorded
+            return checked
+        spec, asked, handler = checked
+        try:
+            with self._transaction(_actor(checked)) as tx:
                 done = tx._recorded_command(asked.key)
                 if done is not None:  # a retry, or a second delivery: not again
                     return _again(done, spec.name)
@@ -321,6 +441,27 @@ class CommandWorker:
             except ConstraintError:
                 continue  # recorded meanwhile: read it
         return answer
+
+
+_Asked = tuple[CommandDelivery, "tuple[Command, Request, Handler] | bytes"]
+Answered = tuple[CommandDelivery, bytes]  # a delivery and the answer to send for it
+
+
+def _actor(asked: tuple[Command, Request, Handler] | bytes) -> str:
+    """Who a command's changes are by, in the owner's history: its sender and its name."""
+    assert not isinstance(asked, bytes)
+    return f"{asked[1].sender}/{asked[0].name}"
+
+
+def _record_of(body: bytes) -> str | None:
+    """The record a request names (its `id`), to keep one record's commands in order
+    (None: it names none, or cannot be read, and its handling says so)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    found = doc.get("id") if isinstance(doc, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _again(done: RecordedCommand, name: str) -> bytes:

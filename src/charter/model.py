@@ -153,6 +153,7 @@ class Charter:
     retention_s: float = DEFAULT_RETENTION_S
     visibility: str = PUBLIC  # each entity's, unless it says otherwise
     latency_retention_s: float = DEFAULT_LATENCY_RETENTION_S  # 0: latencies not recorded
+    sagas: dict[str, str] = field(default_factory=dict)  # saga -> the context orchestrating it
 
     def owned_by(self, context: str) -> list[Entity]:
         return [e for e in self.entities.values() if e.owner == context]
@@ -167,6 +168,24 @@ class Charter:
     def commands(self) -> dict[str, Command]:
         """Every command, by name (names are unique in a charter)."""
         return {n: c for e in self.entities.values() for n, c in e.commands.items()}
+
+
+SAGA_STATUSES = ("running", "compensating", "completed", "compensated", "parked")
+
+
+def saga_entity(name: str, context: str, why: str = "", line: int = 0) -> Entity:
+    """The entity a saga's state is kept in (charter.sagas): one record per saga run, changed
+    only by its orchestrator, each change an event in the orchestrator's outbox."""
+    fields = (
+        Field("status", "enum", values=SAGA_STATUSES, default="running", line=line),
+        Field("step", "integer", line=line),  # the step to do next, or to compensate
+        Field("attempts", "integer", line=line),  # tries of that step so far
+        Field("next_at", "number", line=line),  # not tried again before (epoch seconds)
+        Field("deadline", "number", line=line),  # going forward stops then (epoch seconds)
+        Field("data", "text", line=line),  # JSON: the input and each step's result
+        Field("reason", "text", required=False, line=line),  # why it compensates, or parked
+    )
+    return Entity(name, context, {f.name: f for f in fields}, why, line=line)
 
 
 def snake_case(name: str) -> str:
@@ -322,7 +341,7 @@ class _Reader:
 
     def _charter(self, doc: dict[str, Any]) -> Charter | None:
         keys: tuple[str, ...] = ("charter", "name", "bus", "retention", "contexts", "entities")
-        keys += ("copies", "visibility", "latency_retention")
+        keys += ("copies", "visibility", "latency_retention", "sagas")
         self._unknown_keys(doc, keys, "charter")
         if doc.get("charter") != 1:
             self.problem(
@@ -348,6 +367,9 @@ class _Reader:
         entities = self._entities(
             self._mapping(doc.get("entities"), self._line(doc, "entities"), "entities"), contexts
         )
+        sagas = self._sagas(
+            self._mapping(doc.get("sagas"), self._line(doc, "sagas"), "sagas"), contexts, entities
+        )
         copies = self._copies(
             self._mapping(doc.get("copies"), self._line(doc, "copies"), "copies"),
             contexts,
@@ -358,7 +380,38 @@ class _Reader:
         charter = Charter(
             name, bus, contexts, entities, copies, self.path, retention, self.visibility
         )
-        return self._latency_retention(doc, charter)
+        return self._latency_retention(doc, dataclasses.replace(charter, sagas=sagas))
+
+    def _sagas(
+        self, raw: dict[str, Any], contexts: dict[str, Context], entities: dict[str, Entity]
+    ) -> dict[str, str]:
+        """`sagas: {Checkout: {in: orders}}`: each saga's state is an entity of that name,
+        owned by the context that orchestrates it (charter.sagas), added to `entities`."""
+        sagas: dict[str, str] = {}
+        for name, spec in raw.items():
+            name, line = str(name), self._line(raw, name)
+            self._check_name(name, line, "saga")
+            spec = self._mapping(spec, line, f"saga '{name}'")
+            self._unknown_keys(spec, ("in", "why"), f"saga '{name}'")
+            context = str(spec.get("in") or "")
+            if context not in contexts:
+                self.problem(
+                    self._line(spec, "in") if "in" in spec else line,
+                    f"saga '{name}' is orchestrated by unknown context '{context}'",
+                    _hint(context, tuple(contexts)) or "in: <the context that runs it>",
+                )
+                continue
+            if name in entities:
+                self.problem(
+                    line,
+                    f"saga '{name}' has the name of entity '{name}'",
+                    "a saga's state is an entity of its name: give the saga another",
+                )
+                continue
+            why = str(spec.get("why") or f"the state of the {name} saga (charter.sagas)")
+            entities[name] = saga_entity(name, context, why, line)
+            sagas[name] = context
+        return sagas
 
     def _visibility(self, mapping: dict[str, Any], default: str, what: str) -> str:
         """`visibility:` (public or contract), or `default` when it is not there."""

@@ -16,6 +16,7 @@ from charter.model import Charter
 from charter.projector import Projector
 from charter.relay import Relay
 from charter.reports import Reports
+from charter.sagas.worker import SagaWorker
 from charter.system import System
 from charter.visibility import topics
 
@@ -43,7 +44,10 @@ class Runner:
     a `lane`, this runner's projectors apply only that lane's share of each copy, and other
     runners the other lanes (charter.lanes). A context with command handlers registered
     on the system before (ContextHandle.handles) gets a command worker that serves them
-    (commands=False: none)."""
+    (commands=False: none), and one with sagas registered (Saga.register) an orchestrator
+    of them. With `concurrency` N, each command worker handles up to N shares of its
+    commands at once (one record's in one share, in order), and N orchestrators share a
+    context's runs."""
 
     def __init__(
         self,
@@ -57,6 +61,7 @@ class Runner:
         projectors: bool = True,
         lane: Lane | None = None,
         commands: bool = True,
+        concurrency: int = 1,
     ) -> None:
         charter = system.charter
         names = list(contexts) if contexts is not None else list(charter.contexts)
@@ -104,8 +109,15 @@ class Runner:
                         partial(system.store, name),
                         context.transaction,
                         handlers,
+                        concurrency=concurrency,
                     )
                 )
+        for name in names if commands else ():
+            if system.sagas.get(name):
+                loops = max(1, concurrency)  # each its share of the runs, at its own pace
+                for share in range(loops):
+                    worker = SagaWorker(system, name, system.sagas[name], share=(share, loops))
+                    self.workers.append(worker)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # Each distinct failure of a worker, the first time (a failure that repeats is
@@ -216,6 +228,9 @@ class Runner:
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
+        for worker in self.workers:
+            if isinstance(worker, CommandWorker):
+                worker.close()
 
     def wait_until_synced(self, timeout: float = 30.0) -> bool:
         """Block until every copy in scope has applied every committed event."""
@@ -248,4 +263,7 @@ def worker_name(worker: Worker) -> str:
         return f"projector of copy '{worker.copy.name}'{lane}"
     if isinstance(worker, CommandWorker):
         return f"commands of '{worker.context}'"
+    if isinstance(worker, SagaWorker):
+        share = f" (share {worker.share[0] + 1}/{worker.share[1]})" if worker.share[1] > 1 else ""
+        return f"sagas of '{worker.context}'{share}"
     return worker.wake_key

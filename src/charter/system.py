@@ -47,6 +47,8 @@ class System:
         self._lock = threading.Lock()
         # context -> command -> handler (ContextHandle.handles); a Runner serves them
         self.handlers: dict[str, dict[str, commands.Handler]] = {}
+        # context -> saga name -> charter.sagas.Saga (Saga.register); a Runner orchestrates them
+        self.sagas: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def load(cls, path: str | Path = "charter.yaml") -> System:

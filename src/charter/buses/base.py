@@ -26,6 +26,8 @@ __all__ = ["COMMAND_LEASE_S", "Bus", "Delivery", "published"]  # Delivery: chart
 # taker may have died (the owner's store keeps a second delivery from applying twice).
 COMMAND_LEASE_S = 5.0
 
+OutgoingCommand = tuple[str, str, str, bytes]  # (owner, name, key, body): Bus.send_commands
+
 
 class Bus(Protocol):
     url: str
@@ -82,6 +84,12 @@ class Bus(Protocol):
         takes (at most the charter's retention). The function returned waits at most that
         many seconds for the answer: the bytes the owner answered for `key`, or None."""
 
+    def send_commands(
+        self, sender: str, commands: Sequence[OutgoingCommand]
+    ) -> list[Callable[[float], bytes | None]]:
+        """send_command for each (owner, name, key, body), all at once (one write, one round
+        of publishes): how a saga's orchestrator sends the next steps of many runs."""
+
     def take_commands(self, owner: str, limit: int, wait: float) -> list[CommandDelivery]:
         """Commands for `owner` not answered yet, oldest first, at most `limit`; when there
         is none, waits up to `wait` seconds for one. A command handed out and not answered
@@ -90,6 +98,9 @@ class Bus(Protocol):
     def answer_command(self, owner: str, command: CommandDelivery, answer: bytes) -> None:
         """Hand `answer` to whoever waits for the command's key, and let the command go: it
         is not handed out again."""
+
+    def answer_commands(self, owner: str, answers: Sequence[tuple[CommandDelivery, bytes]]) -> None:
+        """answer_command for each (command, answer), all at once."""
 
     def close(self) -> None: ...
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from charter import clock
-from charter.buses.base import COMMAND_LEASE_S
+from charter.buses.base import COMMAND_LEASE_S, OutgoingCommand
 from charter.errors import Error
 from charter.lanes import PARTITIONS, partition
 from charter.records import FILL_MARKER, Backlog, CommandDelivery, Delivery, OutboxRow
@@ -268,6 +268,11 @@ class MemoryBus:
 
         return answer
 
+    def send_commands(
+        self, sender: str, commands: Sequence[OutgoingCommand]
+    ) -> list[Callable[[float], bytes | None]]:
+        return [self.send_command(sender, *command) for command in commands]
+
     def take_commands(self, owner: str, limit: int, wait: float) -> list[CommandDelivery]:
         self._touch("take_commands")
         log, deadline = self._log, time.monotonic() + wait
@@ -295,6 +300,10 @@ class MemoryBus:
         """How many commands wait for their owners, handed out or not (for checkers)."""
         with self._log.lock:
             return len(self._log.commands)
+
+    def answer_commands(self, owner: str, answers: Sequence[tuple[CommandDelivery, bytes]]) -> None:
+        for command, answer in answers:
+            self.answer_command(owner, command, answer)
 
     def lose_newest(self, count: int) -> list[str]:
         """Forget the newest `count` events, acknowledged or not, as a broker that lost

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from charter._sqlite import Connections, sqlite_path
-from charter.buses.base import COMMAND_LEASE_S, published
+from charter.buses.base import COMMAND_LEASE_S, OutgoingCommand, published
 from charter.lanes import PARTITIONS, partition
 from charter.records import FILL_MARKER, Backlog, CommandDelivery, Delivery, OutboxRow
 
@@ -220,17 +220,28 @@ class SQLiteBus:
     def send_command(
         self, sender: str, owner: str, name: str, key: str, body: bytes
     ) -> Callable[[float], bytes | None]:
+        return self.send_commands(sender, [(owner, name, key, body)])[0]
+
+    def send_commands(
+        self, sender: str, commands: Sequence[OutgoingCommand]
+    ) -> list[Callable[[float], bytes | None]]:
+        now = time.time()
         with self._conns.write() as conn:
             # one waiting per key; none when its answer is here already
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO commands (owner, key, sender, name, body, sent_at) "
                 "SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
                 "(SELECT 1 FROM commands WHERE owner = ? AND key = ?) AND NOT EXISTS "
                 "(SELECT 1 FROM answers WHERE owner = ? AND key = ?)",
-                (owner, key, sender, name, body, time.time(), owner, key, owner, key),
+                [
+                    (owner, key, sender, name, body, now, owner, key, owner, key)
+                    for owner, name, key, body in commands
+                ],
             )
         self._wake()
+        return [self._waiting(owner, key) for owner, _, key, _ in commands]
 
+    def _waiting(self, owner: str, key: str) -> Callable[[float], bytes | None]:
         def answer(timeout: float) -> bytes | None:
             return self._poll(timeout, lambda: self._answer(owner, key))
 
@@ -272,13 +283,19 @@ class SQLiteBus:
         return [CommandDelivery(key, name, bytes(body), seq) for seq, key, name, body in rows]
 
     def answer_command(self, owner: str, command: CommandDelivery, answer: bytes) -> None:
+        self.answer_commands(owner, [(command, answer)])
+
+    def answer_commands(self, owner: str, answers: Sequence[tuple[CommandDelivery, bytes]]) -> None:
+        now = time.time()
         with self._conns.write() as conn:
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO answers VALUES (?, ?, ?, ?) ON CONFLICT (owner, key) "
                 "DO UPDATE SET body = excluded.body, answered_at = excluded.answered_at",
-                (owner, command.key, answer, time.time()),
+                [(owner, command.key, answer, now) for command, answer in answers],
             )
-            conn.execute("DELETE FROM commands WHERE seq = ?", (command.ticket,))
+            conn.executemany(
+                "DELETE FROM commands WHERE seq = ?", [(c.ticket,) for c, _ in answers]
+            )
         self._wake()
 
     def _wake(self) -> None:

@@ -64,6 +64,24 @@ class _Commands:
         bus.answer_command("people", taken[0], b'{"ok":3}')
         assert first(5.0) == second(5.0) == b'{"ok":3}'
 
+    def test_commands_sent_and_answered_together(self, bus: Bus) -> None:
+        """send_commands and answer_commands: as many single calls, in order, at once."""
+        waits = bus.send_commands(
+            "mailing",
+            [("people", "Rename", f"t{n}", b"{}") for n in range(3)]
+            + [("shop", "Other", "t-shop", b"{}")],
+        )
+        taken: list[CommandDelivery] = []
+        while len(taken) < 3 and (batch := bus.take_commands("people", 10, 5.0)):
+            taken += batch
+        assert [c.key for c in taken] == ["t0", "t1", "t2"]
+        bus.answer_commands("people", [(c, f'{{"ok":"{c.key}"}}'.encode()) for c in taken])
+        assert [w(5.0) for w in waits[:3]] == [b'{"ok":"t0"}', b'{"ok":"t1"}', b'{"ok":"t2"}']
+        (other,) = bus.take_commands("shop", 10, 5.0)
+        bus.answer_commands("shop", [(other, b'{"ok":0}')])
+        assert waits[3](5.0) == b'{"ok":0}'
+        assert bus.take_commands("people", 10, 0.2) == []
+
 
 class BusContract(_Commands):
     """The Bus protocol, test by test. Subclasses implement `make_bus`."""

@@ -22,14 +22,14 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from charter.buses.base import COMMAND_LEASE_S
+from charter.buses.base import COMMAND_LEASE_S, OutgoingCommand
 from charter.buses.nats.core import _DEADLINE, API_TIMEOUT_S, NS, PUBLISH_TIMEOUT_S, BusError
 from charter.buses.nats.readers import _Reading
 from charter.buses.nats.subjects import command_consumer, command_subject, reply_prefix, token
@@ -101,6 +101,23 @@ class _Commands(_Reading):
         async def wait(timeout: float) -> bytes | None:
             # still waiting after a timeout (an answer may come later: asked again, it is
             # there); until the process ends, when no answer ever comes
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(answer), timeout)
+            return None
+
+        return lambda timeout: self._call(wait(timeout), timeout)
+
+    def send_commands(
+        self, sender: str, commands: Sequence[OutgoingCommand]
+    ) -> list[Callable[[float], bytes | None]]:
+        async def send_all() -> list[asyncio.Future[bytes]]:
+            return list(await asyncio.gather(*(self._send_command(sender, *c) for c in commands)))
+
+        answers = self._call(send_all(), PUBLISH_TIMEOUT_S)
+        return [self._waiter(answer) for answer in answers]
+
+    def _waiter(self, answer: asyncio.Future[bytes]) -> Callable[[float], bytes | None]:
+        async def wait(timeout: float) -> bytes | None:
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(answer), timeout)
             return None
@@ -188,6 +205,12 @@ class _Commands(_Reading):
 
     def answer_command(self, owner: str, command: CommandDelivery, answer: bytes) -> None:
         self._call(self._answer_command(command, answer), API_TIMEOUT_S)
+
+    def answer_commands(self, owner: str, answers: Sequence[tuple[CommandDelivery, bytes]]) -> None:
+        async def answer_all() -> None:
+            await asyncio.gather(*(self._answer_command(c, a) for c, a in answers))
+
+        self._call(answer_all(), API_TIMEOUT_S)
 
 
 __all__ = ["KEY", "NAME", "REPLY", "SENDER", "_Commands", "token"]

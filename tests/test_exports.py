@@ -38,6 +38,7 @@ PUBLIC = {
     "charter.testing": {"StoreContract", "BusContract"},
     "charter.sim": {"Config", "Outcome", "Simulation", "run"},
     "charter.audit": {"audit", "read", "require", "since"},
+    "charter.dashboard": {"create_app", "serve"},
 }
 
 

@@ -62,7 +62,7 @@ function takeToken() {
   state.token = sessionStorage.getItem("charter-token") || "";
 }
 
-async function checkSession() {
+async function checkSession(known) {
   const mode = $("mode");
   if (state.info.read_only) {
     state.actions = false;
@@ -70,7 +70,7 @@ async function checkSession() {
     mode.title = "started --read-only: nothing can be retried or dropped from here";
     $("token-form").hidden = true;
   } else {
-    const answer = await api("/api/session").catch(() => ({ actions: false, why: "" }));
+    const answer = known || await api("/api/session").catch(() => ({ actions: false, why: "" }));
     state.actions = answer.actions;
     mode.textContent = state.actions ? "actions enabled" : "read-only: no token";
     mode.title = state.actions ? "retry and drop parked events" : answer.why;
@@ -149,18 +149,21 @@ function renderMap(snap) {
   img.src = "/map.svg?k=" + encodeURIComponent(snap.map);
 }
 
+function render(snap) {
+  state.snap = snap;
+  renderLive(snap, true);
+  renderCounts(snap);
+  renderCopies(snap);
+  renderMap(snap);
+  if (snap.parked !== state.parkedTotal || Date.now() - state.parkedAt > 5000) loadParked();
+  if (state.info.audit && Date.now() - (state.findingsAt || 0) > 5000) loadFindings();
+  document.body.dataset.ready = "1";
+  document.body.dataset.version = String(snap.version);
+}
+
 async function poll() {
   try {
-    const snap = await api("/api/status");
-    state.snap = snap;
-    renderLive(snap, true);
-    renderCounts(snap);
-    renderCopies(snap);
-    renderMap(snap);
-    if (snap.parked !== state.parkedTotal || Date.now() - state.parkedAt > 5000) loadParked();
-    if (state.info.audit && Date.now() - (state.findingsAt || 0) > 5000) loadFindings();
-    document.body.dataset.ready = "1";
-    document.body.dataset.version = String(snap.version);
+    render(await api("/api/status"));
   } catch (e) {
     renderLive(null, false);
   } finally {
@@ -321,8 +324,11 @@ async function loadFindings() {
 
 async function start() {
   takeToken();
-  try { state.info = await api("/api/info"); }
-  catch (e) { setTimeout(start, POLL_MS); renderLive(null, false); return; }
+  let first, session;
+  try {  // one round trip: what the charter holds, the copies, whether this token may act
+    [state.info, first, session] = await Promise.all([api("/api/info"), api("/api/status"),
+      api("/api/session").catch(() => ({ actions: false, why: "" }))]);
+  } catch (e) { renderLive(null, false); setTimeout(start, POLL_MS); return; }
   document.title = "charter · " + state.info.charter;
   $("title").textContent = "charter · " + state.info.charter;
   $("story-entity").replaceChildren(...state.info.entities.map((e) => el("option", { value: e.name }, e.name)));
@@ -338,8 +344,9 @@ async function start() {
     checkSession();
   });
   if (state.info.audit) { $("findings-section").hidden = false; $("findings-link").hidden = false; }
-  await checkSession();
-  poll();
+  checkSession(session);
+  render(first);
+  setTimeout(poll, POLL_MS);
   setInterval(loadStory, 2000);  // the story stays live too, while one is shown
 }
 

@@ -165,6 +165,9 @@ def test_the_map_is_svg_coloured_by_state_and_redrawn_when_a_state_changes(
     drawn = until(lambda: (a := http.get("/map.svg")).headers.get("x-map-key") == key and a)
     assert COLOURS[OK] in drawn.text and "NEVER_SYNCED" not in drawn.text
     assert " lag " not in drawn.text  # the map says states; the table says lag
+    assert drawn.headers["cache-control"] == "no-store"
+    keyed = http.get("/map.svg", params={"k": key})
+    assert keyed.headers["cache-control"] == "private, max-age=86400, immutable"
 
 
 def test_a_copys_latency_minute_by_minute_over_the_last_hour(
@@ -611,5 +614,6 @@ def test_in_a_real_browser_a_copy_goes_red_live_and_a_parked_event_is_retried(
             browser.close()
     finally:
         processes.close()
+    assert serving.returncode == 0, processes.log("serve")  # SIGTERM: a clean stop
     assert "Traceback" not in processes.log("serve"), processes.log("serve")
     assert "resolved on retry" in processes.log("serve")

@@ -195,12 +195,15 @@ def create_app(
         refusal = guard.refusal(request.headers.get("authorization"))
         return json_response({"actions": refusal is None, "why": refusal[1] if refusal else ""})
 
-    async def map_svg(_request: Request) -> Response:
+    async def map_svg(request: Request) -> Response:
         drawn = watcher.drawn
         if drawn.svg is None:
             missing = "Graphviz" in drawn.error or "dot" in drawn.error
             return refused(501 if missing and drawn.key else 503, drawn.error)
-        return Response(drawn.svg, media_type="image/svg+xml", headers={"X-Map-Key": drawn.key})
+        headers = {"X-Map-Key": drawn.key}
+        if request.query_params.get("k") == drawn.key:  # this key's map never changes
+            headers["Cache-Control"] = "private, max-age=86400, immutable"
+        return Response(drawn.svg, media_type="image/svg+xml", headers=headers)
 
     @answers
     async def copy_latency(request: Request) -> Response:

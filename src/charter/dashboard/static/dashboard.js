@@ -3,7 +3,7 @@
 "use strict";
 
 const POLL_MS = 1000;
-const state = { info: null, snap: null, mapKey: "", parkedTotal: -1, parkedAt: 0,
+const state = { info: null, snap: null, mapKey: "", mapLoading: "", parkedTotal: -1, parkedAt: 0,
   token: "", actions: false, story: null, latency: null, findingsVersion: -1 };
 
 const $ = (id) => document.getElementById(id);
@@ -130,14 +130,17 @@ function renderLive(snap, ok) {
 }
 
 function renderMap(snap) {
-  if (snap.map === state.mapKey) return;
-  const img = new Image();
+  if (snap.map === state.mapKey || snap.map === state.mapLoading) return;
+  state.mapLoading = snap.map;
+  const shown = $("map-img");
+  // the first map straight into the page; a new one loaded aside, then swapped (no flicker)
+  const img = state.mapKey ? new Image() : shown;
   img.onload = () => {
-    const shown = $("map-img");
-    shown.src = img.src;
+    if (img !== shown) shown.src = img.src;
     shown.dataset.key = snap.map;
     $("map-note").hidden = true;
     state.mapKey = snap.map;
+    state.mapLoading = "";
   };
   img.onerror = async () => {
     const answer = await fetch("/map.svg").then((r) => r.json()).catch(() => null);
@@ -145,6 +148,7 @@ function renderMap(snap) {
     note.hidden = false;
     note.textContent = answer && answer.error ? answer.error : "the map could not be drawn";
     if (answer && /Graphviz|dot/.test(note.textContent)) state.mapKey = snap.map;  // no retry
+    state.mapLoading = "";
   };
   img.src = "/map.svg?k=" + encodeURIComponent(snap.map);
 }

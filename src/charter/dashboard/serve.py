@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -113,9 +114,16 @@ def serve(
             )
         out.flush()
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        for number in (signal.SIGINT, signal.SIGTERM):
+            # uvicorn stops gracefully on these, then raises them again: here, a clean exit
+            signal.signal(number, _stopped)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         system.close()
+
+
+def _stopped(_signum: int, _frame: object) -> None:
+    """The signal that stopped the server, raised again by uvicorn once it has: done."""
 
 
 def _logging() -> None:

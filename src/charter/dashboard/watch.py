@@ -74,6 +74,7 @@ class Watcher:
         self._scrape: Callable[[], bytes] | None = None
         self._kept: dict[str, Kept] = {}
         self._kept_at = -math.inf
+        self._drift: dict[str, dict[str, Any] | None] = {}
 
     def open(self) -> None:
         """Its threads, until close() (an app may be started again: tests do)."""
@@ -112,18 +113,19 @@ class Watcher:
     def measure(self) -> Snapshot:
         started = time.monotonic()
         charter = self.system.charter
-        rows = self._status()
+        fresh = time.monotonic() - self._kept_at >= self.refresh_s * KEPT_EVERY
+        rows = self._status(fresh)
         if self.drift_kept is None:
             self.drift_kept = self._drift_kept()
         docs, drawn_rows, marks = [], [], []
         for row in rows:
             copy = charter.copies[row.copy]
-            kept = None
-            if self.drift_kept:
+            if self.drift_kept and (fresh or copy.name not in self._drift):
                 try:
-                    kept = drift.last(self.system.store(copy.context), copy)
+                    self._drift[copy.name] = drift.last(self.system.store(copy.context), copy)
                 except Error as exc:
-                    kept = {"error": str(exc)}
+                    self._drift[copy.name] = {"error": str(exc)}
+            kept = self._drift.get(copy.name)
             drifting = drift.rows_drifting(kept)
             doc = row.as_json()
             doc["fields"] = list(copy.fields)
@@ -152,11 +154,11 @@ class Watcher:
         }
         return Snapshot(self._version, orjson.dumps(body), key, tuple(drawn_rows))
 
-    def _status(self) -> list[CopyStatus]:
+    def _status(self, fresh: bool) -> list[CopyStatus]:
         """Every copy's status (charter.status.status); how each kept its promise (p50/p99
         over 5 minutes, the shares of an hour and a day) is read again every KEPT_EVERY only:
-        it hardly moves in half a second, and it is most of what a measurement costs."""
-        fresh = time.monotonic() - self._kept_at >= self.refresh_s * KEPT_EVERY
+        it hardly moves in half a second, and it is most of what a measurement costs. So is
+        reconciliation's last drift result."""
         rows = []
         for copy in self.system.charter.copies.values():
             try:

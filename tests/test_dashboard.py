@@ -361,6 +361,38 @@ def test_drift_is_shown_when_a_store_keeps_it(client: tuple[TestClient, System])
             assert "drift 3" in drawn.text and COLOURS[DRIFT] in drawn.text
 
 
+def test_on_every_backend_status_parked_events_a_story_and_metrics(shop: System) -> None:
+    """The same dashboard on each store and bus: SQLite, PostgreSQL + NATS, memory."""
+    ada = customer(shop, "ada")
+    charter.Runner(shop).drain()
+    with shop.context("customers").transaction() as tx:
+        tx.update("Customer", ada, name="Ada")
+    shop.bus.publish_raw("junk-1", "Customer", ada, b"{not json")
+    charter.Runner(shop).drain()
+    with TestClient(create_app(shop, TOKEN, refresh_s=0.1)) as http:
+        assert {c["copy"]: c["state"] for c in copies(http).values()} == {
+            "order_customers": DEGRADED,
+            "shipping_customers": DEGRADED,
+        }
+        listed = http.get("/api/parked").json()
+        assert listed["total"] == 2 and {e["event_id"] for e in listed["events"]} == {"junk-1"}
+        retried = http.post("/api/parked/retry", json={"copy": "order_customers"}, headers=BEARER)
+        assert [e["outcome"] for e in retried.json()["events"]] == ["parked"]
+        for name in ("order_customers", "shipping_customers"):
+            dropped = http.post(
+                "/api/parked/drop", json={"copy": name, "id": "junk-1"}, headers=BEARER
+            )
+            assert [e["outcome"] for e in dropped.json()["events"]] == ["dropped"]
+        assert {c["state"] for c in copies(http).values()} == {OK}
+        story = http.get("/api/story", params={"entity": "Customer", "id": ada}).json()
+        assert [v["version"] for v in story["versions"]] == [1, 2]
+        assert {c["copy"]: c["where"] for c in story["copies"]} == {
+            "order_customers": "current",
+            "shipping_customers": "current",
+        }
+        assert "charter_copy_up" in http.get("/metrics").text
+
+
 # -- audit findings ------------------------------------------------------------------------
 
 

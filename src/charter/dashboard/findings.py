@@ -2,12 +2,14 @@
 server log (csvlog or jsonlog, audited as `charter audit` does) or what `charter audit
 --json` printed (read as it is). They are read again when a file changes (looked at every
 CHECK_S), in a thread of their own: a large log takes a while, and the dashboard goes on
-meanwhile, showing the findings it has."""
+meanwhile, showing the findings it has; a log that keeps changing is read again after ten
+times what its last reading took, if that is longer."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,8 +83,11 @@ class Findings:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
             self.refresh()
-            self._stop.wait(self.check_s)
+            # a live server log changes all the time: reading it again may take at most a
+            # tenth of this thread's time
+            self._stop.wait(max(self.check_s, 10 * (time.monotonic() - started)))
 
     def stamp(self) -> tuple[tuple[str, int, int], ...]:
         marks = []

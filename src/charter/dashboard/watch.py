@@ -125,12 +125,12 @@ class Watcher:
                     self._drift[copy.name] = drift.last(self.system.store(copy.context), copy)
                 except Error as exc:
                     self._drift[copy.name] = {"error": str(exc)}
-            kept = self._drift.get(copy.name)
-            drifting = drift.rows_drifting(kept)
+            last = self._drift.get(copy.name)
+            drifting = drift.rows_drifting(last)
             doc = row.as_json()
             doc["fields"] = list(copy.fields)
             doc["breaks"] = copy.breaks
-            doc["drift"] = None if kept is None else {"rows": drifting, "last": kept}
+            doc["drift"] = None if last is None else {"rows": drifting, "last": last}
             shown = drift.with_drift(row, drifting)
             doc["drift_text"] = topology.drift(shown)
             docs.append(doc)

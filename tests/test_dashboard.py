@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -487,6 +488,43 @@ def test_serve_says_why_it_cannot_start(shop_path: Path, tmp_path: Path) -> None
     assert result.exit_code == 2 and "nope.csv" in result.output
     result = serve("-f", str(shop_path), "--port", "70000")
     assert result.exit_code == 2 and "70000" in result.output
+
+
+@pytest.mark.processes
+def test_serve_as_a_process_prints_where_it_is_and_stops_cleanly(shop_path: Path) -> None:
+    """`--port 0`: the port it got is in the address it prints; read-only, it says so; the
+    page and the JSON answer; SIGINT stops it with exit status 0."""
+    import urllib.error
+    import urllib.request
+
+    process = subprocess.Popen(
+        charter_command("serve", "-f", str(shop_path), "--port", "0", "--read-only"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        match = re.search(r"dashboard of 'shop': (http://127\.0\.0\.1:(\d+)/)$", first.strip())
+        assert match and int(match[2]) > 0, first
+        assert "read-only (--read-only)" in process.stdout.readline()
+        url = match[1]
+        with urllib.request.urlopen(url + "api/status", timeout=30) as answer:
+            assert json.loads(answer.read())["charter"] == "shop"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert b"dashboard.js" in answer.read()
+        request = urllib.request.Request(
+            url + "api/parked/retry", b'{"copy": "order_customers"}', BEARER, method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 403
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
 
 
 def test_only_its_own_host_names_are_answered_on_loopback(shop_path: Path) -> None:

@@ -103,6 +103,31 @@ def test_the_page_its_script_and_style_are_served_with_strict_headers(
     assert http.get("/nothing-here").status_code == 404
 
 
+def test_the_page_holds_what_it_shows_first_and_no_text_of_the_charter_runs(
+    shop_path: Path,
+) -> None:
+    """The first snapshot is in the page (a JSON block, so the page needs no round trip to
+    show the copies), with the map's address once it is drawn; a charter's text that looks
+    like a closing tag stays text."""
+    edit(shop_path, "breaks: parcels go to an old address", 'breaks: "</script><b>x</b>"')
+    with System.load(shop_path) as system, TestClient(create_app(system, TOKEN)) as http:
+        page = http.get("/").text
+        boot = page.split('<script type="application/json" id="boot">', 1)[1]
+        boot = boot.split("</script>", 1)[0]
+        doc = json.loads(boot)
+        assert doc["info"]["charter"] == "shop" and doc["info"]["read_only"] is False
+        assert {c["copy"] for c in doc["status"]["copies"]} == {
+            "order_customers",
+            "shipping_customers",
+        }
+        assert {c["breaks"] for c in doc["status"]["copies"]} >= {"</script><b>x</b>"}
+        assert "</script><b>" not in page
+        if shutil.which("dot"):
+            key = until(lambda: (d := http.get("/api/status").json()["map"]) and d)
+            until(lambda: http.get("/map.svg").headers.get("x-map-key") == key)
+            assert f'src="/map.svg?k={key}" data-key="{key}"' in http.get("/").text
+
+
 def test_status_is_every_copy_against_its_window_and_follows_the_system(
     client: tuple[TestClient, System],
 ) -> None:
@@ -161,7 +186,7 @@ def test_the_map_is_svg_coloured_by_state_and_redrawn_when_a_state_changes(
     assert "NEVER_SYNCED" in first.text and COLOURS["NEVER_SYNCED"] in first.text
     customer(system, "ada")
     charter.Runner(system).drain()
-    until(lambda: copies(http)["order_customers"]["state"] == OK)
+    until(lambda: {c["state"] for c in copies(http).values()} == {OK})
     key = http.get("/api/status").json()["map"]
     drawn = until(lambda: (a := http.get("/map.svg")).headers.get("x-map-key") == key and a)
     assert COLOURS[OK] in drawn.text and "NEVER_SYNCED" not in drawn.text

@@ -173,23 +173,44 @@ def create_app(
             return refused(503, "the copies are being measured for the first time")
         return Response(snap.body, media_type="application/json")
 
+    def about() -> dict[str, Any]:
+        return {
+            "charter": charter.name,
+            "path": str(charter.path),
+            "contexts": [{"name": c.name, "team": c.team} for c in charter.contexts.values()],
+            "entities": [{"name": e.name, "owner": e.owner} for e in charter.entities.values()],
+            "copies": [
+                {"name": c.name, "of": c.of, "in": c.context, "window_s": c.window_s}
+                for c in charter.copies.values()
+            ],
+            "read_only": guard.read_only,
+            "audit": findings is not None,
+            "drift_kept": watcher.drift_kept,
+            "refresh_s": watcher.refresh_s,
+        }
+
     async def info(_request: Request) -> Response:
-        return json_response(
-            {
-                "charter": charter.name,
-                "path": str(charter.path),
-                "contexts": [{"name": c.name, "team": c.team} for c in charter.contexts.values()],
-                "entities": [{"name": e.name, "owner": e.owner} for e in charter.entities.values()],
-                "copies": [
-                    {"name": c.name, "of": c.of, "in": c.context, "window_s": c.window_s}
-                    for c in charter.copies.values()
-                ],
-                "read_only": guard.read_only,
-                "audit": findings is not None,
-                "drift_kept": watcher.drift_kept,
-                "refresh_s": watcher.refresh_s,
-            }
-        )
+        return json_response(about())
+
+    async def index(_request: Request) -> Response:
+        """The page, with what it shows first inside it (the charter, the copies as last
+        measured: a JSON block, which no script policy runs) and the map's address, so
+        that the browser fetches the map with the script instead of after it."""
+        snap, drawn = watcher.snapshot, watcher.drawn
+        boot = b'{"info":' + orjson.dumps(about())
+        boot += b',"status":' + (snap.body if snap is not None else b"null") + b"}"
+        page = files["index.html"].replace(b"__BOOT__", boot.replace(b"</", b"<\\/"))
+        source = b""
+        if drawn.svg is not None:
+            source = (
+                b' src="/map.svg?k='
+                + drawn.key.encode()
+                + b'" data-key="'
+                + drawn.key.encode()
+                + b'"'
+            )
+        page = page.replace(b" data-src", source, 1)
+        return Response(page, media_type=STATIC["index.html"])
 
     async def session(request: Request) -> Response:
         refusal = guard.refusal(request.headers.get("authorization"))
@@ -258,7 +279,7 @@ def create_app(
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes = [
-        Route("/", static("index.html")),
+        Route("/", index),
         Route("/dashboard.js", static("dashboard.js")),
         Route("/dashboard.css", static("dashboard.css")),
         Route("/favicon.ico", no_icon),

@@ -328,11 +328,24 @@ async function loadFindings() {
 
 async function start() {
   takeToken();
-  let first, session;
-  try {  // one round trip: what the charter holds, the copies, whether this token may act
-    [state.info, first, session] = await Promise.all([api("/api/info"), api("/api/status"),
-      api("/api/session").catch(() => ({ actions: false, why: "" }))]);
-  } catch (e) { renderLive(null, false); setTimeout(start, POLL_MS); return; }
+  let boot = null;
+  try { boot = JSON.parse($("boot").textContent); } catch (e) { boot = null; }
+  const asked = api("/api/session").catch(() => ({ actions: false, why: "" }));
+  let first;
+  if (boot && boot.info && boot.status && !state.started) {  // in the page: no round trip
+    [state.info, first] = [boot.info, boot.status];
+  } else {
+    try { [state.info, first] = await Promise.all([api("/api/info"), api("/api/status")]); }
+    catch (e) { renderLive(null, false); setTimeout(start, POLL_MS); return; }
+  }
+  state.started = true;
+  const map = $("map-img");
+  if (map.dataset.key) {  // the page named the map: it is on its way already
+    const key = map.dataset.key;
+    const loaded = () => { state.mapKey = key; state.mapLoading = ""; };
+    if (map.complete && map.naturalWidth > 0) loaded();
+    else { state.mapLoading = key; map.onload = loaded; map.onerror = () => { state.mapLoading = ""; }; }
+  }
   document.title = "charter · " + state.info.charter;
   $("title").textContent = "charter · " + state.info.charter;
   $("story-entity").replaceChildren(...state.info.entities.map((e) => el("option", { value: e.name }, e.name)));
@@ -348,8 +361,8 @@ async function start() {
     checkSession();
   });
   if (state.info.audit) { $("findings-section").hidden = false; $("findings-link").hidden = false; }
-  checkSession(session);
   render(first);
+  asked.then((session) => checkSession(session));
   setTimeout(poll, POLL_MS);
   setInterval(loadStory, 2000);  // the story stays live too, while one is shown
 }

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from importlib import resources
 from typing import Any
@@ -50,6 +51,7 @@ except ModuleNotFoundError as missing:
         package="starlette",
     ) from None
 
+log = logging.getLogger("charter.dashboard")
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
@@ -255,6 +257,8 @@ def create_app(
             if not isinstance(copy, str) or not (ident is None or isinstance(ident, str)):
                 return refused(400, 'name the copy (an id if you like): {"copy": "…", "id": "…"}')
             fn = watcher.retry if kind == "retry" else watcher.drop
+            who = request.client.host if request.client else "?"
+            log.info("dashboard: %s of copy %s (%s) asked from %s", kind, copy, ident or "all", who)
             outcomes = await watcher.call(fn, copy, ident)
             await watcher.refresh()  # the page sees the change at its next poll
             return json_response({"action": kind, "copy": copy, "id": ident, "events": outcomes})

@@ -39,6 +39,7 @@ PUBLIC = {
     "charter.sim": {"Config", "Outcome", "Simulation", "run"},
     "charter.audit": {"audit", "read", "require", "since"},
     "charter.sagas": {"Saga", "Step", "Run", "View"},
+    "charter.dashboard": {"create_app", "serve"},
 }
 
 

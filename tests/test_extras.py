@@ -204,3 +204,14 @@ def test_without_opentelemetry_and_starlette_nothing_changes(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert "pip install 'charter[web]'" in result.stdout
     assert tried(result) == "['opentelemetry', 'starlette']"
+
+
+@pytest.mark.parametrize("missing", ["starlette", "uvicorn"])
+def test_charter_serve_without_the_web_extra_says_what_to_install(
+    tmp_path: Path, missing: str
+) -> None:
+    shop(tmp_path, "sqlite:///.charter/{name}.db", "sqlite:///.charter/bus.db")
+    result = without_drivers("serve", "--port", "0", cwd=tmp_path, script=refusing((missing,)))
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'charter[web]'" in result.stderr and missing in result.stderr
+    assert "Traceback" not in result.stderr

@@ -23,7 +23,8 @@ OPERATIONS = "status, operations"
 API = "api"  # the package's own namespace: charter/__init__.py
 SIM = "sim"
 TESTING = "testing"
-FACES = ("cli", "demo", "web", "asgi")  # asgi: what a web service of the user's puts on
+# asgi: what a web service of the user's puts on; dashboard: `charter serve`
+FACES = ("cli", "demo", "web", "asgi", "dashboard")
 
 # layer: its modules, bottom up (a name stands for the module or package and everything in it)
 LAYERS: dict[str, tuple[str, ...]] = {

@@ -1074,6 +1074,57 @@ def map_command(
 
 
 @main.command()
+@charter_file
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where to listen.")
+@click.option(
+    "--port",
+    default=8800,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="0: any free one.",
+)
+@click.option(
+    "--token",
+    envvar="CHARTER_DASHBOARD_TOKEN",
+    default=None,
+    help="The token actions need (default: a new one, printed). Or $CHARTER_DASHBOARD_TOKEN.",
+)
+@click.option("--read-only", is_flag=True, help="No actions at all, whatever the token.")
+@click.option(
+    "--audit",
+    "audit_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Show these audit findings: a server log (csvlog, jsonlog) or `charter audit --json` "
+    "output, read again when it changes (repeatable).",
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="NAME=CONTEXT",
+    help="--audit: sessions of this role or application name speak for CONTEXT (repeatable).",
+)
+@reports_errors
+def serve(
+    path: Path,
+    host: str,
+    port: int,
+    token: str | None,
+    read_only: bool,
+    audit_files: tuple[Path, ...],
+    mapping: tuple[str, ...],
+) -> None:
+    """The live dashboard: the map, every copy against its window, parked events (retry,
+    drop: with the token), one record's story, audit findings, /metrics. Serves until
+    SIGINT or SIGTERM; exit 1 when it cannot start (the charter, the port)."""
+    from charter.audit.actors import parse_mapping
+    from charter.dashboard.serve import serve as run_dashboard
+
+    run_dashboard(path, host, port, token, read_only, audit_files, parse_mapping(mapping))
+
+
+@main.command()
 @click.option("--changes", default=3000, show_default=True, help="How many changes to make.")
 @click.option(
     "--keep",

@@ -14,6 +14,7 @@ from charter.errors import Error
 from charter.lanes import Lane
 from charter.model import Charter
 from charter.projector import Projector
+from charter.reconcile.schedule import Reconciler
 from charter.relay import Relay
 from charter.reports import Reports
 from charter.system import System
@@ -43,7 +44,9 @@ class Runner:
     a `lane`, this runner's projectors apply only that lane's share of each copy, and other
     runners the other lanes (charter.lanes). A context with command handlers registered
     on the system before (ContextHandle.handles) gets a command worker that serves them
-    (commands=False: none)."""
+    (commands=False: none). The copies it keeps that declare `reconcile:` are checked
+    against their owners on that schedule, in a thread of their own (charter.reconcile.
+    schedule; with lanes, by lane 1's runner only; reconcile=False: never)."""
 
     def __init__(
         self,
@@ -57,6 +60,7 @@ class Runner:
         projectors: bool = True,
         lane: Lane | None = None,
         commands: bool = True,
+        reconcile: bool = True,
     ) -> None:
         charter = system.charter
         names = list(contexts) if contexts is not None else list(charter.contexts)
@@ -108,10 +112,14 @@ class Runner:
                 )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.reports = Reports()
+        scheduled = [p.copy for p in self.projectors if p.copy.reconcile_s > 0]
+        if not reconcile or (lane is not None and lane.number != 1):
+            scheduled = []
+        self.reconciler = Reconciler(system, scheduled, self.reports)
         # Each distinct failure of a worker, the first time (a failure that repeats is
         # counted in `reports`, which is what `charter run` prints).
         self.errors: list[BaseException] = []
-        self.reports = Reports()
 
     @property
     def projectors(self) -> list[Projector]:
@@ -163,6 +171,7 @@ class Runner:
         housekeeper = threading.Thread(target=self._housekeep, name="charter:compact", daemon=True)
         housekeeper.start()
         self._threads.append(housekeeper)
+        self.reconciler.start()
         return self
 
     def _loop(self, worker: Worker) -> None:
@@ -211,6 +220,7 @@ class Runner:
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the batch in hand, then stop."""
         self._stop.set()
+        self.reconciler.stop(timeout)  # first: its repairs need the projectors
         for worker in self.workers:
             self.system.signals.notify(worker.wake_key)
         for thread in self._threads:

@@ -467,3 +467,30 @@ def test_a_store_that_cannot_keep_the_result_is_said_not_raised(shop_file: Path)
         ]  # shipping_customers is kept in another store, which took it
     finally:
         system.close()
+
+
+def test_a_copy_catching_up_between_the_two_reads_is_not_ahead(shop: System) -> None:
+    """A check reads each differing id on both sides; between the two reads the owner may
+    write and the copy apply. Read owner first, that looked like a copy ahead of its owner
+    (a false alarm under load); the copy is read first, so it cannot."""
+    from charter import clock
+    from charter.reconcile.classify import classify
+
+    [cid] = customers(shop, 1)
+    Runner(shop).drain()
+    owner, entity = shop.store("customers"), shop.charter.entities["Customer"]
+    real, moved = owner.fetch, []
+
+    def fetch_then_write(entity: object, entity_id: str) -> object:
+        row = real(entity, entity_id)  # type: ignore[arg-type]
+        if not moved:  # the owner writes, and the copy applies it, right after this read
+            moved.append(True)
+            with shop.context("customers").transaction() as tx:
+                tx.update("Customer", cid, name="newer")
+            Runner(shop).drain()
+        return row
+
+    owner.fetch = fetch_then_write  # type: ignore[method-assign]
+    copy = shop.charter.copies["order_customers"]
+    finding = classify(owner, entity, shop.store("orders"), copy, cid, clock.time_s())
+    assert moved and (finding is None or finding.kind == "in_flight"), finding

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from charter.records import Drift
 from charter.runner import Runner
 from charter.status import DRIFT, OK, status
 from charter.system import System
-from tests.conftest import edit
+from tests.conftest import charter_command, edit
 from tests.test_metrics import (
     ALERTS_CHARTER,
     ORDER,
@@ -494,3 +496,34 @@ def test_a_copy_catching_up_between_the_two_reads_is_not_ahead(shop: System) -> 
     copy = shop.charter.copies["order_customers"]
     finding = classify(owner, entity, shop.store("orders"), copy, cid, clock.time_s())
     assert moved and (finding is None or finding.kind == "in_flight"), finding
+
+
+@pytest.mark.processes
+def test_charter_run_reconciles_repairs_and_stops_cleanly(shop_file: Path) -> None:
+    scheduled(shop_file)
+    system = charter.load(shop_file)
+    try:
+        ids = customers(system, 5)
+        Runner(system).drain()
+        time.sleep(1.2)  # older than the copy's window
+        plant_missing_and_divergent(system, ids[0], ids[1])
+        process = subprocess.Popen(
+            charter_command("run", "-f", str(shop_file)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            until(lambda: (d := last(system)) is not None and d.repaired)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert "reconciling copy 'order_customers' every 1s, repairing missing" in out
+        assert "stopped cleanly" in out and "Traceback" not in err
+        assert "1 missing, 1 divergent; repaired 1 missing, 1 left" in err
+        copy = system.charter.copies["order_customers"]
+        rows = {r["id"]: r["name"] for r in system.store("orders").copy_rows(copy)}
+        assert rows[ids[0]] == "C0" and rows[ids[1]] == "Written past charter"
+    finally:
+        system.close()

@@ -31,6 +31,7 @@ from charter.records import Drift
 from charter.runner import Runner
 from charter.status import DRIFT, OK, status
 from charter.system import System
+from tests.backends import Backend
 from tests.conftest import charter_command, edit
 from tests.test_metrics import (
     ALERTS_CHARTER,
@@ -527,3 +528,33 @@ def test_charter_run_reconciles_repairs_and_stops_cleanly(shop_file: Path) -> No
         assert rows[ids[0]] == "C0" and rows[ids[1]] == "Written past charter"
     finally:
         system.close()
+
+
+@pytest.mark.processes
+def test_a_runner_that_cannot_read_the_owner_records_the_failure(
+    shop_file: Path, backend: Backend
+) -> None:
+    """A copy's process without the owner's credentials cannot check: each try is kept as
+    failed, with the reason, and status says so (the copy's state stays what it is)."""
+    scheduled(shop_file)
+    system = charter.load(shop_file)
+    try:
+        customers(system, 3)
+        Runner(system).drain()
+        store = system.charter.contexts["customers"].store
+    finally:
+        system.close()
+    edit(shop_file, f'store: "{store}"', f'store: "{backend.out_of_reach(store)}"')
+    system = charter.load(shop_file)
+    try:
+        runner = Runner(system, ["orders"])
+        with runner:
+            until(lambda: runner.reconciler.checks)
+        found = last(system)
+        assert found is not None and found.error and found.rows == 0
+        row = next(r for r in status(system, "orders") if r.copy == "order_customers")
+        assert row.state == OK and row.last_check == found
+    finally:
+        system.close()
+    shown = CliRunner().invoke(main, ["status", "-f", str(shop_file), "--context", "orders"])
+    assert "order_customers reconciliation: failed" in shown.output, shown.output

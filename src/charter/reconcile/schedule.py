@@ -118,7 +118,7 @@ class Reconciler:
             try:
                 self.once(nearest.copy)
                 self.reports.worked(WORKER)
-            except Error as exc:
+            except Exception as exc:  # a store or the bus failing: said once, tried again
                 self.reports.failed(WORKER, exc)
             took = clock.monotonic() - started
             rest = took * (1 - DUTY) / DUTY

@@ -558,3 +558,21 @@ def test_a_runner_that_cannot_read_the_owner_records_the_failure(
         system.close()
     shown = CliRunner().invoke(main, ["status", "-f", str(shop_file), "--context", "orders"])
     assert "order_customers reconciliation: failed" in shown.output, shown.output
+
+
+def test_checks_again_and_again_leave_no_connections_behind(shop: System) -> None:
+    """A check digests both sides in threads of its own, a new pool each time; on SQLite
+    each thread opened a connection per store that stayed open until the store closed: a
+    file descriptor (and a page cache) per check, which a schedule of every second ran out
+    of. Memory and descriptors must stay flat however many checks run."""
+    import os
+
+    customers(shop, 20)
+    Runner(shop).drain()
+    copy = shop.charter.copies["order_customers"]
+    for _ in range(3):
+        assert reconcile.check(shop, copy).clean
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        assert reconcile.check(shop, copy).clean
+    assert len(os.listdir("/proc/self/fd")) <= before + 4

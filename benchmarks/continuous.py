@@ -261,6 +261,7 @@ def main() -> int:
     rss = on_seen.rss
     took = sorted(d.took_s for d in on_seen.checks.values())
     warm = rss[min(len(rss) - 1, 10)] if rss else float("nan")  # 5 s in
+    print(f"rows in the owner's table at the end: {len(maker.known):,}")
     print(f"checks done ({args.on:.0f} s on): {len(on_seen.checks)}, complete {on_seen.complete}")
     print(f"in flight found (summed over the checks): {on_seen.in_flight:,}")
     if took:

@@ -344,7 +344,7 @@ def test_no_false_positives_under_load(shop_file: Path) -> None:
             assert runner.wait_until_synced(60)
         assert not errors, errors
         checks = runner.reconciler
-        assert checks.checks >= 4  # both copies, checked again and again while writes went on
+        assert checks.checks >= 3  # both copies, and again, while the writes went on
         assert checks.in_flight > 0  # the checks did see rows on their way …
         assert checks.drifted == 0, checks.last  # … and called none of them drift
         assert all(d.rows == 0 and not d.repaired for d in checks.last.values()), checks.last

@@ -142,7 +142,8 @@ class Reconciler:
             done = repair(self.system, report, copy.repair)
             repaired = dict(done.published)
             self.repaired.update(repaired)
-            if done.count and self._applied(copy, done.head, budget):
+            if done.count:  # checked again, applied or not: what is left is what it says
+                self._applied(copy, done.head, budget)
                 report = check(self.system, copy, budget, MAX_DIFFS)
             self._said(before, repaired, report)
         elif report.drift and self._news(report):
@@ -155,7 +156,10 @@ class Reconciler:
     def _news(self, report: Report) -> bool:
         """Whether drift left alone differs from what the last check said (said once)."""
         last = self.last.get(report.copy)
-        return last is None or last.counts != report.counts or last.repaired is not None
+        if last is None or last.repaired is not None:
+            return True
+        drifted = {kind: n for kind, n in report.counts.items() if kind != IN_FLIGHT}
+        return drifted != {kind: n for kind, n in last.counts.items() if kind != IN_FLIGHT}
 
     def _applied(self, copy: Copy, head: int, timeout: float) -> bool:
         """Whether the copy's projector applied the bus up to `head` (the repair) within

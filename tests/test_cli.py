@@ -34,6 +34,7 @@ KEYS = [
     "latency_p99_s",
     "within_window_1h",
     "within_window_1d",
+    "drift",  # the copy's last reconciliation (null: never checked)
 ]
 
 

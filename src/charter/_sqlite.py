@@ -98,7 +98,7 @@ class Connections:
     def __init__(self, path: Path, synchronous: str) -> None:
         self.path, self.synchronous = path, synchronous
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         # Threads of this process queue here for the write lock instead of sleeping in
         # SQLite's busy handler (1, 2, 5 … 100 ms naps), which ruins latency under load.
@@ -142,12 +142,25 @@ class Connections:
             conn = connect(self.path, self.synchronous)
             self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                self._forget_ended()
+                self._all.append((threading.current_thread(), conn))
         return conn
+
+    def _forget_ended(self) -> None:
+        """Close the connections of threads that have ended (under the lock). Short-lived
+        threads (a reconciliation's, one pool per check) would otherwise leave a connection
+        each, open until the store closes: a file descriptor and a page cache per check."""
+        alive = []
+        for thread, conn in self._all:
+            if thread.is_alive():
+                alive.append((thread, conn))
+            else:
+                conn.close()
+        self._all = alive
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for _, conn in self._all:
                 conn.close()
             self._all.clear()
         self._local = threading.local()

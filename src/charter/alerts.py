@@ -1,6 +1,8 @@
 """Prometheus alerting rules from the charter (`charter alerts`): for every copy, one rule
-that fires when it stays staler than its window for a while, and one when it has parked
-events, each saying what breaks (the copy's `breaks`) and whom to call (the owner's team).
+that fires when it stays staler than its window for a while, one when it has parked
+events, one when its last reconciliation found drift, and (for a copy that declares
+`reconcile:`) one when it has not been checked for three of its intervals; each saying
+what breaks (the copy's `breaks`) and whom to call (the owner's team).
 They read the metrics `charter run --metrics` serves (charter.metrics)."""
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ def rules(charter: Charter) -> dict[str, Any]:
     """The rules file as a document: one group, two rules per copy."""
     found: list[dict[str, Any]] = []
     for copy in charter.copies.values():
-        found += [_stale(charter, copy), _parked(charter, copy)]
+        found += [_stale(charter, copy), _parked(charter, copy), _drift(charter, copy)]
+        if copy.reconcile_s > 0:
+            found.append(_unchecked(charter, copy))
     return {"groups": [{"name": f"charter_{charter.name}", "rules": found}]}
 
 
@@ -90,6 +94,42 @@ def _parked(charter: Charter, copy: Copy) -> dict[str, Any]:
             copy,
             f"copy {copy.name} of {copy.of} has {{{{ $value }}}} parked events: those records "
             "are wrong in it however fresh it is",
+        ),
+    }
+
+
+def _drift(charter: Charter, copy: Copy) -> dict[str, Any]:
+    return {
+        "alert": "CharterCopyDrift",
+        "expr": f'sum(charter_drift{{copy="{copy.name}"}}) > 0',
+        "labels": _labels(charter, copy, "critical"),
+        "annotations": _annotations(
+            charter,
+            copy,
+            f"copy {copy.name} of {copy.of} differed from its owner in {{{{ $value }}}} ids "
+            f"at its last reconciliation: see `charter reconcile {copy.name}`",
+        ),
+    }
+
+
+UNCHECKED_INTERVALS = 3  # a scheduled copy not checked for this many intervals is an alert
+
+
+def _unchecked(charter: Charter, copy: Copy) -> dict[str, Any]:
+    late = UNCHECKED_INTERVALS * copy.reconcile_s
+    return {
+        "alert": "CharterCopyUnchecked",
+        "expr": (
+            f'time() - charter_drift_last_check_timestamp_seconds{{copy="{copy.name}"}} > {late:g}'
+        ),
+        "labels": _labels(charter, copy, "warning"),
+        "annotations": _annotations(
+            charter,
+            copy,
+            f"copy {copy.name} of {copy.of} was last checked against its owner "
+            f"{{{{ $value | humanizeDuration }}}} ago; it should be every "
+            f"{_duration(copy.reconcile_s)} (is `charter run` running for "
+            f"'{copy.context}'?)",
         ),
     }
 

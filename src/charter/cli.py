@@ -25,6 +25,7 @@ from charter.buses import check_driver
 from charter.diff import compare, deprecated_kept
 from charter.errors import BackendError, CharterError, Error, MissingExtraError, Problem
 from charter.lanes import Lane
+from charter.reconcile import drift as reconcile_drift
 from charter.reconcile import show as reconcile_show
 from charter.reconcile.report import MAX_DIFFS
 from charter.records import Parked
@@ -34,6 +35,7 @@ from charter.stores import open_store
 from charter.stores.memory import in_this_process
 from charter.system import System
 from charter.tables import (
+    drift_line,
     history_table,
     kept_table,
     lanes_line,
@@ -428,6 +430,13 @@ def run(
             f"running {names}: {len(runner.workers)} workers; SIGINT or SIGTERM to stop",
             highlight=False,
         )
+        for copy in runner.reconciler.copies:
+            mends = ", ".join(copy.repair) or "nothing (report only)"
+            _console().print(
+                f"reconciling copy '{copy.name}' every {seconds(copy.reconcile_s)}, "
+                f"repairing {mends}",
+                highlight=False,
+            )
         while not signals:
             time.sleep(0.1)
             for line in runner.reports.take():
@@ -561,7 +570,8 @@ def _apply_audit_only(charter: model.Charter, dry_run: bool, mapping: tuple[str,
 @click.option(
     "--strict",
     is_flag=True,
-    help="Exit 3 when any copy is in BREACH, GAP or DEGRADED (parked events).",
+    help="Exit 3 when any copy is in BREACH, GAP, DRIFT (its last reconciliation found "
+    "drift) or DEGRADED (parked events).",
 )
 @click.option(
     "--context",
@@ -583,6 +593,9 @@ def status_command(path: Path, as_json: bool, strict: bool, context: str | None)
         if promise is not None:
             _console().print(promise)
         for row in rows:
+            drifting = drift_line(row)
+            if drifting:
+                _console().print(drifting, highlight=False)
             if row.lanes:
                 _console().print(lanes_line(row), highlight=False)
             if row.parked:
@@ -701,7 +714,8 @@ def reconcile_command(
             for r in reports
             if repairs and not r.error and r.drift
         ]
-    docs = {m.before.copy: m for m in mended}
+        docs = {m.before.copy: m for m in mended}
+        unrecorded = reconcile_drift.keep_all(system, reports, docs)
     if as_json:
         out = [docs[r.copy].as_json() if r.copy in docs else r.as_json() for r in reports]
         click.echo(json.dumps(out, indent=2))
@@ -713,6 +727,8 @@ def reconcile_command(
         for done in mended:
             for line in reconcile_show.repaired(done):
                 _console().print(line, highlight=False)
+    for line in unrecorded:
+        _console(stderr=True).print(f"[yellow]warning[/] {escape(line)}", highlight=False)
     reports = [docs[r.copy].after if r.copy in docs else r for r in reports]
     if any(r.error for r in reports):
         sys.exit(EXIT_CHARTER)
@@ -732,8 +748,10 @@ def reconcile_command(
 @reports_errors
 def alerts(path: Path, output: Path | None) -> None:
     """Prometheus alerting rules for every copy, from the metrics `charter run --metrics`
-    serves: staler than its window for a while, or parked events; each says what breaks
-    and names the owner's team."""
+    serves: staler than its window for a while, parked events, drift at its last
+    reconciliation, not checked on its schedule; each says what breaks and names the
+    owner's team."""
+    from charter.alerts import rules as made
     from charter.alerts import text
 
     charter = model.load(path)
@@ -742,7 +760,7 @@ def alerts(path: Path, output: Path | None) -> None:
         click.echo(rules, nl=False)
         return
     output.write_text(rules)
-    count = 2 * len(charter.copies)
+    count = len(made(charter)["groups"][0]["rules"])
     click.echo(f"wrote {count} rule{'s' if count != 1 else ''} to {output}")
 
 

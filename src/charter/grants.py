@@ -37,6 +37,7 @@ PROJECTOR_TABLES = {
     "charter_tombstone": {"SELECT", "INSERT", "UPDATE"},
     "charter_parked": {"SELECT", "INSERT", "UPDATE", "DELETE"},  # parked --retry / --drop
     "charter_latency": {"SELECT", "INSERT", "UPDATE", "DELETE"},  # pruned past its retention
+    "charter_drift": {"SELECT", "INSERT", "UPDATE"},  # each copy's last check (reconciliation)
     "charter_schema": {"SELECT"},
     "charter_meta": {"SELECT"},
 }

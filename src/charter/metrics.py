@@ -12,11 +12,15 @@ and multiples of the copy's window (so that "within the window" is always a buck
 A copy that cannot be measured (UNKNOWN in status) has `charter_copy_up 0` and no
 gauges, rather than a false 0.
 
+Each copy's last reconciliation (charter.reconcile, kept in its store by whoever checked)
+is `charter_drift` (one series per kind of drift, label `class`) with the time it was made.
+
 Labels: `copy`, `of` (the entity), `owner`, `in` (the context keeping the copy); the
 outbox's are `owner` and `of`."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import socket
 import threading
@@ -28,6 +32,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from charter.errors import Error, MissingExtraError
 from charter.model import Copy
+from charter.records import DRIFT_KINDS
 from charter.runner import Runner
 from charter.status import UNKNOWN, copy_status
 
@@ -154,6 +159,7 @@ class CopyCollector(Collector):
             latency.add_metric(labels, edges, total)
             applied.add_metric(labels, count)
         yield from (up, staleness, window, lag, parked, applied, latency)
+        yield from self._drift()
         unrelayed = gauge(
             "charter_outbox_unrelayed_events",
             "Events the owner committed that its relay has not published yet",
@@ -166,6 +172,48 @@ class CopyCollector(Collector):
                 continue
             unrelayed.add_metric([context, entity], backlog.events)
         yield unrelayed
+
+    def _drift(self) -> Iterator[Metric]:
+        """Each copy's last reconciliation, as its store keeps it (charter_drift): ids by
+        kind of drift, when it was made, and how long it took; nothing for a copy never
+        checked."""
+        drift = GaugeMetricFamily(
+            "charter_drift",
+            "Ids that differed from the owner beyond in flight, by kind, at the last check",
+            labels=(*COPY_LABELS, "class"),
+        )
+        checked = GaugeMetricFamily(
+            "charter_drift_last_check_timestamp_seconds",
+            "When the copy was last checked against its owner (Unix time)",
+            labels=COPY_LABELS,
+        )
+        took = GaugeMetricFamily(
+            "charter_drift_last_check_duration_seconds",
+            "How long the last check of the copy against its owner took",
+            labels=COPY_LABELS,
+        )
+        for copy in self.copies.values():
+            try:
+                last = self.system.store(copy.context).drift(copy)
+            except Error:
+                continue
+            when = None if last is None else _epoch(last.checked_at)
+            if last is None or when is None:
+                continue
+            labels = self.labels(copy)
+            for kind in DRIFT_KINDS:
+                if kind != "in_flight":
+                    drift.add_metric([*labels, kind], last.counts.get(kind, 0))
+            checked.add_metric(labels, when)
+            took.add_metric(labels, last.took_s)
+        yield from (drift, checked, took)
+
+
+def _epoch(moment: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _edge(value: float) -> str:

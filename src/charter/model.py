@@ -37,6 +37,9 @@ DEFAULT_RETENTION_S = 7 * 86400.0
 PUBLIC, CONTRACT = "public", "contract"  # who may read an entity's events (charter.visibility)
 VISIBILITIES = (PUBLIC, CONTRACT)
 DEFAULT_LATENCY_RETENTION_S = 86400.0  # how long each copy's latency histogram is kept
+# the kinds of drift `repair:` may list (charter.reconcile.classify); `ahead` never: moving a
+# copy back to an owner restored from a backup is the operator's call (--accept-owner)
+REPAIRABLE = ("missing", "stale", "extra", "divergent")
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,10 @@ class Copy:
     window_s: float
     breaks: str = ""
     line: int = 0
+    # continuous reconciliation (`charter run`): how often (0: never) and which kinds of
+    # drift the runner repairs by itself; not in repr: neither shapes a table
+    reconcile_s: float = field(default=0.0, repr=False)
+    repair: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def table(self) -> str:
@@ -154,6 +161,8 @@ class Charter:
     visibility: str = PUBLIC  # each entity's, unless it says otherwise
     latency_retention_s: float = DEFAULT_LATENCY_RETENTION_S  # 0: latencies not recorded
     sagas: dict[str, str] = field(default_factory=dict)  # saga -> the context orchestrating it
+    reconcile_s: float = 0.0  # each copy's default (Copy.reconcile_s); 0: not scheduled
+    repair: tuple[str, ...] = ()  # each copy's default (Copy.repair)
 
     def owned_by(self, context: str) -> list[Entity]:
         return [e for e in self.entities.values() if e.owner == context]
@@ -247,6 +256,8 @@ class _Reader:
         self.path = path
         self.problems: list[Problem] = []
         self.visibility = PUBLIC  # the charter's, once read: each entity's default
+        self.reconcile_s = 0.0  # the charter's, once read: each copy's default
+        self.repair: tuple[str, ...] = ()
 
     def problem(self, line: int, message: str, hint: str = "") -> None:
         self.problems.append(Problem(str(self.path), line, message, hint))
@@ -341,7 +352,7 @@ class _Reader:
 
     def _charter(self, doc: dict[str, Any]) -> Charter | None:
         keys: tuple[str, ...] = ("charter", "name", "bus", "retention", "contexts", "entities")
-        keys += ("copies", "visibility", "latency_retention", "sagas")
+        keys += ("copies", "visibility", "latency_retention", "sagas", "reconcile", "repair")
         self._unknown_keys(doc, keys, "charter")
         if doc.get("charter") != 1:
             self.problem(
@@ -361,6 +372,8 @@ class _Reader:
             )
             retention = DEFAULT_RETENTION_S
         self.visibility = self._visibility(doc, PUBLIC, "charter")
+        self.reconcile_s = self._reconcile(doc, 0.0, "charter")
+        self.repair = self._repair(doc, (), "charter")
         contexts = self._contexts(
             self._mapping(doc.get("contexts"), self._line(doc, "contexts"), "contexts"), base
         )
@@ -380,6 +393,7 @@ class _Reader:
         charter = Charter(
             name, bus, contexts, entities, copies, self.path, retention, self.visibility
         )
+        charter = dataclasses.replace(charter, reconcile_s=self.reconcile_s, repair=self.repair)
         return self._latency_retention(doc, dataclasses.replace(charter, sagas=sagas))
 
     def _sagas(
@@ -412,6 +426,66 @@ class _Reader:
             entities[name] = saga_entity(name, context, why, line)
             sagas[name] = context
         return sagas
+
+    def _reconcile(self, mapping: dict[str, Any], default: float, what: str) -> float:
+        """`reconcile:` (a duration; 0 or off: never), or `default` when it is not there."""
+        if "reconcile" not in mapping:
+            return default
+        value = mapping["reconcile"]
+        every = 0.0 if value in ("off", False) else parse_duration(value)
+        if every is None:
+            self.problem(
+                self._line(mapping, "reconcile"),
+                f"{what}: reconcile {value!r} is not a duration",
+                "how often `charter run` checks the copy against its owner: 1h, 10m, 30s "
+                "(0 or off: never)",
+            )
+            return default
+        return every
+
+    def _repair(
+        self, mapping: dict[str, Any], default: tuple[str, ...], what: str
+    ) -> tuple[str, ...]:
+        """`repair:` (the kinds of drift the runner mends by itself), or `default`."""
+        if "repair" not in mapping:
+            return default
+        value, line = mapping["repair"], self._line(mapping, "repair")
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem(
+                line,
+                f"{what}: repair must be a list of kinds of drift",
+                f"repair: [missing, stale, extra] (any of {', '.join(REPAIRABLE)}; [] for none)",
+            )
+            return default
+        kinds: list[str] = []
+        for index, item in enumerate(value):
+            try:
+                at = int(value.lc.item(index)[0]) + 1  # type: ignore[attr-defined]
+            except (AttributeError, KeyError):
+                at = line
+            kind = str(item)
+            if kind == "ahead":
+                self.problem(
+                    at,
+                    f"{what}: repair cannot list 'ahead'",
+                    "a copy ahead of its owner means the owner went back (a restored backup): "
+                    "move it back only by hand, `charter reconcile --repair --accept-owner`",
+                )
+            elif kind == "in_flight":
+                self.problem(
+                    at, f"{what}: repair cannot list 'in_flight'", "in flight is not drift"
+                )
+            elif kind not in REPAIRABLE:
+                self.problem(
+                    at,
+                    f"{what}: repair: unknown kind of drift {item!r}",
+                    _hint(kind, REPAIRABLE) or f"kinds: {', '.join(REPAIRABLE)}",
+                )
+            elif kind not in kinds:
+                kinds.append(kind)
+        return tuple(kinds)
 
     def _visibility(self, mapping: dict[str, Any], default: str, what: str) -> str:
         """`visibility:` (public or contract), or `default` when it is not there."""
@@ -726,7 +800,11 @@ class _Reader:
             line = self._line(raw, name)
             self._check_name(str(name), line, "copy")
             spec = self._mapping(spec, line, f"copy '{name}'")
-            self._unknown_keys(spec, ("in", "of", "fields", "window", "breaks"), f"copy '{name}'")
+            self._unknown_keys(
+                spec,
+                ("in", "of", "fields", "window", "breaks", "reconcile", "repair"),
+                f"copy '{name}'",
+            )
             context, of = str(spec.get("in") or ""), str(spec.get("of") or "")
             if context not in contexts:
                 self.problem(
@@ -797,6 +875,8 @@ class _Reader:
                 window,
                 str(spec.get("breaks") or ""),
                 line,
+                self._reconcile(spec, self.reconcile_s, f"copy '{name}'"),
+                self._repair(spec, self.repair, f"copy '{name}'"),
             )
         return copies
 

@@ -178,3 +178,31 @@ class RecordedCommand:
     name: str
     result: bytes
     time: str
+
+
+DRIFT_KINDS = ("missing", "extra", "stale", "divergent", "ahead", "in_flight")
+"""The kinds of difference a check counts (charter.reconcile.classify), each a column of
+charter_drift; all but in_flight are drift."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """The last check of a copy against its owner, as its own store keeps it (charter_drift,
+    one row per copy): when, how long it took, how many ids of each kind it found (in
+    flight too, which is no drift), a sample of the drifted ids of each kind, whether it
+    looked at the whole copy, the error that stopped it, and what a repair before it
+    published (by kind: the check is the one made after the repair)."""
+
+    copy: str
+    checked_at: str
+    took_s: float
+    counts: dict[str, int]
+    sample: dict[str, list[str]]
+    complete: bool = True
+    error: str = ""
+    repaired: dict[str, int] | None = None
+
+    @property
+    def rows(self) -> int:
+        """How many ids drifted (in flight is not drift)."""
+        return sum(n for kind, n in self.counts.items() if kind != "in_flight")

@@ -49,6 +49,11 @@ class Reports:
             self._count(worker, state, now)
             return False
 
+    def note(self, line: str) -> None:
+        """Something worth a line that is no failure (reconciliation found drift)."""
+        with self._lock:
+            self._lines.append(line)
+
     def worked(self, worker: str, now: float | None = None) -> None:
         """`worker` did its work: if it was failing, say that it is over."""
         if worker not in self._failing:  # (read without the lock: the common case)

@@ -14,6 +14,7 @@ from charter.errors import Error
 from charter.lanes import Lane
 from charter.model import Charter
 from charter.projector import Projector
+from charter.reconcile.schedule import Reconciler
 from charter.relay import Relay
 from charter.reports import Reports
 from charter.sagas.worker import SagaWorker
@@ -47,7 +48,9 @@ class Runner:
     (commands=False: none), and one with sagas registered (Saga.register) an orchestrator
     of them. With `concurrency` N, each command worker handles up to N shares of its
     commands at once (one record's in one share, in order), and N orchestrators share a
-    context's runs."""
+    context's runs. The copies it keeps that declare `reconcile:` are checked
+    against their owners on that schedule, in a thread of their own (charter.reconcile.
+    schedule; with lanes, by lane 1's runner only; reconcile=False: never)."""
 
     def __init__(
         self,
@@ -62,6 +65,7 @@ class Runner:
         lane: Lane | None = None,
         commands: bool = True,
         concurrency: int = 1,
+        reconcile: bool = True,
     ) -> None:
         charter = system.charter
         names = list(contexts) if contexts is not None else list(charter.contexts)
@@ -120,10 +124,14 @@ class Runner:
                     self.workers.append(worker)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.reports = Reports()
+        scheduled = [p.copy for p in self.projectors if p.copy.reconcile_s > 0]
+        if not reconcile or (lane is not None and lane.number != 1):
+            scheduled = []
+        self.reconciler = Reconciler(system, scheduled, self.reports)
         # Each distinct failure of a worker, the first time (a failure that repeats is
         # counted in `reports`, which is what `charter run` prints).
         self.errors: list[BaseException] = []
-        self.reports = Reports()
 
     @property
     def projectors(self) -> list[Projector]:
@@ -175,6 +183,7 @@ class Runner:
         housekeeper = threading.Thread(target=self._housekeep, name="charter:compact", daemon=True)
         housekeeper.start()
         self._threads.append(housekeeper)
+        self.reconciler.start()
         return self
 
     def _loop(self, worker: Worker) -> None:
@@ -223,6 +232,7 @@ class Runner:
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the batch in hand, then stop."""
         self._stop.set()
+        self.reconciler.stop(timeout)  # first: its repairs need the projectors
         for worker in self.workers:
             self.system.signals.notify(worker.wake_key)
         for thread in self._threads:

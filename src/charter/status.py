@@ -1,6 +1,8 @@
 """Every copy measured against its contract (G5): how many events and how many
 seconds it is behind its owner, and whether that breaks its window. A copy with parked
 events is wrong for those ids however fresh it is: DEGRADED (a broken window still wins).
+A copy whose last reconciliation (charter.reconcile, kept in its store) found drift is
+DRIFT: rows differ from the owner beyond what is in flight.
 
 And how it has kept its promise, from its latency histogram (charter.latency): p50 and
 p99 over the last 5 minutes, and the share of events applied within its window over the
@@ -14,13 +16,15 @@ from typing import Any
 from charter import clock, lag, latency
 from charter.errors import Error
 from charter.model import Copy
+from charter.records import Drift
 from charter.system import System
 from charter.visibility import topic_of
 
 OK, BREACH, NEVER_SYNCED, DEGRADED = "OK", "BREACH", "NEVER_SYNCED", "DEGRADED"
 UNKNOWN = "UNKNOWN"  # could not be measured: a store or the bus failed (`error` says which)
 GAP = "GAP"  # the bus compacted events the copy never applied: it is being filled again
-FAILING = frozenset({BREACH, DEGRADED, GAP})  # what `charter status --strict` exits 3 on
+DRIFT = "DRIFT"  # its last reconciliation found rows that differ from the owner beyond in flight
+FAILING = frozenset({BREACH, DEGRADED, GAP, DRIFT})  # what `charter status --strict` exits 3 on
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class CopyStatus:
     latency_p99_s: float | None = None
     within_window_1h: float | None = None  # share (0 to 1) applied within the window
     within_window_1d: float | None = None
+    drift: int | None = None  # ids drifted at its last check (None: never checked)
+    last_check: Drift | None = None  # that check, as its store keeps it (charter_drift)
 
     @property
     def synced(self) -> bool:
@@ -59,6 +65,7 @@ class CopyStatus:
     def as_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["in"] = doc.pop("context")
+        doc["drift"] = None if self.last_check is None else drift_json(self.last_check)
         result = {key: doc[key] for key in JSON_KEYS}
         if self.state == UNKNOWN:
             result["lag_events"] = result["lag_s"] = None  # not 0: nobody knows
@@ -82,8 +89,23 @@ JSON_KEYS = (
     "latency_p99_s",
     "within_window_1h",
     "within_window_1d",
+    "drift",
 )  # and "error", when the state is UNKNOWN
 SPANS_MIN = (5, 60, 1440)  # the spans of the quantiles, and of the two shares
+
+
+def drift_json(check: Drift) -> dict[str, Any]:
+    """A copy's last check, for `charter status --json`."""
+    return {
+        "rows": check.rows,
+        "counts": check.counts,
+        "checked_at": check.checked_at,
+        "took_s": check.took_s,
+        "complete": check.complete,
+        "sample": check.sample,
+        "repaired": check.repaired,
+        "error": check.error or None,
+    }
 
 
 Kept = tuple[float | None, float | None, float | None, float | None]
@@ -120,6 +142,7 @@ def copy_status(
     checkpoint, lag_events, lag_s = measured.checkpoint, measured.events, measured.seconds
     topic = topic_of(entity, copy)  # what the copy reads (charter.visibility)
     parked = len(system.store(copy.context).parked(copy))
+    last_check = system.store(copy.context).drift(copy)
     lanes = system.store(copy.context).lanes(copy)
     whole = checkpoint.position if checkpoint else 0
     if all((lane.position or 0) < whole for lane in lanes):
@@ -132,6 +155,8 @@ def copy_status(
         lag_events = max(lag_events, 1)  # one lost event at least: never "synced"
     elif lag_s > copy.window_s:
         state = BREACH
+    elif last_check is not None and last_check.rows:
+        state = DRIFT
     elif parked:
         state = DEGRADED
     else:
@@ -161,6 +186,8 @@ def copy_status(
         latency_p99_s=p99,
         within_window_1h=hour,
         within_window_1d=day,
+        drift=None if last_check is None else last_check.rows,
+        last_check=last_check,
     )
 
 

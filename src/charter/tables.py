@@ -31,6 +31,7 @@ def status_table(rows: list[CopyStatus]) -> Table:
         "DEGRADED": "red",
         UNKNOWN: "bold red",
         "GAP": "bold red",
+        "DRIFT": "bold red",
     }
     now = dt.datetime.now(dt.UTC)
     for row in rows:
@@ -117,6 +118,39 @@ def lanes_line(row: CopyStatus) -> str:
         mark = " (slowest)" if lane.position is not None and lane.position == slowest else ""
         parts.append(f"{lane.lane} {where}{mark}")
     return f"{row.copy} lanes: {', '.join(parts)}; bus head {row.lanes[0].head}"
+
+
+def ago(moment: str, now: dt.datetime | None = None) -> str:
+    """How long ago an ISO moment was: '3s ago', '2.5m ago'."""
+    now = now or dt.datetime.now(dt.UTC)
+    then = dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return f"{seconds(max(0.0, round((now - then).total_seconds(), 1)))} ago"
+
+
+def drift_line(row: CopyStatus) -> str | None:
+    """A copy's last reconciliation, for under the status table (None: never checked)."""
+    check = row.last_check
+    if check is None:
+        return None
+    when = f"checked {ago(check.checked_at)}, took {measured(check.took_s)}"
+    if check.error:
+        return f"{row.copy} reconciliation: [bold red]failed[/] ({when}): {escape(check.error)}"
+    flying = check.counts.get("in_flight", 0)
+    found = ", ".join(f"{n} {k}" for k, n in check.counts.items() if k != "in_flight")
+    text = f"[bold red]drift {check.rows}[/]: {found}" if check.rows else "[green]no drift[/]"
+    text += f" ({flying} in flight)" if flying else ""
+    if not check.complete:
+        text += " [yellow](stopped by its budget before the end)[/]"
+    if check.repaired:
+        mended = ", ".join(f"{n} {kind}" for kind, n in check.repaired.items())
+        text += f"; repaired {mended} before this check"
+    line = f"{row.copy} reconciliation: {text} ({when})"
+    for kind, ids in check.sample.items():
+        more = check.counts.get(kind, 0) - len(ids)
+        line += f"\n  {kind}: {escape(', '.join(ids))}" + (f" … ({more} more)" if more else "")
+    if check.rows:
+        line += f"\n  see `charter reconcile {row.copy}`; `--repair` to mend it from its owner"
+    return line
 
 
 def seconds(value: float) -> str:

@@ -63,9 +63,14 @@ def classify(
     owner: Store, entity: Entity, store: Store, copy: Copy, entity_id: str, now: float
 ) -> Finding | None:
     """The kind of difference at `entity_id` now (clock seconds); None when there is none
-    any more (the copy caught up, or both deleted it, since the digests)."""
-    mine = owner.fetch(entity, entity_id)
+    any more (the copy caught up, or both deleted it, since the digests).
+
+    The copy is read before the owner: a copy only takes versions its owner reached, so
+    read in this order it can never look ahead of an owner that is writing (read the other
+    way round, an owner read at v5, then writing v6, then the copy applying it and read at
+    v6, looked ahead)."""
     theirs = next(iter(store.copy_rows(copy, {"id": entity_id})), None)
+    mine = owner.fetch(entity, entity_id)
     if mine is None and theirs is None:
         return None
     have = None if theirs is None else int(theirs["version"])

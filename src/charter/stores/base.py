@@ -19,6 +19,7 @@ from charter.model import Charter, Copy, Entity, Field
 from charter.records import (
     Backlog,
     Checkpoint,
+    Drift,
     LaneCheckpoint,
     Mend,
     OutboxRow,
@@ -214,5 +215,12 @@ class Store(Protocol):
     def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
         """Put the copy's records right from their owner's state (charter.reconcile.repair;
         Mend.takes says which it takes), in one transaction; returns how many changed."""
+
+    def record_drift(self, drift: Drift) -> None:
+        """Keep `drift` as the copy's last check (charter_drift: one row per copy, the newer
+        replacing the older), for `charter status` and the metrics to read."""
+
+    def drift(self, copy: Copy) -> Drift | None:
+        """The copy's last check as recorded (None: never checked)."""
 
     def close(self) -> None: ...

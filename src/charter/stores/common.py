@@ -9,11 +9,13 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
+import orjson
+
 from charter import latency
 from charter.errors import SchemaChangeError
 from charter.events import Event
 from charter.model import DEFAULT_LATENCY_RETENTION_S, Charter, Copy, Entity, Field, NoOverlap
-from charter.records import OutboxRow, Parked, Row
+from charter.records import DRIFT_KINDS, Drift, OutboxRow, Parked, Row
 
 OUTBOX_COLUMNS = "seq, event_id, entity, entity_id, version, op, changed, time, body"
 OUTBOX_COLUMNS_OF_O = ", ".join("o." + c for c in OUTBOX_COLUMNS.split(", "))  # alias `o`
@@ -200,3 +202,41 @@ class LatencyMinutes:
             return None
         self._pruned[copy.name] = minute
         return minute - self.kept + 1
+
+
+DRIFT_COLUMNS: tuple[str, ...] = ("copy", "checked_at", "took", "complete", *DRIFT_KINDS)
+DRIFT_COLUMNS += ("sample", "repaired", "error")
+"""charter_drift's columns, in order: the last check of each copy (records.Drift)."""
+
+
+def drift_values(drift: Drift) -> tuple[Any, ...]:
+    """`drift` as a row of charter_drift (DRIFT_COLUMNS)."""
+    counts = tuple(int(drift.counts.get(kind, 0)) for kind in DRIFT_KINDS)
+    repaired = None if drift.repaired is None else orjson.dumps(drift.repaired).decode()
+    return (
+        drift.copy,
+        drift.checked_at,
+        float(drift.took_s),
+        1 if drift.complete else 0,
+        *counts,
+        orjson.dumps(drift.sample).decode(),
+        repaired,
+        drift.error or None,
+    )
+
+
+def drift_of(row: Sequence[Any]) -> Drift:
+    """A row of charter_drift (DRIFT_COLUMNS) read back."""
+    copy, checked_at, took, complete, *rest = row
+    counts = dict(zip(DRIFT_KINDS, rest[: len(DRIFT_KINDS)], strict=True))
+    sample, repaired, error = rest[len(DRIFT_KINDS) :]
+    return Drift(
+        str(copy),
+        str(checked_at),
+        float(took),
+        {kind: int(n) for kind, n in counts.items() if n},
+        orjson.loads(sample) if sample else {},
+        bool(complete),
+        error or "",
+        None if repaired is None else orjson.loads(repaired),
+    )

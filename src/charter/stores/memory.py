@@ -29,6 +29,7 @@ from charter.model import Charter, Copy, Entity, Field, NoOverlap
 from charter.records import (
     Backlog,
     Checkpoint,
+    Drift,
     LaneCheckpoint,
     Mend,
     OutboxRow,
@@ -67,6 +68,7 @@ class _Data:
     unique: dict[tuple[str, str], dict[object, str]] = field(default_factory=dict)
     changes: waiting.Registry = field(default_factory=waiting.Registry)  # by copy
     commands: dict[str, RecordedCommand] = field(default_factory=dict)  # charter_command
+    drift: dict[str, Drift] = field(default_factory=dict)  # charter_drift: copy → last check
     lock: threading.RLock = field(default_factory=threading.RLock)  # any read or write
     writer: threading.Lock = field(default_factory=threading.Lock)  # one owner tx at a time
 
@@ -543,6 +545,16 @@ class MemoryStore:
                         copy, mend.entity_id, mend.version, mend.state, now
                     )
         return changed
+
+    def record_drift(self, drift: Drift) -> None:
+        self._touch("record_drift")
+        with self._data.lock:
+            self._data.drift[drift.copy] = drift
+
+    def drift(self, copy: Copy) -> Drift | None:
+        self._touch("drift")
+        with self._data.lock:
+            return self._data.drift.get(copy.name)
 
     def close(self) -> None:
         """Nothing to release: the data stays for the next open of the same URL."""

@@ -27,6 +27,7 @@ from charter.model import Charter, Copy, Entity, Field, NoOverlap
 from charter.records import (
     Backlog,
     Checkpoint,
+    Drift,
     LaneCheckpoint,
     Mend,
     OutboxRow,
@@ -37,6 +38,7 @@ from charter.records import (
 )
 from charter.stores import sqlite_reconcile, waiting
 from charter.stores.common import (
+    DRIFT_COLUMNS,
     HISTORY_COLUMNS,
     OUTBOX_ADDED_COLUMNS,
     OUTBOX_COLUMNS,
@@ -46,6 +48,8 @@ from charter.stores.common import (
     check_extension,
     copy_guard_message,
     counted,
+    drift_of,
+    drift_values,
     entity_guard_message,
     extension_problems,
     outbox_row,
@@ -91,6 +95,12 @@ CREATE TABLE IF NOT EXISTS charter_latency (
     copy TEXT NOT NULL, minute INTEGER NOT NULL, bucket INTEGER NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (copy, minute, bucket)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS charter_drift (
+    copy TEXT PRIMARY KEY, checked_at TEXT NOT NULL, took REAL NOT NULL,
+    complete INTEGER NOT NULL, missing INTEGER NOT NULL, extra INTEGER NOT NULL,
+    stale INTEGER NOT NULL, divergent INTEGER NOT NULL, ahead INTEGER NOT NULL,
+    in_flight INTEGER NOT NULL, sample TEXT NOT NULL, repaired TEXT, error TEXT
+);
 CREATE TABLE IF NOT EXISTS charter_command (
     key TEXT PRIMARY KEY, name TEXT NOT NULL, result BLOB NOT NULL, time TEXT NOT NULL
 ) WITHOUT ROWID;
@@ -677,6 +687,26 @@ class SQLiteStore:
     def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
         with self._conns.write() as conn:
             return sqlite_reconcile.mend(conn, copy, mends, now_text())
+
+    # -- the last check of each copy (charter.reconcile) -----------------------------
+
+    def record_drift(self, drift: Drift) -> None:
+        marks = ", ".join("?" * len(DRIFT_COLUMNS))
+        with self._conns.write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO charter_drift VALUES ({marks})", drift_values(drift)
+            )
+
+    def drift(self, copy: Copy) -> Drift | None:
+        row = (
+            self._conns.get()
+            .execute(
+                f"SELECT {', '.join(DRIFT_COLUMNS)} FROM charter_drift WHERE copy = ?",
+                (copy.name,),
+            )
+            .fetchone()
+        )
+        return None if row is None else drift_of(row)
 
     def close(self) -> None:
         for holder in list(self._leads):

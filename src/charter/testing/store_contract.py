@@ -4,6 +4,7 @@ one, a fresh copy store (context `mailing`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from charter.ids import uuid7
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity
 from charter.owner import Transaction
-from charter.records import Mend, Parked, RecordedCommand
+from charter.records import Drift, Mend, Parked, RecordedCommand
 from charter.stores.base import Store
 from charter.testing import world
 
@@ -496,6 +497,33 @@ class StoreContract:
         copies.backfill(copy, iter(()), 0)
         copies.apply(copy, [(1, world.event(uuid7(), 1, op="created"))], [], 1, None, [(1, 1)])
         assert copies.latency(copy, 0) == {}
+
+    # -- the last check of each copy (charter.reconcile) --------------------------------
+
+    def test_a_copys_last_check_is_kept_and_replaced_by_the_next(
+        self, copies: Store, charter: Charter
+    ) -> None:
+        copy = self.copy(charter)
+        assert copies.drift(copy) is None  # never checked
+        first = Drift(
+            copy.name,
+            "2026-01-02T03:04:05.123456Z",
+            0.25,
+            {"missing": 2, "divergent": 1, "in_flight": 7},
+            {"missing": [uuid7(), uuid7()], "divergent": [uuid7()]},
+            complete=False,
+            repaired={"missing": 3},
+        )
+        copies.record_drift(first)
+        assert copies.drift(copy) == first and first.rows == 3
+        clean = Drift(copy.name, "2026-01-02T04:00:00.000000Z", 0.01, {}, {})
+        copies.record_drift(clean)
+        assert copies.drift(copy) == clean and clean.rows == 0
+        failed = Drift(copy.name, "2026-01-02T05:00:00.000000Z", 0.0, {}, {}, error="down")
+        copies.record_drift(failed)
+        assert copies.drift(copy) == failed
+        other = dataclasses.replace(copy, name="other_people")
+        assert copies.drift(other) is None  # one row per copy
 
     # -- waiting for a version (read your own writes) ----------------------------------
 

@@ -29,6 +29,7 @@ from charter.stores.common import (
 )
 from charter.stores.postgres import commands
 from charter.stores.postgres.core import _Core
+from charter.stores.postgres.drift import TABLE as DRIFT_TABLE
 from charter.stores.postgres.writes import OLD
 
 _COLUMN_TYPE = {
@@ -80,7 +81,7 @@ BEGIN
     RETURN NULL;
 END $$;
 """
-_META += commands.TABLE
+_META += commands.TABLE + DRIFT_TABLE
 
 
 def _fingerprint(charter: Charter, context: str) -> str:

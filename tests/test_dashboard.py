@@ -28,9 +28,10 @@ import charter
 from charter.cli import main
 from charter.dashboard import create_app
 from charter.dashboard.findings import Findings
-from charter.status import BREACH, DEGRADED, OK
+from charter.records import Drift
+from charter.status import BREACH, DEGRADED, DRIFT, OK
 from charter.system import System
-from charter.topology import COLOURS, DRIFT, FINDING
+from charter.topology import COLOURS, FINDING
 from tests.conftest import ROOT, SHOP, charter_command, edit
 from tests.nats_servers import free_ports
 
@@ -152,7 +153,7 @@ def test_status_is_every_copy_against_its_window_and_follows_the_system(
         tx.update("Customer", ada, name="Ada Lovelace")  # not drained: the copies lag
     until(lambda: copies(http)["order_customers"]["lag_events"] == 1)
     doc = http.get("/api/status").json()
-    assert doc["charter"] == "shop" and doc["refresh_s"] == 0.1 and doc["drift_kept"] is False
+    assert doc["charter"] == "shop" and doc["refresh_s"] == 0.1
     assert doc["counts"] == {OK: 2} and doc["parked"] == 0 and doc["findings"] is None
     before = doc["version"]
     until(lambda: http.get("/api/status").json()["version"] > before)  # measured again
@@ -365,26 +366,23 @@ def test_metrics_are_the_copies_gauges_for_prometheus(client: tuple[TestClient, 
         assert checked.returncode == 0
 
 
-def test_drift_is_shown_when_a_store_keeps_it(client: tuple[TestClient, System]) -> None:
-    """Reconciliation's last result per copy, where a store offers `last_drift(copy)` (the
-    method the dashboard looks for); none of today's stores does, and the page says so."""
+def test_drift_is_shown_as_the_copy_store_keeps_it(client: tuple[TestClient, System]) -> None:
+    """Each copy's last reconciliation, as its store keeps it (charter_drift): the rows, when;
+    a copy with drift is DRIFT, and amber on the map."""
     http, system = client
     customer(system, "ada")
     charter.Runner(system).drain()
-    assert http.get("/api/status").json()["drift_kept"] is False
-    results = {"order_customers": {"missing": 2, "stale": 1, "checked_at": "2026-01-01T00:00Z"}}
-    store = system.store("orders")
-    store.last_drift = lambda copy: results.get(copy.name)  # type: ignore[attr-defined]
-    app = create_app(system, TOKEN, refresh_s=0.1)
-    with TestClient(app) as drifting:
-        doc = drifting.get("/api/status").json()
-        assert doc["drift_kept"] is True
-        order = {c["copy"]: c for c in doc["copies"]}["order_customers"]
-        assert order["drift"] == {"rows": 3, "last": results["order_customers"]}
-        assert order["drift_text"] == "drift 3" and order["state"] == OK
-        if shutil.which("dot"):
-            drawn = until(lambda: (a := drifting.get("/map.svg")).status_code == 200 and a)
-            assert "drift 3" in drawn.text and COLOURS[DRIFT] in drawn.text
+    until(lambda: copies(http)["order_customers"]["state"] == OK)
+    assert copies(http)["order_customers"]["drift"] is None  # never checked
+    checked = Drift("order_customers", "2026-01-01T00:00:00Z", 0.2, {"missing": 2, "stale": 1}, {})
+    system.store("orders").record_drift(checked)
+    until(lambda: copies(http)["order_customers"]["state"] == DRIFT)
+    order = copies(http)["order_customers"]
+    assert order["drift"]["rows"] == 3 and order["drift"]["counts"] == {"missing": 2, "stale": 1}
+    assert order["drift_text"] == "drift 3"
+    if shutil.which("dot"):
+        drawn = until(lambda: "drift 3" in (a := http.get("/map.svg")).text and a)
+        assert COLOURS[DRIFT] in drawn.text
 
 
 def test_on_every_backend_status_parked_events_a_story_and_metrics(shop: System) -> None:

@@ -18,7 +18,7 @@ from charter.audit.sources import Seen, Who
 from charter.audit.traffic import Traffic
 from charter.cli import main
 from charter.runner import Runner
-from charter.status import BREACH, DEGRADED, GAP, NEVER_SYNCED, OK, UNKNOWN, CopyStatus
+from charter.status import BREACH, DEGRADED, DRIFT, GAP, NEVER_SYNCED, OK, UNKNOWN, CopyStatus
 from charter.system import System
 from tests.conftest import SHOP
 from tests.nats_servers import free_ports
@@ -41,13 +41,6 @@ def draw(*args: str, code: int = 0, env: dict[str, str] | None = None) -> str:
 
 def status_row(copy: str, state: str) -> CopyStatus:
     return CopyStatus(copy, "Customer", "customers", "orders", 5.0, 0, 0.5, None, 0, state)
-
-
-@dataclasses.dataclass(frozen=True)
-class WithDrift(CopyStatus):
-    """CopyStatus as reconciliation will have it: with a `drift` attribute."""
-
-    drift: int = 0
 
 
 def test_contexts_entities_and_copies_with_their_live_state(shop_path: Path) -> None:
@@ -80,10 +73,10 @@ def test_every_state_has_its_colour_and_drift_shows_when_status_has_it(shop_path
         [edge, _] = topology.graph(charter, [status_row("order_customers", state)]).edges
         assert (edge.state, edge.colour) == (state, topology.COLOURS[state])
         assert state in edge.label
-    drifting = WithDrift(*dataclasses.astuple(status_row("order_customers", OK))[:10], drift=3)
+    drifting = dataclasses.replace(status_row("order_customers", DRIFT), drift=3)
     [edge, _] = topology.graph(charter, [drifting]).edges
-    assert edge.state == topology.DRIFT and "drift 3" in edge.label
-    still = WithDrift(*dataclasses.astuple(status_row("order_customers", OK))[:10], drift=0)
+    assert edge.state == DRIFT and "drift 3" in edge.label
+    still = dataclasses.replace(status_row("order_customers", OK), drift=0)
     [edge, _] = topology.graph(charter, [still]).edges
     assert edge.state == OK and "drift" not in edge.label
     [edge, _] = topology.graph(charter, []).edges  # not asked: no state

@@ -13,16 +13,15 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from charter.errors import Error
 from charter.model import Charter
-from charter.status import BREACH, DEGRADED, GAP, NEVER_SYNCED, OK, UNKNOWN, CopyStatus
+from charter.status import BREACH, DEGRADED, DRIFT, GAP, NEVER_SYNCED, OK, UNKNOWN, CopyStatus
 from charter.tables import seconds
 
-DRIFT = "DRIFT"
 FINDING = "FINDING"
 COLOURS = {
     OK: "#2e7d32",
@@ -88,19 +87,8 @@ def _id(kind: str, name: str) -> str:
 
 
 def drift(status: CopyStatus) -> str:
-    """What status says of a copy's drift (reconciliation adds it to CopyStatus): '' when
-    it says nothing, or nothing is drifting."""
-    value = getattr(status, "drift", None)
-    if isinstance(value, Mapping):
-        numbers = [v for v in value.values() if isinstance(v, int | float)]
-        value = sum(numbers) if numbers else (value or None)
-    if value is None or value is False or value == 0 or value == "":
-        return ""
-    if isinstance(value, int | float):
-        return f"drift {value:g}"
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return f"drift {len(value)}" if value else ""
-    return f"drift {value}"[:48]
+    """What status says of a copy's drift at its last reconciliation: '' for none."""
+    return f"drift {status.drift}" if status.drift else ""
 
 
 def graph(

@@ -5,9 +5,8 @@ retried or dropped with the token; one record's story; the latest audit findings
 `/metrics` for Prometheus. Plain HTML and a small script, served by the app: no build.
 
 `watch` measures (one thread reads the stores; one snapshot answers every viewer),
-`story` tells one record's, `findings` keeps the audit's, `drift` finds reconciliation's
-when a store keeps it, `auth` guards the actions, `app` routes, `scrape` is `/metrics`,
-`serve` runs it on uvicorn."""
+`story` tells one record's, `findings` keeps the audit's, `auth` guards the actions, `app`
+routes, `scrape` is `/metrics`, `serve` runs it on uvicorn."""
 
 from __future__ import annotations
 

@@ -187,7 +187,6 @@ def create_app(
             ],
             "read_only": guard.read_only,
             "audit": findings is not None,
-            "drift_kept": watcher.drift_kept,
             "refresh_s": watcher.refresh_s,
         }
 

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 import orjson
 
 from charter import clock, latency, parking, topology
-from charter.dashboard import drift
 from charter.dashboard.findings import Findings
 from charter.dashboard.story import story
 from charter.errors import Error
@@ -70,11 +69,9 @@ class Watcher:
         self.drawn = Drawn("", None, "the map is being drawn")
         self._drawing = ""
         self._version = 0
-        self.drift_kept: bool | None = None  # whether the stores keep drift (None: not asked)
         self._scrape: Callable[[], bytes] | None = None
         self._kept: dict[str, Kept] = {}
         self._kept_at = -math.inf
-        self._drift: dict[str, dict[str, Any] | None] = {}
 
     def open(self) -> None:
         """Its threads, until close() (an app may be started again: tests do)."""
@@ -115,26 +112,15 @@ class Watcher:
         charter = self.system.charter
         fresh = time.monotonic() - self._kept_at >= self.refresh_s * KEPT_EVERY
         rows = self._status(fresh)
-        if self.drift_kept is None:
-            self.drift_kept = self._drift_kept()
         docs, drawn_rows, marks = [], [], []
         for row in rows:
             copy = charter.copies[row.copy]
-            if self.drift_kept and (fresh or copy.name not in self._drift):
-                try:
-                    self._drift[copy.name] = drift.last(self.system.store(copy.context), copy)
-                except Error as exc:
-                    self._drift[copy.name] = {"error": str(exc)}
-            last = self._drift.get(copy.name)
-            drifting = drift.rows_drifting(last)
             doc = row.as_json()
             doc["fields"] = list(copy.fields)
             doc["breaks"] = copy.breaks
-            doc["drift"] = None if last is None else {"rows": drifting, "last": last}
-            shown = drift.with_drift(row, drifting)
-            doc["drift_text"] = topology.drift(shown)
+            doc["drift_text"] = topology.drift(row)  # doc["drift"]: its last check (status)
             docs.append(doc)
-            drawn_rows.append(shown)
+            drawn_rows.append(row)
             marks.append((row.copy, row.state, doc["drift_text"]))
         found = self.findings.version if self.findings else 0
         key = hashlib.sha1(orjson.dumps([marks, found])).hexdigest()[:16]
@@ -147,7 +133,6 @@ class Watcher:
             "refresh_s": self.refresh_s,
             "counts": dict(Counter(row.state for row in rows)),
             "parked": sum(row.parked for row in rows),
-            "drift_kept": bool(self.drift_kept),
             "map": key,
             "findings": found if self.findings else None,
             "copies": docs,
@@ -181,13 +166,6 @@ class Watcher:
         if fresh:
             self._kept_at = time.monotonic()
         return rows
-
-    def _drift_kept(self) -> bool:
-        contexts = {c.context for c in self.system.charter.copies.values()}
-        try:
-            return any(drift.available(self.system.store(name)) for name in contexts)
-        except Error:
-            return False
 
     def parked(self, copy: str | None = None) -> dict[str, Any]:
         events: list[Parked] = []

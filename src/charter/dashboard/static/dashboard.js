@@ -94,7 +94,7 @@ function renderCounts(snap) {
 function renderCopies(snap) {
   const body = $("copies").tBodies[0];
   const rows = snap.copies.map((c) => {
-    const drift = c.drift_text || (c.drift && c.drift.rows ? "drift " + c.drift.rows : "");
+    const drift = c.drift ? (c.drift_text || "none") + " · checked " + c.drift.checked_at : "never checked";
     const row = el("tr", { "data-copy": c.copy, "data-state": c.state,
         title: c.breaks ? "breaks: " + c.breaks : (c.error || ""),
         onclick: () => showLatency(c.copy) },
@@ -108,13 +108,11 @@ function renderCopies(snap) {
       el("td", { class: "num" }, share(c.within_window_1h)),
       el("td", { class: "num" }, share(c.within_window_1d)),
       el("td", { class: "num" }, c.parked),
-      el("td", {}, drift || (snap.drift_kept ? "none" : "–")),
+      el("td", {}, drift),
       el("td", {}, c.last_applied_at || "never"));
     return row;
   });
   body.replaceChildren(...rows);
-  $("drift-note").textContent = snap.drift_kept ? "" :
-    "drift: these stores keep no reconciliation result (run `charter reconcile` to check a copy).";
 }
 
 function renderLive(snap, ok) {

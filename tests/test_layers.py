@@ -74,6 +74,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.topology",  # the map: the charter drawn, with live states and findings
         "charter.metrics",
         "charter.alerts",
+        "charter.transfer",  # charter transfer: ownership moved with an epoch fence (G10)
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

@@ -440,6 +440,71 @@ def registered(spec: str) -> Callable[[System], Any]:
     return found  # type: ignore[no-any-return]
 
 
+@main.command(name="transfer")
+@charter_file
+@click.argument("entity", required=False)
+@click.option("--to", "to", metavar="CONTEXT", help="The context that will own them.")
+@click.option(
+    "--partitions",
+    "parts",
+    type=int,
+    multiple=True,
+    metavar="P",
+    help="Move only these partitions of the record id (0-15, as on the bus); repeat it.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--status", is_flag=True, help="Where the entity's transfer is.")
+@click.option("--rollback", is_flag=True, help="Undo an unfinished transfer (before promote).")
+@click.option("--drain-timeout", default=30.0, show_default=True, help="Seconds to drain.")
+@click.option("--json", "as_json", is_flag=True, help="--status or --dry-run as JSON.")
+@click.pass_context
+@reports_errors
+def transfer_command(
+    ctx: click.Context,
+    path: Path,
+    entity: str | None,
+    to: str | None,
+    parts: tuple[int, ...],
+    dry_run: bool,
+    status: bool,
+    rollback: bool,
+    drain_timeout: float,
+    as_json: bool,
+) -> None:
+    """Move ownership of ENTITY (or of some partitions of its records) to another context,
+    never with two writers (G10): fence the old owner in its own store, drain its events,
+    promote the new owner at a new epoch, record the move in the charter, apply grants. An
+    interrupted transfer resumes when run again, or --rollback (before promote)."""
+    from charter import transfer
+
+    done = transfer.command(
+        path,
+        entity,
+        to,
+        list(parts) if parts else None,
+        dry_run=dry_run,
+        status=status,
+        rollback=rollback,
+        as_json=as_json,
+        say=click.echo,
+        drain_s=drain_timeout,
+    )
+    if done is not None:
+        charter = model.load(path)
+        enforced = charter.bus.startswith(NATS) or any(
+            c.store.startswith(POSTGRES) for c in charter.contexts.values()
+        )
+        if enforced:
+            ctx.invoke(
+                apply_command,
+                path=path,
+                dry_run=False,
+                nats_config=None,
+                audit_only=False,
+                mapping=(),
+            )
+
+
 @main.command(name="apply")
 @charter_file
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")

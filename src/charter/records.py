@@ -178,3 +178,16 @@ class RecordedCommand:
     name: str
     result: bytes
     time: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a store says about writing some records of an entity (G10, `charter transfer`):
+    partition `part` (-1: the whole entity) is this store's to write at `epoch` (`owner`),
+    no longer (`fenced`: it moved to `holder`), or not yet (`waiting`: moving here)."""
+
+    entity: str
+    part: int
+    epoch: int
+    state: str
+    holder: str

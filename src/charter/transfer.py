@@ -185,7 +185,7 @@ def _edited(text: str, made: Plan) -> str:
             out[number],
             count=1,
         )
-        copies = doc.get("copies") or {}
+        copies: Any = doc.get("copies")
         for name in sorted(made.copies_retired, key=lambda n: -int(copies.lc.key(n)[0])):
             begin = int(copies.lc.key(name)[0])
             begin += len(added) if begin > last else 0

@@ -33,18 +33,22 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from charter import lag, model
+from charter import model
 from charter.errors import Error, ValidationError
 from charter.lanes import PARTITIONS, partition
 from charter.model import Charter, Entity
-from charter.records import Row
+from charter.records import Checkpoint, Row
 from charter.relay import Relay
 from charter.stores import Store, fencing
 from charter.system import System
+from charter.visibility import topic_of
 
 PHASES = ("planned", "prepared", "filled", "fenced", "promoted", "drained", "recorded", "done")
 ROLLED_BACK = "rolled back"
 KILL_AFTER = "CHARTER_TRANSFER_KILL_AFTER"  # tests: kill -9 this process after that phase
+
+
+_NONE = Checkpoint(0, None, ())
 
 
 @dataclass
@@ -57,7 +61,7 @@ class Plan:
     parts: list[int] | None  # None: the whole entity
     epoch: int  # the new one
     charter: str  # the charter file's path
-    phase: str = "planned"
+    phase: str = ""  # the last phase reached; "" before the plan is saved
     started: str = ""
     records: int = 0  # how many records move (at the plan)
     copies_retired: list[str] = field(default_factory=list)  # `to`'s copies of a whole move
@@ -338,18 +342,21 @@ class Transfer:
                 raise TransferError(
                     f"the old owner '{p.source}' still has {p.entity} events not on the bus "
                     f"after {self.drain_s:g}s: is its relay (charter run) stuck? Run "
-                    "`charter transfer --resume` once it moves"
+                    f"`charter transfer {p.entity}` again once it moves"
                 )
         relay.finish()
+        # Every copy past the bus's head as it is now: the old owner's last event is
+        # at or below it (writes to other records may go on; they need not be waited for).
         for copy in system.charter.copies_of(p.entity):
             copy_store = system.store(copy.context)
-            while lag.measure(copy, self.entity_old, copy_store, store, bus).events:
+            head = bus.head(topic_of(self.entity_old, copy))
+            while (copy_store.checkpoint(copy) or _NONE).position < head:
                 if time.monotonic() > deadline:
                     raise TransferError(
                         f"copy '{copy.name}' in '{copy.context}' has not applied "
                         f"{p.entity}'s last events of epoch {p.epoch - 1} after "
                         f"{self.drain_s:g}s: is its projector (charter run) running? Run "
-                        "`charter transfer --resume` once it is"
+                        f"`charter transfer {p.entity}` again once it is"
                     )
                 time.sleep(0.002)
 

@@ -620,3 +620,52 @@ def test_the_partition_is_the_same_in_postgres() -> None:
         store.close()
         with psycopg.connect(POSTGRES, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_check_diff_and_map_know_the_move(sqlite_world: World) -> None:
+    world = sqlite_world
+    _seed(world.path, 20)
+    before = world.path.with_name("before.yaml")
+    before.write_text(world.path.read_text())
+    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+    killed = _transfer(world, *args, env={KILL_AFTER: "fenced"})
+    assert killed.returncode == -signal.SIGKILL
+    checked = subprocess.run(
+        charter_command("check", "--offline", "-f", str(world.path)), capture_output=True, text=True
+    )
+    assert "the transfer of Customer stopped at 'fenced'" in checked.stderr
+    pipeline = Pipeline(world.path)
+    try:
+        assert _transfer(world).returncode == 0
+    finally:
+        pipeline.close()
+    checked = subprocess.run(
+        charter_command("check", "--offline", "-f", str(world.path)),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "partitions 0,3,7,12: customers (epoch 2)" in checked.stdout
+    assert "stopped at" not in checked.stderr
+    diffed = subprocess.run(
+        charter_command("diff", "-f", str(world.path), str(before), "--format", "json"),
+        capture_output=True,
+        text=True,
+    )
+    assert diffed.returncode == 0, diffed.stdout + diffed.stderr  # informs, breaks nobody
+    changes = json.loads(diffed.stdout)["changes"]
+    moved = [c for c in changes if c["kind"] == "ownership_moved"]
+    assert (
+        moved
+        and "partitions 0,3,7,12 of Customer moved to customers at epoch 2"
+        in (moved[0]["sentence"])
+    )
+    drawn = subprocess.run(
+        charter_command("map", "-f", str(world.path), "--format", "json", "--no-status"),
+        capture_output=True,
+        text=True,
+    )
+    nodes = json.loads(drawn.stdout)["nodes"]
+    entity = next(n for n in nodes if n["kind"] == "entity")
+    assert "partitions 0,3,7,12: customers (epoch 2)" in entity["label"]

@@ -168,6 +168,17 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
             "it, so its owner can remove it",
             highlight=False,
         )
+    for moving in charter.entities:  # a transfer left unfinished (charter transfer)
+        state = path.parent / ".charter" / "transfers" / f"{moving}.json"
+        if state.exists():
+            phase = str(json.loads(state.read_text()).get("phase", ""))
+            if phase not in ("done", "rolled back"):
+                _console(stderr=True).print(
+                    f"[yellow]warning[/] the transfer of {escape(moving)} stopped at "
+                    f"'{escape(phase)}': its moving records are refused until it resumes "
+                    f"(charter transfer {escape(moving)}) or rolls back (--rollback)",
+                    highlight=False,
+                )
     old: diffing.Side | None = None
     if against is not None:
         ref = against if against.startswith(diffing.GIT) else diffing.GIT + against
@@ -189,7 +200,7 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
             + (" (deprecated)" if f.deprecated else "")
             for f in entity.fields.values()
         )
-        entities.add_row(*map(escape, (entity.name, entity.owner, fields, entity.why)))
+        entities.add_row(*map(escape, (entity.name, entity.ownership(), fields, entity.why)))
     copies = Table("copy", "in", "of", "fields", "window", "breaks", title="copies")
     copies.title_justify = "left"
     for copy in charter.copies.values():

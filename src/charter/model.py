@@ -168,6 +168,22 @@ class Entity:
         """The partitions `context` owns."""
         return tuple(p for p, (owner, _) in enumerate(self._holders) if owner == context)
 
+    def ownership(self) -> str:
+        """Who owns which records, in words: `legacy`, or after moves e.g. `legacy (epoch
+        1); partitions 0,3: customers (epoch 2)`."""
+        if not self.moves:
+            return self.owner
+        runs: dict[tuple[str, int], list[int]] = {}
+        for part, held in enumerate(self._holders):
+            runs.setdefault(held, []).append(part)
+        if len(runs) == 1:
+            (owner, epoch), _ = next(iter(runs.items()))
+            return f"{owner} (epoch {epoch})"
+        return "; ".join(
+            f"partitions {','.join(map(str, parts))}: {owner} (epoch {epoch})"
+            for (owner, epoch), parts in runs.items()
+        )
+
     @cached_property
     def owners(self) -> tuple[str, ...]:
         """Every context that owns some of its records: the owner first."""

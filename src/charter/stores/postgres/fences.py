@@ -68,23 +68,26 @@ class _Fences(_Core):
     """fence, unfence, fences, promote (the Store protocol's G10 part)."""
 
     def _fence_ddl(self, conn: psycopg.Connection[Any], entity: Entity) -> None:
-        s = f'"{self.schema}"'
-        conn.execute(_TABLE.format(s=s))
-        table = ",".join(map(str, fencing.crc32_table()))
-        conn.execute(_PARTITION.format(s=s, table=table, partitions=PARTITIONS))
-        conn.execute(_CHECK.format(s=s, prefix=fencing.PREFIX))
+        """The fence table, functions and the entity's trigger, unless there already (DDL
+        takes locks a transfer's switch should not wait for)."""
         trigger = f"{entity.table}_charter_fence"
         exists = conn.execute(
             "SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN "
             "pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = %s AND n.nspname = %s",
             (trigger, self.schema),
         ).fetchone()
-        if not exists:
-            conn.execute(
-                f'CREATE TRIGGER "{trigger}" BEFORE INSERT OR UPDATE OR DELETE ON '
-                f"{self._t(entity.table)} FOR EACH ROW EXECUTE FUNCTION "
-                f"{self._t('charter_fence_check')}('{entity.name}')"
-            )
+        if exists:
+            return
+        s = f'"{self.schema}"'
+        conn.execute(_TABLE.format(s=s))
+        table = ",".join(map(str, fencing.crc32_table()))
+        conn.execute(_PARTITION.format(s=s, table=table, partitions=PARTITIONS))
+        conn.execute(_CHECK.format(s=s, prefix=fencing.PREFIX))
+        conn.execute(
+            f'CREATE TRIGGER "{trigger}" BEFORE INSERT OR UPDATE OR DELETE ON '
+            f"{self._t(entity.table)} FOR EACH ROW EXECUTE FUNCTION "
+            f"{self._t('charter_fence_check')}('{entity.name}')"
+        )
 
     def _set_fences(
         self,

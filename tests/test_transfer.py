@@ -669,3 +669,41 @@ def test_check_diff_and_map_know_the_move(sqlite_world: World) -> None:
     nodes = json.loads(drawn.stdout)["nodes"]
     entity = next(n for n in nodes if n["kind"] == "entity")
     assert "partitions 0,3,7,12: customers (epoch 2)" in entity["label"]
+
+
+def test_apply_gives_the_new_owner_its_grants_and_publish_permissions() -> None:
+    from charter import grants, natsauth
+
+    pg = CHARTER.format(
+        name="m",
+        bus=NATS,
+        legacy=f"{POSTGRES}?schema=m_legacy",
+        customers=f"{POSTGRES}?schema=m_customers",
+        shipping=f"{POSTGRES}?schema=m_shipping",
+    )
+    marker = "      secret: {type: string, private: true, required: false}\n"
+    part = pg.replace(
+        marker, marker + "    moves:\n      - {epoch: 2, to: customers, partitions: [1]}\n"
+    )
+    whole = part.replace("owner: legacy", "owner: customers").replace(
+        "partitions: [1]}", "partitions: [1]}\n      - {epoch: 3, to: customers}"
+    )
+    whole = whole.split("  customer_mirror:")[0]  # the new owner's copy retired
+
+    def writes(text: str) -> dict[str, bool]:
+        found = {g.context: g for g in grants.wanted(model.loads(text))}
+        return {  # the context's service role may change its `customer` table
+            ctx: "UPDATE" in found[ctx].tables[f"m_{ctx}"].get("customer", set())
+            for ctx in ("legacy", "customers")
+        }
+
+    def publishes(text: str, ctx: str) -> bool:
+        block = natsauth.authorization(model.loads(text))
+        mine = block.split(f"# {ctx} (team")[1].split("subscribe")[0]
+        return "charter.m.Customer.>" in mine
+
+    assert writes(pg) == {"legacy": True, "customers": False}
+    assert writes(part) == {"legacy": True, "customers": True}
+    assert writes(whole) == {"legacy": False, "customers": True}
+    assert [publishes(t, "customers") for t in (pg, part, whole)] == [False, True, True]
+    assert [publishes(t, "legacy") for t in (pg, part, whole)] == [True, True, False]

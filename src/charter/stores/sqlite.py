@@ -401,6 +401,9 @@ class SQLiteStore:
         insert = self._sql[f"insert:{entity.name}"]
         conn = self._conns.get()
         with self._conns.write():
+            conn.execute(fencing.sqlite_schema())
+            for sql in fencing.sqlite_triggers(entity.name, entity.table):
+                conn.execute(sql)
             if parts is None:
                 conn.execute("DELETE FROM charter_fence WHERE entity = ?", (entity.name,))
             conn.executemany(

@@ -145,15 +145,21 @@ def bench(kind: str, moves: int, records: int) -> dict[str, object]:
     spans: list[tuple[float, float]] = []
     store_windows: list[float] = []
     phases: list[dict[str, float]] = []
-    owner = "legacy"
+    owner, resumed = "legacy", 0
     for _ in range(moves):
         to = "customers" if owner == "legacy" else "legacy"
         started = time.time()
         state = folder / ".charter" / "transfers" / "Customer.json"
         args = [sys.executable, "-m", "charter.cli", "transfer", "-f", str(path), "Customer"]
         args += ["--to", to, *[a for p in MOVING for a in ("--partitions", str(p))]]
-        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
-        if done.returncode != 0:
+        for _attempt in range(4):  # a server's hiccup: the transfer resumes where it was
+            done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+            if done.returncode == 0:
+                break
+            print(f"  transfer interrupted ({done.stderr.strip()[:160]}); resuming")
+            resumed += 1
+        else:
+            stop.write_text("")
             raise SystemExit(f"transfer failed: {done.stderr}")
         history = dict(json.loads(state.read_text())["history"])
         steps = list(json.loads(state.read_text())["history"])
@@ -209,6 +215,7 @@ def bench(kind: str, moves: int, records: int) -> dict[str, object]:
         ),
         "other_refused": refused_other,
         "phases_ms": phases,
+        "resumed": resumed,
     }
 
 
@@ -227,7 +234,7 @@ def report(result: dict[str, object]) -> None:
         f"refusal window, stores (fence commit -> charter recorded): p50 "
         f"{percentile(stores, 0.5):.1f} ms, p99 {percentile(stores, 0.99):.1f} ms"
     )
-    print(f"  each move (writers, ms): {windows}")
+    print(f"  each move (writers, ms): {windows}; resumed after an error: {result['resumed']}")
     for phases in result["phases_ms"]:  # type: ignore[attr-defined]
         print(f"  phases (ms from the one before): {phases}")
     d50, d99, dn = during  # type: ignore[misc]

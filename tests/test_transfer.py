@@ -707,3 +707,19 @@ def test_apply_gives_the_new_owner_its_grants_and_publish_permissions() -> None:
     assert writes(whole) == {"legacy": False, "customers": True}
     assert [publishes(t, "customers") for t in (pg, part, whole)] == [False, True, True]
     assert [publishes(t, "legacy") for t in (pg, part, whole)] == [True, True, False]
+
+
+def test_one_transfer_of_an_entity_at_a_time(sqlite_world: World) -> None:
+    import fcntl
+
+    from charter.transfer import state_path
+
+    _seed(sqlite_world.path, 5)
+    lock = state_path(sqlite_world.path, "Customer").with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = _transfer(sqlite_world, "--to", "customers")
+    assert second.returncode == 1
+    assert "another `charter transfer Customer` is running" in second.stderr
+    assert read_state(sqlite_world.path, "Customer") is None

@@ -21,12 +21,14 @@ Between 4 and 7 nobody may write the moving records: the refusal window
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import re
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -424,11 +426,12 @@ def command(
         if saved is None or not unfinished:
             raise TransferError(f"no unfinished transfer of {entity} to roll back")
         assert saved is not None
-        runner = Transfer(saved, say, drain_s)
-        try:
-            runner.rollback()
-        finally:
-            runner.close()
+        with _exclusive(path, entity):
+            runner = Transfer(saved, say, drain_s)
+            try:
+                runner.rollback()
+            finally:
+                runner.close()
         return None
     if unfinished:
         assert saved is not None
@@ -456,11 +459,27 @@ def command(
         if dry_run:
             _print_plan(made, as_json, say)
             return None
-    runner = Transfer(made, say, drain_s)
-    try:
-        return runner.run()
-    finally:
-        runner.close()
+    with _exclusive(path, entity):
+        runner = Transfer(made, say, drain_s)
+        try:
+            return runner.run()
+        finally:
+            runner.close()
+
+
+@contextmanager
+def _exclusive(path: Path, entity: str) -> Iterator[None]:
+    """One transfer of an entity at a time (a second one is refused, not queued)."""
+    lock = state_path(path, entity).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TransferError(
+                f"another `charter transfer {entity}` is running (it holds {lock})"
+            ) from None
+        yield
 
 
 def _print_plan(made: Plan, as_json: bool, say: Callable[[str], None]) -> None:

@@ -723,3 +723,26 @@ def test_one_transfer_of_an_entity_at_a_time(sqlite_world: World) -> None:
     assert second.returncode == 1
     assert "another `charter transfer Customer` is running" in second.stderr
     assert read_state(sqlite_world.path, "Customer") is None
+
+
+def test_a_rewind_after_a_move_publishes_no_older_epoch(sqlite_world: World) -> None:
+    """Healing a bus that lost events (G7) republishes each record's newest event from its
+    owner: a record that moved away is not the old owner's to republish, or every copy
+    would park it as an older epoch's."""
+    from charter.relay import Relay
+
+    ids = _seed(sqlite_world.path, 40)
+    pipeline = Pipeline(sqlite_world.path)
+    try:
+        args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+        assert _transfer(sqlite_world, *args).returncode == 0
+    finally:
+        pipeline.close()
+    moved = [i for i in ids if partition(i, PARTITIONS) in MOVING]
+    with charter.load(sqlite_world.path) as system:
+        owned = system.charter.owned_by("legacy")
+        relay = Relay("legacy", system.store("legacy"), system.bus, None, 100, (), owned)
+        again = relay.rewind(0)
+        assert again == len(ids) - len(moved)
+        charter.Runner(system).drain()
+        assert parking.parked(system) == []

@@ -24,6 +24,7 @@ PUBLIC = {
         "Error",
         "CharterError",
         "OwnershipError",
+        "FencedError",
         "ValidationError",
         "ConflictError",
         "ConstraintError",

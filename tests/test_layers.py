@@ -76,6 +76,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.metrics",
         "charter.alerts",
         "charter.sagas",  # sagas: steps as commands to owners, each with its compensation
+        "charter.transfer",  # charter transfer: ownership moved with an epoch fence (G10)
     ),
     API: ("charter",),
     SIM: ("charter.sim",),

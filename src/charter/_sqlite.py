@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from charter import digests
+from charter.lanes import PARTITIONS, partition
 
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -58,8 +59,14 @@ def _digest_functions(conn: sqlite3.Connection) -> None:
     """SQLite has no hash function: reconciliation's row hash and digest (charter.digests),
     computed inside the database, are Python functions registered on each connection."""
     conn.create_function("charter_row_hash", -1, digests.sqlite_row_hash, deterministic=True)
+    # a record's partition, for the fence triggers (charter.stores.fencing)
+    conn.create_function("charter_partition", 1, _partition, deterministic=True)
     # (typeshed knows only one-argument aggregates)
     conn.create_aggregate("charter_digest", -1, digests.SQLiteDigest)  # type: ignore[arg-type]
+
+
+def _partition(entity_id: object) -> int:
+    return partition(str(entity_id), PARTITIONS)
 
 
 def bound_heap(limit: int = RUNNER_HEAP_BYTES) -> None:

@@ -170,6 +170,17 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
             "it, so its owner can remove it",
             highlight=False,
         )
+    for moving in charter.entities:  # a transfer left unfinished (charter transfer)
+        state = path.parent / ".charter" / "transfers" / f"{moving}.json"
+        if state.exists():
+            phase = str(json.loads(state.read_text()).get("phase", ""))
+            if phase not in ("done", "rolled back"):
+                _console(stderr=True).print(
+                    f"[yellow]warning[/] the transfer of {escape(moving)} stopped at "
+                    f"'{escape(phase)}': its moving records are refused until it resumes "
+                    f"(charter transfer {escape(moving)}) or rolls back (--rollback)",
+                    highlight=False,
+                )
     old: diffing.Side | None = None
     if against is not None:
         ref = against if against.startswith(diffing.GIT) else diffing.GIT + against
@@ -191,7 +202,7 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
             + (" (deprecated)" if f.deprecated else "")
             for f in entity.fields.values()
         )
-        entities.add_row(*map(escape, (entity.name, entity.owner, fields, entity.why)))
+        entities.add_row(*map(escape, (entity.name, entity.ownership(), fields, entity.why)))
     copies = Table("copy", "in", "of", "fields", "window", "breaks", title="copies")
     copies.title_justify = "left"
     for copy in charter.copies.values():
@@ -466,6 +477,71 @@ def registered(spec: str) -> Callable[[System], Any]:
             param_hint="--handlers",
         )
     return found  # type: ignore[no-any-return]
+
+
+@main.command(name="transfer")
+@charter_file
+@click.argument("entity", required=False)
+@click.option("--to", "to", metavar="CONTEXT", help="The context that will own them.")
+@click.option(
+    "--partitions",
+    "parts",
+    type=int,
+    multiple=True,
+    metavar="P",
+    help="Move only these partitions of the record id (0-15, as on the bus); repeat it.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--status", is_flag=True, help="Where the entity's transfer is.")
+@click.option("--rollback", is_flag=True, help="Undo an unfinished transfer (before promote).")
+@click.option("--drain-timeout", default=30.0, show_default=True, help="Seconds to drain.")
+@click.option("--json", "as_json", is_flag=True, help="--status or --dry-run as JSON.")
+@click.pass_context
+@reports_errors
+def transfer_command(
+    ctx: click.Context,
+    path: Path,
+    entity: str | None,
+    to: str | None,
+    parts: tuple[int, ...],
+    dry_run: bool,
+    status: bool,
+    rollback: bool,
+    drain_timeout: float,
+    as_json: bool,
+) -> None:
+    """Move ownership of ENTITY (or of some partitions of its records) to another context,
+    never with two writers (G10): fence the old owner in its own store, drain its events,
+    promote the new owner at a new epoch, record the move in the charter, apply grants. An
+    interrupted transfer resumes when run again, or --rollback (before promote)."""
+    from charter import transfer
+
+    done = transfer.command(
+        path,
+        entity,
+        to,
+        list(parts) if parts else None,
+        dry_run=dry_run,
+        status=status,
+        rollback=rollback,
+        as_json=as_json,
+        say=click.echo,
+        drain_s=drain_timeout,
+    )
+    if done is not None:
+        charter = model.load(path)
+        enforced = charter.bus.startswith(NATS) or any(
+            c.store.startswith(POSTGRES) for c in charter.contexts.values()
+        )
+        if enforced:
+            ctx.invoke(
+                apply_command,
+                path=path,
+                dry_run=False,
+                nats_config=None,
+                audit_only=False,
+                mapping=(),
+            )
 
 
 @main.command(name="apply")

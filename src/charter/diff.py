@@ -321,7 +321,23 @@ class _Comparison:
 
     def _entity(self, old: Entity, new: Entity) -> None:
         name = new.name
-        if old.owner != new.owner:
+        moved = [m for m in new.moves if m.epoch > old.epoch]
+        for move in moved:  # recorded by charter transfer: the records moved with it
+            what = f"partitions {','.join(map(str, move.parts))} of {name}" if move.parts else name
+            self.add(
+                "ownership_moved",
+                f"{what} moved to {move.to} at epoch {move.epoch} (charter transfer): copies "
+                f"take only epoch-{move.epoch} events for those records; the old owner's store "
+                "refuses writes to them",
+                entity=name,
+                informs=(
+                    *(self.copy_party(c) for c in self.old.copies_of(name)),
+                    self.context_party(move.to),
+                ),
+                severity=INFORMS,
+                line=move.line or new.line,
+            )
+        if old.owner != new.owner and not any(m.parts is None and m.to == new.owner for m in moved):
             self.add(
                 "owner_changed",
                 f"{name}'s owner changes from {old.owner} to {new.owner}: its records stay "

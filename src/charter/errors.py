@@ -55,6 +55,20 @@ class OwnershipError(Error):
         )
 
 
+class FencedError(OwnershipError):
+    """A store refused a write to records whose ownership moved away from it, or has not
+    reached it yet (G10: `charter transfer` fenced them)."""
+
+    def __init__(self, entity: str, detail: str) -> None:
+        self.entity, self.detail = entity, detail
+        self.owner, self.team, self.writer, self.commands = "", "", "", ()
+        Error.__init__(
+            self,
+            f"{entity}: this store refuses the write: {detail}. Its ownership is moving or "
+            "moved (charter transfer); reload the charter to learn who owns it now.",
+        )
+
+
 class ValidationError(Error):
     """A value does not fit its field: wrong type, missing, or not one of the enum values."""
 

@@ -32,6 +32,9 @@ class Event:
     # tracing extension), when OpenTelemetry was tracing it: charter.tracing.
     traceparent: str | None = None
     tracestate: str | None = None
+    # The owner's epoch for this record (G10): 1 until its ownership moves; on the wire
+    # only when above 1, so events written before epochs existed read the same.
+    epoch: int = 1
 
     def to_cloudevent(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -48,6 +51,8 @@ class Event:
         }
         if self.actor is not None:
             doc["actor"] = self.actor  # a CloudEvents extension attribute
+        if self.epoch != 1:
+            doc["epoch"] = self.epoch
         if self.traceparent is not None:
             doc["traceparent"] = self.traceparent
             if self.tracestate:
@@ -97,6 +102,9 @@ def decode(body: bytes | str) -> Event:
     traceparent, tracestate = doc.get("traceparent"), doc.get("tracestate")
     traceparent = traceparent if isinstance(traceparent, str) else None
     tracestate = tracestate if isinstance(tracestate, str) and traceparent else None
+    epoch = doc.get("epoch", 1)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 < epoch <= MAX_VERSION:
+        raise EventError(f"{where}: epoch must be a whole number from 1, got {epoch!r}")
     return Event(
         event_id,
         entity,
@@ -110,4 +118,5 @@ def decode(body: bytes | str) -> Event:
         actor,
         traceparent,
         tracestate,
+        epoch,
     )

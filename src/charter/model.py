@@ -17,6 +17,7 @@ from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from charter import urls
 from charter.errors import CharterError, Problem
+from charter.lanes import PARTITIONS, partition
 
 FIELD_TYPES = (
     "string",
@@ -100,8 +101,27 @@ class Command:
 
 
 @dataclass(frozen=True)
+class Move:
+    """One move of ownership (`charter transfer`), as the charter records it: from `epoch`
+    on, `to` owns the records of `parts` (partitions of the record id, as `lanes.partition`
+    with `PARTITIONS`), or the whole entity when `parts` is None."""
+
+    epoch: int
+    to: str
+    parts: tuple[int, ...] | None = None
+    source: str = ""  # `from:`, the owner before (said, not needed to resolve)
+    at: str = ""  # when it was recorded
+    line: int = 0
+
+    def describe(self) -> str:
+        what = f"partitions {','.join(map(str, self.parts))}" if self.parts else "the whole entity"
+        return f"epoch {self.epoch}: {what} to {self.to}"
+
+
+@dataclass(frozen=True)
 class Entity:
-    """A kind of record, owned by exactly one context."""
+    """A kind of record, owned by exactly one context (per record, and per epoch, once
+    ownership of some of its partitions moved: `moves`, `holder`)."""
 
     name: str
     owner: str
@@ -112,10 +132,66 @@ class Entity:
     visibility: str = PUBLIC  # its own, or the charter's (charter.visibility)
     # not in repr: commands shape no table (a store's fingerprint is made of the repr)
     commands: dict[str, Command] = field(default_factory=dict, repr=False)
+    # not in repr either: a move changes who writes, not the shape of any table
+    moves: tuple[Move, ...] = field(default=(), repr=False)
 
     @property
     def table(self) -> str:
         return snake_case(self.name)
+
+    @cached_property
+    def epoch(self) -> int:
+        """The entity's newest epoch (1 until ownership of any of it moved)."""
+        return max((m.epoch for m in self.moves), default=1)
+
+    @cached_property
+    def _holders(self) -> tuple[tuple[str, int], ...]:
+        """(owner, epoch) of each partition: the whole entity's last move, then the
+        partition moves after it, in epoch order."""
+        base = max((m.epoch for m in self.moves if m.parts is None), default=1)
+        held = [(self.owner, base)] * PARTITIONS
+        for move in sorted(self.moves, key=lambda m: m.epoch):
+            if move.parts is not None and move.epoch > base:
+                for part in move.parts:
+                    held[part] = (move.to, move.epoch)
+        return tuple(held)
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether records of this entity have different owners (a partition moved)."""
+        return len({owner for owner, _ in self._holders}) > 1
+
+    def holder(self, entity_id: str) -> tuple[str, int]:
+        """The context that owns the record `entity_id`, and its epoch."""
+        if not self.moves:
+            return self.owner, 1
+        return self._holders[partition(entity_id, PARTITIONS)]
+
+    def parts_of(self, context: str) -> tuple[int, ...]:
+        """The partitions `context` owns."""
+        return tuple(p for p, (owner, _) in enumerate(self._holders) if owner == context)
+
+    def ownership(self) -> str:
+        """Who owns which records, in words: `legacy`, or after moves e.g. `legacy (epoch
+        1); partitions 0,3: customers (epoch 2)`."""
+        if not self.moves:
+            return self.owner
+        runs: dict[tuple[str, int], list[int]] = {}
+        for part, held in enumerate(self._holders):
+            runs.setdefault(held, []).append(part)
+        if len(runs) == 1:
+            (owner, epoch), _ = next(iter(runs.items()))
+            return f"{owner} (epoch {epoch})"
+        return "; ".join(
+            f"partitions {','.join(map(str, parts))}: {owner} (epoch {epoch})"
+            for (owner, epoch), parts in runs.items()
+        )
+
+    @cached_property
+    def owners(self) -> tuple[str, ...]:
+        """Every context that owns some of its records: the owner first."""
+        rest = sorted({o for o, _ in self._holders} - {self.owner})
+        return (self.owner, *rest) if self.owner in {o for o, _ in self._holders} else tuple(rest)
 
     @cached_property
     def public_fields(self) -> list[Field]:
@@ -165,7 +241,8 @@ class Charter:
     repair: tuple[str, ...] = ()  # each copy's default (Copy.repair)
 
     def owned_by(self, context: str) -> list[Entity]:
-        return [e for e in self.entities.values() if e.owner == context]
+        """The entities `context` owns, wholly or some partitions of (after a move)."""
+        return [e for e in self.entities.values() if context in e.owners]
 
     def copies_in(self, context: str) -> list[Copy]:
         return [c for c in self.copies.values() if c.context == context]
@@ -540,7 +617,7 @@ class _Reader:
             line = self._line(raw, name)
             self._check_name(str(name), line, "entity")
             spec = self._mapping(spec, line, f"entity '{name}'")
-            keys = ("owner", "why", "fields", "constraints", "visibility", "commands")
+            keys = ("owner", "why", "fields", "constraints", "visibility", "commands", "moves")
             self._unknown_keys(spec, keys, f"entity '{name}'")
             owner = str(spec.get("owner") or "")
             if not owner:
@@ -558,6 +635,7 @@ class _Reader:
             )
             constraints = self._constraints(str(name), spec, fields)
             commands = self._commands(str(name), owner, spec, fields, contexts, entities)
+            moves = self._moves(str(name), owner, spec, contexts)
             entities[str(name)] = Entity(
                 str(name),
                 owner,
@@ -567,8 +645,93 @@ class _Reader:
                 line,
                 commands=commands,
                 visibility=self._visibility(spec, self.visibility, f"entity '{name}'"),
+                moves=moves,
             )
         return entities
+
+    def _moves(
+        self, entity: str, owner: str, spec: dict[str, Any], contexts: dict[str, Context]
+    ) -> tuple[Move, ...]:
+        """`moves:` (written by `charter transfer`): each ownership move, oldest first, with
+        its epoch; the last move of the whole entity went to `owner`."""
+        if "moves" not in spec:
+            return ()
+        raw = spec["moves"]
+        if not isinstance(raw, list):
+            self.problem(
+                self._line(spec, "moves"),
+                f"entity '{entity}': moves must be a list",
+                "- {epoch: 2, from: legacy, to: customers}  (one item per move, oldest first)",
+            )
+            return ()
+        moves: list[Move] = []
+        last = 1
+        for index, item in enumerate(raw):
+            try:
+                line = int(raw.lc.item(index)[0]) + 1  # type: ignore[attr-defined]
+            except (AttributeError, KeyError):
+                line = self._line(spec, "moves")
+            what = f"entity '{entity}', move {index + 1}"
+            if not isinstance(item, dict):
+                self.problem(line, f"{what} must be a mapping", "{epoch: 2, to: <context>}")
+                continue
+            self._unknown_keys(item, ("epoch", "to", "from", "partitions", "at"), what)
+            epoch = item.get("epoch")
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= last:
+                self.problem(
+                    self._line(item, "epoch") if "epoch" in item else line,
+                    f"{what}: epoch {epoch!r} must be a whole number above {last}",
+                    "epochs start at 1 (before any move) and grow by each move, oldest first",
+                )
+                epoch = last + 1
+            last = epoch
+            to = str(item.get("to") or "")
+            if to not in contexts:
+                self.problem(
+                    self._line(item, "to") if "to" in item else line,
+                    f"{what}: moves to unknown context '{to}'",
+                    _hint(to, tuple(contexts)) or "to: <a context declared under contexts:>",
+                )
+            source = str(item.get("from") or "")
+            if source and source not in contexts:
+                self.problem(
+                    self._line(item, "from"),
+                    f"{what}: moves from unknown context '{source}'",
+                    _hint(source, tuple(contexts)),
+                )
+            parts = self._parts(item, what, line)
+            moves.append(Move(epoch, to, parts, source, str(item.get("at") or ""), line))
+        whole = [m for m in moves if m.parts is None]
+        if whole and whole[-1].to != owner and whole[-1].to in contexts:
+            self.problem(
+                self._line(spec, "owner"),
+                f"entity '{entity}' is owned by '{owner}', but its last move of the whole "
+                f"entity (epoch {whole[-1].epoch}) went to '{whole[-1].to}'",
+                "owner: says who owns it today: the last whole move's 'to'",
+            )
+        return tuple(moves)
+
+    def _parts(self, item: dict[str, Any], what: str, line: int) -> tuple[int, ...] | None:
+        """A move's `partitions:` (a list of partitions, 0 to PARTITIONS - 1), or None."""
+        if "partitions" not in item:
+            return None
+        raw = item["partitions"]
+        ok = (
+            isinstance(raw, list)
+            and raw
+            and all(
+                isinstance(p, int) and not isinstance(p, bool) and 0 <= p < PARTITIONS for p in raw
+            )
+        )
+        if not ok or len(set(raw)) != len(raw):
+            self.problem(
+                self._line(item, "partitions"),
+                f"{what}: partitions {raw!r} must list distinct partitions from 0 to "
+                f"{PARTITIONS - 1}",
+                f"a record's partition is crc32(id) % {PARTITIONS}, as on the bus",
+            )
+            return None
+        return tuple(sorted(raw))
 
     def _commands(
         self,

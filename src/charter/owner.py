@@ -105,11 +105,32 @@ def owned_entity(charter: Charter, context: str, name: str) -> Entity:
     if entity is None:
         hint = _hint(name, tuple(charter.entities))
         raise ValidationError(f"no entity '{name}' in the charter" + (f"; {hint}" if hint else ""))
-    if entity.owner != context:
+    if context not in entity.owners:
         owner = charter.contexts[entity.owner]
         instead = tuple(n for n, c in entity.commands.items() if context in c.senders)
         raise OwnershipError(entity.name, owner.name, owner.team, context, instead)
     return entity
+
+
+def held(charter: Charter, context: str, entity: Entity, entity_id: str) -> int:
+    """The epoch at which `context` owns the record `entity_id`; OwnershipError naming the
+    record's owner when, since a partition of the entity moved, another context owns it."""
+    owner, epoch = entity.holder(entity_id)
+    if owner != context:
+        team = charter.contexts[owner].team
+        raise OwnershipError(entity.name, owner, team, context)
+    return epoch
+
+
+def new_id(entity: Entity, context: str) -> str:
+    """A fresh id, of a partition `context` owns (a partition of the entity moved)."""
+    if not entity.moves or not entity.partitioned:
+        return uuid7()
+    for _ in range(10_000):
+        made = uuid7()
+        if entity.holder(made)[0] == context:
+            return made
+    raise OwnershipError(entity.name, entity.owner, "", context)  # owns none: unreachable
 
 
 @dataclass(slots=True)
@@ -121,6 +142,7 @@ class _Change:
     changed: tuple[str, ...]
     state: dict[str, Any] | None
     private: tuple[str, ...] = ()  # private fields it set: names for the history, never sent
+    epoch: int = 1  # the owner's epoch for the record (G10)
 
 
 class Transaction:
@@ -161,7 +183,7 @@ class Transaction:
         """A new record with a fresh time-ordered id, at version 1."""
         try:
             entity = self._owned(entity_name)
-            row: dict[str, Any] = {"id": uuid7(), "version": 1}
+            row: dict[str, Any] = {"id": new_id(entity, self._context), "version": 1}
             row.update(values.check_new(entity, fields))
             _check_ranges(entity, row)
             self._writes.insert(entity, row)
@@ -170,8 +192,9 @@ class Transaction:
             raise
         public = _public(entity, row)
         private = tuple(n for n, f in entity.fields.items() if f.private and row[n] is not None)
+        epoch = held(self._charter, self._context, entity, row["id"]) if entity.moves else 1
         self._changes.append(
-            _Change(entity, row["id"], 1, "created", tuple(public), public, private)
+            _Change(entity, row["id"], 1, "created", tuple(public), public, private, epoch)
         )
         return record_from_row(entity, row)
 
@@ -187,6 +210,7 @@ class Transaction:
         """Change some fields. With expected_version, refuse if someone changed it first."""
         try:
             entity = self._owned(entity_name)
+            epoch = held(self._charter, self._context, entity, entity_id) if entity.moves else 1
             changes = values.check_changes(entity, fields)
             current = self._current(entity, entity_id, expected_version)
             changed = [name for name, value in changes.items() if current[name] != value]
@@ -207,7 +231,7 @@ class Transaction:
         # names or values), so every copy's version follows the owner's.
         private = tuple(name for name in changed if name not in public)
         self._changes.append(
-            _Change(entity, entity_id, row["version"], "updated", visible, public, private)
+            _Change(entity, entity_id, row["version"], "updated", visible, public, private, epoch)
         )
         return record_from_row(entity, row)
 
@@ -218,6 +242,7 @@ class Transaction:
         the delete once it no longer holds the record: `copy.wait_for(token)`)."""
         try:
             entity = self._owned(entity_name)
+            epoch = held(self._charter, self._context, entity, entity_id) if entity.moves else 1
             current = self._current(entity, entity_id, expected_version)
             if not self._writes.delete(entity, entity_id, current["version"]):
                 raise ConflictError(f"{entity.name} {entity_id} changed while being deleted")
@@ -225,7 +250,7 @@ class Transaction:
             self._refuse(f"delete of {entity_name} {entity_id}", exc)
             raise
         self._changes.append(
-            _Change(entity, entity_id, current["version"] + 1, "deleted", (), None)
+            _Change(entity, entity_id, current["version"] + 1, "deleted", (), None, (), epoch)
         )
         return token(entity.name, entity_id, current["version"] + 1)
 
@@ -323,6 +348,7 @@ class Transaction:
                 self._actor,
                 parent,
                 state,
+                c.epoch,
             )
             for c in self._changes
         ]

@@ -274,12 +274,29 @@ def check(event: Event, entity: Entity, team: str, fields: list[Field]) -> Event
     where = f"event {event.id} (version {event.version})"
     if event.entity != entity.name:
         raise EventError(f"{where}: is about {event.entity}, this copy is of {entity.name}")
-    if event.owner != entity.owner:
+    owner, epoch = entity.holder(event.entity_id)
+    if event.epoch > epoch:
         raise EventError(
-            f"{where}: its source is '{event.owner}', but {entity.name} is owned by "
-            f"'{entity.owner}'" + (f" (team {team})" if team else "") + ", the only context "
-            f"whose {entity.name} events a copy applies. If '{entity.owner}' did publish it, "
-            "mend its source or the charter, then `charter parked --retry`"
+            f"{where}: it is of epoch {event.epoch} (from '{event.owner}'), newer than this "
+            f"charter knows for {entity.name} {event.entity_id} (epoch {epoch}, owner "
+            f"'{owner}'): its ownership moved (charter transfer). Reload the charter (restart "
+            "the projector), then `charter parked --retry`"
+        )
+    if event.epoch < epoch:
+        raise EventError(
+            f"{where}: it is of epoch {event.epoch}, but {entity.name} {event.entity_id} is "
+            f"at epoch {epoch} (owner '{owner}' since the move): an event of an older epoch "
+            "is not applied (G10: one writer per epoch)"
+        )
+    if event.owner != owner:
+        raise EventError(
+            f"{where}: its source is '{event.owner}', but {entity.name} "
+            + (f"{event.entity_id} " if entity.moves else "")
+            + f"is owned by '{owner}'"
+            + (f" (team {team})" if team and owner == entity.owner else "")
+            + (f" at epoch {epoch}" if entity.moves else "")
+            + f", the only context whose {entity.name} events a copy applies. If '{owner}' "
+            "did publish it, mend its source or the charter, then `charter parked --retry`"
         )
     if event.state is not None:
         for field in fields:

@@ -206,3 +206,16 @@ class Drift:
     def rows(self) -> int:
         """How many ids drifted (in flight is not drift)."""
         return sum(n for kind, n in self.counts.items() if kind != "in_flight")
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a store says about writing some records of an entity (G10, `charter transfer`):
+    partition `part` (-1: the whole entity) is this store's to write at `epoch` (`owner`),
+    no longer (`fenced`: it moved to `holder`), or not yet (`waiting`: moving here)."""
+
+    entity: str
+    part: int
+    epoch: int
+    state: str
+    holder: str

@@ -44,6 +44,7 @@ class Relay:
         self._flight: tuple[list[OutboxRow], Callable[[], None]] | None = None
         self._copies = list(copies)  # copies of what this context owns
         self.routes = Routes(owned, [copy for copy, _ in self._copies])
+        self._moved = {e.name: e for e in owned if e.moves}  # ownership moved (G10)
         self._checked = 0.0  # when fill requests were last looked for
         self.holder = f"{context}:{uuid7()}"  # who this relay is, for the outbox's lead
         self._asked = -LEAD_RETRY_S  # when it last asked for the lead without getting it
@@ -149,6 +150,13 @@ class Relay:
             self.signals.notify(f"bus:{entity.name}")
         return count
 
+    def _still_mine(self, row: OutboxRow) -> bool:
+        """Whether this context still owns the record of `row`: a record whose ownership
+        moved away (charter transfer) is the new owner's to publish, and a copy parks an
+        older epoch's event (G10)."""
+        entity = self._moved.get(row.entity)
+        return entity is None or entity.holder(row.entity_id)[0] == self.context
+
     def rewind(self, after: int = 0) -> int:
         """Publish again the newest event of every record changed after `after`: heals a
         bus that lost acknowledged events (G7). The bus drops the ids it still has; copies
@@ -166,7 +174,10 @@ class Relay:
         while more := self.store.pending(self.batch, waiting):
             waiting += more
         pending = {r.seq for r in waiting}
-        again = sorted((r for r in newest.values() if r.seq not in pending), key=lambda r: r.seq)
+        again = sorted(
+            (r for r in newest.values() if r.seq not in pending and self._still_mine(r)),
+            key=lambda r: r.seq,
+        )
         for start in range(0, len(again), self.batch):
             self.bus.publish(self.routes.outgoing(again[start : start + self.batch]))
         if self.signals is not None:

@@ -104,6 +104,8 @@ def graph(
         g.node(Node(_id("context", ctx.name), ctx.name, "context", ctx.name))
     for entity in charter.entities.values():
         label = f"{entity.name}\n{len(entity.fields)} fields"
+        if entity.moves:  # ownership moved (charter transfer): who owns which, each epoch
+            label += "\n" + entity.ownership().replace("; ", "\n")
         g.node(Node(_id("entity", entity.name), label, "entity", entity.owner))
     by_copy = {s.copy: s for s in statuses}
     for copy in charter.copies.values():

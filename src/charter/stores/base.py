@@ -20,6 +20,7 @@ from charter.records import (
     Backlog,
     Checkpoint,
     Drift,
+    Fence,
     LaneCheckpoint,
     Mend,
     OutboxRow,
@@ -222,5 +223,32 @@ class Store(Protocol):
 
     def drift(self, copy: Copy) -> Drift | None:
         """The copy's last check as recorded (None: never checked)."""
+
+    def fence(
+        self, entity: Entity, parts: Sequence[int] | None, epoch: int, holder: str, state: str
+    ) -> None:
+        """G10: from this commit on, write `parts` of `entity` (partitions of the record id;
+        None: all of it) only as `state` says (charter.stores.fencing: owner, fenced,
+        waiting); returns once no write in flight can still commit without seeing it."""
+
+    def unfence(self, entity: Entity, parts: Sequence[int] | None) -> None:
+        """Forget the fence rows of `parts` (a transfer rolled back)."""
+
+    def fences(self, entity: str) -> list[Fence]:
+        """The fence rows of `entity`, by partition (-1: the whole entity)."""
+
+    def promote(
+        self,
+        entity: Entity,
+        parts: Sequence[int] | None,
+        epoch: int,
+        holder: str,
+        rows: Sequence[Row],
+        gone: Sequence[str] = (),
+        state: str = "owner",
+    ) -> None:
+        """In one transaction: `rows` (another store's, versions kept) written, the ids
+        `gone` deleted, and `parts` left in `state` at `epoch` (owner: this store's to
+        write; waiting: filled ahead of the switch, still refused)."""
 
     def close(self) -> None: ...

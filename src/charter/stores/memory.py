@@ -30,6 +30,7 @@ from charter.records import (
     Backlog,
     Checkpoint,
     Drift,
+    Fence,
     LaneCheckpoint,
     Mend,
     OutboxRow,
@@ -38,7 +39,7 @@ from charter.records import (
     Row,
     latest_lanes,
 )
-from charter.stores import waiting
+from charter.stores import fencing, waiting
 from charter.stores.common import (
     LatencyMinutes,
     check_extension,
@@ -69,6 +70,7 @@ class _Data:
     changes: waiting.Registry = field(default_factory=waiting.Registry)  # by copy
     commands: dict[str, RecordedCommand] = field(default_factory=dict)  # charter_command
     drift: dict[str, Drift] = field(default_factory=dict)  # charter_drift: copy → last check
+    fences: dict[str, dict[int, Fence]] = field(default_factory=dict)  # charter_fence: G10
     lock: threading.RLock = field(default_factory=threading.RLock)  # any read or write
     writer: threading.Lock = field(default_factory=threading.Lock)  # one owner tx at a time
 
@@ -124,6 +126,62 @@ class MemoryStore:
             if self._data.applied is None:
                 self._data.applied = []
             return self._data.applied
+
+    # -- fences (G10: charter transfer) ------------------------------------------
+
+    def fence(
+        self, entity: Entity, parts: Sequence[int] | None, epoch: int, holder: str, state: str
+    ) -> None:
+        """From now on this store writes `parts` of `entity` only as `state` says: taken
+        under the writer lock, so the owner transaction in flight ends first."""
+        self._touch("fence")
+        data = self._data
+        with data.writer, data.lock:
+            held = data.fences.setdefault(entity.name, {})
+            if parts is None:
+                held.clear()
+            for part in fencing.parts_of(parts):
+                held[part] = Fence(entity.name, part, epoch, state, holder)
+
+    def unfence(self, entity: Entity, parts: Sequence[int] | None) -> None:
+        data = self._data
+        with data.writer, data.lock:
+            held = data.fences.setdefault(entity.name, {})
+            for part in fencing.parts_of(parts):
+                held.pop(part, None)
+
+    def fences(self, entity: str) -> list[Fence]:
+        with self._data.lock:
+            return sorted(self._data.fences.get(entity, {}).values(), key=lambda f: f.part)
+
+    def promote(
+        self,
+        entity: Entity,
+        parts: Sequence[int] | None,
+        epoch: int,
+        holder: str,
+        rows: Sequence[Row],
+        gone: Sequence[str] = (),
+        state: str = fencing.OWNER,
+    ) -> None:
+        """At once: `rows` written (versions kept), `gone` deleted, `parts` this store's."""
+        self._touch("promote")
+        data = self._data
+        with data.writer, data.lock:
+            held = data.fences.setdefault(entity.name, {})
+            if parts is None:
+                held.clear()
+            for part in fencing.parts_of(parts):
+                held[part] = Fence(entity.name, part, epoch, fencing.OWNER, holder)
+            table = data.entities.setdefault(entity.name, {})
+            for entity_id in [*gone, *(r["id"] for r in rows)]:
+                before = table.pop(entity_id, None)
+                data.index(entity.name, entity_id, before, None)
+            for row in rows:
+                table[row["id"]] = dict(row)
+                data.index(entity.name, row["id"], None, table[row["id"]])
+            for part in fencing.parts_of(parts):
+                held[part] = Fence(entity.name, part, epoch, state, holder)
 
     # -- schema ---------------------------------------------------------------
 
@@ -653,13 +711,22 @@ class _Writes:
         row = self._row(entity, entity_id)
         return _owner_row(entity, row) if row else None
 
+    def _fenced(self, entity: Entity, entity_id: str) -> None:
+        with self._data.lock:
+            fences = self._data.fences.get(entity.name)
+            error = fencing.refused(entity.name, fences.values(), entity_id) if fences else None
+        if error is not None:
+            raise error
+
     def insert(self, entity: Entity, row: Row) -> None:
         self._store._touch("tx.insert")
+        self._fenced(entity, row["id"])
         self._check_constraints(entity, row)
         self._changes[(entity.name, row["id"])] = dict(row)
 
     def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool:
         self._store._touch("tx.update")
+        self._fenced(entity, entity_id)
         held = self._row(entity, entity_id)
         if held is None or held["version"] != old_version:
             return False
@@ -669,6 +736,7 @@ class _Writes:
 
     def delete(self, entity: Entity, entity_id: str, old_version: int) -> bool:
         self._store._touch("tx.delete")
+        self._fenced(entity, entity_id)
         held = self._row(entity, entity_id)
         if held is None or held["version"] != old_version:
             return False

@@ -28,6 +28,7 @@ from charter.records import (
     Backlog,
     Checkpoint,
     Drift,
+    Fence,
     LaneCheckpoint,
     Mend,
     OutboxRow,
@@ -36,7 +37,7 @@ from charter.records import (
     Row,
     latest_lanes,
 )
-from charter.stores import sqlite_reconcile, waiting
+from charter.stores import fencing, sqlite_reconcile, waiting
 from charter.stores.common import (
     DRIFT_COLUMNS,
     HISTORY_COLUMNS,
@@ -137,8 +138,13 @@ class SQLiteStore:
             for column in OUTBOX_ADDED_COLUMNS:  # a store made before they were
                 if column not in present:
                     conn.execute(f"ALTER TABLE charter_outbox ADD COLUMN {column} TEXT")
+            conn.execute(fencing.sqlite_schema())
+            fenced = {r[0] for r in conn.execute("SELECT DISTINCT entity FROM charter_fence")}
             for entity in owned:
                 self._prepare_entity(conn, entity, team)
+                if entity.moves or entity.name in fenced:
+                    for sql in fencing.sqlite_triggers(entity.name, entity.table):
+                        conn.execute(sql)
             for copy in copies:
                 entity = charter.entities[copy.of]
                 owner = charter.contexts[entity.owner]
@@ -348,6 +354,80 @@ class SQLiteStore:
         sql, params = where_clause(self._sql[f"select:{entity.name}"], where, names, "IS ?")
         for row in self._conns.get().execute(sql + " ORDER BY id", params):
             yield dict(zip(names, row, strict=True))
+
+    # -- fences (G10: charter transfer) ------------------------------------------
+
+    def fence(
+        self, entity: Entity, parts: Sequence[int] | None, epoch: int, holder: str, state: str
+    ) -> None:
+        """From this commit on, this store writes `parts` of `entity` (None: all of it) only
+        as `state` says; BEGIN IMMEDIATE waits for the write in flight, if any."""
+        rows = [(entity.name, p, epoch, state, holder) for p in fencing.parts_of(parts)]
+        conn = self._conns.get()
+        with self._conns.write():
+            conn.execute(fencing.sqlite_schema())
+            for sql in fencing.sqlite_triggers(entity.name, entity.table):
+                conn.execute(sql)
+            if parts is None:
+                conn.execute("DELETE FROM charter_fence WHERE entity = ?", (entity.name,))
+            conn.executemany("INSERT OR REPLACE INTO charter_fence VALUES (?, ?, ?, ?, ?)", rows)
+
+    def unfence(self, entity: Entity, parts: Sequence[int] | None) -> None:
+        """Forget the fence rows of `parts` (a rolled-back transfer)."""
+        conn = self._conns.get()
+        with self._conns.write():
+            conn.execute(fencing.sqlite_schema())
+            conn.executemany(
+                "DELETE FROM charter_fence WHERE entity = ? AND part = ?",
+                [(entity.name, p) for p in fencing.parts_of(parts)],
+            )
+
+    def fences(self, entity: str) -> list[Fence]:
+        conn = self._conns.get()
+        conn.execute(fencing.sqlite_schema())
+        rows = conn.execute(
+            "SELECT entity, part, epoch, state, holder FROM charter_fence WHERE entity = ? "
+            "ORDER BY part",
+            (entity,),
+        )
+        return [Fence(*row) for row in rows]
+
+    def promote(
+        self,
+        entity: Entity,
+        parts: Sequence[int] | None,
+        epoch: int,
+        holder: str,
+        rows: Sequence[Row],
+        gone: Sequence[str] = (),
+        state: str = fencing.OWNER,
+    ) -> None:
+        """In one transaction: `rows` (the old owner's, versions kept) written, `gone`
+        deleted, and `parts` made this store's to write at `epoch`."""
+        fence_rows = [
+            (entity.name, p, epoch, fencing.OWNER, holder) for p in fencing.parts_of(parts)
+        ]
+        names = ["id", "version", *entity.fields]
+        insert = self._sql[f"insert:{entity.name}"]
+        conn = self._conns.get()
+        with self._conns.write():
+            conn.execute(fencing.sqlite_schema())
+            for sql in fencing.sqlite_triggers(entity.name, entity.table):
+                conn.execute(sql)
+            if parts is None:
+                conn.execute("DELETE FROM charter_fence WHERE entity = ?", (entity.name,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO charter_fence VALUES (?, ?, ?, ?, ?)", fence_rows
+            )
+            table = entity.table
+            ids = [(r["id"],) for r in rows] + [(i,) for i in gone]
+            conn.executemany(f'DELETE FROM "{table}" WHERE id = ?', ids)
+            conn.executemany(insert, [tuple(r.get(n) for n in names) for r in rows])
+            if state != fencing.OWNER:
+                conn.executemany(
+                    "UPDATE charter_fence SET state = ? WHERE entity = ? AND part = ?",
+                    [(state, entity.name, p) for p in fencing.parts_of(parts)],
+                )
 
     # -- relay side -------------------------------------------------------------
 
@@ -799,7 +879,21 @@ class _Writes:
         try:
             self._conn.execute(sql, tuple(row.values()))
         except sqlite3.IntegrityError as exc:
-            raise _constraint(entity, row, exc) from None
+            raise self._refused(entity, row["id"], exc) or _constraint(entity, row, exc) from None
+
+    def _refused(
+        self, entity: Entity, entity_id: str, exc: sqlite3.IntegrityError
+    ) -> Exception | None:
+        """A fence trigger's refusal (G10), said with the fence that refused."""
+        if not str(exc).startswith(fencing.PREFIX):
+            return None
+        found = self._conn.execute(
+            "SELECT entity, part, epoch, state, holder FROM charter_fence WHERE entity = ?",
+            (entity.name,),
+        )
+        return fencing.refused(entity.name, [Fence(*r) for r in found], entity_id) or (
+            fencing.from_message(entity.name, str(exc))
+        )
 
     def update(self, entity: Entity, entity_id: str, old_version: int, row: Row) -> bool:
         sql = self._store._sql[f"update:{entity.name}"]
@@ -807,13 +901,17 @@ class _Writes:
         try:
             cursor = self._conn.execute(sql, (*values, entity_id, old_version))
         except sqlite3.IntegrityError as exc:
-            raise _constraint(entity, row, exc) from None
+            raise self._refused(entity, entity_id, exc) or _constraint(entity, row, exc) from None
         return cursor.rowcount == 1
 
     def delete(self, entity: Entity, entity_id: str, old_version: int) -> bool:
-        cursor = self._conn.execute(
-            f'DELETE FROM "{entity.table}" WHERE id = ? AND version = ?', (entity_id, old_version)
-        )
+        try:
+            cursor = self._conn.execute(
+                f'DELETE FROM "{entity.table}" WHERE id = ? AND version = ?',
+                (entity_id, old_version),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise self._refused(entity, entity_id, exc) or _constraint(entity, {}, exc) from None
         return cursor.rowcount == 1
 
     def append(

@@ -14,10 +14,10 @@ import pytest
 
 from charter import digests, latency
 from charter.digests import Digest
-from charter.errors import ConstraintError, SchemaChangeError
+from charter.errors import ConstraintError, FencedError, SchemaChangeError
 from charter.events import Event
 from charter.ids import uuid7
-from charter.lanes import Lane
+from charter.lanes import PARTITIONS, Lane, partition
 from charter.model import Charter, Copy, Entity
 from charter.owner import Transaction
 from charter.records import Drift, Mend, Parked, RecordedCommand
@@ -618,3 +618,52 @@ class StoreContract:
         with owner.transaction() as writes:
             assert writes.command("inner") is None
             assert writes.command("outer") is not None
+
+    # -- fences (G10) -----------------------------------------------------------
+
+    def test_a_fence_refuses_its_partitions_from_its_commit_on(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        person = self.person(charter)
+        made: list[str] = []
+        self.write(
+            owner,
+            charter,
+            lambda tx: made.extend(
+                tx.create("Person", email=f"{n}@x.org", name="A").id for n in range(40)
+            ),
+        )
+        fenced = next(i for i in made if partition(i, PARTITIONS) == 2)
+        free = next(i for i in made if partition(i, PARTITIONS) != 2)
+        owner.fence(person, [2], 2, "mailing", "fenced")
+        for work in (
+            lambda tx: tx.update("Person", fenced, name="B"),
+            lambda tx: tx.delete("Person", fenced),
+        ):
+            with pytest.raises(FencedError, match="partition 2 moved to 'mailing' at epoch 2"):
+                self.write(owner, charter, work)
+        self.write(owner, charter, lambda tx: tx.update("Person", free, name="B"))
+        assert [(f.part, f.state, f.epoch) for f in owner.fences("Person")] == [(2, "fenced", 2)]
+        owner.fence(person, None, 3, "mailing", "waiting")  # the whole entity, now
+        with pytest.raises(FencedError, match="the whole entity is moving here"):
+            self.write(owner, charter, lambda tx: tx.update("Person", free, name="C"))
+        owner.unfence(person, None)
+        self.write(owner, charter, lambda tx: tx.update("Person", fenced, name="C"))
+        assert owner.fences("Person") == []
+
+    def test_promote_writes_the_rows_as_they_came_and_then_takes_writes(
+        self, owner: Store, charter: Charter
+    ) -> None:
+        person = self.person(charter)
+        kept: dict[str, Any] = {"id": uuid7(), "version": 7, "email": "p@x.org", "name": "P"}
+        kept["note"] = "n"
+        owner.promote(person, None, 2, "people", [kept], (), "waiting")
+        assert dict(owner.fetch(person, kept["id"]) or {}) == kept  # versions kept
+        with pytest.raises(FencedError):
+            self.write(owner, charter, lambda tx: tx.update("Person", kept["id"], name="Q"))
+        gone = {**kept, "id": uuid7(), "email": "g@x.org"}
+        owner.promote(person, None, 2, "people", [gone])
+        owner.promote(person, None, 2, "people", [], [gone["id"]])
+        assert owner.fetch(person, gone["id"]) is None
+        events = self.write(owner, charter, lambda tx: tx.update("Person", kept["id"], name="Q"))
+        assert [e.version for e in events] == [8]

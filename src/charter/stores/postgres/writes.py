@@ -30,10 +30,11 @@ import orjson
 import psycopg
 from psycopg import errors as pg_errors
 
-from charter.errors import ConflictError, ConstraintError
+from charter.errors import ConflictError, ConstraintError, FencedError
 from charter.events import Event
 from charter.model import Entity
 from charter.records import RecordedCommand, Row
+from charter.stores import fencing
 from charter.stores.common import outbox_values
 from charter.stores.postgres import commands
 
@@ -289,7 +290,7 @@ class Writes:
 
     def _refusal(
         self, exc: pg_errors.IntegrityError | pg_errors.DeadlockDetected
-    ) -> ConstraintError | ConflictError:
+    ) -> ConstraintError | ConflictError | FencedError:
         """The caller's error for a refused statement: which rule, which value."""
         table = exc.diag.table_name or ""
         if table == commands.NAME:  # another transaction recorded the same key first
@@ -336,7 +337,9 @@ def pipelined(conn: psycopg.Connection[Any], statements: Sequence[Statement]) ->
 
 def constraint_error(
     entity: Entity, exc: pg_errors.IntegrityError | pg_errors.DeadlockDetected
-) -> ConstraintError | ConflictError:
+) -> ConstraintError | ConflictError | FencedError:
+    if (exc.diag.message_primary or "").startswith(fencing.PREFIX):  # G10: a fence trigger
+        return fencing.from_message(entity.name, exc.diag.message_primary or "")
     constraint = exc.diag.constraint_name or ""
     if isinstance(exc, pg_errors.DeadlockDetected):
         # Two transactions each waited on the other's overlapping row: one of them loses,

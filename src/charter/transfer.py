@@ -35,11 +35,11 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from charter import model
+from charter import model, values
 from charter.errors import Error, ValidationError
 from charter.lanes import PARTITIONS, partition
 from charter.model import Charter, Entity
-from charter.records import Checkpoint, Row
+from charter.records import Backlog, Checkpoint, Row
 from charter.relay import Relay
 from charter.stores import Store, fencing
 from charter.system import System
@@ -337,7 +337,10 @@ class Transfer:
         owned = system.charter.owned_by(p.source)
         relay = Relay(p.source, store, bus, None, 1000, (), owned)
         deadline = time.monotonic() + self.drain_s
-        while store.unrelayed(p.entity).events:
+        # The moving records are fenced: each of their events was committed before now.
+        # Later ones are other partitions' writes, which may go on and need not be waited for.
+        fenced_at = values.now_text()
+        while _older(store.unrelayed(p.entity), fenced_at):
             if not relay.step():
                 time.sleep(0.005)  # another process's relay leads: it relays them
             if time.monotonic() > deadline:
@@ -382,6 +385,11 @@ class Transfer:
         _save(p)
         self.say(f"rolled back: {p.describe()}")
         return p
+
+
+def _older(backlog: Backlog, moment: str) -> bool:
+    """Whether events committed at or before `moment` are among those not on the bus."""
+    return backlog.events > 0 and (backlog.oldest is None or backlog.oldest <= moment)
 
 
 def command(

@@ -96,3 +96,7 @@ def test_the_public_names_load_on_first_use_and_status_stays_the_function() -> N
     loaded_after(code)  # raises CalledProcessError if charter.status is the module
     assert charter.load.__module__ == "charter.system"
     assert "Runner" in dir(charter)
+
+
+def test_a_submodule_is_an_attribute_of_the_package_as_before() -> None:
+    loaded_after("import charter\nassert callable(charter.model.load)")

@@ -82,10 +82,16 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """A public name, imported from its module the first time it is asked for."""
+    """A public name, imported from its module the first time it is asked for; or a
+    submodule (`charter.model` after `import charter`, as when the package imported it)."""
     module = _MODULE.get(name)
     if module is None:
-        raise AttributeError(f"module 'charter' has no attribute {name!r}")
+        try:
+            return import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise  # the submodule is there; something it imports is not
+        raise AttributeError(f"module 'charter' has no attribute {name!r}") from None
     value = getattr(import_module(module), name)
     globals()[name] = value  # asked once: later reads do not come here
     return value

@@ -1,7 +1,9 @@
 """Prometheus alerting rules from the charter (`charter alerts`): for every copy, one rule
-that fires when it stays staler than its window for a while, and one when it has parked
-events, each saying what breaks (the copy's `breaks`) and whom to call (the owner's team).
-They read the metrics `charter run --metrics` serves (charter.metrics)."""
+that fires when it stays staler than its window for a while, one when it has parked
+events, and one when nothing applies its events (its projector failing or stopped, or no
+process serving it: a copy with no writes coming never goes stale, and would not say so),
+each saying what breaks (the copy's `breaks`) and whom to call (the owner's team). They
+read the metrics `charter run --metrics` serves (charter.metrics)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ from ruamel.yaml import YAML
 from charter.model import Charter, Copy
 
 MIN_FOR_S = 60.0  # a staleness rule waits its window, and at least this long, before firing
+DOWN_FOR_S = 60.0  # a projector failing this long is down, not a server failing over
+RULES_PER_COPY = 3
 
 
 def rules(charter: Charter) -> dict[str, Any]:
-    """The rules file as a document: one group, two rules per copy."""
+    """The rules file as a document: one group, RULES_PER_COPY rules per copy."""
     found: list[dict[str, Any]] = []
     for copy in charter.copies.values():
-        found += [_stale(charter, copy), _parked(charter, copy)]
+        found += [_stale(charter, copy), _parked(charter, copy), _down(charter, copy)]
     return {"groups": [{"name": f"charter_{charter.name}", "rules": found}]}
 
 
@@ -90,6 +94,27 @@ def _parked(charter: Charter, copy: Copy) -> dict[str, Any]:
             copy,
             f"copy {copy.name} of {copy.of} has {{{{ $value }}}} parked events: those records "
             "are wrong in it however fresh it is",
+        ),
+    }
+
+
+def _down(charter: Charter, copy: Copy) -> dict[str, Any]:
+    """Some process's projector of the copy is failing or stopped (with lanes, one lane's
+    ids wait), or no process serves it at all (absent: each copy needs a runner serving
+    `--metrics`)."""
+    metric = f'charter_copy_projector_up{{copy="{copy.name}"}}'
+    return {
+        "alert": "CharterCopyDown",
+        "expr": f"min by (copy) ({metric}) == 0 or absent({metric})",
+        "for": _duration(DOWN_FOR_S),
+        "labels": _labels(charter, copy, "critical"),
+        "annotations": _annotations(
+            charter,
+            copy,
+            f"nothing applies the events of copy {copy.name} of {copy.of} in "
+            f"{copy.context}: its projector is failing, stopped, or run by no process "
+            f"serving metrics (see `charter run`'s warnings); it will breach its window of "
+            f"{_duration(copy.window_s)} at its owner's next change",
         ),
     }
 

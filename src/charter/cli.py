@@ -713,7 +713,7 @@ def alerts(path: Path, output: Path | None) -> None:
     serves: staler than its window for a while, or parked events; each says what breaks
     and names the owner's team."""
     from charter import model
-    from charter.alerts import text
+    from charter.alerts import RULES_PER_COPY, text
 
     charter = model.load(path)
     rules = text(charter)
@@ -721,7 +721,7 @@ def alerts(path: Path, output: Path | None) -> None:
         click.echo(rules, nl=False)
         return
     output.write_text(rules)
-    count = 2 * len(charter.copies)
+    count = RULES_PER_COPY * len(charter.copies)
     click.echo(f"wrote {count} rule{'s' if count != 1 else ''} to {output}")
 
 

@@ -503,7 +503,7 @@ class SQLiteStore:
                     "UPDATE SET position = excluded.position, applied_at = excluded.applied_at",
                     (copy.name, position, now_text(), orjson.dumps(copy.fields).decode()),
                 )
-        self._changed(copy)
+        self._changed(copy, items, failed, start)
         return failed
 
     def _record_latency(
@@ -605,18 +605,28 @@ class SQLiteStore:
 
     def wait_applied(self, copy: Copy, entity_id: str, version: int, timeout: float) -> int:
         conn = self._conns.get()
-        watch = _FileWatch(conn, _CHANGES(str(self._conns.path), copy.name))
+        changes = _CHANGES(str(self._conns.path), copy.name)
         held = self._sql[f"held:{copy.name}"]
-        return waiting.wait_applied(
-            lambda: int(conn.execute(held, (entity_id, copy.name)).fetchone()[0]),
-            version,
-            timeout,
-            watch,
-        )
+        with changes.wanting(entity_id, version) as wanted:
+            return waiting.wait_applied(
+                lambda: int(conn.execute(held, (entity_id, copy.name)).fetchone()[0]),
+                version,
+                timeout,
+                _FileWatch(conn, changes),
+                wanted,
+            )
 
-    def _changed(self, copy: Copy) -> None:
-        """Wake this process's waits on the copy (those of other processes ask the file)."""
-        _CHANGES(str(self._conns.path), copy.name).bump()
+    def _changed(
+        self,
+        copy: Copy,
+        items: Sequence[tuple[int, Event]] = (),
+        skipped: Sequence[Parked] = (),
+        start: int = 0,
+    ) -> None:
+        """Wake this process's waits on the copy (those of other processes ask the file),
+        handing them the versions an apply took: `items` after `start`, but `skipped`."""
+        changes = _CHANGES(str(self._conns.path), copy.name)
+        changes.bump(waiting.taken(items, skipped, start) if changes.waiting else None)
 
     def parked(self, copy: Copy) -> list[Parked]:
         rows = self._conns.get().execute(
@@ -692,10 +702,10 @@ class _FileWatch:
     1 ms (waiting.poll_pause). Any commit to the file counts: a wait may wake for another
     table's change, and reads again."""
 
-    __slots__ = ("_began", "_conn", "_local", "_version")
+    __slots__ = ("_began", "_changes", "_conn", "_local", "_version")
 
     def __init__(self, conn: sqlite3.Connection, changes: waiting.Changes) -> None:
-        self._conn, self._local = conn, changes.watch()
+        self._conn, self._changes, self._local = conn, changes, changes.watch()
         self._version = self._data_version()
         self._began = time.monotonic()
 
@@ -709,7 +719,10 @@ class _FileWatch:
             left = deadline - now
             if left <= 0:
                 return
-            woken = self._local.changed(waiting.poll_pause(now - self._began, left))
+            pause = waiting.poll_pause(now - self._began, left)
+            if self._changes.local(now):  # the apply here wakes it: ask the file less often
+                pause = min(left, max(pause, waiting.LOCAL_POLL_S))
+            woken = self._local.changed(pause)
             version = self._data_version()
             if woken or version != self._version:
                 self._version = version

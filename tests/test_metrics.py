@@ -329,11 +329,11 @@ tests:
               of: Customer
               owner: customers
               in: orders
-              team: customer-team
+              team: order-team
             exp_annotations:
               summary: "nothing applies the events of copy order_customers of Customer in orders: its projector is failing, stopped, or run by no process serving metrics (see `charter run`'s warnings); it will breach its window of 5s at its owner's next change"
               breaks: "order confirmations go to an outdated e-mail address {{ not a template }}"
-              team: customer-team
+              team: order-team
               description: "What breaks: order confirmations go to an outdated e-mail address {{ not a template }}. Customer is owned by 'customers' (team customer-team); the copy 'order_customers' is kept in 'orders' (team order-team). See `charter status` and `charter parked order_customers`."
   - interval: 15s  # no process serves slow_customers: its series are absent
     input_series:
@@ -352,11 +352,11 @@ tests:
               of: Customer
               owner: customers
               in: orders
-              team: customer-team
+              team: order-team
             exp_annotations:
               summary: "nothing applies the events of copy slow_customers of Customer in orders: its projector is failing, stopped, or run by no process serving metrics (see `charter run`'s warnings); it will breach its window of 10m at its owner's next change"
               breaks: "(the charter does not say: add `breaks:` to the copy)"
-              team: customer-team
+              team: order-team
               description: "What breaks: (the charter does not say: add `breaks:` to the copy). Customer is owned by 'customers' (team customer-team); the copy 'slow_customers' is kept in 'orders' (team order-team). See `charter status` and `charter parked slow_customers`."
 """  # noqa: E501 (series and expected annotations as Prometheus shows them, whole)
 

@@ -2,7 +2,8 @@
 that fires when it stays staler than its window for a while, one when it has parked
 events, and one when nothing applies its events (its projector failing or stopped, or no
 process serving it: a copy with no writes coming never goes stale, and would not say so),
-each saying what breaks (the copy's `breaks`) and whom to call (the owner's team). They
+each saying what breaks (the copy's `breaks`) and whom to call (the owner's team; for a
+copy nothing applies, the team of the context keeping it, which runs its projector). They
 read the metrics `charter run --metrics` serves (charter.metrics)."""
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def text(charter: Charter) -> str:
     return out.getvalue()
 
 
-def _labels(charter: Charter, copy: Copy, severity: str) -> dict[str, str]:
+def _labels(charter: Charter, copy: Copy, severity: str, team: str | None = None) -> dict[str, str]:
+    """`team`: whom it pages (default: the owner's)."""
     owner = charter.entities[copy.of].owner
     return {
         "severity": severity,
@@ -48,20 +50,22 @@ def _labels(charter: Charter, copy: Copy, severity: str) -> dict[str, str]:
         "of": copy.of,
         "owner": owner,
         "in": copy.context,
-        "team": charter.contexts[owner].team,
+        "team": charter.contexts[owner].team if team is None else team,
     }
 
 
-def _annotations(charter: Charter, copy: Copy, summary: str) -> dict[str, str]:
+def _annotations(
+    charter: Charter, copy: Copy, summary: str, team: str | None = None
+) -> dict[str, str]:
     owner = charter.entities[copy.of].owner
-    team, keeper = charter.contexts[owner].team, charter.contexts[copy.context].team
+    owners, keeper = charter.contexts[owner].team, charter.contexts[copy.context].team
     breaks = _literal(copy.breaks) or "(the charter does not say: add `breaks:` to the copy)"
     return {
         "summary": summary,
         "breaks": breaks,
-        "team": team,
+        "team": owners if team is None else team,
         "description": (
-            f"What breaks: {breaks}. {copy.of} is owned by '{owner}' (team {team}); the copy "
+            f"What breaks: {breaks}. {copy.of} is owned by '{owner}' (team {owners}); the copy "
             f"'{copy.name}' is kept in '{copy.context}' (team {keeper}). See `charter status` "
             f"and `charter parked {copy.name}`."
         ),
@@ -103,11 +107,12 @@ def _down(charter: Charter, copy: Copy) -> dict[str, Any]:
     ids wait), or no process serves it at all (absent: each copy needs a runner serving
     `--metrics`)."""
     metric = f'charter_copy_projector_up{{copy="{copy.name}"}}'
+    keeper = charter.contexts[copy.context].team  # who runs its projector: whom it pages
     return {
         "alert": "CharterCopyDown",
         "expr": f"min by (copy) ({metric}) == 0 or absent({metric})",
         "for": _duration(DOWN_FOR_S),
-        "labels": _labels(charter, copy, "critical"),
+        "labels": _labels(charter, copy, "critical", keeper),
         "annotations": _annotations(
             charter,
             copy,
@@ -115,6 +120,7 @@ def _down(charter: Charter, copy: Copy) -> dict[str, Any]:
             f"{copy.context}: its projector is failing, stopped, or run by no process "
             f"serving metrics (see `charter run`'s warnings); it will breach its window of "
             f"{_duration(copy.window_s)} at its owner's next change",
+            keeper,
         ),
     }
 

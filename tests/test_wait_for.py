@@ -171,6 +171,19 @@ def test_the_default_timeout_is_the_copys_window(shop_file: Path) -> None:
     assert stale.value.lag_events == 1  # the owner's store is open here: its outbox counts
 
 
+def test_a_change_not_yet_relayed_names_the_owners_relay(shop_file: Path) -> None:
+    """A reader that has not opened the owner's store sees nothing on the bus: the change
+    is still in the owner's outbox, so what to look at is the owner's relay."""
+    with charter.load(shop_file) as owner, owner.context("customers").transaction() as tx:
+        ada = tx.create("Customer", email="ada@example.org", name="Ada", password_hash="h")
+    with charter.load(shop_file) as reader, pytest.raises(charter.StaleReadError) as stale:
+        reader.context("orders").copy("order_customers").wait_for(ada.token, timeout=0.1)
+    assert stale.value.lag_events == 0
+    assert "Is the relay of 'customers' running (`charter run --context customers`)?" in str(
+        stale.value
+    )
+
+
 def test_a_transactions_tokens_are_given_after_it_commits(shop: System) -> None:
     with shop.context("customers").transaction() as tx:
         first = tx.create("Customer", email="a@example.org", name="A", password_hash="h")

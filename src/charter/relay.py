@@ -19,7 +19,7 @@ from charter.buses import Bus
 from charter.fills import FillMark, FillRequest
 from charter.ids import uuid7
 from charter.model import CONTRACT, Copy, Entity
-from charter.records import OutboxRow
+from charter.records import CARRIED_MARKER, OutboxRow
 from charter.signals import Signals
 from charter.stores import Store
 from charter.visibility import Routes, left_behind, narrow, topic_of
@@ -175,9 +175,11 @@ class Relay:
                 entity.visibility,
                 ", ".join(c.name for c in copies[entity.name]),
             )
-        return self.rewind(entities={e.name for e in moved})
+        return self.rewind(entities={e.name for e in moved}, marker=CARRIED_MARKER)
 
-    def rewind(self, after: int = 0, entities: Collection[str] | None = None) -> int:
+    def rewind(
+        self, after: int = 0, entities: Collection[str] | None = None, marker: str = ""
+    ) -> int:
         """Publish again the newest event of every record changed after `after`: heals a
         bus that lost acknowledged events (G7). The bus drops the ids it still has; copies
         skip what they applied. Only the newest, and only where it was relayed already (a
@@ -185,7 +187,7 @@ class Relay:
         that no older version of a record goes on the bus after its delete: a copy that
         started after the delete would take it for a record it never saw (charter.sim
         found this). Run it while the owner's writers are still; returns how many events
-        were sent again. `entities`: only theirs."""
+        were sent again. `entities`: only theirs; `marker`: added to each event id."""
         newest: dict[tuple[str, str], OutboxRow] = {}
         while rows := self.store.outbox(after, self.batch):
             chosen = rows if entities is None else [r for r in rows if r.entity in entities]
@@ -196,6 +198,8 @@ class Relay:
             waiting += more
         pending = {r.seq for r in waiting}
         again = sorted((r for r in newest.values() if r.seq not in pending), key=lambda r: r.seq)
+        if marker:
+            again = [dataclasses.replace(r, event_id=r.event_id + marker) for r in again]
         for start in range(0, len(again), self.batch):
             self.bus.publish(self.routes.outgoing(again[start : start + self.batch]))
         if self.signals is not None:

@@ -55,6 +55,7 @@ import servers
 import visibility as visibility_bench
 from workload import (
     ChangeMaker,
+    Toggled,
     alive,
     charter_run,
     on_off_text,
@@ -811,7 +812,7 @@ def apply_cost(batches: int = 400, size: int = 1000) -> tuple[float, float, floa
 LATENCY_COST_TARGET = 0.05
 
 
-def latency_cost_blocks(rounds: int, n: int, per: int) -> tuple[list[float], list[float]]:
+def latency_cost_blocks(rounds: int, n: int, per: int) -> Toggled:
     """(on rates, off rates): blocks of `n` changes in ONE SQLite system, the runner in
     background threads, recording switched between blocks (workload.toggled)."""
     with scratch("latency-cost") as folder, new_system(folder) as system:
@@ -832,24 +833,26 @@ def latency_cost_blocks(rounds: int, n: int, per: int) -> tuple[list[float], lis
                 say(f"  {rate:,.0f} changes/s")
                 return rate
 
-            on, off = toggled(rounds, runner.projectors, block)
+            found = toggled(rounds, runner.projectors, block, n)
         finally:
             runner.stop()
         if runner.errors:
             raise RuntimeError(f"runner errors: {runner.errors[:3]}")
         check_copies(system, maker)
-    return on, off
+    return found
 
 
 def bench_latency_cost(sizes: Sizes, report: Report) -> None:
     rounds = 16 if sizes.pipeline_changes >= 100_000 else 8
     n, per = max(5_000, sizes.pipeline_changes // 10), 100
     say(f"\n[2b] latency recorded or not: {rounds} rounds of two blocks of {n:,} changes")
-    on, off = latency_cost_blocks(rounds, n, per)
-    cost = settled(on, off)
+    found = latency_cost_blocks(rounds, n, per)
+    on, off = found.on, found.off
+    cost, cpu = settled(on, off), settled(found.on_cpu, found.off_cpu)
     reading_us, with_us, without_us = apply_cost()
     say(
-        f"  cost {cost.text()}: {cost.verdict(LATENCY_COST_TARGET)}; per event: "
+        f"  cost {cost.text()}: {cost.verdict(LATENCY_COST_TARGET)}; per CPU second of this "
+        f"process: {cpu.text()}: {cpu.verdict(LATENCY_COST_TARGET)}; per event: "
         f"{reading_us:.2f} µs reading its commit time, one copy's apply on the memory store "
         f"{with_us:.2f} µs counted, {without_us:.2f} not"
     )
@@ -860,15 +863,16 @@ def bench_latency_cost(sizes: Sizes, report: Report) -> None:
             "n/a",
             f"{statistics.median(on):,.0f} on; {statistics.median(off):,.0f} off",
             "n/a",
-            f"cost {cost.text()}",
+            f"cost {cost.text()}; in CPU: {cpu.text()}",
             "≤ 5 %",
-            cost.verdict(LATENCY_COST_TARGET),
+            f"{cost.verdict(LATENCY_COST_TARGET)} (CPU: {cpu.verdict(LATENCY_COST_TARGET)})",
         )
     )
     report.note(
         f"latency cost: {rounds} rounds of two blocks of {n:,} changes ({per} a transaction, "
         f"two copies) in one system, recording switched between blocks, taking turns; "
-        f"{on_off_text(on, off)}. "
+        f"{on_off_text(on, off)}; per CPU second of this process, "
+        f"{on_off_text(found.on_cpu, found.off_cpu)}. "
         f"The CPU per event, 1000-event batches: {reading_us:.2f} µs reading its commit time "
         f"(projector); one copy's apply on the memory store {with_us:.2f} µs with the latencies "
         f"counted, {without_us:.2f} without (medians of 200 batches each, taking turns)"

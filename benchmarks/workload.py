@@ -106,22 +106,39 @@ def on_and_off(rounds: int, run: Callable[[bool], float]) -> tuple[list[float], 
     return rates[True], rates[False]
 
 
+@dataclass(frozen=True)
+class Toggled:
+    """Blocks run with recording on and off: their rates (changes per wall-clock second)
+    and the same per CPU second of this process (writer, relay and projectors in threads;
+    not the servers'), which other work on a shared machine moves much less."""
+
+    on: list[float]
+    off: list[float]
+    on_cpu: list[float]
+    off_cpu: list[float]
+
+
 def toggled(
-    rounds: int, projectors: Sequence[Projector], block: Callable[[], float]
-) -> tuple[list[float], list[float]]:
-    """`block()` (the same work each time: write some changes, wait until every copy holds
+    rounds: int, projectors: Sequence[Projector], block: Callable[[], float], n: int
+) -> Toggled:
+    """`block()` (the same work each time: write `n` changes, wait until every copy holds
     them, return the rate) run `rounds` times with latency recording on and as often off,
     taking turns (on, off, off, on, …), all in ONE running system: each projector's
     `record_latency` is switched between blocks. Deployments differ by 20-40 % from one to
     the next (new schemas, new stream, the machine); blocks of one deployment differ only
     by the switch and by what ABBA cancels (tables growing)."""
+    cpu: dict[bool, list[float]] = {True: [], False: []}
 
     def run(recording: bool) -> float:
         for projector in projectors:
             projector.record_latency = recording
-        return block()
+        began = time.process_time()
+        rate = block()
+        cpu[recording].append(n / max(time.process_time() - began, 1e-9))
+        return rate
 
-    return on_and_off(rounds, run)
+    on, off = on_and_off(rounds, run)
+    return Toggled(on, off, cpu[True], cpu[False])
 
 
 @dataclass(frozen=True)

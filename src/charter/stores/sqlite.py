@@ -702,10 +702,10 @@ class _FileWatch:
     1 ms (waiting.poll_pause). Any commit to the file counts: a wait may wake for another
     table's change, and reads again."""
 
-    __slots__ = ("_began", "_changes", "_conn", "_local", "_version")
+    __slots__ = ("_began", "_conn", "_local", "_version")
 
     def __init__(self, conn: sqlite3.Connection, changes: waiting.Changes) -> None:
-        self._conn, self._changes, self._local = conn, changes, changes.watch()
+        self._conn, self._local = conn, changes.watch()
         self._version = self._data_version()
         self._began = time.monotonic()
 
@@ -719,10 +719,7 @@ class _FileWatch:
             left = deadline - now
             if left <= 0:
                 return
-            pause = waiting.poll_pause(now - self._began, left)
-            if self._changes.local(now):  # the apply here wakes it: ask the file less often
-                pause = min(left, max(pause, waiting.LOCAL_POLL_S))
-            woken = self._local.changed(pause)
+            woken = self._local.changed(waiting.poll_pause(now - self._began, left))
             version = self._data_version()
             if woken or version != self._version:
                 self._version = version

@@ -31,10 +31,6 @@ if TYPE_CHECKING:
 POLL_SHARE = 0.02
 POLL_MIN_S = 0.0001
 POLL_MAX_S = 0.001
-# Where this process applies the copy too (it did within LOCAL_S), a wait is woken by the
-# apply itself; asking the file for another process's applies can then wait longer.
-LOCAL_S = 1.0
-LOCAL_POLL_S = 0.005
 
 
 class Watch(Protocol):
@@ -105,12 +101,11 @@ class Changes:
     that wakes every wait on it when it moves; the waits' records, to hand them what an
     apply took."""
 
-    __slots__ = ("_condition", "_wanted", "count", "last")
+    __slots__ = ("_condition", "_wanted", "count")
 
     def __init__(self) -> None:
         self._condition = threading.Condition(threading.Lock())
         self.count = 0
-        self.last = 0.0  # time.monotonic() of the last bump
         self._wanted: dict[str, list[Wanted]] = {}
 
     @property
@@ -139,7 +134,6 @@ class Changes:
         hand it to the waits for those records."""
         with self._condition:
             self.count += 1
-            self.last = time.monotonic()
             if taken:
                 for entity_id, waits in self._wanted.items():
                     got = taken.get(entity_id, 0)
@@ -147,10 +141,6 @@ class Changes:
                         if got >= wanted.version:
                             wanted.held = max(wanted.held, got)
             self._condition.notify_all()
-
-    def local(self, now: float) -> bool:
-        """Whether this process applied the copy lately (its projector runs here)."""
-        return now - self.last < LOCAL_S
 
     def watch(self) -> ChangeWatch:
         return ChangeWatch(self)

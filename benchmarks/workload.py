@@ -5,19 +5,22 @@ unique, since the charter's Customer says so."""
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from peer_eventsourcing import UPDATE_FRACTION
 
+from charter.projector import Projector
 from charter.system import ContextHandle
 
 ENTITY = "Customer"
@@ -93,9 +96,6 @@ def alive(proc: subprocess.Popen[bytes], folder: Path) -> Callable[[], None]:
     return check
 
 
-NO_LATENCY = "latency_retention: 0\n"  # the charter's switch: no latency recorded
-
-
 def on_and_off(rounds: int, run: Callable[[bool], float]) -> tuple[list[float], list[float]]:
     """`run(recording)` for each setting `rounds` times, taking turns (on, off, off, on, …)
     so that a machine getting busier or quieter weighs on both alike: (on rates, off rates)."""
@@ -106,12 +106,83 @@ def on_and_off(rounds: int, run: Callable[[bool], float]) -> tuple[list[float], 
     return rates[True], rates[False]
 
 
-def latency_cost(on: list[float], off: list[float]) -> float:
-    """What recording costs as a share of the throughput without it: the mean over the
-    rounds of each round's pair (run one after the other, so the machine was alike). With
-    an even number of rounds each setting runs first as often: on PostgreSQL + NATS the
-    first run of a pair was 5-10 % slower whichever it was, and this cancels it."""
-    return statistics.mean(1 - a / b for a, b in zip(on, off, strict=True))
+@dataclass(frozen=True)
+class Toggled:
+    """Blocks run with recording on and off: their rates (changes per wall-clock second)
+    and the same per CPU second of this process (writer, relay and projectors in threads;
+    not the servers'), which other work on a shared machine moves much less."""
+
+    on: list[float]
+    off: list[float]
+    on_cpu: list[float]
+    off_cpu: list[float]
+
+
+def toggled(
+    rounds: int, projectors: Sequence[Projector], block: Callable[[], float], n: int
+) -> Toggled:
+    """`block()` (the same work each time: write `n` changes, wait until every copy holds
+    them, return the rate) run `rounds` times with latency recording on and as often off,
+    taking turns (on, off, off, on, …), all in ONE running system: each projector's
+    `record_latency` is switched between blocks. Deployments differ by 20-40 % from one to
+    the next (new schemas, new stream, the machine); blocks of one deployment differ only
+    by the switch and by what ABBA cancels (tables growing)."""
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+
+    def run(recording: bool) -> float:
+        for projector in projectors:
+            projector.record_latency = recording
+        began = time.process_time()
+        rate = block()
+        cpu[recording].append(n / max(time.process_time() - began, 1e-9))
+        return rate
+
+    on, off = on_and_off(rounds, run)
+    return Toggled(on, off, cpu[True], cpu[False])
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A cost measured in paired rounds: the median of the rounds' costs and a
+    distribution-free confidence interval for that median (order statistics: the median
+    lies between the k-th lowest and the k-th highest round with `confidence`)."""
+
+    median: float
+    low: float
+    high: float
+    confidence: float
+    rounds: int
+
+    def verdict(self, target: float) -> str:
+        if self.high <= target:
+            return "PASS"
+        if self.low > target:
+            return "MISS"
+        return "not settled"
+
+    def text(self) -> str:
+        return (
+            f"median {self.median:+.1%}, {self.confidence:.0%} interval "
+            f"[{self.low:+.1%}, {self.high:+.1%}] over {self.rounds} rounds"
+        )
+
+
+def settled(on: list[float], off: list[float], confidence: float = 0.95) -> Settled:
+    """What recording costs as a share of the rate without it, round by round (1 - on/off
+    of the two blocks run one after the other), settled as a median with its interval."""
+    costs = sorted(1 - a / b for a, b in zip(on, off, strict=True))
+    n = len(costs)
+    # The largest k with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2: then the median
+    # lies in [costs[k-1], costs[n-k]] with at least `confidence`.
+    k, below = 0, 0.0
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n
+        if below > (1 - confidence) / 2:
+            break
+        k += 1
+    k = max(k, 1)
+    covered = 1 - 2 * sum(math.comb(n, i) / 2**n for i in range(k))
+    return Settled(statistics.median(costs), costs[k - 1], costs[n - k], covered, n)
 
 
 def costs_text(on: list[float], off: list[float]) -> str:
@@ -122,7 +193,7 @@ def costs_text(on: list[float], off: list[float]) -> str:
 def on_off_text(on: list[float], off: list[float]) -> str:
     """A latency-cost run's rounds, for the notes: each rate on and off, and each round's cost."""
     return (
-        "on: " + ", ".join(f"{r:,.0f}" for r in on) + "; off (the charter's "
-        "`latency_retention: 0`): " + ", ".join(f"{r:,.0f}" for r in off) + " changes/s; "
+        "on: " + ", ".join(f"{r:,.0f}" for r in on) + "; off (each projector's "
+        "`record_latency` switched off): " + ", ".join(f"{r:,.0f}" for r in off) + " changes/s; "
         f"cost per round (on against off, run one after the other): {costs_text(on, off)}"
     )

@@ -268,7 +268,7 @@ def test_readers_return_the_generated_types(shop: System, tmp_path: Path) -> Non
     with shop.context("customers").transaction() as tx:
         ada = ada.update(tx, name="Ada Lovelace", address="1 Mill Lane")
         bob.delete(tx)
-    assert ada.version == 2
+    assert ada.version == 2 and ada.token in tx.tokens  # the same token a Record gives
     with pytest.raises(ConflictError), shop.context("customers").transaction() as tx:
         dataclasses.replace(ada, version=1).update(tx, name="stale")  # read before the last change
     mine = shop.context("customers").get("Customer", ada.id, as_=Customer)
@@ -284,9 +284,10 @@ def test_readers_return_the_generated_types(shop: System, tmp_path: Path) -> Non
             ends_at=dt.datetime(2030, 1, 7, 9, tzinfo=dt.UTC),
         )
     assert slot.starts_at == dt.datetime(2030, 1, 7, 8, tzinfo=dt.UTC)
-    with Runner(shop) as runner:
-        assert runner.wait_until_synced()
     reader = shop.context("orders").copy("order_customers")
+    with Runner(shop) as runner:
+        assert reader.wait_for(ada.token, timeout=60) is not None  # read your typed writes
+        assert runner.wait_until_synced()
     row = reader.get(ada.id, as_=OrderCustomers)
     assert isinstance(row, OrderCustomers)
     assert (row.id, row.version, row.name, row.email) == (ada.id, 2, "Ada Lovelace", ada.email)

@@ -361,6 +361,21 @@ CASES = [
         informs={"@customers"},
         says="it keeps deprecated email",
     ),
+    case(
+        "an entity's visibility made contract",
+        ("    owner: customers\n", "    owner: customers\n    visibility: contract\n"),
+        kinds={"visibility_changed"},
+        informs={"@customers", "order_customers", "shipping_customers"},
+        says="publishes each record's newest event again there",
+    ),
+    case(
+        "the charter's visibility made public again",
+        ("visibility: contract\n", "visibility: public\n"),
+        old=(("name: shop\n", "name: shop\nvisibility: contract\n"),),
+        kinds={"visibility_changed"},
+        informs={"@customers", "@calendar", "order_customers", "order_appointments"},
+        says="from contract to public",
+    ),
 ]
 
 

@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from prometheus_client.samples import Sample
 import charter
 from charter.cli import main
 from charter.metrics import MetricsServer, buckets
+from charter.runner import worker_name
 from charter.system import System
 from charter.testing.world import Clock
 from tests.conftest import charter_command
@@ -50,6 +53,16 @@ def samples(text: bytes) -> list[Sample]:
 def value(found: list[Sample], name: str, **labels: str) -> float:
     (match,) = [s for s in found if s.name == name and labels.items() <= s.labels.items()]
     return match.value
+
+
+def until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Whether `condition` came true before `timeout` (a bound, never a measure)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def create(system: System, count: int, tag: str) -> None:
@@ -92,6 +105,35 @@ def test_metrics_say_what_the_copies_and_outboxes_do(shop: System) -> None:
     assert value(found, f"{histogram}_bucket", **ORDER, le="+Inf") == 4
     assert value(found, f"{histogram}_sum", **ORDER) == pytest.approx(8.0)
     assert value(found, f"{histogram}_bucket", **shipping, le="3.0") == 4  # its own edges
+
+
+def test_a_projector_failing_or_stopped_is_down(shop: System) -> None:
+    runner = charter.Runner(shop)
+    server = MetricsServer(runner, "127.0.0.1", 0)
+    try:
+        assert value(samples(scrape(server)), "charter_copy_projector_up", **ORDER) == 0
+        runner.start()
+        try:
+            assert value(samples(scrape(server)), "charter_copy_projector_up", **ORDER) == 1
+            (projector,) = [p for p in runner.projectors if p.copy.name == ORDER["copy"]]
+            name, step = worker_name(projector), projector.step
+
+            def failing() -> int:
+                raise OSError("the copy's store is out of reach")
+
+            projector.step = failing  # type: ignore[method-assign]  # as a store down does
+            assert until(lambda: runner.reports.failing(name))
+            found = samples(scrape(server))
+            assert value(found, "charter_copy_projector_up", **ORDER) == 0
+            assert value(found, "charter_copy_projector_up", copy="shipping_customers") == 1
+            projector.step = step  # type: ignore[method-assign]
+            assert until(lambda: not runner.reports.failing(name))
+            assert value(samples(scrape(server)), "charter_copy_projector_up", **ORDER) == 1
+        finally:
+            runner.stop()
+        assert value(samples(scrape(server)), "charter_copy_projector_up", **ORDER) == 0
+    finally:
+        server.close()
 
 
 def test_scrapes_open_no_new_connections(shop: System) -> None:
@@ -266,6 +308,56 @@ tests:
               breaks: "order confirmations go to an outdated e-mail address {{ not a template }}"
               team: customer-team
               description: "What breaks: order confirmations go to an outdated e-mail address {{ not a template }}. Customer is owned by 'customers' (team customer-team); the copy 'order_customers' is kept in 'orders' (team order-team). See `charter status` and `charter parked order_customers`."
+  - interval: 15s  # one of two lanes of order_customers fails; slow_customers works
+    input_series:
+      - series: 'charter_copy_projector_up{copy="order_customers",of="Customer",owner="customers",in="orders",instance="a"}'
+        values: '1 1 1 1 1 1 1 1 1 1 1 1'
+      - series: 'charter_copy_projector_up{copy="order_customers",of="Customer",owner="customers",in="orders",instance="b"}'
+        values: '1 1 0 0 0 0 0 0 0 0 0 0'
+      - series: 'charter_copy_projector_up{copy="slow_customers",of="Customer",owner="customers",in="orders",instance="a"}'
+        values: '1 1 1 1 1 1 1 1 1 1 1 1'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: CharterCopyDown
+        exp_alerts: []
+      - eval_time: 2m
+        alertname: CharterCopyDown
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              copy: order_customers
+              of: Customer
+              owner: customers
+              in: orders
+              team: order-team
+            exp_annotations:
+              summary: "nothing applies the events of copy order_customers of Customer in orders: its projector is failing, stopped, or run by no process serving metrics (see `charter run`'s warnings); it will breach its window of 5s at its owner's next change"
+              breaks: "order confirmations go to an outdated e-mail address {{ not a template }}"
+              team: order-team
+              description: "What breaks: order confirmations go to an outdated e-mail address {{ not a template }}. Customer is owned by 'customers' (team customer-team); the copy 'order_customers' is kept in 'orders' (team order-team). See `charter status` and `charter parked order_customers`."
+  - interval: 15s  # no process serves slow_customers: its series are absent
+    input_series:
+      - series: 'charter_copy_projector_up{copy="order_customers",of="Customer",owner="customers",in="orders",instance="a"}'
+        values: '1 1 1 1 1 1 1 1 1 1 1 1'
+    alert_rule_test:
+      - eval_time: 30s
+        alertname: CharterCopyDown
+        exp_alerts: []
+      - eval_time: 2m
+        alertname: CharterCopyDown
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              copy: slow_customers
+              of: Customer
+              owner: customers
+              in: orders
+              team: order-team
+            exp_annotations:
+              summary: "nothing applies the events of copy slow_customers of Customer in orders: its projector is failing, stopped, or run by no process serving metrics (see `charter run`'s warnings); it will breach its window of 10m at its owner's next change"
+              breaks: "(the charter does not say: add `breaks:` to the copy)"
+              team: order-team
+              description: "What breaks: (the charter does not say: add `breaks:` to the copy). Customer is owned by 'customers' (team customer-team); the copy 'slow_customers' is kept in 'orders' (team order-team). See `charter status` and `charter parked slow_customers`."
 """  # noqa: E501 (series and expected annotations as Prometheus shows them, whole)
 
 

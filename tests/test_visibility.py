@@ -186,6 +186,44 @@ def test_a_widened_copy_is_filled_again_with_its_new_field(shop_file: Path) -> N
         assert newest is None or "address" in newest  # type: ignore[operator]
 
 
+def test_a_change_of_visibility_on_a_running_system_loses_nothing(shop_file: Path) -> None:
+    """Public → contract → public, each time with changes the old relay published on the
+    old topic after the copies' positions (their projectors stopped): the relay under the
+    new charter publishes each record's newest event again on the new topics, and every
+    copy converges; then it does not again."""
+    with charter.load(shop_file) as shop:
+        write_customers(shop, seed=71, transactions=40, per=(1, 4), keep=15)
+        Runner(shop).drain()
+        write_customers(shop, seed=72, transactions=30, per=(1, 4), keep=15, tag="p")
+        Runner(shop, projectors=False).drain()  # on the entity's topic, not applied
+        assert published(shop.bus, ORDERS) == []
+    contract(shop_file)
+    with charter.load(shop_file) as shop:
+        runner, timed = Runner(shop), list[float]()
+        for projector in runner.projectors:
+            projector.on_applied = timed.extend
+        runner.drain()
+        assert_converged(shop)
+        assert published(shop.bus, ORDERS), "carried over to the copy's topic"
+        assert timed == []  # committed long before: not counted as propagation latency
+        assert all(s.state == "OK" for s in charter.status(shop))
+        write_customers(shop, seed=73, transactions=30, per=(1, 4), keep=15, tag="c")
+        Runner(shop, projectors=False).drain()  # on the copies' topics, not applied
+    edit(shop_file, "retention: 1h\nvisibility: contract", "retention: 1h")
+    with charter.load(shop_file) as shop:
+        before = len(published(shop.bus, "Customer"))
+        Runner(shop).drain()
+        assert_converged(shop)
+        carried = len(published(shop.bus, "Customer")) - before
+        assert carried > 0
+        (relay,) = [r for r in Runner(shop, projectors=False).relays if r.context == "customers"]
+        assert relay.carry_over() == 0  # the entity's topic is the newest again: done
+        write_customers(shop, seed=74, transactions=20, per=(1, 4), keep=15, tag="q")
+        Runner(shop).drain()
+        assert_converged(shop)
+        assert all(s.synced and s.state == "OK" for s in charter.status(shop))
+
+
 def test_compaction_goes_topic_by_topic(shop_file: Path) -> None:
     """With retention 0, what both copies applied goes from both topics, and a copy
     whose events were compacted before it applied them is filled again (GAP)."""

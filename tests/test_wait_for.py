@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,9 @@ import pytest
 
 import charter
 from charter.errors import ValidationError
+from charter.events import Event
+from charter.records import Parked
+from charter.stores import waiting
 from charter.system import System
 from charter.tokens import Token, parse
 from tests.conftest import edit
@@ -166,6 +171,19 @@ def test_the_default_timeout_is_the_copys_window(shop_file: Path) -> None:
     assert stale.value.lag_events == 1  # the owner's store is open here: its outbox counts
 
 
+def test_a_change_not_yet_relayed_names_the_owners_relay(shop_file: Path) -> None:
+    """A reader that has not opened the owner's store sees nothing on the bus: the change
+    is still in the owner's outbox, so what to look at is the owner's relay."""
+    with charter.load(shop_file) as owner, owner.context("customers").transaction() as tx:
+        ada = tx.create("Customer", email="ada@example.org", name="Ada", password_hash="h")
+    with charter.load(shop_file) as reader, pytest.raises(charter.StaleReadError) as stale:
+        reader.context("orders").copy("order_customers").wait_for(ada.token, timeout=0.1)
+    assert stale.value.lag_events == 0
+    assert "Is the relay of 'customers' running (`charter run --context customers`)?" in str(
+        stale.value
+    )
+
+
 def test_a_transactions_tokens_are_given_after_it_commits(shop: System) -> None:
     with shop.context("customers").transaction() as tx:
         first = tx.create("Customer", email="a@example.org", name="A", password_hash="h")
@@ -209,3 +227,48 @@ def test_a_token_is_short_header_safe_text_and_reads_back() -> None:
     assert token == Token("Customer", "0190a8b2-3cfa-7254-b01e-f817eacdfacf", 12)
     assert str(token) == text and parse(token) is token
     assert len(text) < 60 and all(c.isalnum() or c in ":-" for c in text)
+
+
+def test_an_apply_in_this_process_hands_the_wait_its_version_without_a_read() -> None:
+    """The applying thread wakes the wait and gives it the version: the wait reads the
+    store once (before waiting), not again after the apply."""
+    changes = waiting.Changes()
+    reads: list[int] = []
+    returned: list[int] = []
+
+    def held() -> int:
+        reads.append(1)
+        return 0  # what the store said before the apply
+
+    with changes.wanting("a", 2) as wanted:
+
+        def wait() -> None:
+            returned.append(waiting.wait_applied(held, 2, 30.0, changes.watch(), wanted))
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+
+        def reads_reach(count: int) -> None:
+            deadline = time.monotonic() + 30
+            while len(reads) < count and time.monotonic() < deadline:
+                time.sleep(0.001)
+
+        reads_reach(1)  # the wait has read once, and waits
+        changes.bump({"b": 9})  # another record: the wait reads again
+        reads_reach(2)
+        changes.bump({"a": 1})  # an older version: not yet, read again
+        reads_reach(3)
+        changes.bump({"a": 3})
+        thread.join(30)
+    assert returned == [3] and len(reads) == 3
+    assert not changes.waiting  # the wait is forgotten once it returned
+
+
+def test_an_apply_hands_over_only_what_it_took() -> None:
+    def event(entity_id: str, version: int) -> Event:
+        return Event("e", "Customer", entity_id, version, "updated", (), {}, "customers", "t")
+
+    items = [(5, event("a", 1)), (6, event("b", 1)), (7, event("a", 2)), (8, event("c", 4))]
+    refused = Parked("k", "c", 4, "e", 8, "a value the table refuses", b"", "t")
+    # position 5 lies at the checkpoint before the apply: another applier's, maybe parked
+    assert waiting.taken(items, [refused], start=5) == {"b": 1, "a": 2}

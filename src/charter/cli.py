@@ -1,4 +1,7 @@
-"""The `charter` command: check the charter, run the pipeline, see the copies."""
+"""The `charter` command: check the charter, run the pipeline, see the copies.
+
+Each command imports what it needs inside its function: `charter --help` or `charter diff`
+must not pay for the runner, the stores and the buses (tests/test_cli_imports.py)."""
 
 from __future__ import annotations
 
@@ -11,47 +14,46 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from charter import diffing, exports, model, parking, reconcile
-from charter._sqlite import bound_heap
-from charter.boundary import driver
-from charter.buses import check_driver
-from charter.diff import compare, deprecated_kept
-from charter.errors import BackendError, CharterError, Error, MissingExtraError, Problem
-from charter.lanes import Lane
-from charter.reconcile import drift as reconcile_drift
-from charter.reconcile import show as reconcile_show
-from charter.reconcile.report import MAX_DIFFS
-from charter.records import Parked
-from charter.runner import Runner
-from charter.status import FAILING, UNKNOWN, status
-from charter.stores import open_store
-from charter.stores.memory import in_this_process
-from charter.system import System
-from charter.tables import (
-    drift_line,
-    history_table,
-    kept_table,
-    lanes_line,
-    seconds,
-    states_of,
-    status_table,
-)
-from charter.urls import NATS, POSTGRES, redact
+from charter.errors import CharterError, Error
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from charter import diffing, model
+    from charter.errors import MissingExtraError
+    from charter.lanes import Lane
+    from charter.records import Parked
+    from charter.runner import Runner
+    from charter.system import System
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# What the options offer, said here so that declaring them imports nothing
+# (tests/test_cli_imports.py holds them equal to their modules' own).
+DIFF_FORMATS = ("text", "json", "github")  # charter.diffing.FORMATS
+EXPORT_KINDS = ("asyncapi", "jsonschema", "odcs")  # charter.exports.KINDS
+EXPORT_FORMATS = ("yaml", "json")  # charter.exports.FORMATS
+MAX_DIFFS = 10_000  # charter.reconcile.report.MAX_DIFFS
+
+
+def escape(text: str) -> str:
+    """rich's markup escaped (rich.markup imported when something is printed)."""
+    from rich.markup import escape as escaped
+
+    return escaped(text)
 
 
 def _opened(path: Path, note: bool = True) -> System:
     """The system of a charter file, for a command that reads or runs it. A charter in
     memory:// lives in one process: a command sees it empty, and says so (on stderr, not
     with --json)."""
+    from charter.stores.memory import in_this_process
+    from charter.system import System
+
     system = System.load(path)
     stores = [c.store for c in system.charter.contexts.values()]
     if note and any(url.startswith("memory://") and not in_this_process(url) for url in stores):
@@ -66,6 +68,8 @@ def _opened(path: Path, note: bool = True) -> System:
 
 def _console(stderr: bool = False) -> Console:
     """Piped or captured output is not squeezed into 80 columns: tables stay readable in logs."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() or "COLUMNS" in os.environ else 140
     return Console(stderr=stderr, width=width, soft_wrap=stderr)
@@ -135,7 +139,7 @@ def _diff_format(func: F) -> F:
     return click.option(
         "--format",
         "fmt",
-        type=click.Choice(diffing.FORMATS),
+        type=click.Choice(DIFF_FORMATS),
         default="text",
         show_default=True,
         help="text for a person, json for a program, github for GitHub Actions annotations.",
@@ -161,6 +165,13 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
     in the file, or (unless --offline) a change the data in a reachable store refuses.
     With --against REF, exit 4 if the change since REF breaks a copy (--format json or
     github print only the changes)."""
+    from rich.table import Table
+
+    from charter import diffing, model
+    from charter.diff import deprecated_kept
+    from charter.tables import seconds
+    from charter.urls import redact
+
     charter = model.load(path)
     checked = "the file only" if offline else _check_stores(charter)
     for copy, field in deprecated_kept(charter):
@@ -241,12 +252,17 @@ def diff_command(path: Path, old: str, new: str | None, fmt: str) -> None:
     (NEW defaults to the -f file), and for each one the copies it breaks and whom it tells.
     OLD or NEW may be git:REF, the same file as committed at REF (git:REF:PATH for
     another). Exit 0 when nothing breaks, 4 when something does."""
+    from charter import diffing
+
     old_side, new_side = diffing.sides(old, new or str(path), path)
     _diff_print(fmt, old_side, new_side)
 
 
 def _diff_print(fmt: str, old: diffing.Side, new: diffing.Side) -> None:
     """Print the changes from `old` to `new`; exit 4 when one breaks a copy."""
+    from charter import diffing
+    from charter.diff import compare
+
     changes = compare(old.charter, new.charter)
     if fmt == "json":
         click.echo(diffing.as_json(changes, old, new))
@@ -262,6 +278,10 @@ def _check_stores(charter: model.Charter) -> str:
     """Each store the charter names, asked what `charter run` would refuse in it, changing
     nothing; and whether the drivers of the stores and the bus are installed. A store out
     of reach is a note, not a problem. Returns what was checked."""
+    from charter.buses import check_driver
+    from charter.errors import BackendError, MissingExtraError, Problem
+    from charter.stores import open_store
+
     problems, reached, missed = [], [], []
     try:
         check_driver(charter.bus)
@@ -311,6 +331,8 @@ def _extra(exc: MissingExtraError) -> str:
 
 
 def _lane(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Lane | None:
+    from charter.lanes import Lane
+
     try:
         return Lane.parse(value) if value else None
     except ValueError as exc:
@@ -401,6 +423,10 @@ def run(
 ) -> None:
     """Run the relays (outbox → bus) and projectors (bus → copies) until SIGINT or SIGTERM,
     and the command handlers that --handlers registers."""
+    from charter._sqlite import bound_heap
+    from charter.runner import Runner
+    from charter.tables import seconds
+
     if once and metrics:
         raise click.UsageError("--metrics serves a runner that keeps running, not --once")
     bound_heap()  # a long-running process: its SQLite page caches must not grow with the files
@@ -515,6 +541,7 @@ def transfer_command(
     promote the new owner at a new epoch, record the move in the charter, apply grants. An
     interrupted transfer resumes when run again, or --rollback (before promote)."""
     from charter import transfer
+    from charter.urls import NATS, POSTGRES
 
     done = transfer.command(
         path,
@@ -574,6 +601,11 @@ def apply_command(
     """Make the infrastructure enforce the charter: PostgreSQL roles and grants per
     context, and a NATS authorization block where each context publishes only what it owns.
     With --audit-only, nothing is enforced: what would be refused is logged by pgAudit."""
+    from charter import model
+    from charter.boundary import driver
+    from charter.system import System
+    from charter.urls import NATS, POSTGRES
+
     charter = model.load(path)
     if audit_only:
         _apply_audit_only(charter, dry_run, mapping)
@@ -616,6 +648,8 @@ def apply_command(
 
 def _apply_audit_only(charter: model.Charter, dry_run: bool, mapping: tuple[str, ...]) -> None:
     from charter.audit.actors import parse_mapping
+    from charter.boundary import driver
+    from charter.urls import POSTGRES
 
     stores = [ctx for ctx in charter.contexts.values() if ctx.store.startswith(POSTGRES)]
     if not stores:
@@ -659,6 +693,9 @@ def _apply_audit_only(charter: model.Charter, dry_run: bool, mapping: tuple[str,
 def status_command(path: Path, as_json: bool, strict: bool, context: str | None) -> None:
     """Every copy against its contract: lag in events and seconds, window, state.
     Exit 1 when a copy cannot be measured (UNKNOWN, the reason on stderr)."""
+    from charter.status import FAILING, UNKNOWN, status
+    from charter.tables import drift_line, kept_table, lanes_line, status_table
+
     with _opened(path, note=not as_json) as system:
         rows = status(system, context)
     if as_json:
@@ -776,6 +813,10 @@ def reconcile_command(
     """Compare each copy (every copy when none is named) with its owner's current state:
     missing, extra, stale, divergent, ahead, in flight. Exit 5 when there is drift (or a
     check stopped before the end), 1 when a store cannot be read."""
+    from charter import model, reconcile
+    from charter.reconcile import drift as reconcile_drift
+    from charter.reconcile import show as reconcile_show
+
     budget_s = model.parse_duration(budget)
     if budget_s is None:
         raise click.BadParameter(
@@ -824,9 +865,10 @@ def reconcile_command(
 @reports_errors
 def alerts(path: Path, output: Path | None) -> None:
     """Prometheus alerting rules for every copy, from the metrics `charter run --metrics`
-    serves: staler than its window for a while, parked events, drift at its last
-    reconciliation, not checked on its schedule; each says what breaks and names the
-    owner's team."""
+    serves: staler than its window for a while, parked events, nothing applying its
+    events, drift at its last reconciliation, not checked on its schedule; each says what
+    breaks and whom to call."""
+    from charter import model
     from charter.alerts import rules as made
     from charter.alerts import text
 
@@ -849,6 +891,9 @@ def alerts(path: Path, output: Path | None) -> None:
 def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
     """The owner's authoritative history of one record: each version's public values,
     who made it (a transaction's actor) and when; private fields by name only."""
+    from charter import model
+    from charter.tables import history_table, states_of
+
     with _opened(path, note=not as_json) as system:
         spec = system.charter.entities.get(entity)
         if spec is None:
@@ -901,6 +946,10 @@ def parked(
     the record or event whose id is ID). --retry applies them again: those that apply now
     (or that a newer version has overtaken) leave the list, the others stay with their
     reason. --drop forgets them."""
+    from rich.table import Table
+
+    from charter import parking
+
     if retry and drop:
         raise click.UsageError("--retry or --drop, not both")
     outcomes: list[parking.Outcome] = []
@@ -985,11 +1034,11 @@ def _parked_json(p: Parked) -> dict[str, Any]:
 
 @main.command(name="export")
 @charter_file
-@click.argument("kind", type=click.Choice(exports.KINDS))
+@click.argument("kind", type=click.Choice(EXPORT_KINDS))
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(exports.FORMATS),
+    type=click.Choice(EXPORT_FORMATS),
     default=None,
     help="yaml or json (default: from -o's suffix, else json for jsonschema and "
     "yaml for the others).",
@@ -1003,6 +1052,8 @@ def export_command(
     """Publish the contract where tools read it: asyncapi (the events: AsyncAPI 3.0),
     jsonschema (each entity's event data and each copy's row), odcs (a data contract per
     copy: Open Data Contract Standard v3.1). From the file alone; no private field."""
+    from charter import exports, model
+
     if fmt is None:
         suffix = output.suffix.lower() if output else ""
         fmt = "json" if suffix == ".json" or (not suffix and kind == "jsonschema") else "yaml"
@@ -1030,6 +1081,7 @@ def codegen(path: Path, context: str, output: Path | None) -> None:
     """Typed models of one context's nouns: frozen dataclasses of what it owns (with typed
     create / update / delete through its transactions) and of each copy it keeps (read-only,
     only the copy's fields). Nothing of another context's private fields."""
+    from charter import model
     from charter.codegen import generate
 
     _write(generate(model.load(path), context), output)
@@ -1084,7 +1136,7 @@ def audit_command(
     tables, cross-context reads and joins, tables no context owns, statements that could
     not be parsed. LOGS: PostgreSQL server logs (csvlog or jsonlog, with log_statement or
     pgAudit). With --suggest, a draft charter inferred from the traffic."""
-    from charter import audit
+    from charter import audit, model
     from charter.audit.actors import parse_mapping
 
     audit.require()
@@ -1141,7 +1193,8 @@ def map_command(
     """The system drawn: contexts with their teams, entities at their owners, copies as
     arrows labelled with fields and window, coloured by their live state; given audit
     findings, the undeclared readers and writers in red."""
-    from charter import topology
+    from charter import model, topology
+    from charter.status import status
 
     chosen = topology.format_of(fmt, str(output) if output else None)
     if chosen == "png" and output is None:

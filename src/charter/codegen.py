@@ -36,7 +36,7 @@ _MODULE_NAMES = frozenset(
     {"datetime", "uuid", "dataclass", "charter"}
     | {"ClassVar", "Literal", "NotRequired", "TypedDict", "Unpack"}
 )
-_CLASS_NAMES = frozenset({"ENTITY", "COPY", "from_record", "create", "update", "delete"})
+_CLASS_NAMES = frozenset({"ENTITY", "COPY", "from_record", "create", "update", "delete", "token"})
 _BUILTINS = frozenset({"str", "int", "float", "bool", "None"})
 LINE = 88  # the generated lines' length at most, as ruff format and black lay them out
 
@@ -266,6 +266,15 @@ class _Module:
         tx = "tx: charter.Transaction"
         refused = "refused (ConflictError) if it changed since it was read."
         lines += [
+            "",
+            "    @property",
+            "    def token(self) -> str:",
+            _docstring(
+                "This version of this record as a read-your-writes token, as a Record's "
+                "`.token` (valid once the transaction committed): `copy.wait_for(token)`.",
+                "        ",
+            ),
+            f'        return f"{name}:{{self.id}}:{{self.version}}"',
             "",
             "    @classmethod",
             _wrapped(

@@ -350,6 +350,8 @@ class _Comparison:
                 severity=BREAKING,
                 line=new.line,
             )
+        if old.visibility != new.visibility:
+            self._visibility(old, new)
         if old.why != new.why:
             self.add("why_changed", f"{name}'s why changes", entity=name, line=new.line)
         self._constraints(old, new)
@@ -367,6 +369,31 @@ class _Comparison:
                 self._field_added(new, new.fields[field])
             else:
                 self._field(old, new, old.fields[field], new.fields[field])
+
+    def _visibility(self, old: Entity, new: Entity) -> None:
+        """Its copies move to other topics: charter carries them over (the owner's relay
+        publishes each record's newest event again on the new topics), so nothing breaks;
+        who reads the bus changes, and NATS's permissions with it."""
+        name = new.name
+        copies = self.old.copies_of(name)
+        where = (
+            "each copy then gets only its fields, on a topic of its own"
+            if new.visibility == "contract"
+            else "each copy then gets its whole public events, on the entity's topic"
+        )
+        nats = " (NATS: run `charter apply` for the new permissions)" if copies else ""
+        self.add(
+            "visibility_changed",
+            f"{name}'s visibility changes from {old.visibility} to {new.visibility}: {where}; "
+            f"once the relay of {new.owner} runs the new charter it publishes each record's "
+            f"newest event again there, so no copy misses what went to the old topic{nats}",
+            entity=name,
+            informs=(
+                self.context_party(new.owner),
+                *(self.copy_party(c) for c in copies),
+            ),
+            line=new.line,
+        )
 
     def _constraints(self, old: Entity, new: Entity) -> None:
         before = {c.describe() for c in old.constraints}

@@ -10,7 +10,10 @@ between scrapes is counted as it happens, through each projector's `on_applied`:
 events applied and a histogram of their propagation latency, with buckets at fractions
 and multiples of the copy's window (so that "within the window" is always a bucket edge).
 A copy that cannot be measured (UNKNOWN in status) has `charter_copy_up 0` and no
-gauges, rather than a false 0.
+gauges, rather than a false 0. Whether anything applies the copy's events is apart:
+`charter_copy_projector_up` is 1 while this process's projector of it works, 0 while it
+fails (a store or bus out of reach) or has stopped; a copy no process serves has none
+(the rule `CharterCopyDown`, charter.alerts, fires on both).
 
 Each copy's last reconciliation (charter.reconcile, kept in its store by whoever checked)
 is `charter_drift` (one series per kind of drift, label `class`) with the time it was made.
@@ -96,6 +99,7 @@ class CopyCollector(Collector):
         self.with_owner = {
             name: charter.entities[c.of].owner in relayed for name, c in self.copies.items()
         }
+        self.runner = runner
         self._lock = threading.Lock()
         self._observed = {name: _Observed(buckets(c.window_s)) for name, c in self.copies.items()}
         for projector in runner.projectors:
@@ -120,6 +124,13 @@ class CopyCollector(Collector):
             return GaugeMetricFamily(name, text, labels=labels)
 
         up = gauge("charter_copy_up", "1 when the copy could be measured at this scrape")
+        working = gauge(
+            "charter_copy_projector_up",
+            "1 while this process's projector of the copy works; 0 failing or stopped",
+        )
+        for projector in self.runner.projectors:
+            running = self.runner.working(projector)
+            working.add_metric(self.labels(projector.copy), 1 if running else 0)
         staleness = gauge(
             "charter_copy_staleness_seconds",
             "Age of the oldest owner commit the copy has not applied (0 when none)",
@@ -158,7 +169,7 @@ class CopyCollector(Collector):
                 edges.append((_edge(edge), float(cumulative)))
             latency.add_metric(labels, edges, total)
             applied.add_metric(labels, count)
-        yield from (up, staleness, window, lag, parked, applied, latency)
+        yield from (up, working, staleness, window, lag, parked, applied, latency)
         yield from self._drift()
         unrelayed = gauge(
             "charter_outbox_unrelayed_events",

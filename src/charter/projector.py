@@ -28,7 +28,16 @@ from charter.events import MAX_VERSION, Event, decode
 from charter.fills import FillMark
 from charter.lanes import Lane
 from charter.model import Copy, Entity, Field
-from charter.records import REPAIR_MARKER, Checkpoint, Delivery, Mend, Parked, Row, repair_over
+from charter.records import (
+    FILL_MARKER,
+    REPAIR_MARKER,
+    Checkpoint,
+    Delivery,
+    Mend,
+    Parked,
+    Row,
+    repair_over,
+)
 from charter.stores import Store
 from charter.values import ENCODERS
 from charter.visibility import topic_of
@@ -94,7 +103,9 @@ class Projector:
         last = deliveries[-1].position
         items = self._mend(deliveries, items)
         hook = self.on_applied
-        timed = _latencies(items) if items and (self.record_latency or hook) else []
+        timed = (
+            _latencies(_timed(deliveries, items)) if items and (self.record_latency or hook) else []
+        )
         with tracing.applying(self.copy.name, self.entity.name, items):
             self.store.apply(
                 self.copy, items, parked, last, lane, timed if self.record_latency else ()
@@ -251,6 +262,15 @@ class Projector:
 
     def _check(self, event: Event) -> Event:
         return check(event, self.entity, self.owner_team, self._fields)
+
+
+def _timed(
+    deliveries: Sequence[Delivery], items: list[tuple[int, Event]]
+) -> list[tuple[int, Event]]:
+    """The items whose propagation is timed: not those published again long after their
+    commit (a fill's, a carry-over's: their ids hold the fill's marker)."""
+    again = {d.position for d in deliveries if FILL_MARKER in d.event_id}
+    return [item for item in items if item[0] not in again] if again else items
 
 
 def _latencies(items: Sequence[tuple[int, Event]]) -> list[tuple[int, float]]:

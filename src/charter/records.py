@@ -17,6 +17,10 @@ FILL_REQUEST, FILL_MARK = "fillreq", "fill"  # the kinds of a fill's notes (char
 # In the event id of every event a repair publishes (charter.reconcile.repair): a fill's
 # marker too, so a bus tells its lag by when it was published, as it does a fill's.
 REPAIR_MARKER = FILL_MARKER + "repair~"
+# In the event id of every event a relay publishes again after a change of visibility
+# (Relay.carry_over): a fill's marker too, so its lag is counted from when it was published,
+# and a projector does not time it (it was committed long before, and mostly applied).
+CARRIED_MARKER = FILL_MARKER + "again~"
 _OVER = "~over~"
 
 Row = dict[str, Any]

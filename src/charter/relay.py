@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Collection, Sequence
 
 from charter import clock, fills
 from charter.buses import Bus
 from charter.fills import FillMark, FillRequest
 from charter.ids import uuid7
 from charter.model import CONTRACT, Copy, Entity
-from charter.records import OutboxRow
+from charter.records import CARRIED_MARKER, OutboxRow
 from charter.signals import Signals
 from charter.stores import Store
-from charter.visibility import Routes, narrow, topic_of
+from charter.visibility import Routes, left_behind, narrow, topic_of
 
 LEAD_RETRY_S = 0.5  # how often a relay standing by asks for the lead
+
+log = logging.getLogger(__name__)
 
 
 class Relay:
@@ -45,6 +48,8 @@ class Relay:
         self._copies = list(copies)  # copies of what this context owns
         self.routes = Routes(owned, [copy for copy, _ in self._copies])
         self._moved = {e.name: e for e in owned if e.moves}  # ownership moved (G10)
+        self._owned = list(owned)
+        self._carried = False  # whether a change of visibility was looked for (carry_over)
         self._checked = 0.0  # when fill requests were last looked for
         self.holder = f"{context}:{uuid7()}"  # who this relay is, for the outbox's lead
         self._asked = -LEAD_RETRY_S  # when it last asked for the lead without getting it
@@ -62,6 +67,9 @@ class Relay:
             return 0
         flight, self._flight = self._flight, None
         filled = 0
+        if not self._carried:  # first thing once it leads: nothing is in flight yet
+            filled = self.carry_over()
+            self._carried = True
         if flight is None and clock.monotonic() - self._checked >= fills.CHECK_EVERY_S:
             filled = self.answer_fill_requests()
         if flight is None:
@@ -157,7 +165,29 @@ class Relay:
         entity = self._moved.get(row.entity)
         return entity is None or entity.holder(row.entity_id)[0] == self.context
 
-    def rewind(self, after: int = 0) -> int:
+    def carry_over(self) -> int:
+        """For each owned entity whose visibility changed since its last events went on the
+        bus (charter.visibility.left_behind), publish each record's newest event again, on
+        its new topics (`rewind`), so that no copy misses what went to the old ones. Returns
+        how many events were sent again."""
+        copies = {e.name: [c for c, of in self._copies if of.name == e.name] for e in self._owned}
+        moved = [e for e in self._owned if left_behind(self.bus.head, e, copies[e.name])]
+        if not moved:
+            return 0
+        for entity in moved:
+            log.warning(
+                "%s is now under %s visibility and its last events went to the topics of the "
+                "other: publishing each record's newest event again on its new topics, so "
+                "that its copies %s miss nothing",
+                entity.name,
+                entity.visibility,
+                ", ".join(c.name for c in copies[entity.name]),
+            )
+        return self.rewind(entities={e.name for e in moved}, marker=CARRIED_MARKER)
+
+    def rewind(
+        self, after: int = 0, entities: Collection[str] | None = None, marker: str = ""
+    ) -> int:
         """Publish again the newest event of every record changed after `after`: heals a
         bus that lost acknowledged events (G7). The bus drops the ids it still has; copies
         skip what they applied. Only the newest, and only where it was relayed already (a
@@ -165,10 +195,11 @@ class Relay:
         that no older version of a record goes on the bus after its delete: a copy that
         started after the delete would take it for a record it never saw (charter.sim
         found this). Run it while the owner's writers are still; returns how many events
-        were sent again."""
+        were sent again. `entities`: only theirs; `marker`: added to each event id."""
         newest: dict[tuple[str, str], OutboxRow] = {}
         while rows := self.store.outbox(after, self.batch):
-            newest.update(((r.entity, r.entity_id), r) for r in rows)
+            chosen = rows if entities is None else [r for r in rows if r.entity in entities]
+            newest.update(((r.entity, r.entity_id), r) for r in chosen)
             after = rows[-1].seq
         waiting: list[OutboxRow] = []
         while more := self.store.pending(self.batch, waiting):
@@ -178,6 +209,8 @@ class Relay:
             (r for r in newest.values() if r.seq not in pending and self._still_mine(r)),
             key=lambda r: r.seq,
         )
+        if marker:
+            again = [dataclasses.replace(r, event_id=r.event_id + marker) for r in again]
         for start in range(0, len(again), self.batch):
             self.bus.publish(self.routes.outgoing(again[start : start + self.batch]))
         if self.signals is not None:

@@ -69,6 +69,11 @@ class Reports:
                     f"tr{'ies' if total != 1 else 'y'} in {now - since:.1f} s"
                 )
 
+    def failing(self, worker: str) -> bool:
+        """`worker`'s last try failed (it has not worked since)."""
+        with self._lock:
+            return bool(self._failing.get(worker))
+
     def take(self, now: float | None = None) -> list[str]:
         """The lines to show since the last call (the counts of what is still failing,
         once `every` seconds have passed since they were last said)."""

@@ -129,6 +129,7 @@ class Runner:
         if not reconcile or (lane is not None and lane.number != 1):
             scheduled = []
         self.reconciler = Reconciler(system, scheduled, self.reports)
+        self._thread_of: dict[int, threading.Thread] = {}  # id(worker) → its thread
         # Each distinct failure of a worker, the first time (a failure that repeats is
         # counted in `reports`, which is what `charter run` prints).
         self.errors: list[BaseException] = []
@@ -180,6 +181,7 @@ class Runner:
             )
             thread.start()
             self._threads.append(thread)
+            self._thread_of[id(worker)] = thread
         housekeeper = threading.Thread(target=self._housekeep, name="charter:compact", daemon=True)
         housekeeper.start()
         self._threads.append(housekeeper)
@@ -241,6 +243,15 @@ class Runner:
         for worker in self.workers:
             if isinstance(worker, CommandWorker):
                 worker.close()
+        self._thread_of.clear()
+
+    def working(self, worker: Worker) -> bool:
+        """`worker` is at work: started, its thread alive, its last try not failed (a store
+        or bus it needs out of reach). What `charter_copy_projector_up` says (metrics)."""
+        thread = self._thread_of.get(id(worker))
+        if thread is None or not thread.is_alive():
+            return False
+        return not self.reports.failing(worker_name(worker))
 
     def wait_until_synced(self, timeout: float = 30.0) -> bool:
         """Block until every copy in scope has applied every committed event."""

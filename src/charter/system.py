@@ -265,11 +265,14 @@ class CopyReader:
                 f"{measured.seconds:.3g} s behind its owner '{owner}'"
                 + ("" if owner_store is not None else " on the bus")
             )
+        ask = "Is a projector running for it?"
+        if measured is not None and measured.events == 0 and owner_store is None:
+            # nothing waits on the bus: the change is still in its owner's outbox
+            ask = f"Is the relay of '{owner}' running (`charter run --context {owner}`)?"
         return StaleReadError(
             f"copy '{copy.name}' (in {copy.context}) does not hold {wanted.entity} "
             f"{wanted.id} version {wanted.version} after {waited:.3g} s: {has}; {behind} "
-            f"(its window: {copy.window_s:g} s). Is a projector running for it? "
-            "(`charter status`)",
+            f"(its window: {copy.window_s:g} s). {ask} (`charter status`)",
             copy=copy.name,
             token=str(wanted),
             held=held,

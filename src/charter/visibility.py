@@ -15,11 +15,19 @@ copy of the entity: the same record, version, op, commit time and actor, `data` 
 changed fields cut to the copy's fields, and an event id made of the event's and the
 copy's name (so publishing it again is a duplicate the bus drops). A change that touches
 none of a copy's fields is still published to it: the copy's version must follow the
-owner's. The whole public event is not published at all (nothing reads it)."""
+owner's. The whole public event is not published at all (nothing reads it).
+
+When an entity's visibility changes on a running system, its copies read other topics from
+where they were: what the old relay published on the old topics after a copy's position
+would never reach it. The relay under the new charter sees it (`left_behind`: an old topic
+holds events newer than a new one) and, before anything else, publishes each record's
+newest event again on the new topics (`Relay.carry_over`); only one relay leads an outbox,
+so once it leads nothing more goes to the old topics. The copies' version guard skips what
+they hold; positions are the bus's, so those events lie after every copy's position."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -44,6 +52,19 @@ def split(topic: str) -> tuple[str, str | None]:
 def topic_of(entity: Entity, copy: Copy) -> str:
     """The topic `copy` reads: its own under contract visibility, else its entity's."""
     return copy_topic(entity.name, copy.name) if entity.visibility == CONTRACT else entity.name
+
+
+def left_behind(head: Callable[[str], int], entity: Entity, copies: Sequence[Copy]) -> bool:
+    """Whether the last events of `entity` went to the topics of its other visibility (its
+    copies' under public visibility, its own under contract): the visibility changed since,
+    and a copy may have missed them. `head`: a topic's newest position (Bus.head)."""
+    if not copies:
+        return False
+    own = [copy_topic(entity.name, copy.name) for copy in copies]
+    if entity.visibility == CONTRACT:
+        old = head(entity.name)
+        return old > 0 and any(head(topic) < old for topic in own)
+    return max(head(topic) for topic in own) > head(entity.name)
 
 
 def topics(charter: Charter) -> dict[str, list[str]]:

@@ -408,7 +408,8 @@ class MemoryStore:
                     data.lanes[key] = (position, now)
             elif position > start:
                 data.checkpoints[copy.name] = (position, now, copy.fields)
-        data.changes(copy.name).bump()
+        changes = data.changes(copy.name)
+        changes.bump(waiting.taken(items, (), start) if changes.waiting else None)
         return []  # a dictionary takes any value: nothing fails to be stored
 
     def _record_latency(
@@ -501,8 +502,11 @@ class MemoryStore:
 
     def wait_applied(self, copy: Copy, entity_id: str, version: int, timeout: float) -> int:
         self._touch("wait_applied")
-        watch = self._data.changes(copy.name).watch()
-        return waiting.wait_applied(lambda: self._held(copy, entity_id), version, timeout, watch)
+        changes = self._data.changes(copy.name)
+        with changes.wanting(entity_id, version) as wanted:
+            return waiting.wait_applied(
+                lambda: self._held(copy, entity_id), version, timeout, changes.watch(), wanted
+            )
 
     def _held(self, copy: Copy, entity_id: str) -> int:
         with self._data.lock:

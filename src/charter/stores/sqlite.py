@@ -593,7 +593,7 @@ class SQLiteStore:
                     "UPDATE SET position = excluded.position, applied_at = excluded.applied_at",
                     (copy.name, position, now_text(), orjson.dumps(copy.fields).decode()),
                 )
-        self._changed(copy)
+        self._changed(copy, items, failed, start)
         return failed
 
     def _record_latency(
@@ -695,18 +695,28 @@ class SQLiteStore:
 
     def wait_applied(self, copy: Copy, entity_id: str, version: int, timeout: float) -> int:
         conn = self._conns.get()
-        watch = _FileWatch(conn, _CHANGES(str(self._conns.path), copy.name))
+        changes = _CHANGES(str(self._conns.path), copy.name)
         held = self._sql[f"held:{copy.name}"]
-        return waiting.wait_applied(
-            lambda: int(conn.execute(held, (entity_id, copy.name)).fetchone()[0]),
-            version,
-            timeout,
-            watch,
-        )
+        with changes.wanting(entity_id, version) as wanted:
+            return waiting.wait_applied(
+                lambda: int(conn.execute(held, (entity_id, copy.name)).fetchone()[0]),
+                version,
+                timeout,
+                _FileWatch(conn, changes),
+                wanted,
+            )
 
-    def _changed(self, copy: Copy) -> None:
-        """Wake this process's waits on the copy (those of other processes ask the file)."""
-        _CHANGES(str(self._conns.path), copy.name).bump()
+    def _changed(
+        self,
+        copy: Copy,
+        items: Sequence[tuple[int, Event]] = (),
+        skipped: Sequence[Parked] = (),
+        start: int = 0,
+    ) -> None:
+        """Wake this process's waits on the copy (those of other processes ask the file),
+        handing them the versions an apply took: `items` after `start`, but `skipped`."""
+        changes = _CHANGES(str(self._conns.path), copy.name)
+        changes.bump(waiting.taken(items, skipped, start) if changes.waiting else None)
 
     def parked(self, copy: Copy) -> list[Parked]:
         rows = self._conns.get().execute(

@@ -444,9 +444,9 @@ def test_drift_rules_pass_promtool_and_fire(tmp_path: Path) -> None:
     path.write_text(text.replace("    window: 5s\n", "    window: 5s\n    reconcile: 1m\n", 1))
     rules = tmp_path / "rules.yml"
     written = CliRunner().invoke(main, ["alerts", "-f", str(path), "-o", str(rules)])
-    assert written.exit_code == 0 and "wrote 7 rules" in written.output, written.output
+    assert written.exit_code == 0 and "wrote 9 rules" in written.output, written.output
     checked = promtool("check", "rules", str(rules))
-    assert checked.returncode == 0 and b"SUCCESS: 7 rules found" in checked.stdout, checked
+    assert checked.returncode == 0 and b"SUCCESS: 9 rules found" in checked.stdout, checked
     (tmp_path / "tests.yml").write_text(DRIFT_RULE_TESTS)
     tested = promtool("test", "rules", str(tmp_path / "tests.yml"))
     assert tested.returncode == 0, (tested.stdout + tested.stderr).decode()

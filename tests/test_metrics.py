@@ -369,9 +369,9 @@ def test_alerting_rules_pass_promtool_and_fire_when_a_copy_breaks_its_window(
     path.write_text(ALERTS_CHARTER.format(folder=tmp_path))
     rules = tmp_path / "rules.yml"
     written = CliRunner().invoke(main, ["alerts", "-f", str(path), "-o", str(rules)])
-    assert written.exit_code == 0 and "wrote 6 rules" in written.output, written.output
+    assert written.exit_code == 0 and "wrote 8 rules" in written.output, written.output
     checked = promtool("check", "rules", str(rules))
-    assert checked.returncode == 0 and b"SUCCESS: 6 rules found" in checked.stdout, checked
+    assert checked.returncode == 0 and b"SUCCESS: 8 rules found" in checked.stdout, checked
     printed = CliRunner().invoke(main, ["alerts", "-f", str(path)])
     assert printed.output == rules.read_text()
     assert "for: 10m" in printed.output  # a long window waits as long; a short one a minute

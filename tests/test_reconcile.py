@@ -502,3 +502,41 @@ def test_events_a_nats_stream_lost_are_found_and_repaired(tmp_path: Path) -> Non
     finally:
         system.close()
         backend.cleanup(urls)
+
+
+def test_a_delete_the_owner_lost_leaves_its_copy_ahead_until_accepted(
+    shop: System, pair: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """The owner restored from a backup older than a delete its copy applied: the copy,
+    holding only the tombstone, is ahead (not missing, which a repair could never mend:
+    the tombstone refuses the owner's older version), and --accept-owner brings it back."""
+    if is_memory(shop):
+        pytest.skip("memory: no file or schema to restore")
+    ids = customers(shop, 3)
+    Runner(shop).drain()
+    url = shop.charter.contexts["customers"].store
+    tables = OWNER_TABLES if url.startswith("sqlite:///") else PG_OWNER_TABLES
+    backup = _backup(url, tmp_path, tables)
+    with shop.context("customers").transaction() as tx:
+        tx.delete("Customer", ids[1])
+    Runner(shop).drain()
+    shop.close()
+    _restore(url, backup, tables)
+    system = charter.load(pair[0])
+    try:
+        with later(3600):
+            report = reconcile.check(system, system.charter.copies["order_customers"])
+            (finding,) = report.findings
+            assert (finding.kind, finding.id) == ("ahead", ids[1])
+            assert (finding.owner_version, finding.copy_version) == (1, 2)
+            assert reconcile.repair(system, report).published == {}
+            assert reconcile.repair(system, report, accept_owner=True).published == {"ahead": 1}
+            Runner(system, ["orders"], relays=False).drain()
+            assert found(system) == {}
+        rows = {
+            r["id"]: r["version"]
+            for r in system.store("orders").copy_rows(system.charter.copies["order_customers"])
+        }
+        assert rows[ids[1]] == 1
+    finally:
+        system.close()

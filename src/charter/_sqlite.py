@@ -60,6 +60,7 @@ def _digest_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("charter_row_hash", -1, digests.sqlite_row_hash, deterministic=True)
     # (typeshed knows only one-argument aggregates)
     conn.create_aggregate("charter_digest", -1, digests.SQLiteDigest)  # type: ignore[arg-type]
+    conn.create_aggregate("charter_digests", -1, digests.SQLiteGroups)  # type: ignore[arg-type]
 
 
 def bound_heap(limit: int = RUNNER_HEAP_BYTES) -> None:

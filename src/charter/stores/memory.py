@@ -490,29 +490,28 @@ class MemoryStore:
         return (min(ids), max(ids)) if ids else None
 
     def digest(
-        self,
-        table: Entity | Copy,
-        fields: Sequence[Field],
-        low: str,
-        high: str | None,
-        splits: Sequence[str] = (),
-    ) -> list[Digest]:
-        rows = self.digest_rows(table, fields, low, high)
-        return digests.cut([(entity_id, hashed) for entity_id, _, hashed in rows], splits)
+        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+    ) -> dict[str, Digest]:
+        rows = self.digest_rows(table, fields, [prefix])
+        return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
 
     def digest_rows(
-        self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
     ) -> list[tuple[str, int, int]]:
         self._touch("digest")
         kinds, names = digests.codes(fields), [f.name for f in fields]
+        starts = tuple(prefixes)
         with self._data.lock:
-            rows = [
-                r for i, r in self._table(table).items() if low <= i and (high is None or i < high)
-            ]
+            rows = [r for i, r in self._table(table).items() if starts and i.startswith(starts)]
             found = [
                 (r["id"], r["version"], digests.row_hash(kinds, _key_and(r, names))) for r in rows
             ]
         return sorted(found)
+
+    def tombstone(self, copy: Copy, entity_id: str) -> int | None:
+        self._touch("tombstone")
+        with self._data.lock:
+            return self._data.tombstones.get((copy.name, entity_id))
 
     def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
         self._touch("mend")

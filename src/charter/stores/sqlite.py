@@ -335,7 +335,7 @@ class SQLiteStore:
 
     def rows(self, entity: Entity, where: Row | None = None) -> Iterator[Row]:
         names = ["id", "version", *entity.fields]
-        sql, params = where_clause(self._sql[f"select:{entity.name}"], where, names, "IS ?")
+        sql, params = where_clause(self._sql[f"select:{entity.name}"], where, names, "?")
         for row in self._conns.get().execute(sql + " ORDER BY id", params):
             yield dict(zip(names, row, strict=True))
 
@@ -599,7 +599,7 @@ class SQLiteStore:
 
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
         names = ["id", "version", *copy.fields, "synced_at"]
-        sql, params = where_clause(self._sql[f"select-copy:{copy.name}"], where, names, "IS ?")
+        sql, params = where_clause(self._sql[f"select-copy:{copy.name}"], where, names, "?")
         for row in self._conns.get().execute(sql + " ORDER BY id", params):
             yield dict(zip(names, row, strict=True))
 
@@ -660,19 +660,17 @@ class SQLiteStore:
         return sqlite_reconcile.id_range(self._conns.get(), table)
 
     def digest(
-        self,
-        table: Entity | Copy,
-        fields: Sequence[Field],
-        low: str,
-        high: str | None,
-        splits: Sequence[str] = (),
-    ) -> list[Digest]:
-        return sqlite_reconcile.digest(self._conns.get(), table, fields, low, high, splits)
+        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+    ) -> dict[str, Digest]:
+        return sqlite_reconcile.digest(self._conns.get(), table, fields, prefix, length)
 
     def digest_rows(
-        self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
     ) -> list[tuple[str, int, int]]:
-        return sqlite_reconcile.digest_rows(self._conns.get(), table, fields, low, high)
+        return sqlite_reconcile.digest_rows(self._conns.get(), table, fields, prefixes)
+
+    def tombstone(self, copy: Copy, entity_id: str) -> int | None:
+        return sqlite_reconcile.tombstone(self._conns.get(), copy, entity_id)
 
     def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
         with self._conns.write() as conn:

@@ -1,13 +1,13 @@
 """Reconciliation's side of an SQLite store: digests computed inside the database by the
-functions charter registers on its connections (`_sqlite`: charter_digest and
-charter_row_hash, from charter.digests), so no row leaves SQLite to be compared; and the
-mends a repair brings (records.Mend), applied by the copy's projector."""
+functions charter registers on its connections (`_sqlite`: charter_digests, charter_row_hash,
+from charter.digests), so no row leaves SQLite to be compared; and the mends a repair
+brings (records.Mend), applied by the copy's projector."""
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from charter import digests
 from charter.digests import Digest
@@ -16,15 +16,20 @@ from charter.records import Mend
 
 
 def _columns(fields: Sequence[Field]) -> str:
-    """The arguments of charter_digest / charter_row_hash: token kinds, id, version, fields."""
+    """The arguments of charter_digests / charter_row_hash: token kinds, id, version, fields."""
     names = "".join(f', "{f.name}"' for f in fields)
     return f"'{digests.codes(fields)}', id, version{names}"
 
 
-def _range(low: str, high: str | None) -> tuple[str, list[str]]:
-    if high is None:
-        return "id >= ?", [low]
-    return "id >= ? AND id < ?", [low, high]
+def _under(prefix: str) -> tuple[str, list[Any]]:
+    """A WHERE clause: ids starting with `prefix`, as a range of the primary key (SQLite
+    compares text by its bytes: code points)."""
+    if not prefix:
+        return "", []
+    end = digests.prefix_end(prefix)
+    if end is None:
+        return " WHERE id >= ?", [prefix]
+    return " WHERE id >= ? AND id < ?", [prefix, end]
 
 
 def id_range(conn: sqlite3.Connection, table: Entity | Copy) -> tuple[str, str] | None:
@@ -36,39 +41,36 @@ def digest(
     conn: sqlite3.Connection,
     table: Entity | Copy,
     fields: Sequence[Field],
-    low: str,
-    high: str | None,
-    splits: Sequence[str],
-) -> list[Digest]:
-    """One query per part: each a range scan of the primary key, so the parts together
-    read the range once."""
-    query = (
-        f"SELECT count(*), charter_digest({_columns(fields)}), min(id), max(id) "
-        f'FROM "{table.table}" WHERE '
-    )
-    bounds: list[str | None] = [low, *splits, high]
-    found = []
-    for start, end in itertools.pairwise(bounds):
-        where, params = _range(start or "", end)
-        count, total, first, last = conn.execute(query + where, params).fetchone()
-        found.append(Digest(int(count), int(total or 0) & digests.MASK, first, last))
-    return found
+    prefix: str,
+    length: int,
+) -> dict[str, Digest]:
+    """One pass over the ids under `prefix`, grouped as it goes (digests.SQLiteGroups)."""
+    where, params = _under(prefix)
+    query = f'SELECT charter_digests(?, {_columns(fields)}) FROM "{table.table}"{where}'
+    (text,) = conn.execute(query, [max(length, 0), *params]).fetchone()
+    return digests.parse_groups(text)
 
 
 def digest_rows(
     conn: sqlite3.Connection,
     table: Entity | Copy,
     fields: Sequence[Field],
-    low: str,
-    high: str | None,
+    prefixes: Sequence[str],
 ) -> list[tuple[str, int, int]]:
-    where, params = _range(low, high)
-    rows = conn.execute(
-        f"SELECT id, version, charter_row_hash({_columns(fields)}) "
-        f'FROM "{table.table}" WHERE {where} ORDER BY id',
-        params,
-    )
-    return [(str(i), int(v), int(h) & digests.MASK) for i, v, h in rows]
+    found: dict[str, tuple[int, int]] = {}
+    query = f'SELECT id, version, charter_row_hash({_columns(fields)}) FROM "{table.table}"'
+    for prefix in prefixes:
+        where, params = _under(prefix)
+        for i, v, h in conn.execute(query + where, params):
+            found[str(i)] = (int(v), int(h) & digests.MASK)
+    return [(i, v, h) for i, (v, h) in sorted(found.items())]
+
+
+def tombstone(conn: sqlite3.Connection, copy: Copy, entity_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT version FROM charter_tombstone WHERE copy = ? AND id = ?", (copy.name, entity_id)
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def mend(conn: sqlite3.Connection, copy: Copy, mends: Sequence[Mend], now: str) -> int:

@@ -248,3 +248,9 @@ def prefix_end(prefix: str) -> str | None:
             return prefix[:-1] + chr(following)
         prefix = prefix[:-1]
     return None
+
+
+def bucket_key(table: str, fields: Sequence[Field]) -> str:
+    """What a store keeps the incremental buckets of `table` on `fields` under: a copy of
+    other fields (or after a field was added) is another key, built anew."""
+    return f"{table}:{codes(fields)}:{','.join(f.name for f in fields)}"

@@ -126,3 +126,55 @@ def read(sides: Sides, groups: list[str], found: Differences) -> None:
         a, b = owned.get(entity_id), copied.get(entity_id)
         if a != b:
             found.ids[entity_id] = (a[0] if a else None, b[0] if b else None)
+
+
+BUCKETS = 16384  # about how many buckets an incremental digest keeps of a whole table
+TOP = 256  # the first comparison of the buckets: summed into about this many groups
+
+
+def incremental(sides: Sides, deadline: float, limit: int) -> Differences:
+    """The ids that differ, found from the buckets each database keeps as its rows change
+    (Store.refresh_buckets, bucket_digest: a TicTac tree, its upper levels summed from the
+    buckets on the fly): the buckets are compared a level at a time, and only differing
+    buckets are looked into as `differences` looks into a group."""
+    found = Differences()
+    fields = sides.fields
+    length = sides.owner.bucket_length(sides.entity, fields) or sides.store.bucket_length(
+        sides.copy, fields
+    )
+    owned, copied = sides.both(lambda store, table: store.id_range(table))
+    ends = [r for r in (owned, copied) if r is not None]
+    if not ends:
+        return found
+    low, high = min(r[0] for r in ends), max(r[1] for r in ends)
+    if length is None:
+        length = prefixes.first_length(low, high, BUCKETS)
+    kept = length
+    sides.both(lambda store, table: store.refresh_buckets(table, fields, kept))
+    top = min(length, prefixes.first_length(low, high, TOP))
+    levels = [("", top)]
+    rows: list[tuple[str, int]] = []
+    while levels:
+        prefix, by = levels.pop()
+        mine, theirs = sides.both(_buckets(fields, prefix, by))
+        for key in sorted(mine.keys() | theirs.keys()):
+            a, b = mine.get(key, Digest()), theirs.get(key, Digest())
+            found.ranges += 1
+            if a.same(b):
+                continue
+            if by >= length or len(key) < by:  # a bucket (or an id shorter than one)
+                rows.append((key, length))
+            else:
+                levels.append((key, min(length, by + prefixes.step(PARTS))))
+    # a bucket that differs: its rows, grouped as a full check would below it
+    queue = [(key, n + prefixes.step(PARTS)) for key, n in rows]
+    return descend(sides, queue, found, deadline, limit)
+
+
+def _buckets(
+    fields: list[Field], prefix: str, by: int
+) -> Callable[[Store, Entity | Copy], dict[str, Digest]]:
+    def ask(store: Store, table: Entity | Copy) -> dict[str, Digest]:
+        return store.bucket_digest(table, fields, prefix, by)
+
+    return ask

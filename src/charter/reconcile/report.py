@@ -13,7 +13,7 @@ from charter import clock
 from charter.errors import CharterError, Error, Problem
 from charter.model import Copy
 from charter.reconcile.classify import DRIFT, KINDS, Finding, classify
-from charter.reconcile.compare import Sides, differences
+from charter.reconcile.compare import Sides, differences, incremental
 from charter.system import System
 from charter.values import now_text
 
@@ -39,6 +39,7 @@ class Report:
     left: int = 0
     ranges: int = 0  # ranges whose digests were compared
     rows: int = 0  # rows read to tell the ids apart
+    incremental: bool = False  # from the buckets the databases keep (Store.bucket_digest)
     error: str = ""  # a store or the bus failed: nothing is known
 
     @property
@@ -72,6 +73,7 @@ class Report:
             "left": self.left,
             "ranges": self.ranges,
             "rows": self.rows,
+            "incremental": self.incremental,
             "drift": len(self.drift),
             "counts": self.counts,
             "findings": [f.as_json() for f in self.findings],
@@ -80,9 +82,15 @@ class Report:
 
 
 def check(
-    system: System, copy: Copy, budget_s: float = BUDGET_S, max_diffs: int = MAX_DIFFS
+    system: System,
+    copy: Copy,
+    budget_s: float = BUDGET_S,
+    max_diffs: int = MAX_DIFFS,
+    incremental_digests: bool = False,
 ) -> Report:
-    """`copy` against its owner; a store that fails gives a report with its error."""
+    """`copy` against its owner; a store that fails gives a report with its error. With
+    `incremental_digests`, from the buckets both databases keep (built on the first such
+    check): what a write with triggers turned off changed, only a full check finds."""
     charter = system.charter
     entity = charter.entities[copy.of]
     report = Report(
@@ -99,7 +107,8 @@ def check(
         owner, store = system.store(entity.owner), system.store(copy.context)
         sides = Sides(owner, entity, store, copy)
         try:
-            found = differences(sides, started + budget_s, max_diffs)
+            search = incremental if incremental_digests else differences
+            found = search(sides, started + budget_s, max_diffs)
         finally:
             sides.close()
         now = clock.time_s()
@@ -109,6 +118,7 @@ def check(
                 report.findings.append(finding)
         report.complete, report.left = found.complete, found.left
         report.ranges, report.rows = found.ranges, found.rows
+        report.incremental = incremental_digests
     except Error as exc:
         report.error = str(exc)
     report.took_s = clock.monotonic() - started
@@ -120,10 +130,11 @@ def check_all(
     names: tuple[str, ...] = (),
     budget_s: float = BUDGET_S,
     max_diffs: int = MAX_DIFFS,
+    incremental_digests: bool = False,
 ) -> list[Report]:
     """Each copy named (every copy when none is), in the charter's order."""
     copies = [_copy(system, name) for name in names] or list(system.charter.copies.values())
-    return [check(system, copy, budget_s, max_diffs) for copy in copies]
+    return [check(system, copy, budget_s, max_diffs, incremental_digests) for copy in copies]
 
 
 def _copy(system: System, name: str) -> Copy:

@@ -212,6 +212,27 @@ class Store(Protocol):
         """The version at which the copy saw `entity_id` deleted (None: never), so a copy
         that took a delete its owner never reached is ahead, not missing."""
 
+    # incremental digests: buckets (Store.digest's groups at one `length`) kept by the
+    # database as rows change, in the same transaction (triggers mark a bucket dirty; a
+    # check recomputes only dirty ones); what no trigger sees (PostgreSQL with triggers
+    # turned off) only a full check finds
+    def bucket_length(self, table: Entity | Copy, fields: Sequence[Field]) -> int | None:
+        """The length the buckets of `table` on `fields` are kept at; None: not kept."""
+
+    def refresh_buckets(self, table: Entity | Copy, fields: Sequence[Field], length: int) -> None:
+        """Bring the buckets of `table` on `fields` at `length` up to date: kept from now on
+        (built, or built again when kept at another length), the dirty ones recomputed."""
+
+    def bucket_digest(
+        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, by: int
+    ) -> dict[str, Digest]:
+        """The kept buckets under `prefix` summed by their first `by` characters (at most
+        the length they are kept at): after refresh_buckets, equal to
+        digest(table, fields, prefix, by), read from the buckets alone."""
+
+    def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
+        """Stop keeping them (their triggers and rows)."""
+
     def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
         """Put the copy's records right from their owner's state (charter.reconcile.repair;
         Mend.takes says which it takes), in one transaction; returns how many changed."""

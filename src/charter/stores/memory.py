@@ -61,6 +61,7 @@ class _Data:
     checkpoints: dict[str, tuple[int, str | None, tuple[str, ...]]] = field(default_factory=dict)
     lanes: dict[tuple[str, int, int], tuple[int, str | None]] = field(default_factory=dict)
     tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
+    buckets: dict[str, int] = field(default_factory=dict)  # bucket_key → length asked
     parked: dict[str, list[Parked]] = field(default_factory=dict)
     applied: list[tuple[str, str, int, str]] | None = None  # (copy, id, version, lane)
     latency: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)  # (copy, minute)
@@ -507,6 +508,25 @@ class MemoryStore:
                 (r["id"], r["version"], digests.row_hash(kinds, _key_and(r, names))) for r in rows
             ]
         return sorted(found)
+
+    def bucket_length(self, table: Entity | Copy, fields: Sequence[Field]) -> int | None:
+        with self._data.lock:
+            return self._data.buckets.get(digests.bucket_key(table.table, fields))
+
+    def refresh_buckets(self, table: Entity | Copy, fields: Sequence[Field], length: int) -> None:
+        with self._data.lock:
+            self._data.buckets[digests.bucket_key(table.table, fields)] = length
+
+    def bucket_digest(
+        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, by: int
+    ) -> dict[str, Digest]:
+        """The reference: computed from the rows each time (a memory store has nothing to
+        save by keeping them)."""
+        return self.digest(table, fields, prefix, by)
+
+    def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
+        with self._data.lock:
+            self._data.buckets.pop(digests.bucket_key(table.table, fields), None)
 
     def tombstone(self, copy: Copy, entity_id: str) -> int | None:
         self._touch("tombstone")

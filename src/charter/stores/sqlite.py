@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from charter import clock, latency
+from charter import clock, digests, latency
 from charter._sqlite import IS_CHARTER, Connections, quote, sqlite_path
 from charter.digests import Digest
 from charter.errors import ConstraintError, SchemaChangeError
@@ -671,6 +671,25 @@ class SQLiteStore:
 
     def tombstone(self, copy: Copy, entity_id: str) -> int | None:
         return sqlite_reconcile.tombstone(self._conns.get(), copy, entity_id)
+
+    def bucket_length(self, table: Entity | Copy, fields: Sequence[Field]) -> int | None:
+        key = digests.bucket_key(table.table, fields)
+        return sqlite_reconcile.bucket_length(self._conns.get(), key)
+
+    def refresh_buckets(self, table: Entity | Copy, fields: Sequence[Field], length: int) -> None:
+        key = digests.bucket_key(table.table, fields)
+        with self._conns.write() as conn:
+            sqlite_reconcile.refresh(conn, table, fields, key, length)
+
+    def bucket_digest(
+        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, by: int
+    ) -> dict[str, Digest]:
+        key = digests.bucket_key(table.table, fields)
+        return sqlite_reconcile.bucket_digest(self._conns.get(), key, prefix, by)
+
+    def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
+        with self._conns.write() as conn:
+            sqlite_reconcile.drop_buckets(conn, digests.bucket_key(table.table, fields))
 
     def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
         with self._conns.write() as conn:

@@ -7,8 +7,11 @@ repair brings (records.Mend), and a copy's tombstones, for the copy's projector.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
+
+import psycopg
 
 from charter import digests
 from charter.digests import Digest
@@ -171,3 +174,141 @@ class _Reconcile(_Core):
                     state = [item.state.get(name) for name in copy.fields]
                     conn.execute(upsert, (item.entity_id, item.version, *state, now))
         return changed
+
+
+# -- incremental digests (Store.buckets) ----------------------------------------------------
+#
+# Per (table, fields), charter_bucket holds each bucket's digest and statement triggers on
+# the table append the buckets a statement touched to charter_bucket_dirty (transition
+# tables: one INSERT a statement, whatever its rows; an append, so concurrent writers never
+# wait on one another). A check takes the dirty marks committed so far (DELETE … RETURNING,
+# under an advisory lock: one check of a key at a time), recomputes those buckets from the
+# table and commits; a mark committed later stays for the next check.
+
+_BUCKET_TABLES = (
+    "CREATE TABLE IF NOT EXISTS {s}.charter_bucket (key text NOT NULL, bucket text NOT NULL, "
+    "count bigint NOT NULL, total numeric NOT NULL, PRIMARY KEY (key, bucket))",
+    "CREATE TABLE IF NOT EXISTS {s}.charter_bucket_dirty (seq bigserial PRIMARY KEY, "
+    "key text NOT NULL, bucket text NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {s}.charter_bucket_meta (key text PRIMARY KEY, "
+    "tbl text NOT NULL, length integer NOT NULL)",
+)
+
+
+def _name(key: str) -> str:
+    return "charter_bucket_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class _Buckets(_Reconcile):
+    """bucket_length, buckets, drop_buckets."""
+
+    def bucket_length(self, table: Entity | Copy, fields: Sequence[Field]) -> int | None:
+        key = digests.bucket_key(table.table, fields)
+        with self.pool.connection() as conn:
+            found = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.charter_bucket_meta",)
+            ).fetchone()
+            if not found or not found[0]:
+                return None
+            row = conn.execute(
+                f"SELECT length FROM {self._t('charter_bucket_meta')} WHERE key = %s", (key,)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def refresh_buckets(self, table: Entity | Copy, fields: Sequence[Field], length: int) -> None:
+        key = digests.bucket_key(table.table, fields)
+        if self.bucket_length(table, fields) != length:
+            self._build(table, fields, key, length)
+        held = self._t("charter_bucket")
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.schema}.{key}",))
+            dirty = sorted(
+                {
+                    str(b)
+                    for (b,) in conn.execute(
+                        f"DELETE FROM {self._t('charter_bucket_dirty')} WHERE key = %s "
+                        "RETURNING bucket",
+                        (key,),
+                    )
+                }
+            )
+            if dirty:
+                conn.execute(
+                    f"DELETE FROM {held} WHERE key = %s AND bucket = ANY(%s)", (key, dirty)
+                )
+                for bucket in dirty:
+                    where, params = self._under(bucket)
+                    conn.execute(
+                        f"INSERT INTO {held} SELECT %s, substr(id, 1, %s) AS k, count(*), "
+                        f"sum({row_hash(fields)}) FROM {self._t(table.table)}{where} GROUP BY k",
+                        [key, length, *params],
+                    )
+
+    def bucket_digest(
+        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, by: int
+    ) -> dict[str, Digest]:
+        key = digests.bucket_key(table.table, fields)
+        where, params = self._under(prefix)
+        where = where.replace(" WHERE ", " AND ").replace(self._id(), "bucket")
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT substr(bucket, 1, %s), sum(count), sum(total) "
+                f"FROM {self._t('charter_bucket')} WHERE key = %s{where} GROUP BY 1",
+                [by, key, *params],
+            ).fetchall()
+        return {str(b): Digest(int(c), int(t) & digests.MASK) for b, c, t in rows}
+
+    def _build(self, table: Entity | Copy, fields: Sequence[Field], key: str, length: int) -> None:
+        s, name, target = f'"{self.schema}"', _name(key), self._t(table.table)
+        function = f'{s}."{name}"'
+        mark = (
+            f"INSERT INTO {s}.charter_bucket_dirty (key, bucket) SELECT DISTINCT "
+            f"{_literal(key)}, substr(id, 1, {length}) FROM {{}};"
+        )
+        with self.pool.connection() as conn, conn.transaction():
+            for statement in _BUCKET_TABLES:
+                conn.execute(statement.format(s=s))
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.schema}.{key}",))
+            self._drop(conn, key, table)
+            conn.execute(
+                f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF TG_OP <> 'DELETE' THEN {mark.format('charter_new')} END IF; "
+                f"IF TG_OP <> 'INSERT' THEN {mark.format('charter_old')} END IF; "
+                "RETURN NULL; END $$"
+            )
+            for event, refs in (
+                ("INSERT", "NEW TABLE AS charter_new"),
+                ("DELETE", "OLD TABLE AS charter_old"),
+                ("UPDATE", "NEW TABLE AS charter_new OLD TABLE AS charter_old"),
+            ):
+                conn.execute(
+                    f'CREATE TRIGGER "{name}_{event.lower()}" AFTER {event} ON {target} '
+                    f"REFERENCING {refs} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+                )
+            conn.execute(
+                f"INSERT INTO {s}.charter_bucket SELECT %s, substr(id, 1, %s) AS k, count(*), "
+                f"sum({row_hash(fields)}) FROM {target} GROUP BY k",
+                [key, length],
+            )
+            conn.execute(
+                f"INSERT INTO {s}.charter_bucket_meta VALUES (%s, %s, %s)",
+                (key, table.table, length),
+            )
+
+    def _drop(self, conn: psycopg.Connection[Any], key: str, table: Entity | Copy) -> None:
+        name = _name(key)
+        for event in ("insert", "delete", "update"):
+            conn.execute(f'DROP TRIGGER IF EXISTS "{name}_{event}" ON {self._t(table.table)}')
+        conn.execute(f'DROP FUNCTION IF EXISTS "{self.schema}"."{name}"()')
+        for held in ("charter_bucket", "charter_bucket_dirty", "charter_bucket_meta"):
+            conn.execute(f"DELETE FROM {self._t(held)} WHERE key = %s", (key,))
+
+    def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
+        if self.bucket_length(table, fields) is None:
+            return
+        with self.pool.connection() as conn, conn.transaction():
+            self._drop(conn, digests.bucket_key(table.table, fields), table)

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import random
 import sqlite3
+import statistics
 import tempfile
 import time
 import tracemalloc
@@ -261,6 +262,116 @@ def _keys(diffs: Iterator[tuple[str, tuple[Any, ...]]]) -> Iterator[tuple[str, t
         yield sign, (str(values[0]),)
 
 
+def incremental_figures(system: System, planted: set[str], say: Callable[[str], None]) -> list[str]:
+    """The incremental check: its first run builds the buckets (a full pass each side),
+    then a check of the unchanged copy; and what keeping them costs an owner write and a
+    copy apply, beside the same without them (rounds alternating)."""
+    copy = system.charter.copies["report_accounts"]
+    entity = system.charter.entities["Account"]
+    out = []
+    started = time.perf_counter()
+    report = reconcile.check(system, copy, budget_s=600, incremental_digests=True)
+    built = time.perf_counter() - started
+    found = {f.id for f in report.findings}
+    out.append(
+        f"  charter incremental, first (builds the buckets) {built:7.2f} s; found "
+        f"{len(found)} ({'exact' if found == planted else 'NOT EXACT'})"
+    )
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        report = reconcile.check(system, copy, budget_s=600, incremental_digests=True)
+        times.append(time.perf_counter() - started)
+        found = {f.id for f in report.findings}
+    out.append(
+        f"  charter incremental, unchanged copy: best {min(times) * 1000:.0f} ms of 3 "
+        f"({', '.join(f'{t * 1000:.0f}' for t in times)} ms); {report.ranges:,} buckets and "
+        f"groups compared, {report.rows} rows read; found {len(found)} "
+        f"({'exact' if found == planted else 'NOT EXACT'})"
+    )
+    out += write_costs(system, entity, copy)
+    for line in out:
+        say(line)
+    return out
+
+
+def write_costs(system: System, entity: Any, copy: Any, rounds: int = 4, n: int = 300) -> list[str]:
+    """µs per owner write (a one-record transaction) and per applied change (batches of
+    100), with the buckets kept (their triggers) and without, rounds alternating."""
+    from charter.events import Event
+    from charter.ids import uuid7
+    from charter.values import now_text
+
+    fields = [entity.fields[f] for f in copy.fields]
+    owner, store = system.store("accounts"), system.store("reports")
+    length = owner.bucket_length(entity, fields) or 9
+    context = system.context("accounts")
+    written = {True: [], False: []}  # type: dict[bool, list[float]]
+    applied = {True: [], False: []}  # type: dict[bool, list[float]]
+    position = 10_000_000
+    for number in range(rounds * 2):
+        kept = number % 2 == 0
+        for side, table in ((owner, entity), (store, copy)):
+            if kept:
+                side.refresh_buckets(table, fields, length)
+            else:
+                side.drop_buckets(table, fields)
+        started = time.perf_counter()
+        for k in range(n):
+            with context.transaction() as tx:
+                tx.create(
+                    "Account",
+                    name=f"W{number}.{k}",
+                    email=f"w{number}.{k}@x.org",
+                    tier=1,
+                    balance=1.0,
+                    active=True,
+                    joined="2025-01-01T00:00:00.000000Z",
+                )
+        written[kept].append((time.perf_counter() - started) / n * 1e6)
+        events = [
+            Event(
+                uuid7(),
+                "Account",
+                uuid7(),
+                1,
+                "created",
+                FIELDS,
+                {
+                    "name": "A",
+                    "email": "a@x.org",
+                    "tier": 1,
+                    "balance": 1.0,
+                    "active": True,
+                    "joined": "2025-01-01T00:00:00.000000Z",
+                },
+                "accounts",
+                now_text(),
+            )
+            for _ in range(n * 3)
+        ]
+        started = time.perf_counter()
+        for at in range(0, len(events), 100):
+            batch = [(position + i + 1, e) for i, e in enumerate(events[at : at + 100])]
+            store.apply(copy, batch, [], batch[-1][0])
+            position += len(batch)
+        applied[kept].append((time.perf_counter() - started) / len(events) * 1e6)
+    owner.refresh_buckets(entity, fields, length)
+    store.refresh_buckets(copy, fields, length)
+
+    def text(label: str, found: dict[bool, list[float]]) -> str:
+        on, off = statistics.median(found[True]), statistics.median(found[False])
+        return (
+            f"  {label}: {on:.1f} µs with the buckets kept, {off:.1f} µs without: "
+            f"+{on - off:.1f} µs per change per copy (medians of {rounds} rounds each)"
+        )
+
+    return [
+        text("owner write (one-record transaction)", written),
+        text("copy apply (batches of 100)", applied),
+    ]
+
+
 # -- SQLite -----------------------------------------------------------------------------
 
 
@@ -385,18 +496,22 @@ def run_postgres(rows: int, differences: int, say: Callable[[str], None]) -> lis
             ]
             figures += [reladiff_figure(pair, "hashdiff"), reladiff_figure(pair, "joindiff")]
             figures.append(charter_check(pair.system, planted))  # again, after the peers
+            extra = incremental_figures(pair.system, planted, lambda line: None)
         finally:
             pair.close()
     best = min(figures[0].seconds, figures[-1].seconds)
     figures[0].seconds = best
     del figures[-1]
     hashdiff = figures[3].seconds or None
-    text = lines(
-        f"PostgreSQL, owner and copy in two schemas, {rows:,} rows, {differences} differences "
-        "(charter: the better of two runs, before and after the peers)",
-        figures,
-        figures[1].seconds,
-        hashdiff,
+    text = (
+        lines(
+            f"PostgreSQL, owner and copy in two schemas, {rows:,} rows, {differences} differences "
+            "(charter: the better of two runs, before and after the peers)",
+            figures,
+            figures[1].seconds,
+            hashdiff,
+        )
+        + extra
     )
     for line in text:
         say(line)
@@ -410,14 +525,18 @@ def run_sqlite(rows: int, differences: int, say: Callable[[str], None]) -> list[
         say(f"  SQLite: {rows:,} rows written in {time.perf_counter() - started:.1f} s")
         try:
             figures = [charter_check(pair.system, pair.planted.all), sqlite_floor(pair)]
+            extra = incremental_figures(pair.system, pair.planted.all, lambda line: None)
         finally:
             pair.close()
-    text = lines(
-        f"SQLite owner and SQLite copy, {rows:,} rows, {differences} differences "
-        "(reladiff does not support SQLite)",
-        figures,
-        figures[1].seconds,
-        None,
+    text = (
+        lines(
+            f"SQLite owner and SQLite copy, {rows:,} rows, {differences} differences "
+            "(reladiff does not support SQLite)",
+            figures,
+            figures[1].seconds,
+            None,
+        )
+        + extra
     )
     for line in text:
         say(line)

@@ -548,7 +548,7 @@ def _kept(system: System, context: str, table: object, fields: list[object]) -> 
     length = store.bucket_length(table, fields)  # type: ignore[arg-type]
     assert length is not None
     store.refresh_buckets(table, fields, length)  # type: ignore[arg-type]
-    kept = store.bucket_digest(table, fields, "", length)  # type: ignore[arg-type]
+    kept = store.bucket_digest(table, fields, [""], length)  # type: ignore[arg-type]
     assert kept == store.digest(table, fields, "", length)  # type: ignore[arg-type]
 
 

@@ -75,11 +75,12 @@ def descend(
     found: Differences,
     deadline: float,
     limit: int,
+    leaves: list[str] | None = None,
 ) -> Differences:
     """Compare the groups of each (prefix, length) in `queue`, cutting differing ones
-    again, reading small ones; shared with the incremental check, which starts from the
-    buckets that differ."""
-    leaves: list[str] = []
+    again, reading small ones (`leaves`: groups known to differ, to read); shared with the
+    incremental check, which starts from the buckets that differ."""
+    leaves = list(leaves or [])
     while queue or leaves:
         if clock.monotonic() > deadline or len(found.ids) >= limit:
             found.complete, found.left = False, len(queue) + len(leaves)
@@ -134,9 +135,10 @@ TOP = 256  # the first comparison of the buckets: summed into about this many gr
 
 def incremental(sides: Sides, deadline: float, limit: int) -> Differences:
     """The ids that differ, found from the buckets each database keeps as its rows change
-    (Store.refresh_buckets, bucket_digest: a TicTac tree, its upper levels summed from the
-    buckets on the fly): the buckets are compared a level at a time, and only differing
-    buckets are looked into as `differences` looks into a group."""
+    (Store.refresh_buckets, bucket_digest: a TicTac tree, its upper level summed from the
+    buckets on the fly): the upper level is compared, then the buckets under its differing
+    groups (in one query a side), and only differing buckets are looked into as
+    `differences` looks into a group."""
     found = Differences()
     fields = sides.fields
     length = sides.owner.bucket_length(sides.entity, fields) or sides.store.bucket_length(
@@ -152,29 +154,29 @@ def incremental(sides: Sides, deadline: float, limit: int) -> Differences:
     kept = length
     sides.both(lambda store, table: store.refresh_buckets(table, fields, kept))
     top = min(length, prefixes.first_length(low, high, TOP))
-    levels = [("", top)]
-    rows: list[tuple[str, int]] = []
-    while levels:
-        prefix, by = levels.pop()
-        mine, theirs = sides.both(_buckets(fields, prefix, by))
-        for key in sorted(mine.keys() | theirs.keys()):
-            a, b = mine.get(key, Digest()), theirs.get(key, Digest())
-            found.ranges += 1
-            if a.same(b):
-                continue
-            if by >= length or len(key) < by:  # a bucket (or an id shorter than one)
-                rows.append((key, length))
-            else:
-                levels.append((key, min(length, by + prefixes.step(PARTS))))
-    # a bucket that differs: its rows, grouped as a full check would below it
-    queue = [(key, n + prefixes.step(PARTS)) for key, n in rows]
-    return descend(sides, queue, found, deadline, limit)
+    groups = [""]
+    for by in (top, length):
+        mine, theirs = sides.both(_buckets(fields, groups, by))
+        keys = sorted(mine.keys() | theirs.keys())
+        found.ranges += len(keys)
+        groups = [k for k in keys if not mine.get(k, Digest()).same(theirs.get(k, Digest()))]
+        if not groups:
+            return found
+    queue: list[tuple[str, int]] = []
+    leaves: list[str] = []
+    for key in groups:
+        size = max(mine.get(key, Digest()).count, theirs.get(key, Digest()).count)
+        if size <= LEAF or len(key) < length:
+            leaves.append(key)
+        else:
+            queue.append((key, length + prefixes.step(PARTS)))
+    return descend(sides, queue, found, deadline, limit, leaves)
 
 
 def _buckets(
-    fields: list[Field], prefix: str, by: int
+    fields: list[Field], groups: list[str], by: int
 ) -> Callable[[Store, Entity | Copy], dict[str, Digest]]:
     def ask(store: Store, table: Entity | Copy) -> dict[str, Digest]:
-        return store.bucket_digest(table, fields, prefix, by)
+        return store.bucket_digest(table, fields, groups, by)
 
     return ask

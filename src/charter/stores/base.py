@@ -224,11 +224,12 @@ class Store(Protocol):
         (built, or built again when kept at another length), the dirty ones recomputed."""
 
     def bucket_digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, by: int
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], by: int
     ) -> dict[str, Digest]:
-        """The kept buckets under `prefix` summed by their first `by` characters (at most
-        the length they are kept at): after refresh_buckets, equal to
-        digest(table, fields, prefix, by), read from the buckets alone."""
+        """The kept buckets under each of `prefixes` (distinct groups, none under another)
+        summed by their first `by` characters (at most the length they are kept at): after
+        refresh_buckets, equal to digest(table, fields, prefix, by) for each prefix, read
+        from the buckets alone."""
 
     def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
         """Stop keeping them (their triggers and rows)."""

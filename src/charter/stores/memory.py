@@ -518,11 +518,14 @@ class MemoryStore:
             self._data.buckets[digests.bucket_key(table.table, fields)] = length
 
     def bucket_digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, by: int
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], by: int
     ) -> dict[str, Digest]:
         """The reference: computed from the rows each time (a memory store has nothing to
         save by keeping them)."""
-        return self.digest(table, fields, prefix, by)
+        found: dict[str, Digest] = {}
+        for prefix in prefixes:
+            found.update(self.digest(table, fields, prefix, by))
+        return found
 
     def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
         with self._data.lock:

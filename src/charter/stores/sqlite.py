@@ -682,10 +682,13 @@ class SQLiteStore:
             sqlite_reconcile.refresh(conn, table, fields, key, length)
 
     def bucket_digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, by: int
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], by: int
     ) -> dict[str, Digest]:
-        key = digests.bucket_key(table.table, fields)
-        return sqlite_reconcile.bucket_digest(self._conns.get(), key, prefix, by)
+        key, conn = digests.bucket_key(table.table, fields), self._conns.get()
+        found: dict[str, Digest] = {}
+        for prefix in prefixes:
+            found.update(sqlite_reconcile.bucket_digest(conn, key, prefix, by))
+        return found
 
     def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
         with self._conns.write() as conn:

@@ -249,16 +249,25 @@ class _Buckets(_Reconcile):
                     )
 
     def bucket_digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, by: int
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], by: int
     ) -> dict[str, Digest]:
-        key = digests.bucket_key(table.table, fields)
-        where, params = self._under(prefix)
-        where = where.replace(" WHERE ", " AND ").replace(self._id(), "bucket")
+        key, held = digests.bucket_key(table.table, fields), self._t("charter_bucket")
+        ends = [digests.prefix_end(p) for p in prefixes]
+        params: list[Any]
+        if not prefixes:
+            return {}
+        if "" in prefixes or any(e is None for e in ends):
+            query, params = f"FROM {held} WHERE key = %s", [key]
+        else:
+            query = (
+                f"FROM unnest(%s::text[], %s::text[]) AS r(lo, hi) JOIN {held} "
+                "ON key = %s AND bucket >= r.lo AND bucket < r.hi"
+            )
+            params = [list(prefixes), ends, key]
         with self.pool.connection() as conn:
             rows = conn.execute(
-                f"SELECT substr(bucket, 1, %s), sum(count), sum(total) "
-                f"FROM {self._t('charter_bucket')} WHERE key = %s{where} GROUP BY 1",
-                [by, key, *params],
+                f"SELECT substr(bucket, 1, %s), sum(count), sum(total) {query} GROUP BY 1",
+                [by, *params],
             ).fetchall()
         return {str(b): Digest(int(c), int(t) & digests.MASK) for b, c, t in rows}
 

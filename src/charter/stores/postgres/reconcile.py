@@ -284,7 +284,9 @@ class _Buckets(_Reconcile):
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.schema}.{key}",))
             self._drop(conn, key, table)
             conn.execute(
-                f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                # as its owner: a service's role writes the table, not charter_bucket_dirty
+                f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+                "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ BEGIN "
                 f"IF TG_OP <> 'DELETE' THEN {mark.format('charter_new')} END IF; "
                 f"IF TG_OP <> 'INSERT' THEN {mark.format('charter_old')} END IF; "
                 "RETURN NULL; END $$"

@@ -129,7 +129,7 @@ def read(sides: Sides, groups: list[str], found: Differences) -> None:
             found.ids[entity_id] = (a[0] if a else None, b[0] if b else None)
 
 
-BUCKETS = 16384  # about how many buckets an incremental digest keeps of a whole table
+BUCKETS = 65536  # at most about how many buckets an incremental digest keeps of a whole table
 TOP = 256  # the first comparison of the buckets: summed into about this many groups
 
 

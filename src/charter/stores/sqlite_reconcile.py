@@ -199,6 +199,12 @@ def _build(
         if statement.strip():
             conn.execute(statement)
     drop_buckets(conn, key)
+    if isinstance(table, Copy):  # a copy has one set of fields: those it had are gone
+        others = conn.execute(
+            "SELECT key FROM charter_bucket_meta WHERE tbl = ? AND key <> ?", (table.table, key)
+        ).fetchall()
+        for (other,) in others:
+            drop_buckets(conn, str(other))
     name = _trigger(key)
     # not INSERT OR IGNORE: the outer statement's conflict policy (an apply's upsert) would
     # override the trigger's

@@ -283,6 +283,13 @@ class _Buckets(_Reconcile):
                 conn.execute(statement.format(s=s))
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.schema}.{key}",))
             self._drop(conn, key, table)
+            if isinstance(table, Copy):  # a copy has one set of fields: those it had are gone
+                others = conn.execute(
+                    f"SELECT key FROM {s}.charter_bucket_meta WHERE tbl = %s AND key <> %s",
+                    (table.table, key),
+                ).fetchall()
+                for (other,) in others:
+                    self._drop(conn, str(other), table)
             conn.execute(
                 # as its owner: a service's role writes the table, not charter_bucket_dirty
                 f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "

@@ -514,8 +514,12 @@ class MemoryStore:
             return self._data.buckets.get(digests.bucket_key(table.table, fields))
 
     def refresh_buckets(self, table: Entity | Copy, fields: Sequence[Field], length: int) -> None:
+        key = digests.bucket_key(table.table, fields)
         with self._data.lock:
-            self._data.buckets[digests.bucket_key(table.table, fields)] = length
+            if isinstance(table, Copy):  # a copy has one set of fields, as the databases do
+                for other in [k for k in self._data.buckets if k.startswith(f"{table.table}:")]:
+                    del self._data.buckets[other]
+            self._data.buckets[key] = length
 
     def bucket_digest(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], by: int

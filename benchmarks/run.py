@@ -10,6 +10,7 @@ targets from the issue.
     .venv/bin/python benchmarks/run.py --only pg-writes --only relay-nats  # servers.py
     .venv/bin/python benchmarks/run.py --only visibility  # visibility.py: contract vs public
     .venv/bin/python benchmarks/run.py --only audit    # charter audit beside pgBadger, audit_log.py
+    .venv/bin/python benchmarks/run.py --only reconcile  # reconciling.py: beside floors, reladiff
 
 The sections pg-writes, relay-nats, pg-nats-e2e and pg-nats-latency (servers.py) run charter on
 PostgreSQL and NATS JetStream (--pg, --nats; defaults for a local test setup) beside plain
@@ -51,6 +52,7 @@ import commands_bench
 import diffs
 import orjson
 import peer_eventsourcing as peer
+import reconciling
 import servers
 import visibility as visibility_bench
 from workload import (
@@ -76,7 +78,14 @@ RESULTS = HERE / "RESULTS.md"
 READING_MARK = "<!-- everything below this line is written by hand; run.py keeps it -->"
 SECTIONS = ("owner", "pipeline", "latency", "memory", "diff", "latency-cost", "wait-for")
 COMMANDS = "commands"  # command round trips on SQLite and on the servers: commands_bench.py
-ALL_SECTIONS = (*SECTIONS, *servers.SECTIONS, visibility_bench.SECTION, "audit", COMMANDS)
+ALL_SECTIONS = (
+    *SECTIONS,
+    *servers.SECTIONS,
+    visibility_bench.SECTION,
+    "audit",
+    COMMANDS,
+    reconciling.SECTION,
+)
 DURABILITY = "journal_mode=WAL, synchronous=FULL"
 UPDATE_FRACTION = peer.UPDATE_FRACTION  # the same change mix as the peer's pipeline
 ENTITY = "Customer"
@@ -1595,6 +1604,12 @@ def main(argv: list[str] | None = None) -> int:
         report.note(
             f"commands: load average (1 min) {before:.1f} before, {os.getloadavg()[0]:.1f} after"
         )
+    if reconciling.SECTION in chosen:  # prints its own figures (RESULTS.md: by hand)
+        before = wait_for_quiet(quiet_wait, args.quiet_load)
+        say(f"\nreconcile (reconciling.py), load average (1 min) {before:.1f} before")
+        rows = 100_000 if args.quick else 1_000_000
+        reconciling.run(rows, 100, say)
+        say(f"reconcile: load average (1 min) {os.getloadavg()[0]:.1f} after")
     mode = ("quick" if args.quick else "full") + (
         f", only {', '.join(chosen)}" if args.only else ""
     )

@@ -63,6 +63,7 @@ def _digest_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("charter_partition", 1, _partition, deterministic=True)
     # (typeshed knows only one-argument aggregates)
     conn.create_aggregate("charter_digest", -1, digests.SQLiteDigest)  # type: ignore[arg-type]
+    conn.create_aggregate("charter_digests", -1, digests.SQLiteGroups)  # type: ignore[arg-type]
 
 
 def _partition(entity_id: object) -> int:

@@ -800,6 +800,13 @@ def sagas_command(
 @click.option(
     "--accept-owner", is_flag=True, help="With --repair: move a copy ahead of its owner back."
 )
+@click.option(
+    "--incremental/--full",
+    default=False,
+    show_default=True,
+    help="Compare the digest buckets both databases keep as rows change (built on the first "
+    "such check), or recompute every digest from the rows (--full, the default).",
+)
 @reports_errors
 def reconcile_command(
     path: Path,
@@ -809,6 +816,7 @@ def reconcile_command(
     max_diffs: int,
     repairs: bool,
     accept_owner: bool,
+    incremental: bool,
 ) -> None:
     """Compare each copy (every copy when none is named) with its owner's current state:
     missing, extra, stale, divergent, ahead, in flight. Exit 5 when there is drift (or a
@@ -825,7 +833,7 @@ def reconcile_command(
     if accept_owner and not repairs:
         raise click.BadParameter("only with --repair", param_hint="--accept-owner")
     with _opened(path, note=not as_json) as system:
-        reports = reconcile.check_all(system, copies, budget_s, max_diffs)
+        reports = reconcile.check_all(system, copies, budget_s, max_diffs, incremental)
         mended = [
             reconcile.mend(system, r, budget_s, accept_owner=accept_owner, budget_s=budget_s)
             for r in reports

@@ -75,6 +75,12 @@ def classify(
         return None
     have = None if theirs is None else int(theirs["version"])
     current = None if mine is None else int(mine["version"])
+    if theirs is None and current is not None:
+        deleted = store.tombstone(copy, entity_id)
+        if deleted is not None and deleted >= current:
+            # the copy took a delete the owner never reached (the owner went back): ahead,
+            # never "missing", which a repair could not mend (the tombstone refuses it)
+            return Finding(entity_id, AHEAD, current, deleted)
     if have is not None and current is not None and have > current:
         return Finding(entity_id, AHEAD, current, have)
     if have is not None and have == current:

@@ -1,12 +1,14 @@
 """Finding the ids where a copy and its owner differ, at a cost that follows the
-differences: both sides digest the same id ranges inside their own databases (Store.digest,
-charter.digests); a range whose digests differ is cut again, and only a small differing
-range is read, as (id, version, hash) rows. What this finds is a candidate; whether it is
-drift is for charter.reconcile.classify, which reads each one again."""
+differences: both sides digest their rows grouped by a prefix of the id, inside their own
+databases, in one pass each (Store.digest, charter.digests); only the groups whose digests
+differ are looked into again (a longer prefix, under that group's), and a small differing
+group is read, as (id, version, hash) rows, many groups at once. What this finds is a
+candidate; whether it is drift is for charter.reconcile.classify, which reads each one
+again."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -14,12 +16,13 @@ from typing import TypeVar
 from charter import clock
 from charter.digests import Digest
 from charter.model import Copy, Entity, Field
-from charter.reconcile.ranges import split
+from charter.reconcile import prefixes
 from charter.stores import Store
 
-FIRST_PARTS = 1024  # the first cut of the whole id range: one pass over each table
-PARTS = 64  # each later cut of a differing range
-LEAF = 2048  # a differing range with no more rows than this is read as rows
+FIRST_PARTS = 4096  # the first grouping of the whole table: one pass over each side
+PARTS = 16  # at least this many parts to each later cut of a differing group
+LEAF = 2048  # a differing group with no more rows than this is read as rows
+BATCH = 512  # differing groups read as rows in one query
 
 T = TypeVar("T")
 
@@ -30,17 +33,10 @@ class Differences:
     (None: that side had no such id); how much was compared and read to find them."""
 
     ids: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
-    ranges: int = 0  # ranges whose digests were compared
+    ranges: int = 0  # groups whose digests were compared
     rows: int = 0  # rows read (both sides)
     complete: bool = True  # False: the budget or the limit stopped the search
-    left: int = 0  # differing ranges not looked into, when not complete
-
-
-@dataclass(frozen=True, slots=True)
-class _Part:
-    low: str
-    high: str | None
-    splits: tuple[str, ...]
+    left: int = 0  # differing groups not looked into, when not complete
 
 
 class Sides:
@@ -64,51 +60,68 @@ def differences(sides: Sides, deadline: float, limit: int) -> Differences:
     """The ids that differ, found by digests; stops at `deadline` (clock.monotonic) or
     once `limit` ids are found, saying so."""
     found = Differences()
-    fields = sides.fields
     owned, copied = sides.both(lambda store, table: store.id_range(table))
     ends = [r for r in (owned, copied) if r is not None]
     if not ends:
         return found
     low, high = min(r[0] for r in ends), max(r[1] for r in ends)
-    queue = [_Part(low, None, tuple(split(low, high, FIRST_PARTS)))]
-    while queue:
+    # under no prefix, though every id shares one: the first pass reads the whole table,
+    # and through its primary key's index (a range) it read SQLite's table in random order
+    queue = [("", prefixes.first_length(low, high, FIRST_PARTS))]
+    return descend(sides, queue, found, deadline, limit)
+
+
+def descend(
+    sides: Sides,
+    queue: list[tuple[str, int]],
+    found: Differences,
+    deadline: float,
+    limit: int,
+    leaves: list[str] | None = None,
+) -> Differences:
+    """Compare the groups of each (prefix, length) in `queue`, cutting differing ones
+    again, reading small ones (`leaves`: groups known to differ, to read); shared with the
+    incremental check, which starts from the buckets that differ."""
+    leaves = list(leaves or [])
+    while queue or leaves:
         if clock.monotonic() > deadline or len(found.ids) >= limit:
-            found.complete, found.left = False, sum(len(p.splits) + 1 for p in queue)
+            found.complete, found.left = False, len(queue) + len(leaves)
             break
-        part = queue.pop()
-        mine, theirs = sides.both(_digest(fields, part))
-        bounds: Sequence[str | None] = [part.low, *part.splits, part.high]
-        found.ranges += len(mine)
-        for number, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        if not queue or len(leaves) >= BATCH:
+            read(sides, leaves[:BATCH], found)
+            del leaves[:BATCH]
+            continue
+        prefix, length = queue.pop()
+        mine, theirs = sides.both(_digest(sides.fields, prefix, length))
+        keys = sorted(mine.keys() | theirs.keys())
+        found.ranges += len(keys)
+        for key in keys:
+            a, b = mine.get(key, Digest()), theirs.get(key, Digest())
             if a.same(b):
                 continue
-            start, end = bounds[number], bounds[number + 1]
-            assert start is not None
-            cuts = _cuts(a, b)
-            if max(a.count, b.count) <= LEAF or not cuts:
-                _read(sides, start, end, found)
+            size = max(a.count, b.count)
+            if size <= LEAF or len(key) < length:  # shorter: the group is one id
+                leaves.append(key)
             else:
-                queue.append(_Part(start, end, tuple(cuts)))
+                more = max(PARTS, -(-size * 8 // max(LEAF, 1)))
+                queue.append((key, length + prefixes.step(more)))
     return found
 
 
-def _digest(fields: list[Field], part: _Part) -> Callable[[Store, Entity | Copy], list[Digest]]:
-    def ask(store: Store, table: Entity | Copy) -> list[Digest]:
-        return store.digest(table, fields, part.low, part.high, part.splits)
+def _digest(
+    fields: list[Field], prefix: str, length: int
+) -> Callable[[Store, Entity | Copy], dict[str, Digest]]:
+    def ask(store: Store, table: Entity | Copy) -> dict[str, Digest]:
+        return store.digest(table, fields, prefix, length)
 
     return ask
 
 
-def _cuts(a: Digest, b: Digest) -> list[str]:
-    lows = [d.low for d in (a, b) if d.low is not None]
-    highs = [d.high for d in (a, b) if d.high is not None]
-    return split(min(lows), max(highs), PARTS) if lows and highs else []
-
-
-def _read(sides: Sides, low: str, high: str | None, found: Differences) -> None:
-    mine, theirs = sides.both(
-        lambda store, table: store.digest_rows(table, sides.fields, low, high)
-    )
+def read(sides: Sides, groups: list[str], found: Differences) -> None:
+    """The rows of `groups` (prefixes) on both sides, compared one by one."""
+    if not groups:
+        return
+    mine, theirs = sides.both(lambda store, table: store.digest_rows(table, sides.fields, groups))
     found.rows += len(mine) + len(theirs)
     owned = {i: (v, h) for i, v, h in mine}
     copied = {i: (v, h) for i, v, h in theirs}
@@ -116,3 +129,56 @@ def _read(sides: Sides, low: str, high: str | None, found: Differences) -> None:
         a, b = owned.get(entity_id), copied.get(entity_id)
         if a != b:
             found.ids[entity_id] = (a[0] if a else None, b[0] if b else None)
+
+
+BUCKETS = 65536  # at most about how many buckets an incremental digest keeps of a whole table
+TOP = 256  # the first comparison of the buckets: summed into about this many groups
+
+
+def incremental(sides: Sides, deadline: float, limit: int) -> Differences:
+    """The ids that differ, found from the buckets each database keeps as its rows change
+    (Store.refresh_buckets, bucket_digest: a TicTac tree, its upper level summed from the
+    buckets on the fly): the upper level is compared, then the buckets under its differing
+    groups (in one query a side), and only differing buckets are looked into as
+    `differences` looks into a group."""
+    found = Differences()
+    fields = sides.fields
+    length = sides.owner.bucket_length(sides.entity, fields) or sides.store.bucket_length(
+        sides.copy, fields
+    )
+    owned, copied = sides.both(lambda store, table: store.id_range(table))
+    ends = [r for r in (owned, copied) if r is not None]
+    if not ends:
+        return found
+    low, high = min(r[0] for r in ends), max(r[1] for r in ends)
+    if length is None:
+        length = prefixes.first_length(low, high, BUCKETS)
+    kept = length
+    sides.both(lambda store, table: store.refresh_buckets(table, fields, kept))
+    top = min(length, prefixes.first_length(low, high, TOP))
+    groups = [""]
+    for by in (top, length):
+        mine, theirs = sides.both(_buckets(fields, groups, by))
+        keys = sorted(mine.keys() | theirs.keys())
+        found.ranges += len(keys)
+        groups = [k for k in keys if not mine.get(k, Digest()).same(theirs.get(k, Digest()))]
+        if not groups:
+            return found
+    queue: list[tuple[str, int]] = []
+    leaves: list[str] = []
+    for key in groups:
+        size = max(mine.get(key, Digest()).count, theirs.get(key, Digest()).count)
+        if size <= LEAF or len(key) < length:
+            leaves.append(key)
+        else:
+            queue.append((key, length + prefixes.step(PARTS)))
+    return descend(sides, queue, found, deadline, limit, leaves)
+
+
+def _buckets(
+    fields: list[Field], groups: list[str], by: int
+) -> Callable[[Store, Entity | Copy], dict[str, Digest]]:
+    def ask(store: Store, table: Entity | Copy) -> dict[str, Digest]:
+        return store.bucket_digest(table, fields, groups, by)
+
+    return ask

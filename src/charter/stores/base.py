@@ -197,21 +197,44 @@ class Store(Protocol):
         """The lowest and highest id of `table`'s rows; None when it has none."""
 
     def digest(
-        self,
-        table: Entity | Copy,
-        fields: Sequence[Field],
-        low: str,
-        high: str | None,
-        splits: Sequence[str] = (),
-    ) -> list[Digest]:
-        """The digest of `table`'s rows with `low` <= id < `high` (no end when `high` is
-        None) on `fields`, cut at the ascending `splits` (each inside the range): one
-        digest per part, len(splits) + 1 of them, in order."""
+        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+    ) -> dict[str, Digest]:
+        """The digests of `table`'s rows whose id starts with `prefix` ("": all) on
+        `fields`, by the first `length` characters of the id (the whole id when shorter),
+        in one pass: key → Digest (count and total; no low, no high). Keys with no rows
+        are absent."""
 
     def digest_rows(
-        self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
     ) -> list[tuple[str, int, int]]:
-        """Each row's id, version and hash (charter.digests, unsigned) in that range."""
+        """Each row's id, version and hash (charter.digests, unsigned) whose id starts with
+        any of `prefixes`, by id, each once."""
+
+    def tombstone(self, copy: Copy, entity_id: str) -> int | None:
+        """The version at which the copy saw `entity_id` deleted (None: never), so a copy
+        that took a delete its owner never reached is ahead, not missing."""
+
+    # incremental digests: buckets (Store.digest's groups at one `length`) kept by the
+    # database as rows change, in the same transaction (triggers mark a bucket dirty; a
+    # check recomputes only dirty ones); what no trigger sees (PostgreSQL with triggers
+    # turned off) only a full check finds
+    def bucket_length(self, table: Entity | Copy, fields: Sequence[Field]) -> int | None:
+        """The length the buckets of `table` on `fields` are kept at; None: not kept."""
+
+    def refresh_buckets(self, table: Entity | Copy, fields: Sequence[Field], length: int) -> None:
+        """Bring the buckets of `table` on `fields` at `length` up to date: kept from now on
+        (built, or built again when kept at another length), the dirty ones recomputed."""
+
+    def bucket_digest(
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], by: int
+    ) -> dict[str, Digest]:
+        """The kept buckets under each of `prefixes` (distinct groups, none under another)
+        summed by their first `by` characters (at most the length they are kept at): after
+        refresh_buckets, equal to digest(table, fields, prefix, by) for each prefix, read
+        from the buckets alone."""
+
+    def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
+        """Stop keeping them (their triggers and rows)."""
 
     def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
         """Put the copy's records right from their owner's state (charter.reconcile.repair;

@@ -106,16 +106,21 @@ def extension_problems(
 
 
 def where_clause(
-    select: str, where: Row | None, names: list[str], null_safe_equal: str
+    select: str, where: Row | None, names: list[str], placeholder: str
 ) -> tuple[str, list[Any]]:
-    """`select` narrowed to rows whose fields equal `where` (NULL equal to NULL)."""
+    """`select` narrowed to rows whose fields equal `where` (None: IS NULL), written with
+    `=` so an index serves it (PostgreSQL uses none for IS NOT DISTINCT FROM: a copy's row
+    read by id scanned the whole table)."""
     if not where:
         return select, []
     for name in where:
         if name not in names:
             raise KeyError(f"no field '{name}' (fields: {', '.join(names)})")
-    clause = " AND ".join(f'"{name}" {null_safe_equal}' for name in where)
-    return f"{select} WHERE {clause}", list(where.values())
+    clause = " AND ".join(
+        f'"{name}" IS NULL' if value is None else f'"{name}" = {placeholder}'
+        for name, value in where.items()
+    )
+    return f"{select} WHERE {clause}", [v for v in where.values() if v is not None]
 
 
 def outbox_row(row: tuple[Any, ...]) -> OutboxRow:

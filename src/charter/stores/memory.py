@@ -63,6 +63,7 @@ class _Data:
     checkpoints: dict[str, tuple[int, str | None, tuple[str, ...]]] = field(default_factory=dict)
     lanes: dict[tuple[str, int, int], tuple[int, str | None]] = field(default_factory=dict)
     tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
+    buckets: dict[str, int] = field(default_factory=dict)  # bucket_key → length asked
     parked: dict[str, list[Parked]] = field(default_factory=dict)
     applied: list[tuple[str, str, int, str]] | None = None  # (copy, id, version, lane)
     latency: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)  # (copy, minute)
@@ -560,29 +561,54 @@ class MemoryStore:
         return (min(ids), max(ids)) if ids else None
 
     def digest(
-        self,
-        table: Entity | Copy,
-        fields: Sequence[Field],
-        low: str,
-        high: str | None,
-        splits: Sequence[str] = (),
-    ) -> list[Digest]:
-        rows = self.digest_rows(table, fields, low, high)
-        return digests.cut([(entity_id, hashed) for entity_id, _, hashed in rows], splits)
+        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+    ) -> dict[str, Digest]:
+        rows = self.digest_rows(table, fields, [prefix])
+        return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
 
     def digest_rows(
-        self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
     ) -> list[tuple[str, int, int]]:
         self._touch("digest")
         kinds, names = digests.codes(fields), [f.name for f in fields]
+        starts = tuple(prefixes)
         with self._data.lock:
-            rows = [
-                r for i, r in self._table(table).items() if low <= i and (high is None or i < high)
-            ]
+            rows = [r for i, r in self._table(table).items() if starts and i.startswith(starts)]
             found = [
                 (r["id"], r["version"], digests.row_hash(kinds, _key_and(r, names))) for r in rows
             ]
         return sorted(found)
+
+    def bucket_length(self, table: Entity | Copy, fields: Sequence[Field]) -> int | None:
+        with self._data.lock:
+            return self._data.buckets.get(digests.bucket_key(table.table, fields))
+
+    def refresh_buckets(self, table: Entity | Copy, fields: Sequence[Field], length: int) -> None:
+        key = digests.bucket_key(table.table, fields)
+        with self._data.lock:
+            if isinstance(table, Copy):  # a copy has one set of fields, as the databases do
+                for other in [k for k in self._data.buckets if k.startswith(f"{table.table}:")]:
+                    del self._data.buckets[other]
+            self._data.buckets[key] = length
+
+    def bucket_digest(
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], by: int
+    ) -> dict[str, Digest]:
+        """The reference: computed from the rows each time (a memory store has nothing to
+        save by keeping them)."""
+        found: dict[str, Digest] = {}
+        for prefix in prefixes:
+            found.update(self.digest(table, fields, prefix, by))
+        return found
+
+    def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
+        with self._data.lock:
+            self._data.buckets.pop(digests.bucket_key(table.table, fields), None)
+
+    def tombstone(self, copy: Copy, entity_id: str) -> int | None:
+        self._touch("tombstone")
+        with self._data.lock:
+            return self._data.tombstones.get((copy.name, entity_id))
 
     def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
         self._touch("mend")

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from charter import clock, latency
+from charter import clock, digests, latency
 from charter._sqlite import IS_CHARTER, Connections, quote, sqlite_path
 from charter.digests import Digest
 from charter.errors import ConstraintError, SchemaChangeError
@@ -351,7 +351,7 @@ class SQLiteStore:
 
     def rows(self, entity: Entity, where: Row | None = None) -> Iterator[Row]:
         names = ["id", "version", *entity.fields]
-        sql, params = where_clause(self._sql[f"select:{entity.name}"], where, names, "IS ?")
+        sql, params = where_clause(self._sql[f"select:{entity.name}"], where, names, "?")
         for row in self._conns.get().execute(sql + " ORDER BY id", params):
             yield dict(zip(names, row, strict=True))
 
@@ -689,7 +689,7 @@ class SQLiteStore:
 
     def copy_rows(self, copy: Copy, where: Row | None = None) -> Iterator[Row]:
         names = ["id", "version", *copy.fields, "synced_at"]
-        sql, params = where_clause(self._sql[f"select-copy:{copy.name}"], where, names, "IS ?")
+        sql, params = where_clause(self._sql[f"select-copy:{copy.name}"], where, names, "?")
         for row in self._conns.get().execute(sql + " ORDER BY id", params):
             yield dict(zip(names, row, strict=True))
 
@@ -760,19 +760,39 @@ class SQLiteStore:
         return sqlite_reconcile.id_range(self._conns.get(), table)
 
     def digest(
-        self,
-        table: Entity | Copy,
-        fields: Sequence[Field],
-        low: str,
-        high: str | None,
-        splits: Sequence[str] = (),
-    ) -> list[Digest]:
-        return sqlite_reconcile.digest(self._conns.get(), table, fields, low, high, splits)
+        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+    ) -> dict[str, Digest]:
+        return sqlite_reconcile.digest(self._conns.get(), table, fields, prefix, length)
 
     def digest_rows(
-        self, table: Entity | Copy, fields: Sequence[Field], low: str, high: str | None
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
     ) -> list[tuple[str, int, int]]:
-        return sqlite_reconcile.digest_rows(self._conns.get(), table, fields, low, high)
+        return sqlite_reconcile.digest_rows(self._conns.get(), table, fields, prefixes)
+
+    def tombstone(self, copy: Copy, entity_id: str) -> int | None:
+        return sqlite_reconcile.tombstone(self._conns.get(), copy, entity_id)
+
+    def bucket_length(self, table: Entity | Copy, fields: Sequence[Field]) -> int | None:
+        key = digests.bucket_key(table.table, fields)
+        return sqlite_reconcile.bucket_length(self._conns.get(), key)
+
+    def refresh_buckets(self, table: Entity | Copy, fields: Sequence[Field], length: int) -> None:
+        key = digests.bucket_key(table.table, fields)
+        with self._conns.write() as conn:
+            sqlite_reconcile.refresh(conn, table, fields, key, length)
+
+    def bucket_digest(
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], by: int
+    ) -> dict[str, Digest]:
+        key, conn = digests.bucket_key(table.table, fields), self._conns.get()
+        found: dict[str, Digest] = {}
+        for prefix in prefixes:
+            found.update(sqlite_reconcile.bucket_digest(conn, key, prefix, by))
+        return found
+
+    def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
+        with self._conns.write() as conn:
+            sqlite_reconcile.drop_buckets(conn, digests.bucket_key(table.table, fields))
 
     def mend(self, copy: Copy, mends: Sequence[Mend]) -> int:
         with self._conns.write() as conn:

@@ -1,13 +1,14 @@
 """Reconciliation's side of an SQLite store: digests computed inside the database by the
-functions charter registers on its connections (`_sqlite`: charter_digest and
-charter_row_hash, from charter.digests), so no row leaves SQLite to be compared; and the
-mends a repair brings (records.Mend), applied by the copy's projector."""
+functions charter registers on its connections (`_sqlite`: charter_digests, charter_row_hash,
+from charter.digests), so no row leaves SQLite to be compared; and the mends a repair
+brings (records.Mend), applied by the copy's projector."""
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from charter import digests
 from charter.digests import Digest
@@ -16,15 +17,20 @@ from charter.records import Mend
 
 
 def _columns(fields: Sequence[Field]) -> str:
-    """The arguments of charter_digest / charter_row_hash: token kinds, id, version, fields."""
+    """The arguments of charter_digests / charter_row_hash: token kinds, id, version, fields."""
     names = "".join(f', "{f.name}"' for f in fields)
     return f"'{digests.codes(fields)}', id, version{names}"
 
 
-def _range(low: str, high: str | None) -> tuple[str, list[str]]:
-    if high is None:
-        return "id >= ?", [low]
-    return "id >= ? AND id < ?", [low, high]
+def _under(prefix: str, column: str = "id", joined: str = "WHERE") -> tuple[str, list[Any]]:
+    """A condition: `column` starting with `prefix`, as a range an index serves (SQLite
+    compares text by its bytes: code points)."""
+    if not prefix:
+        return "", []
+    end = digests.prefix_end(prefix)
+    if end is None:
+        return f" {joined} {column} >= ?", [prefix]
+    return f" {joined} {column} >= ? AND {column} < ?", [prefix, end]
 
 
 def id_range(conn: sqlite3.Connection, table: Entity | Copy) -> tuple[str, str] | None:
@@ -36,39 +42,36 @@ def digest(
     conn: sqlite3.Connection,
     table: Entity | Copy,
     fields: Sequence[Field],
-    low: str,
-    high: str | None,
-    splits: Sequence[str],
-) -> list[Digest]:
-    """One query per part: each a range scan of the primary key, so the parts together
-    read the range once."""
-    query = (
-        f"SELECT count(*), charter_digest({_columns(fields)}), min(id), max(id) "
-        f'FROM "{table.table}" WHERE '
-    )
-    bounds: list[str | None] = [low, *splits, high]
-    found = []
-    for start, end in itertools.pairwise(bounds):
-        where, params = _range(start or "", end)
-        count, total, first, last = conn.execute(query + where, params).fetchone()
-        found.append(Digest(int(count), int(total or 0) & digests.MASK, first, last))
-    return found
+    prefix: str,
+    length: int,
+) -> dict[str, Digest]:
+    """One pass over the ids under `prefix`, grouped as it goes (digests.SQLiteGroups)."""
+    where, params = _under(prefix)
+    query = f'SELECT charter_digests(?, {_columns(fields)}) FROM "{table.table}"{where}'
+    (text,) = conn.execute(query, [max(length, 0), *params]).fetchone()
+    return digests.parse_groups(text)
 
 
 def digest_rows(
     conn: sqlite3.Connection,
     table: Entity | Copy,
     fields: Sequence[Field],
-    low: str,
-    high: str | None,
+    prefixes: Sequence[str],
 ) -> list[tuple[str, int, int]]:
-    where, params = _range(low, high)
-    rows = conn.execute(
-        f"SELECT id, version, charter_row_hash({_columns(fields)}) "
-        f'FROM "{table.table}" WHERE {where} ORDER BY id',
-        params,
-    )
-    return [(str(i), int(v), int(h) & digests.MASK) for i, v, h in rows]
+    found: dict[str, tuple[int, int]] = {}
+    query = f'SELECT id, version, charter_row_hash({_columns(fields)}) FROM "{table.table}"'
+    for prefix in prefixes:
+        where, params = _under(prefix)
+        for i, v, h in conn.execute(query + where, params):
+            found[str(i)] = (int(v), int(h) & digests.MASK)
+    return [(i, v, h) for i, (v, h) in sorted(found.items())]
+
+
+def tombstone(conn: sqlite3.Connection, copy: Copy, entity_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT version FROM charter_tombstone WHERE copy = ? AND id = ?", (copy.name, entity_id)
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def mend(conn: sqlite3.Connection, copy: Copy, mends: Sequence[Mend], now: str) -> int:
@@ -109,3 +112,144 @@ def mend(conn: sqlite3.Connection, copy: Copy, mends: Sequence[Mend], now: str) 
             values = [state.get(name) for name in copy.fields]
             conn.execute(upsert, (item.entity_id, item.version, *values, now))
     return changed
+
+
+# -- incremental digests: buckets kept as rows change ------------------------------------
+#
+# Each (table, fields) compared incrementally has its buckets (the digest of the rows whose
+# id starts with each `length`-character prefix) in charter_bucket, and triggers on the
+# table that mark a bucket dirty in the same transaction as any write to it (charter's or
+# not: SQLite's triggers cannot be turned off). A check recomputes only the dirty buckets,
+# in a write transaction (so no write slips between the recomputation and the marks'
+# removal), then hands back every bucket.
+
+BUCKET_TABLES = """
+CREATE TABLE IF NOT EXISTS charter_bucket (
+    key TEXT NOT NULL, bucket TEXT NOT NULL, count INTEGER NOT NULL, total INTEGER NOT NULL,
+    PRIMARY KEY (key, bucket)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS charter_bucket_dirty (
+    key TEXT NOT NULL, bucket TEXT NOT NULL, PRIMARY KEY (key, bucket)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS charter_bucket_meta (
+    key TEXT PRIMARY KEY, tbl TEXT NOT NULL, length INTEGER NOT NULL);
+"""
+
+
+def bucket_length(conn: sqlite3.Connection, key: str) -> int | None:
+    """The prefix length the buckets of `key` are kept at (None: not kept)."""
+    try:
+        row = conn.execute("SELECT length FROM charter_bucket_meta WHERE key = ?", (key,))
+    except sqlite3.OperationalError:  # no such table: never kept
+        return None
+    found = row.fetchone()
+    return None if found is None else int(found[0])
+
+
+def refresh(
+    conn: sqlite3.Connection,
+    table: Entity | Copy,
+    fields: Sequence[Field],
+    key: str,
+    length: int,
+) -> None:
+    """Bring the buckets of `table` on `fields` at `length` up to date, inside the caller's
+    write transaction: built (triggers, every bucket) when not kept at that length, else
+    the dirty ones recomputed."""
+    if bucket_length(conn, key) != length:
+        _build(conn, table, fields, key, length)
+    else:
+        dirty = [
+            b
+            for (b,) in conn.execute(
+                "SELECT bucket FROM charter_bucket_dirty WHERE key = ?", (key,)
+            )
+        ]
+        for bucket in dirty:
+            fresh = digest(conn, table, fields, bucket, length).get(bucket)
+            if fresh is None or fresh.count == 0:
+                conn.execute(
+                    "DELETE FROM charter_bucket WHERE key = ? AND bucket = ?", (key, bucket)
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO charter_bucket VALUES (?, ?, ?, ?) ON CONFLICT (key, bucket) "
+                    "DO UPDATE SET count = excluded.count, total = excluded.total",
+                    (key, bucket, fresh.count, digests.signed(fresh.total)),
+                )
+        conn.execute("DELETE FROM charter_bucket_dirty WHERE key = ?", (key,))
+
+
+def bucket_digest(conn: sqlite3.Connection, key: str, prefix: str, by: int) -> dict[str, Digest]:
+    """The kept buckets of `key` under `prefix`, summed by their first `by` characters."""
+    where, params = _under(prefix, "bucket", "AND")
+    rows = conn.execute(  # the halves of each (signed) total: SQLite sums in 64 bits
+        "SELECT substr(bucket, 1, ?), sum(count), sum(total & 4294967295), sum(total >> 32) "
+        f"FROM charter_bucket WHERE key = ?{where} GROUP BY 1",
+        [by, key, *params],
+    )
+    return {
+        str(b): Digest(int(c), (int(low) + (int(high) << 32)) & digests.MASK)
+        for b, c, low, high in rows
+    }
+
+
+def _build(
+    conn: sqlite3.Connection, table: Entity | Copy, fields: Sequence[Field], key: str, length: int
+) -> None:
+    for statement in BUCKET_TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    drop_buckets(conn, key)
+    if isinstance(table, Copy):  # a copy has one set of fields: those it had are gone
+        others = conn.execute(
+            "SELECT key FROM charter_bucket_meta WHERE tbl = ? AND key <> ?", (table.table, key)
+        ).fetchall()
+        for (other,) in others:
+            drop_buckets(conn, str(other))
+    name = _trigger(key)
+    # not INSERT OR IGNORE: the outer statement's conflict policy (an apply's upsert) would
+    # override the trigger's
+    mark = (
+        f"INSERT INTO charter_bucket_dirty SELECT {_quote(key)}, substr({{0}}.id, 1, {length}) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM charter_bucket_dirty WHERE key = {_quote(key)} "
+        f"AND bucket = substr({{0}}.id, 1, {length}))"
+    )
+    for event, rows in (("INSERT", ("NEW",)), ("DELETE", ("OLD",)), ("UPDATE", ("OLD", "NEW"))):
+        body = "; ".join(mark.format(r) for r in rows)
+        conn.execute(
+            f'CREATE TRIGGER "{name}_{event.lower()}" AFTER {event} ON "{table.table}" '
+            f"BEGIN {body}; END"
+        )
+    whole = digest(conn, table, fields, "", length)
+    conn.executemany(
+        "INSERT INTO charter_bucket VALUES (?, ?, ?, ?)",
+        [(key, b, d.count, digests.signed(d.total)) for b, d in whole.items()],
+    )
+    conn.execute("INSERT INTO charter_bucket_meta VALUES (?, ?, ?)", (key, table.table, length))
+
+
+def drop_buckets(conn: sqlite3.Connection, key: str) -> None:
+    """Stop keeping the buckets of `key` (its triggers, its rows)."""
+    name = _trigger(key)
+    for event in ("insert", "delete", "update"):
+        conn.execute(f'DROP TRIGGER IF EXISTS "{name}_{event}"')
+    if bucket_length(conn, key) is None and not _has_tables(conn):
+        return
+    for table in ("charter_bucket", "charter_bucket_dirty", "charter_bucket_meta"):
+        conn.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'charter_bucket_meta'"
+        ).fetchone()
+        is not None
+    )
+
+
+def _trigger(key: str) -> str:
+    return "charter_bucket_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

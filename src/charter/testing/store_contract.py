@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from charter import digests, latency
-from charter.digests import Digest
 from charter.errors import ConstraintError, FencedError, SchemaChangeError
 from charter.events import Event
 from charter.ids import uuid7
@@ -347,7 +346,7 @@ class StoreContract:
         person, copy = self.person(charter), self.copy(charter)
         fields = [person.fields[name] for name in copy.fields]
         assert owner.id_range(person) is None
-        assert owner.digest(person, fields, "", None) == [Digest()]
+        assert owner.digest(person, fields, "", 0) == {}
         events = self.write(
             owner,
             charter,
@@ -357,21 +356,24 @@ class StoreContract:
         copies.apply(copy, [(n + 1, e) for n, e in enumerate(events)], [], len(events))
         ids = sorted(e.entity_id for e in events)
         assert owner.id_range(person) == copies.id_range(copy) == (ids[0], ids[-1])
-        (whole,) = owner.digest(person, fields, "", None)
-        assert whole.same(copies.digest(copy, fields, "", None)[0])
-        assert (whole.count, whole.low, whole.high) == (5, ids[0], ids[-1])
-        rows = owner.digest_rows(person, fields, "", None)
-        assert rows == copies.digest_rows(copy, fields, "", None)
+        whole = owner.digest(person, fields, "", 0)
+        assert whole == copies.digest(copy, fields, "", 0) and list(whole) == [""]
+        assert whole[""].count == 5
+        rows = owner.digest_rows(person, fields, [""])
+        assert rows == copies.digest_rows(copy, fields, [""])
         assert [r[0] for r in rows] == ids and all(r[1] == 1 for r in rows)
-        assert whole.total == sum(r[2] for r in rows) % 2**64
+        assert whole[""].total == sum(r[2] for r in rows) % 2**64
         kinds = digests.codes(fields)
         expected = [
             digests.row_hash(kinds, [e.entity_id, 1, *((e.state or {})[f] for f in copy.fields)])
             for e in sorted(events, key=lambda e: e.entity_id)
         ]
         assert [r[2] for r in rows] == expected  # the database computes charter.digests' hash
+        assert copies.tombstone(copy, ids[0]) is None
 
-    def test_a_digest_is_cut_into_parts_at_its_splits(self, owner: Store, charter: Charter) -> None:
+    def test_a_digest_groups_rows_by_a_prefix_of_the_id(
+        self, owner: Store, charter: Charter
+    ) -> None:
         person = self.person(charter)
         fields = list(person.fields.values())[:2]
         self.write(
@@ -379,20 +381,28 @@ class StoreContract:
             charter,
             lambda tx: [tx.create("Person", email=f"{n}@x.org", name=f"P{n}") for n in range(6)],
         )
-        ids = [r[0] for r in owner.digest_rows(person, fields, "", None)]
-        parts = owner.digest(person, fields, ids[1], ids[5], [ids[2], ids[4]])
-        assert [p.count for p in parts] == [1, 2, 1]  # [1, 2), [2, 4), [4, 5)
-        assert [(p.low, p.high) for p in parts] == [
-            (ids[1], ids[1]),
-            (ids[2], ids[3]),
-            (ids[4], ids[4]),
-        ]
-        inner = owner.digest_rows(person, fields, ids[2], ids[4])
-        assert [r[0] for r in inner] == ids[2:4]
-        assert parts[1].total == sum(r[2] for r in inner) % 2**64
-        tail = owner.digest(person, fields, ids[3], None, [ids[5]])
-        assert [p.count for p in tail] == [2, 1]
-        assert owner.digest(person, fields, "~", None, ["~~"]) == [Digest(), Digest()]
+        rows = owner.digest_rows(person, fields, [""])
+        ids, hashes = [r[0] for r in rows], {r[0]: r[2] for r in rows}
+        each = owner.digest(person, fields, "", 36)  # a UUID's whole length: a group an id
+        assert {k: (d.count, d.total) for k, d in each.items()} == {i: (1, hashes[i]) for i in ids}
+        length = next(n for n in range(36) if ids[0][n] != ids[-1][n]) + 1  # ids sorted
+        shared = ids[0][: length - 1]
+        groups = owner.digest(person, fields, shared, length)
+        assert sum(d.count for d in groups.values()) == 6 and len(groups) >= 2
+        for key, found in groups.items():
+            inside = [i for i in ids if i.startswith(key)]
+            assert len(key) == length and found.count == len(inside)
+            assert found.total == sum(hashes[i] for i in inside) % 2**64
+        assert owner.digest(person, fields, ids[2], 40) == {ids[2]: each[ids[2]]}
+        picked = owner.digest_rows(person, fields, [ids[4], ids[1]])
+        assert [r[0] for r in picked] == [ids[1], ids[4]]
+        overlapping = owner.digest_rows(person, fields, [shared, ids[0]])  # each id once
+        assert [r[0] for r in overlapping] == ids
+        assert (
+            owner.digest(person, fields, "~", 2)
+            == {}
+            == dict.fromkeys(r[0] for r in owner.digest_rows(person, fields, ["~", "g"]))
+        )
 
     def test_a_mend_writes_the_owners_state_where_the_copy_takes_it(
         self, copies: Store, charter: Charter
@@ -423,6 +433,7 @@ class StoreContract:
         assert copies.mend(copy, [Mend(ahead, 3, state, over=9), Mend(tomb, 4, state, 5)]) == 2
         rows = {r["id"]: (r["version"], r["name"]) for r in copies.copy_rows(copy)}
         assert rows[ahead] == (3, "Owner") and rows[tomb] == (4, "Owner")  # … unless accepted
+        assert copies.tombstone(copy, extra) == 4 and copies.tombstone(copy, tomb) is None
         copies.apply(copy, [(10, world.event(tomb, 5, name="Five"))], [], 10)
         assert {r["id"]: r["version"] for r in copies.copy_rows(copy)}[tomb] == 5
 

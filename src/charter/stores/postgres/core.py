@@ -85,7 +85,7 @@ class _Core:
         return f'"{self.schema}"."{table}"'
 
     def _stream(self, select: str, names: list[str], where: Row | None) -> Iterator[Row]:
-        query, params = where_clause(select, where, names, "IS NOT DISTINCT FROM %s")
+        query, params = where_clause(select, where, names, "%s")
         with (
             self.pool.connection() as conn,
             conn.transaction(),

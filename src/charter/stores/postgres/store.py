@@ -24,12 +24,12 @@ from charter.stores.postgres.core import PREPARED, split_url
 from charter.stores.postgres.drift import _Drift
 from charter.stores.postgres.fences import _Fences
 from charter.stores.postgres.listen import Listener
-from charter.stores.postgres.reconcile import _Reconcile
+from charter.stores.postgres.reconcile import _Buckets
 from charter.stores.postgres.relay import _Relay
 from charter.stores.postgres.writes import Statement, Writes
 
 
-class PostgresStore(_Copies, _Relay, _Reconcile, _Drift, _Fences):
+class PostgresStore(_Copies, _Relay, _Buckets, _Drift, _Fences):
     """One context's tables in one PostgreSQL schema (by default named after the context)."""
 
     def __init__(self, url: str) -> None:

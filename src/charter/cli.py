@@ -987,7 +987,7 @@ def parked(
     if unreadable and not rows:
         sys.exit(EXIT_CHARTER)
     if as_json:
-        docs = [_parked_json(p) for p in rows]
+        docs = [parking.as_json(p) for p in rows]
         if retry:
             for doc, o in zip(docs, outcomes, strict=True):
                 doc["outcome"] = "resolved" if o.resolved else "parked"
@@ -1026,18 +1026,6 @@ def parked(
 
 def _events(count: int) -> str:
     return f"{count} parked event{'s' if count != 1 else ''}"
-
-
-def _parked_json(p: Parked) -> dict[str, Any]:
-    return {
-        "copy": p.copy,
-        "id": p.entity_id,
-        "version": p.version,
-        "event_id": p.event_id,
-        "position": p.position,
-        "reason": p.reason,
-        "parked_at": p.parked_at,
-    }
 
 
 @main.command(name="export")

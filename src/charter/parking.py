@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from charter.errors import EventError, NotFoundError, ValidationError
 from charter.events import Event, decode
@@ -105,3 +106,16 @@ def drop(system: System, copy: str | None = None, ident: str | None = None) -> l
 
 def _name(p: Parked) -> str:
     return f"{p.event_id} (record {p.entity_id}, version {p.version}, bus position {p.position})"
+
+
+def as_json(parked: Parked) -> dict[str, Any]:
+    """A parked event as `charter parked --json` and the dashboard show it (no body)."""
+    return {
+        "copy": parked.copy,
+        "id": parked.entity_id,
+        "version": parked.version,
+        "event_id": parked.event_id,
+        "position": parked.position,
+        "reason": parked.reason,
+        "parked_at": parked.parked_at,
+    }

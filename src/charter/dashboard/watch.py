@@ -253,13 +253,4 @@ _LAG = re.compile(r" lag \S+s$", re.MULTILINE)
 
 
 def parked_json(p: Parked) -> dict[str, Any]:
-    return {
-        "copy": p.copy,
-        "id": p.entity_id,
-        "version": p.version,
-        "event_id": p.event_id,
-        "position": p.position,
-        "reason": p.reason,
-        "parked_at": p.parked_at,
-        "body": p.body[:BODY_SHOWN].decode(errors="replace"),
-    }
+    return parking.as_json(p) | {"body": p.body[:BODY_SHOWN].decode(errors="replace")}

@@ -100,3 +100,54 @@ def test_the_public_names_load_on_first_use_and_status_stays_the_function() -> N
 
 def test_a_submodule_is_an_attribute_of_the_package_as_before() -> None:
     loaded_after("import charter\nassert callable(charter.model.load)")
+
+
+def test_each_command_imports_what_it_uses_beyond_the_type_checker() -> None:
+    """A name cli.py imports only for type checkers (under TYPE_CHECKING) is absent when a
+    command runs: each function using it at run time must import it itself (a merge once
+    left `charter transfer` using `model` without importing it)."""
+    import ast
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+
+    def bound(nodes: list[ast.stmt] | ast.AST) -> set[str]:
+        found = nodes if isinstance(nodes, list) else [nodes]
+        return {
+            (alias.asname or alias.name).split(".")[0]
+            for node in found
+            for inner in ast.walk(node)
+            if isinstance(inner, ast.Import | ast.ImportFrom)
+            for alias in inner.names
+        }
+
+    for_types = set().union(
+        *(
+            bound(n)
+            for n in tree.body
+            if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
+        )
+    )
+    at_runtime = bound([n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)])
+    only_for_types = for_types - at_runtime
+    missing = {}
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        annotations = {
+            id(inner)
+            for node in ast.walk(function)
+            for part in ("annotation", "returns")
+            if (note := getattr(node, part, None)) is not None
+            for inner in ast.walk(note)
+        }
+        used = {
+            node.id
+            for node in ast.walk(function)
+            if isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Load)
+            and id(node) not in annotations
+        }
+        lacking = (used & only_for_types) - bound(function)
+        if lacking:
+            missing[function.name] = sorted(lacking)
+    assert only_for_types and not missing

@@ -540,7 +540,7 @@ def transfer_command(
     never with two writers (G10): fence the old owner in its own store, drain its events,
     promote the new owner at a new epoch, record the move in the charter, apply grants. An
     interrupted transfer resumes when run again, or --rollback (before promote)."""
-    from charter import transfer
+    from charter import model, transfer
     from charter.urls import NATS, POSTGRES
 
     done = transfer.command(

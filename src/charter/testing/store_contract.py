@@ -637,13 +637,16 @@ class StoreContract:
     ) -> None:
         person = self.person(charter)
         made: list[str] = []
-        self.write(
-            owner,
-            charter,
-            lambda tx: made.extend(
-                tx.create("Person", email=f"{n}@x.org", name="A").id for n in range(40)
-            ),
-        )
+
+        def create_more(tx: Transaction) -> None:
+            first = len(made)
+            made.extend(
+                tx.create("Person", email=f"{n}@x.org", name="A").id
+                for n in range(first, first + 40)
+            )
+
+        while not any(partition(i, PARTITIONS) == 2 for i in made):  # ids are random
+            self.write(owner, charter, create_more)
         fenced = next(i for i in made if partition(i, PARTITIONS) == 2)
         free = next(i for i in made if partition(i, PARTITIONS) != 2)
         owner.fence(person, [2], 2, "mailing", "fenced")

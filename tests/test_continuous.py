@@ -345,7 +345,9 @@ def test_no_false_positives_under_load(shop_file: Path) -> None:
         assert not errors, errors
         checks = runner.reconciler
         assert checks.checks >= 3  # both copies, and again, while the writes went on
-        assert checks.in_flight > 0  # the checks did see rows on their way …
+        # the checks did see rows on their way (in memory, copies apply within microseconds
+        # and a check may meet none: SQLite and PostgreSQL + NATS show the case) …
+        assert checks.in_flight > 0 or system.charter.bus.startswith("memory:")
         assert checks.drifted == 0, checks.last  # … and called none of them drift
         assert all(d.rows == 0 and not d.repaired for d in checks.last.values()), checks.last
         assert not [x for x in runner.reports.take() if "drift" in x]

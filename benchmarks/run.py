@@ -62,7 +62,7 @@ from workload import (
     charter_run,
     on_off_text,
     settled,
-    toggled,
+    toggled_blocks,
 )
 
 import charter
@@ -829,20 +829,7 @@ def latency_cost_blocks(rounds: int, n: int, per: int) -> Toggled:
         runner = Runner(system).start()
         try:
             maker = ChangeMaker(system.context("customers"))
-            maker.batch(per)  # warm-up, drained before the clock starts
-            progress.wait()
-            maker.write(n, per)  # and one block not counted
-            progress.wait()
-
-            def block() -> float:
-                start = time.perf_counter()
-                maker.write(n, per)
-                progress.wait()
-                rate = n / (time.perf_counter() - start)
-                say(f"  {rate:,.0f} changes/s")
-                return rate
-
-            found = toggled(rounds, runner.projectors, block, n)
+            found = toggled_blocks(maker, progress.wait, runner.projectors, rounds, n, per, say)
         finally:
             runner.stop()
         if runner.errors:

@@ -59,7 +59,7 @@ from workload import (
     charter_run,
     on_off_text,
     settled,
-    toggled,
+    toggled_blocks,
 )
 
 import charter
@@ -1174,20 +1174,16 @@ def bench_latency_cost(servers: Servers, sizes: Sizes, report: Report) -> None:
         maker = ChangeMaker(system.context("customers"))
         runner = Runner(system).start()
         try:
-            maker.batch(per)  # warm-up, drained before the clock starts
-            progress.wait(120)
-            maker.write(n, per)  # and one block not counted: pools, plans, caches
-            progress.wait(120)
-
-            def block() -> float:
-                start = time.perf_counter()
-                maker.write(n, per)
-                progress.wait()
-                rate = n / (time.perf_counter() - start)
-                say(f"  {rate:,.0f} changes/s")
-                return rate
-
-            found = toggled(rounds, runner.projectors, block, n)
+            found = toggled_blocks(
+                maker,
+                progress.wait,
+                runner.projectors,
+                rounds,
+                n,
+                per,
+                say,
+                warm_wait=lambda: progress.wait(120),
+            )
         finally:
             runner.stop()
         if runner.errors:

@@ -141,6 +141,35 @@ def toggled(
     return Toggled(on, off, cpu[True], cpu[False])
 
 
+def toggled_blocks(
+    maker: ChangeMaker,
+    wait: Callable[[], object],
+    projectors: Sequence[Projector],
+    rounds: int,
+    n: int,
+    per: int,
+    say: Callable[[str], None],
+    warm_wait: Callable[[], object] | None = None,
+) -> Toggled:
+    """Warm up (a batch of `per`, then one block of `n` not counted: pools, plans, caches),
+    then `toggled`: blocks of `n` changes, each timed until every copy holds them (`wait`)."""
+    settle = warm_wait or wait
+    maker.batch(per)
+    settle()
+    maker.write(n, per)
+    settle()
+
+    def block() -> float:
+        start = time.perf_counter()
+        maker.write(n, per)
+        wait()
+        rate = n / (time.perf_counter() - start)
+        say(f"  {rate:,.0f} changes/s")
+        return rate
+
+    return toggled(rounds, projectors, block, n)
+
+
 @dataclass(frozen=True)
 class Settled:
     """A cost measured in paired rounds: the median of the rounds' costs and a

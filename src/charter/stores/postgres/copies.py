@@ -129,7 +129,31 @@ class _Copies(_Schema):
             parts.append((f"p AS ({park})", [*(params or ())]))
         parts += timed
         checkpoint = self._checkpoint_statement(copy, position, now, lane)
-        conn.execute(*self._announcing(copy, parts, checkpoint))
+        statement = self._announcing(copy, parts, checkpoint)
+        try:
+            pipelined(conn, [("BEGIN", None), *self._turn(copy, lane), statement, ("COMMIT", None)])
+        except BaseException:
+            rollback(conn)
+            raise
+
+    def _turn(self, copy: Copy, lane: Lane | None) -> list[Statement]:
+        """Appliers of one copy (or lane) take turns, each transaction's writes after the
+        lock in a statement of their own: under READ COMMITTED a statement sees what was
+        committed when it began, so an applier behind, whose statement began before
+        another's delete committed, would find neither the row nor its tombstone and insert
+        the older version again, the deleted record back (G4). A lane takes its own turn
+        and shares the whole copy's (disjoint ids: lanes never meet on a record)."""
+        key = f"charter apply {self.schema}.{copy.name}"
+        if lane is None:
+            return [("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])]
+        mine = f"{key} {lane.lanes}/{lane.number}"
+        return [
+            (
+                "SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0)), "
+                "pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                [key, mine],
+            )
+        ]
 
     def _apply_one_by_one(
         self,
@@ -145,7 +169,8 @@ class _Copies(_Schema):
         now = now_text()
         start, params = self._start(copy, lane, lock=True)
         try:
-            _, locked = pipelined(conn, [("BEGIN", None), (f"SELECT {start}", params)])
+            begin = [("BEGIN", None), *self._turn(copy, lane), (f"SELECT {start}", params)]
+            locked = pipelined(conn, begin)[-1]
             row = locked.fetchone()
             start_at = int(row[0]) if row else 0
             failed: list[Parked] = []
@@ -336,6 +361,8 @@ class _Copies(_Schema):
         now = now_text()
         count = 0
         with self.pool.connection() as conn, conn.transaction():
+            for query, params in self._turn(copy, None):
+                conn.execute(query, params)
 
             def send(batch: list[tuple[str, int, Row]]) -> None:
                 # One row per id: ON CONFLICT refuses to touch a row twice in a statement,

@@ -228,3 +228,90 @@ def test_a_command_on_a_memory_charter_says_it_sees_an_empty_system(tmp_path: Pa
     )
     assert done.returncode == 0 and "Traceback" not in done.stderr
     assert "memory://" in done.stderr and "empty system" in done.stderr
+
+
+LIBRARY = """\
+charter: 1
+name: library
+bus: {bus}
+contexts:
+  accounts: {{team: accounts-team, store: "sqlite:///.charter/accounts.db"}}
+  lending:  {{team: lending-team,  store: "sqlite:///.charter/lending.db"}}
+entities:
+  Member:
+    owner: accounts
+    fields: {{email: {{type: string}}}}
+    commands:
+      ChangeEmail: {{senders: [lending], fields: [email]}}
+sagas:
+  LendBook: {{in: lending}}
+copies:
+  lending_members: {{in: lending, of: Member, fields: [email], window: 5s}}
+"""
+
+# The console script `pip install` writes: Python puts its own folder first on the path.
+CONSOLE_SCRIPT = "import sys\nfrom charter.cli import main\nsys.exit(main())\n"
+
+
+def test_run_finds_the_handlers_module_in_the_current_directory(tmp_path: Path) -> None:
+    """`charter run --handlers myservice:register` from the service's folder, as a console
+    script (not `python -m`, which puts the current directory on the path by itself)."""
+    service, scripts = tmp_path / "service", tmp_path / "bin"
+    service.mkdir()
+    scripts.mkdir()
+    (service / "charter.yaml").write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    (service / "myservice.py").write_text(
+        "from pathlib import Path\n\n"
+        "def register(system):\n"
+        "    Path('registered').write_text(system.charter.name)\n"
+    )
+    (scripts / "charter").write_text(CONSOLE_SCRIPT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(scripts / "charter"),
+            "run",
+            "--once",
+            "--handlers",
+            "myservice:register",
+        ],
+        cwd=service,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (service / "registered").read_text() == "library"
+
+
+def test_apply_says_what_it_enforces_and_counts_the_same_dry(tmp_path: Path) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    embedded = CliRunner().invoke(main, ["apply", "-f", str(path)])
+    assert embedded.exit_code == 0, embedded.output
+    assert "no store is PostgreSQL and the bus is not NATS" in embedded.output
+    path.write_text(LIBRARY.format(bus="nats://127.0.0.1:4222"))  # apply only writes a file
+    dry = CliRunner().invoke(main, ["apply", "-f", str(path), "--dry-run"])
+    assert dry.exit_code == 0 and dry.output.endswith("would change 1 thing\n"), dry.output
+    done = CliRunner().invoke(main, ["apply", "-f", str(path)])
+    assert done.exit_code == 0 and done.output.endswith("changed 1 thing\n"), done.output
+    again = CliRunner().invoke(main, ["apply", "-f", str(path), "--dry-run"])
+    assert again.output.endswith("nothing to change\n"), again.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["Membr", "--status"], "no entity 'Membr' in the charter; did you mean 'Member'?"),
+        (["Book", "--status"], "no entity 'Book' in the charter; its entities: Member"),
+        (["LendBook", "--to", "accounts", "--dry-run"], "LendBook is the state of saga LendBook"),
+        (["Member", "--to", "x", "--dry-run"], "no context 'x' in the charter; its contexts:"),
+        (["Member", "--to", "lendin", "--dry-run"], "did you mean 'lending'?"),
+    ],
+)
+def test_transfer_names_what_the_charter_has(tmp_path: Path, args: list[str], words: str) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    result = CliRunner().invoke(main, ["transfer", "-f", str(path), *args])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert words in result.output, result.output

@@ -174,8 +174,10 @@ def test_the_sender_checks_a_command_against_the_charter(system: System) -> None
         orders.send("AppendNote", id=ada)
     with pytest.raises(charter.ValidationError, match=r"AppendNote\.text: expected a string"):
         orders.send("AppendNote", id=ada, text=12)
-    with pytest.raises(charter.OwnershipError, match="'customers'"):
+    with pytest.raises(charter.OwnershipError, match="'customers'") as handling:
         orders.handles("ChangeEmail")
+    assert "'orders' may not handle ChangeEmail: it changes Customer" in str(handling.value)
+    assert "system.context('customers').handles('ChangeEmail')" in str(handling.value)
     assert system.bus.take_commands("customers", 10, 0.0) == []  # nothing was sent
 
 

@@ -420,6 +420,10 @@ def test_the_command_repairs_and_checks_again(
         (doc,) = json.loads(result.output)
         assert doc["before"]["drift"] == 6 and doc["repair"]["applied"]
         assert doc["repair"]["left"] == planted["ahead"] and doc["counts"] == {"ahead": 1}
+        told = CliRunner(env={"COLUMNS": "1000"}).invoke(main, [*args, "--repair"])
+        assert told.exit_code == 5, told.output  # what is left, and how to move it back
+        assert "(ahead) (the owner went back: `--repair --accept-owner`" in told.output
+        assert "checked again: still 1 drifted: 1 ahead" in told.output, told.output
         accepted = CliRunner().invoke(main, [*args, "--repair", "--accept-owner"])
         assert accepted.exit_code == 0, accepted.output
         assert "checked again: clean" in accepted.output

@@ -487,8 +487,12 @@ def run(
 
 
 def registered(spec: str) -> Callable[[System], Any]:
-    """The function MODULE:FUNCTION names (`charter run --handlers`), imported."""
+    """The function MODULE:FUNCTION names (`charter run --handlers`), imported. The current
+    directory is searched first, as `python -m` does: the console script's own folder is
+    what Python puts on the path, so a service's module beside it would not be found."""
     module, _, name = spec.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         found = getattr(importlib.import_module(module), name) if name else None
     except ImportError as exc:
@@ -543,6 +547,7 @@ def transfer_command(
     from charter import model, transfer
     from charter.urls import NATS, POSTGRES
 
+    _transferable(model.load(path), entity, to)
     done = transfer.command(
         path,
         entity,
@@ -569,6 +574,38 @@ def transfer_command(
                 audit_only=False,
                 mapping=(),
             )
+
+
+def _transferable(charter: model.Charter, entity: str | None, to: str | None) -> None:
+    """Refuse, saying what there is, an entity or a context the charter does not name, and a
+    saga's state, which the charter derives from `sagas:` (it has no entry to record a move
+    in): `charter transfer` would otherwise say that no transfer was started, or fail."""
+    from charter.errors import ValidationError
+
+    def named(word: str, kind: str, kinds: str, choices: tuple[str, ...]) -> str:
+        hint = _near(word, choices)
+        return f"no {kind} '{word}' in the charter; " + (
+            hint or f"its {kinds}: {', '.join(choices)}"
+        )
+
+    owned = tuple(name for name in charter.entities if name not in charter.sagas)
+    if entity is not None and entity in charter.sagas:
+        raise ValidationError(
+            f"{entity} is the state of saga {entity}, kept by the context that orchestrates "
+            f"it ('{charter.sagas[entity]}'); charter transfer moves entities declared under "
+            f"entities: ({', '.join(owned)})"
+        )
+    if entity is not None and entity not in charter.entities:
+        raise ValidationError(named(entity, "entity", "entities", owned))
+    if to is not None and to not in charter.contexts:
+        raise ValidationError(named(to, "context", "contexts", tuple(charter.contexts)))
+
+
+def _near(word: str, choices: tuple[str, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean '{close[0]}'?" if close else ""
 
 
 @main.command(name="apply")
@@ -633,14 +670,22 @@ def apply_command(
             from charter import natsauth
         block = natsauth.authorization(charter)
         target = nats_config or path.parent / ".charter" / "nats-auth.conf"
+        stale = not target.exists() or target.read_text() != block
         if dry_run:
             click.echo(f"# {target}\n{block}")
-        elif not target.exists() or target.read_text() != block:
+            changes += 1 if stale else 0
+        elif stale:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(block)
             changes += 1
             click.echo(f"wrote {target} (include it in nats-server's config, then reload)")
     verb = "would change" if dry_run else "changed"
+    if not stores and not charter.bus.startswith(NATS) and nats_config is None:
+        click.echo(
+            "nothing to change: no store is PostgreSQL and the bus is not NATS (charter's API "
+            "refuses a non-owner's writes, and on SQLite so do the store's own triggers)"
+        )
+        return
     click.echo(
         f"{verb} {changes} thing{'s' if changes != 1 else ''}" if changes else "nothing to change"
     )

@@ -121,7 +121,7 @@ def handled_by(charter: Charter, context: str, name: str) -> Command:
     spec = declared(charter, name)
     if spec.owner != context:
         owner = charter.contexts[spec.owner]
-        raise OwnershipError(spec.entity, owner.name, owner.team, context)
+        raise OwnershipError(spec.entity, owner.name, owner.team, context, handling=name)
     return spec
 
 

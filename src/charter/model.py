@@ -855,6 +855,13 @@ class _Reader:
                     self._line(spec, "default"),
                     f"{entity}.{name}: default '{default}' is not one of {list(values)}",
                 )
+            expected = _default_unfit(kind, default)
+            if expected:
+                self.problem(
+                    self._line(spec, "default"),
+                    f"{entity}.{name}: default {default!r} is not {expected}",
+                    _DEFAULT_HINTS[kind].format(default),
+                )
             required = bool(spec.get("required", default is None))
             fields[str(name)] = Field(
                 str(name),
@@ -1056,6 +1063,35 @@ def _singular(word: str) -> str:
     return {"contexts": "context", "entities": "entity", "copies": "copy", "fields": "field"}.get(
         word, word
     )
+
+
+_DEFAULTS: dict[str, tuple[tuple[type, ...], str]] = {
+    "string": ((str,), "a string"),
+    "text": ((str,), "a string"),
+    "integer": ((int,), "a whole number"),
+    "number": ((int, float), "a number"),
+    "boolean": ((bool,), "true or false"),
+}
+
+
+_DEFAULT_HINTS = {
+    "string": 'quote it: default: "{}"',
+    "text": 'quote it: default: "{}"',
+    "integer": "unquoted: default: 0",
+    "number": "unquoted: default: 0.5",
+    "boolean": "default: true or default: false, unquoted",
+}
+
+
+def _default_unfit(kind: str, default: Any) -> str:
+    """What a field's `default` should have been, when it is not of the field's type ("" when
+    it fits, or when only a write can tell: dates, timestamps, uuids). A write that takes it
+    would otherwise be refused, far from the line that is wrong."""
+    if default is None or kind not in _DEFAULTS:
+        return ""
+    types, expected = _DEFAULTS[kind]
+    fits = isinstance(default, types) and (kind == "boolean" or not isinstance(default, bool))
+    return "" if fits else expected
 
 
 def _hint(word: str, choices: tuple[str, ...]) -> str:

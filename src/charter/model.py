@@ -849,7 +849,7 @@ class _Reader:
                     self.problem(line, f"enum {entity}.{name} has no values", "values: [a, b, c]")
                 else:
                     values = tuple(str(v) for v in raw_values)
-            default = spec.get("default")
+            default = _plain(spec.get("default"))
             if default is not None and values and str(default) not in values:
                 self.problem(
                     self._line(spec, "default"),
@@ -1072,6 +1072,18 @@ _DEFAULTS: dict[str, tuple[tuple[type, ...], str]] = {
     "number": ((int, float), "a number"),
     "boolean": ((bool,), "true or false"),
 }
+
+
+def _plain(value: Any) -> Any:
+    """A YAML scalar as the plain Python value: the round-trip loader's ScalarInt and
+    ScalarFloat (subclasses that keep how the number was written) are no value a safe YAML
+    dumper can write (`charter export` of a `default: 0`), nor JSON's, elsewhere."""
+    if isinstance(value, bool) or value is None:
+        return value
+    for plain in (int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
+    return value
 
 
 _DEFAULT_HINTS = {

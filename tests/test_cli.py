@@ -315,3 +315,27 @@ def test_transfer_names_what_the_charter_has(tmp_path: Path, args: list[str], wo
     result = CliRunner().invoke(main, ["transfer", "-f", str(path), *args])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert words in result.output, result.output
+
+
+def test_status_counts_what_a_partitions_new_owner_has_not_relayed(tmp_path: Path) -> None:
+    """After `charter transfer --partitions`, both contexts own Member: an event still in
+    the new owner's outbox is lag as much as one in the old owner's (G5: status never says
+    less lag than there is)."""
+    path = tmp_path / "charter.yaml"
+    text = LIBRARY.format(bus="sqlite:///.charter/bus.db").replace(
+        "contexts:\n",
+        'contexts:\n  membership: {team: membership-team, store: "sqlite:///.charter/m.db"}\n',
+    )
+    path.write_text(text)
+    parts = [arg for p in range(8) for arg in ("--partitions", str(p))]
+    with charter.load(path) as system, charter.Runner(system):  # the copy drains the move
+        moved = CliRunner().invoke(
+            main, ["transfer", "-f", str(path), "Member", "--to", "membership", *parts]
+        )
+        assert moved.exit_code == 0, moved.output
+    with charter.load(path) as system:  # the charter that records the move; nothing runs
+        for context in ("accounts", "membership"):
+            with system.context(context).transaction() as tx:
+                tx.create("Member", email=f"{context}@example.org")
+    code, (row,) = status_json(path)
+    assert code == 0 and row["lag_events"] == 2, row

@@ -150,6 +150,9 @@ def test_a_refused_command_returns_the_owners_error(system: System) -> None:
         with pytest.raises(charter.ConstraintError, match="email must be unique") as taken:
             orders.send("ChangeEmail", id=bob, email="ada@example.com")
         assert "refused by 'customers' for command ChangeEmail" in taken.value.__notes__[0]
+        assert str(taken.value) == (  # on every store: PostgreSQL refuses it at commit
+            "Customer.email must be unique: 'ada@example.com' is already used by another Customer"
+        )
         with pytest.raises(charter.NotFoundError, match="no Customer with id nobody"):
             orders.send("ChangeEmail", id="nobody", email="x@example.com")
         with pytest.raises(charter.ValidationError, match="this note is not welcome"):

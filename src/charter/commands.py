@@ -228,7 +228,8 @@ def refusal(exc: Exception) -> bytes:
     """The answer for a refusal: a charter error by its type, anything else as Error."""
     if isinstance(exc, Error):
         kind = next(k for k in type(exc).__mro__ if k.__name__ in REFUSALS)
-        return orjson.dumps({"refused": kind.__name__, "message": str(exc)})
+        message = str(exc).removesuffix(errors.ROLLED_BACK)  # the same on every store
+        return orjson.dumps({"refused": kind.__name__, "message": message})
     return orjson.dumps(
         {"refused": "Error", "message": f"the handler failed: {type(exc).__name__}: {exc}"}
     )

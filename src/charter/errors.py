@@ -34,6 +34,11 @@ class CharterError(Error):
         super().__init__(head + ":\n" + "\n".join(str(p) for p in problems))
 
 
+# What a refusal at commit adds (PostgreSQL sends an owner transaction's changes then): the
+# owner's caller learns nothing was committed; a command's sender gets the refusal without it
+ROLLED_BACK = "; the transaction was rolled back and nothing was committed"
+
+
 class OwnershipError(Error):
     """A context tried to write an entity that another context owns (G1)."""
 

@@ -339,3 +339,14 @@ def test_status_counts_what_a_partitions_new_owner_has_not_relayed(tmp_path: Pat
                 tx.create("Member", email=f"{context}@example.org")
     code, (row,) = status_json(path)
     assert code == 0 and row["lag_events"] == 2, row
+
+
+def test_an_unknown_context_is_named_with_the_contexts_there_are(tmp_path: Path) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    for command in (["status"], ["parked"], ["run", "--once"]):
+        result = CliRunner().invoke(main, [*command, "-f", str(path), "--context", "nope"])
+        assert result.exit_code == 1, result.output
+        assert "no context 'nope' in the charter; its contexts: accounts, lending" in (
+            result.output
+        ), result.output

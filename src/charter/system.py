@@ -58,7 +58,8 @@ class System:
         if name not in self.charter.contexts:
             hint = _hint(name, tuple(self.charter.contexts))
             raise ValidationError(
-                f"no context '{name}' in the charter" + (f"; {hint}" if hint else "")
+                f"no context '{name}' in the charter; "
+                + (hint or f"its contexts: {', '.join(self.charter.contexts)}")
             )
         return ContextHandle(self, name)
 

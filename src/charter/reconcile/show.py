@@ -65,8 +65,9 @@ def details(report: Report) -> list[str]:
                 "(written past charter: a single-writer violation)"
             )
     if not report.complete:
+        ranges = f"{report.left} range{'s' if report.left != 1 else ''}"
         lines.append(
-            f"[yellow]{escape(report.copy)}: stopped before the end[/] ({report.left} ranges "
+            f"[yellow]{escape(report.copy)}: stopped before the end[/] ({ranges} "
             "left; the budget or --max-diffs ran out): run again with more"
         )
     return lines

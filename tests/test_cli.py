@@ -350,3 +350,11 @@ def test_an_unknown_context_is_named_with_the_contexts_there_are(tmp_path: Path)
         assert "no context 'nope' in the charter; its contexts: accounts, lending" in (
             result.output
         ), result.output
+
+
+def test_check_says_there_are_no_copies_instead_of_an_empty_table(tmp_path: Path) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db").split("copies:")[0])
+    result = CliRunner().invoke(main, ["check", "-f", str(path), "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "copies: none" in result.output and "┃ copy" not in result.output

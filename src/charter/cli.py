@@ -219,7 +219,11 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
     for copy in charter.copies.values():
         cells = (copy.name, copy.context, copy.of, ", ".join(copy.fields))
         copies.add_row(*map(escape, cells), seconds(copy.window_s), escape(copy.breaks))
-    _console().print(contexts, entities, copies)
+    _console().print(contexts, entities)
+    if charter.copies:
+        _console().print(copies)
+    else:
+        _console().print("copies: none (no context keeps a copy of another's entity)\n")
     if charter.commands:
         sent = Table("command", "entity", "owner", "senders", "fields", title="commands")
         sent.title_justify = "left"

@@ -358,3 +358,21 @@ def test_check_says_there_are_no_copies_instead_of_an_empty_table(tmp_path: Path
     result = CliRunner().invoke(main, ["check", "-f", str(path), "--offline"])
     assert result.exit_code == 0, result.output
     assert "copies: none" in result.output and "┃ copy" not in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["alerts"],
+        ["map", "--format", "mermaid", "--no-status"],
+        ["export", "asyncapi"],
+        ["codegen", "--context", "lending"],
+    ],
+)
+def test_an_output_file_that_cannot_be_written_is_named(tmp_path: Path, command: list[str]) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    target = tmp_path / "missing" / "out.txt"
+    result = CliRunner().invoke(main, [*command, "-f", str(path), "-o", str(target)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"Could not open file '{target}'" in result.output, result.output

@@ -679,8 +679,11 @@ def apply_command(
             click.echo(f"# {target}\n{block}")
             changes += 1 if stale else 0
         elif stale:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(block)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise click.FileError(str(target), exc.strerror) from None
+            _written(target, block)
             changes += 1
             click.echo(f"wrote {target} (include it in nats-server's config, then reload)")
     verb = "would change" if dry_run else "changed"
@@ -934,7 +937,7 @@ def alerts(path: Path, output: Path | None) -> None:
     if output is None:
         click.echo(rules, nl=False)
         return
-    output.write_text(rules)
+    _written(output, rules)
     count = len(made(charter)["groups"][0]["rules"])
     click.echo(f"wrote {count} rule{'s' if count != 1 else ''} to {output}")
 
@@ -1110,11 +1113,20 @@ def _write(text: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
+    _written(output, text)
+    _console(stderr=True).print(f"wrote {escape(str(output))}", highlight=False)
+
+
+def _written(output: Path, data: str | bytes) -> None:
+    """Write a command's output file; a folder that is not there or may not be written is
+    a usage error naming the file, never a traceback."""
     try:
-        output.write_text(text, encoding="utf-8")
+        if isinstance(data, bytes):
+            output.write_bytes(data)
+        else:
+            output.write_text(data, encoding="utf-8")
     except OSError as exc:
         raise click.FileError(str(output), exc.strerror) from None
-    _console(stderr=True).print(f"wrote {escape(str(output))}", highlight=False)
 
 
 @main.command()
@@ -1198,7 +1210,7 @@ def audit_command(
             return
         if output.exists():
             raise click.UsageError(f"{output} exists: remove it or choose another name (-o)")
-        output.write_text(text)
+        _written(output, text)
         _console().print(f"wrote {escape(str(output))}: check it with `charter check -f {output}`")
         return
     report = audit.audit(model.load(path), list(logs), stat_statements, names, after)
@@ -1261,7 +1273,7 @@ def map_command(
     if output is None:
         click.echo(data.decode(), nl=False)
     else:
-        output.write_bytes(data)
+        _written(output, data)
         _console().print(f"wrote {escape(str(output))} ({chosen})", highlight=False)
 
 

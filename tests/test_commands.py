@@ -171,6 +171,8 @@ def test_the_sender_checks_a_command_against_the_charter(system: System) -> None
         orders.send("ChangeMail", id=ada, email="x@example.com")
     with pytest.raises(charter.ValidationError, match="'shipping' may not send AppendNote"):
         shipping.send("AppendNote", id=ada, text="x")
+    with pytest.raises(charter.ValidationError, match="as Customer's owner, change it in a"):
+        system.context("customers").send("AppendNote", id=ada, text="x")
     with pytest.raises(charter.ValidationError, match="has no field name"):
         orders.send("ChangeEmail", id=ada, name="x")
     with pytest.raises(charter.ValidationError, match="text is required"):

@@ -139,9 +139,14 @@ def request(
     """Check a command as `sender` sends it; (its declaration, its key, the request)."""
     spec = declared(charter, name)
     if sender not in spec.senders:
+        own = (
+            f", or, as {spec.entity}'s owner, change it in a transaction of its own"
+            if sender == spec.owner
+            else ""
+        )
         raise ValidationError(
             f"context '{sender}' may not send {name} to '{spec.owner}' (its senders: "
-            f"{', '.join(spec.senders)}); add '{sender}' to its senders in the charter"
+            f"{', '.join(spec.senders)}); add '{sender}' to its senders in the charter{own}"
         )
     key = uuid7() if key is None else key
     if not isinstance(key, str) or not key.strip():

@@ -321,6 +321,9 @@ def test_a_refused_compensation_parks_then_resumes_once_mended(shop: System, set
         assert out.exit_code == 0 and "compensating again" in out.output, out.output
         run = CHECKOUT.wait(shop, run_id)
     assert run.status == "compensated", run.reason
+    assert run.reason == "resumed after: compensation ReleaseStock of step ReserveStock " + (
+        "failed: ConstraintError: the shelf is locked"
+    )
     left = shop.context("inventory").get("Stock", lamp)
     assert left is not None and left.available == 3
     (order,) = shop.context("orders").filter("Order")

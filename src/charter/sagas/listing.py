@@ -133,6 +133,7 @@ def resume(system: System, run_id: str) -> Listed:
                 attempts=0,
                 next_at=clock.time_s(),
                 data=again.data(),
+                reason=f"resumed after: {run.reason}" if run.reason else None,
             )
         return next(r for r in listed(system, name) if r.id == run_id)
     raise ValidationError(f"no run {run_id} in any saga of the charter")

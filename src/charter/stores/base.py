@@ -204,6 +204,12 @@ class Store(Protocol):
         in one pass: key → Digest (count and total; no low, no high). Keys with no rows
         are absent."""
 
+    def digest_under(
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], length: int
+    ) -> dict[str, Digest]:
+        """digest(table, fields, prefix, length) for each of `prefixes` (distinct, none
+        under another), merged, in one query: a level of the search, one round trip."""
+
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
     ) -> list[tuple[str, int, int]]:

@@ -566,6 +566,12 @@ class MemoryStore:
         rows = self.digest_rows(table, fields, [prefix])
         return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
 
+    def digest_under(
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], length: int
+    ) -> dict[str, Digest]:
+        rows = self.digest_rows(table, fields, prefixes)
+        return digests.group(((i, hashed) for i, _, hashed in rows), "", length)
+
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
     ) -> list[tuple[str, int, int]]:

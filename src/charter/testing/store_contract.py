@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from charter import digests, latency
+from charter.digests import Digest
 from charter.errors import ConstraintError, FencedError, SchemaChangeError
 from charter.events import Event
 from charter.ids import uuid7
@@ -394,6 +395,20 @@ class StoreContract:
             assert len(key) == length and found.count == len(inside)
             assert found.total == sum(hashes[i] for i in inside) % 2**64
         assert owner.digest(person, fields, ids[2], 40) == {ids[2]: each[ids[2]]}
+        # several prefixes in one query: each one's digest, merged
+        assert owner.digest_under(person, fields, [ids[4], ids[1]], 40) == {
+            ids[1]: each[ids[1]],
+            ids[4]: each[ids[4]],
+        }
+        finer: dict[str, Digest] = {}
+        for key in groups:
+            finer.update(owner.digest(person, fields, key, length + 1))
+        assert owner.digest_under(person, fields, sorted(groups), length + 1) == finer
+        assert owner.digest_under(person, fields, [""], length) == owner.digest(
+            person, fields, "", length
+        )
+        assert owner.digest_under(person, fields, [], length) == {}
+        assert owner.digest_under(person, fields, ["~", "g"], 3) == {}
         picked = owner.digest_rows(person, fields, [ids[4], ids[1]])
         assert [r[0] for r in picked] == [ids[1], ids[4]]
         overlapping = owner.digest_rows(person, fields, [shared, ids[0]])  # each id once

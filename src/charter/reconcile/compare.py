@@ -49,6 +49,17 @@ class Sides:
         self.owner, self.entity, self.store, self.copy = owner, entity, store, copy
         self.fields: list[Field] = [entity.fields[name] for name in copy.fields]
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="charter-reconcile")
+        self._native: bool | None = None
+
+    @property
+    def native(self) -> bool:
+        """Whether both sides hash a row alike by their own hash (Store.native_hash: both
+        PostgreSQL, the same functions and column types), a fifth of the canonical one's
+        cost: the groups are then digested that way; rows are read canonically."""
+        if self._native is None:
+            mine, theirs = self.both(lambda store, table: store.native_hash(table, self.fields))
+            self._native = mine is not None and mine == theirs
+        return self._native
 
     def both(self, ask: Callable[[Store, Entity | Copy], T]) -> tuple[T, T]:
         owned = self._pool.submit(ask, self.owner, self.entity)
@@ -101,7 +112,7 @@ def descend(
         cut = [prefix for prefix, at in queue if at == length][:BATCH]
         taken = set(cut)
         queue = [(prefix, at) for prefix, at in queue if at != length or prefix not in taken]
-        mine, theirs = sides.both(_digest(sides.fields, cut, length))
+        mine, theirs = sides.both(_digest(sides.fields, cut, length, sides.native))
         keys = sorted(mine.keys() | theirs.keys())
         found.ranges += len(keys)
         for key in keys:
@@ -118,10 +129,10 @@ def descend(
 
 
 def _digest(
-    fields: list[Field], under: list[str], length: int
+    fields: list[Field], under: list[str], length: int, native: bool
 ) -> Callable[[Store, Entity | Copy], dict[str, Digest]]:
     def ask(store: Store, table: Entity | Copy) -> dict[str, Digest]:
-        return store.digest_under(table, fields, under, length)
+        return store.digest_under(table, fields, under, length, native)
 
     return ask
 

@@ -567,10 +567,18 @@ class MemoryStore:
         return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
 
     def digest_under(
-        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], length: int
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefixes: Sequence[str],
+        length: int,
+        native: bool = False,
     ) -> dict[str, Digest]:
         rows = self.digest_rows(table, fields, prefixes)
         return digests.group(((i, hashed) for i, _, hashed in rows), "", length)
+
+    def native_hash(self, table: Entity | Copy, fields: Sequence[Field]) -> str | None:
+        return None  # the reference: charter's encoding only
 
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]

@@ -371,6 +371,12 @@ class StoreContract:
         ]
         assert [r[2] for r in rows] == expected  # the database computes charter.digests' hash
         assert copies.tombstone(copy, ids[0]) is None
+        # a store's own hash, where it has one: the same rows digest alike on both sides
+        native = owner.native_hash(person, fields)
+        if native is not None and native == copies.native_hash(copy, fields):
+            mine = owner.digest_under(person, fields, [""], 0, native=True)
+            assert mine == copies.digest_under(copy, fields, [""], 0, native=True)
+            assert mine[""].count == 5 and mine != whole
 
     def test_a_digest_groups_rows_by_a_prefix_of_the_id(
         self, owner: Store, charter: Charter

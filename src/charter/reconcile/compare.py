@@ -1,10 +1,13 @@
 """Finding the ids where a copy and its owner differ, at a cost that follows the
 differences: both sides digest their rows grouped by a prefix of the id, inside their own
-databases, in one pass each (Store.digest, charter.digests); only the groups whose digests
-differ are looked into again (a longer prefix, under that group's), and a small differing
-group is read, as (id, version, hash) rows, many groups at once. What this finds is a
-candidate; whether it is drift is for charter.reconcile.classify, which reads each one
-again."""
+databases, in one pass each, at the same time (Store.digest_under, charter.digests); only
+the groups whose digests differ are looked into again, all those of one level in one query a
+side (a longer prefix under each, through the primary key), and small differing groups are
+read, as (id, version, hash) rows, many groups at once. Two PostgreSQL sides digest by
+PostgreSQL's own row hash (Store.native_hash: a fifth of the md5's cost, the pass the
+floor); any other pair by charter's canonical encoding; rows are always compared
+canonically. What this finds is a candidate; whether it is drift is for
+charter.reconcile.classify, which reads each one again."""
 
 from __future__ import annotations
 

@@ -166,7 +166,10 @@ class _Reconcile(_Core):
     def native_hash(self, table: Entity | Copy, fields: Sequence[Field]) -> str | None:
         names = ["id", "version", *(f.name for f in fields)]
         with self.pool.connection() as conn:
-            version, probe = conn.execute(_PROBE).fetchone()  # type: ignore[misc]
+            try:
+                version, probe = conn.execute(_PROBE).fetchone()  # type: ignore[misc]
+            except psycopg.errors.UndefinedFunction:  # before PostgreSQL 14: canonical only
+                return None
             types: dict[str, str] = dict(
                 conn.execute(
                     "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "

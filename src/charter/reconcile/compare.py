@@ -117,14 +117,17 @@ def descend(
         queue = [(prefix, at) for prefix, at in queue if at != length or prefix not in taken]
         mine, theirs = sides.both(_digest(sides.fields, cut, length, sides.native))
         found.ranges += len(mine.keys() | theirs.keys())
+        cuts, most = [], 0
         for key in _differing(mine, theirs):
-            a, b = mine.get(key, Digest()), theirs.get(key, Digest())
-            size = max(a.count, b.count)
+            size = max(mine.get(key, Digest()).count, theirs.get(key, Digest()).count)
             if size <= LEAF or len(key) < length:  # shorter: the group is one id
                 leaves.append(key)
             else:
-                more = max(PARTS, -(-size * 8 // max(LEAF, 1)))
-                queue.append((key, length + prefixes.step(more)))
+                cuts.append(key)
+                most = max(most, size)
+        # all cut to one length, as the largest needs: the next level is one query a side
+        more = max(PARTS, -(-most * 8 // max(LEAF, 1)))
+        queue += [(key, length + prefixes.step(more)) for key in cuts]
     return found
 
 

@@ -4,10 +4,10 @@ databases, in one pass each, at the same time (Store.digest_under, charter.diges
 the groups whose digests differ are looked into again, all those of one level in one query a
 side (a longer prefix under each, through the primary key), and small differing groups are
 read, as (id, version, hash) rows, many groups at once. Two PostgreSQL sides digest by
-PostgreSQL's own row hash (Store.native_hash: a fifth of the md5's cost, the pass the
-floor); any other pair by charter's canonical encoding; rows are always compared
-canonically. What this finds is a candidate; whether it is drift is for
-charter.reconcile.classify, which reads each one again."""
+PostgreSQL's own row hash (Store.native_hash: a fifth of the md5's cost); any other pair by
+charter's canonical encoding; rows are always compared canonically. What this finds is a
+candidate; whether it is drift is for charter.reconcile.classify, which reads each one
+again."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from charter import clock
 from charter.digests import Digest
+from charter.errors import OutOfTimeError
 from charter.model import Copy, Entity, Field
 from charter.reconcile import prefixes
 from charter.stores import Store
@@ -92,7 +93,11 @@ def descend(
             del leaves[:BATCH]
             continue
         prefix, length = queue.pop()
-        mine, theirs = sides.both(_digest(sides.fields, prefix, length))
+        try:  # the budget bounds a pass too: the first is the whole table
+            mine, theirs = sides.both(_digest(sides.fields, prefix, length, deadline))
+        except OutOfTimeError:
+            found.complete, found.left = False, len(queue) + len(leaves) + 1
+            break
         keys = sorted(mine.keys() | theirs.keys())
         found.ranges += len(keys)
         for key in keys:
@@ -109,10 +114,10 @@ def descend(
 
 
 def _digest(
-    fields: list[Field], prefix: str, length: int
+    fields: list[Field], prefix: str, length: int, deadline: float
 ) -> Callable[[Store, Entity | Copy], dict[str, Digest]]:
     def ask(store: Store, table: Entity | Copy) -> dict[str, Digest]:
-        return store.digest(table, fields, prefix, length)
+        return store.digest(table, fields, prefix, length, deadline)
 
     return ask
 

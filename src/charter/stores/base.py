@@ -197,12 +197,18 @@ class Store(Protocol):
         """The lowest and highest id of `table`'s rows; None when it has none."""
 
     def digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefix: str,
+        length: int,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
         """The digests of `table`'s rows whose id starts with `prefix` ("": all) on
         `fields`, by the first `length` characters of the id (the whole id when shorter),
         in one pass: key → Digest (count and total; no low, no high). Keys with no rows
-        are absent."""
+        are absent. With `deadline` (clock.monotonic()), a pass still running then is
+        stopped in the database and OutOfTimeError raised: a check's budget bounds it."""
 
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]

@@ -22,7 +22,7 @@ from typing import Any
 
 from charter import clock, digests, latency, values
 from charter.digests import Digest
-from charter.errors import ConstraintError, SchemaChangeError
+from charter.errors import ConstraintError, OutOfTimeError, SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field, NoOverlap
@@ -561,8 +561,15 @@ class MemoryStore:
         return (min(ids), max(ids)) if ids else None
 
     def digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefix: str,
+        length: int,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
+        if deadline is not None and clock.monotonic() > deadline:  # a pass here is quick
+            raise OutOfTimeError("the deadline passed before the digest started")
         rows = self.digest_rows(table, fields, [prefix])
         return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
 

@@ -760,9 +760,15 @@ class SQLiteStore:
         return sqlite_reconcile.id_range(self._conns.get(), table)
 
     def digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefix: str,
+        length: int,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
-        return sqlite_reconcile.digest(self._conns.get(), table, fields, prefix, length)
+        conn = self._conns.get()
+        return sqlite_reconcile.digest(conn, table, fields, prefix, length, deadline)
 
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]

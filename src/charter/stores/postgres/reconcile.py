@@ -13,8 +13,9 @@ from typing import Any
 
 import psycopg
 
-from charter import digests
+from charter import clock, digests
 from charter.digests import Digest
+from charter.errors import OutOfTimeError
 from charter.model import Copy, Entity, Field
 from charter.records import Mend
 from charter.stores.postgres.core import _Core
@@ -89,7 +90,12 @@ class _Reconcile(_Core):
         return None if low is None else (str(low), str(high))
 
     def digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefix: str,
+        length: int,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
         where, params = self._under(prefix)
         query = (
@@ -100,7 +106,17 @@ class _Reconcile(_Core):
             # The planner takes every id prefix for distinct and would sort the table to
             # group it (on disk, 3x the pass); a comparison asks for a few thousand groups.
             conn.execute("SET LOCAL enable_sort = off")
-            rows = conn.execute(query, [max(length, 0), *params]).fetchall()
+            if deadline is not None:  # the server cancels the pass at the deadline
+                left_ms = int((deadline - clock.monotonic()) * 1000)
+                if left_ms <= 0:
+                    raise OutOfTimeError("the deadline passed before the digest started")
+                conn.execute(f"SET LOCAL statement_timeout = {left_ms}")
+            try:
+                rows = conn.execute(query, [max(length, 0), *params]).fetchall()
+            except psycopg.errors.QueryCanceled as exc:
+                if deadline is None:
+                    raise
+                raise OutOfTimeError("the digest was stopped at its deadline") from exc
         return {
             str(key): Digest(int(count), int(total or 0) & digests.MASK)
             for key, count, total in rows

@@ -7,6 +7,7 @@ the bound is asserted loosely (five times the budget, plus slack), against that 
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -22,7 +23,7 @@ import charter
 from charter import clock, reconcile
 from charter.errors import OutOfTimeError
 from charter.system import System
-from tests.backends import Backend, PostgresBackend, SQLiteBackend
+from tests.backends import Backend, MemoryBackend, PostgresBackend, SQLiteBackend
 from tests.conftest import SHOP, charter_command
 
 BUDGET_S = 0.1
@@ -139,3 +140,32 @@ def test_a_tiny_budget_stops_the_first_pass_and_says_what_was_left(
 
 def _name(path: Path) -> str:
     return "postgres+sqlite" if "postgresql://" in path.read_text() else "sqlite"
+
+
+def test_the_budget_bounds_the_classification_of_what_was_found(tmp_path: Path) -> None:
+    """Every difference found is read again to be classified, a few reads each side: with
+    thousands found, that too stops at the budget, and the ids left unread are counted as
+    left (a range of one id each), the check not complete. On a clock that moves 1 ms each
+    time it is read, so that no timing decides it."""
+    backend = MemoryBackend()
+    urls = backend.urls(tmp_path)
+    path = tmp_path / "charter.yaml"
+    path.write_text(SHOP.format(**urls))
+    system = charter.load(path)
+    try:
+        with system.context("customers").transaction() as tx:
+            for n in range(1500):
+                tx.create("Customer", email=f"c{n}@x.org", name=f"C{n}", password_hash="h")
+        copy = system.charter.copies["order_customers"]  # never run: every id is missing
+        system.store("orders")
+        ticks = itertools.count()
+        source = clock.Source(time.time_ns, lambda: next(ticks) / 1000, clock.randbits)
+        with clock.installed(source):
+            report = reconcile.check(system, copy, budget_s=0.5)
+            roomy = reconcile.check(system, copy, budget_s=3600.0)
+        assert roomy.complete and len(roomy.findings) == 1500, roomy.counts
+        assert not report.complete and not report.error, report.counts
+        assert 0 < len(report.findings) < 1500 and report.left == 1500 - len(report.findings)
+    finally:
+        system.close()
+        backend.cleanup(urls)

@@ -128,6 +128,11 @@ class BackfillError(Error):
     from here (the projector's role or credentials do not reach the owner's store)."""
 
 
+class OutOfTimeError(Error):
+    """A store stopped a query at the deadline it was given (Store.digest's `deadline`: a
+    reconciliation's budget), its work abandoned; nothing is wrong with the store."""
+
+
 class SchemaChangeError(Error):
     """A charter change that would lose or corrupt data already in a store. `line`: the
     charter line of the field concerned."""

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from charter import clock
 from charter.digests import Digest
+from charter.errors import OutOfTimeError
 from charter.model import Copy, Entity, Field
 from charter.reconcile import prefixes
 from charter.stores import Store
@@ -114,8 +115,13 @@ def descend(
         length = queue[-1][1]
         cut = [prefix for prefix, at in queue if at == length][:BATCH]
         taken = set(cut)
-        queue = [(prefix, at) for prefix, at in queue if at != length or prefix not in taken]
-        mine, theirs = sides.both(_digest(sides.fields, cut, length, sides.native))
+        rest = [(prefix, at) for prefix, at in queue if at != length or prefix not in taken]
+        try:  # the budget bounds a pass too: the first is the whole table
+            mine, theirs = sides.both(_digest(sides.fields, cut, length, sides.native, deadline))
+        except OutOfTimeError:
+            found.complete, found.left = False, len(queue) + len(leaves)
+            break
+        queue = rest
         found.ranges += len(mine.keys() | theirs.keys())
         cuts, most = [], 0
         for key in _differing(mine, theirs):
@@ -143,10 +149,10 @@ def _differing(mine: dict[str, Digest], theirs: dict[str, Digest]) -> list[str]:
 
 
 def _digest(
-    fields: list[Field], under: list[str], length: int, native: bool
+    fields: list[Field], under: list[str], length: int, native: bool, deadline: float
 ) -> Callable[[Store, Entity | Copy], dict[str, Digest]]:
     def ask(store: Store, table: Entity | Copy) -> dict[str, Digest]:
-        return store.digest_under(table, fields, under, length, native)
+        return store.digest_under(table, fields, under, length, native, deadline)
 
     return ask
 

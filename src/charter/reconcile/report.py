@@ -108,21 +108,27 @@ def check(
     try:
         owner, store = system.store(entity.owner), system.store(copy.context)
         sides = Sides(owner, entity, store, copy)
+        deadline = started + budget_s
         try:
             search = incremental if incremental_digests else differences
-            found = search(sides, started + budget_s, max_diffs)
+            found = search(sides, deadline, max_diffs)
         finally:
             sides.close()
         now = clock.time_s()
+        late: list[str] = []  # ids the budget left unclassified: each a range of one id
+
+        def one(entity_id: str) -> Finding | None:
+            if clock.monotonic() > deadline:
+                late.append(entity_id)
+                return None
+            return classify(owner, entity, store, copy, entity_id, now)
+
         # each id is a few reads on each side: several at once, as a round trip is what
         # they cost (a hundred one after another took longer than the digests)
         with ThreadPoolExecutor(CLASSIFIERS, thread_name_prefix="charter-classify") as pool:
-            findings = pool.map(
-                lambda entity_id: classify(owner, entity, store, copy, entity_id, now),
-                sorted(found.ids),
-            )
+            findings = pool.map(one, sorted(found.ids))
             report.findings = [f for f in findings if f is not None]
-        report.complete, report.left = found.complete, found.left
+        report.complete, report.left = found.complete and not late, found.left + len(late)
         report.ranges, report.rows = found.ranges, found.rows
         report.incremental = incremental_digests
     except Error as exc:

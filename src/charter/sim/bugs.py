@@ -58,6 +58,17 @@ def _forgets_keys(self: _Writes, key: str) -> None:
     return None  # every delivery of a command looks like its first
 
 
+def _stale_buckets(bucket_digest: Callable[..., Any]) -> Callable[..., Any]:
+    def keeps_the_first_answer(self: MemoryStore, table: Any, fields: Any, *asked: Any) -> Any:
+        kept = self.__dict__.setdefault("_stale_buckets", {})  # no write marks a bucket dirty
+        key = (table.table, tuple(f.name for f in fields), repr(asked))
+        if key not in kept:
+            kept[key] = bucket_digest(self, table, fields, *asked)
+        return kept[key]
+
+    return keeps_the_first_answer
+
+
 BUGS: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
     "no version guard": (MemoryStore, "_apply_event", lambda _: _no_version_guard),
     "ack before commit": (Projector, "step", _ack_before_commit),
@@ -65,6 +76,7 @@ BUGS: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
     "a lane takes another lane's ids": (Lane, "holds", lambda _: _greedy_lane),
     "status ignores the bus": (MemoryBus, "backlog", lambda _: _blind_backlog),
     "a command's key forgotten": (_Writes, "command", lambda _: _forgets_keys),
+    "a bucket left stale": (MemoryStore, "bucket_digest", _stale_buckets),
 }
 
 

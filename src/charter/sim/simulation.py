@@ -27,6 +27,7 @@ from charter.sim import workload
 from charter.sim.charters import widened, with_commands, with_copy, with_visibility
 from charter.sim.checker import Checker, Model
 from charter.sim.commanding import Commands
+from charter.sim.digesting import Digests
 from charter.sim.world import Crash, World
 from charter.stores.memory import MemoryStore
 from charter.stores.memory import forget as forget_store
@@ -110,6 +111,7 @@ class Simulation:
         self.checker = Checker(self.world, self.model)
         self.workers = _Workers()
         self.commands = Commands(self.world, self.model, self.checker, seed)
+        self.digests = Digests(self.world, self.checker, seed)
         self.operations = 0
         self.system: System | None = None
 
@@ -128,6 +130,7 @@ class Simulation:
                     if step == self.config.lose_at:
                         self._lose()
                     self._act()
+                    self.digests.step(self.charter, self.system)
                     if self.checker.violations:
                         break
                 else:
@@ -453,6 +456,7 @@ class Simulation:
         self.system.bus.compact(self.config.retention_s, declared_copies(self.charter))
         self.checker.final()
         self.commands.final()
+        self.digests.final(self.charter, self.system)
 
 
 def _out_of_reach() -> Any:

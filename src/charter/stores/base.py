@@ -197,12 +197,18 @@ class Store(Protocol):
         """The lowest and highest id of `table`'s rows; None when it has none."""
 
     def digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefix: str,
+        length: int,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
         """The digests of `table`'s rows whose id starts with `prefix` ("": all) on
         `fields`, by the first `length` characters of the id (the whole id when shorter),
         in one pass: key → Digest (count and total; no low, no high). Keys with no rows
-        are absent."""
+        are absent. With `deadline` (clock.monotonic()), a pass still running then is
+        stopped in the database and OutOfTimeError raised: a check's budget bounds it."""
 
     def digest_under(
         self,
@@ -211,10 +217,12 @@ class Store(Protocol):
         prefixes: Sequence[str],
         length: int,
         native: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
-        """digest(table, fields, prefix, length) for each of `prefixes` (distinct, none
-        under another), merged, in one query: a level of the search, one round trip.
-        `native`: each row hashed by the store's own hash (native_hash), not charter's."""
+        """digest(table, fields, prefix, length, deadline) for each of `prefixes`
+        (distinct, none under another), merged, in one query: a level of the search, one
+        round trip. `native`: each row hashed by the store's own hash (native_hash), not
+        charter's."""
 
     def native_hash(self, table: Entity | Copy, fields: Sequence[Field]) -> str | None:
         """What this store's own hash of `table`'s rows on `fields` is (for PostgreSQL: its

@@ -22,7 +22,7 @@ from typing import Any
 
 from charter import clock, digests, latency, values
 from charter.digests import Digest
-from charter.errors import ConstraintError, SchemaChangeError
+from charter.errors import ConstraintError, OutOfTimeError, SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field, NoOverlap
@@ -561,8 +561,14 @@ class MemoryStore:
         return (min(ids), max(ids)) if ids else None
 
     def digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefix: str,
+        length: int,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
+        self._in_time(deadline)
         rows = self._hashed(table, fields, [prefix])
         return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
 
@@ -573,12 +579,19 @@ class MemoryStore:
         prefixes: Sequence[str],
         length: int,
         native: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
+        self._in_time(deadline)
         rows = self._hashed(table, fields, prefixes)
         return digests.group(((i, hashed) for i, _, hashed in rows), "", length)
 
     def native_hash(self, table: Entity | Copy, fields: Sequence[Field]) -> str | None:
         return None  # the reference: charter's encoding only
+
+    @staticmethod
+    def _in_time(deadline: float | None) -> None:
+        if deadline is not None and clock.monotonic() > deadline:  # a pass here is quick
+            raise OutOfTimeError("the deadline passed before the digest started")
 
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]

@@ -760,9 +760,15 @@ class SQLiteStore:
         return sqlite_reconcile.id_range(self._conns.get(), table)
 
     def digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefix: str,
+        length: int,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
-        return sqlite_reconcile.digest(self._conns.get(), table, fields, prefix, length)
+        conn = self._conns.get()
+        return sqlite_reconcile.digest(conn, table, fields, prefix, length, deadline)
 
     def digest_under(
         self,
@@ -771,10 +777,11 @@ class SQLiteStore:
         prefixes: Sequence[str],
         length: int,
         native: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
         conn, found = self._conns.get(), dict[str, Digest]()
         for prefix in prefixes:  # in process: a query each costs no round trip
-            found.update(sqlite_reconcile.digest(conn, table, fields, prefix, length))
+            found.update(sqlite_reconcile.digest(conn, table, fields, prefix, length, deadline))
         return found
 
     def native_hash(self, table: Entity | Copy, fields: Sequence[Field]) -> str | None:

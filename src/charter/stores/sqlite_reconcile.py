@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from charter import digests
+from charter import clock, digests
 from charter.digests import Digest
+from charter.errors import OutOfTimeError
 from charter.model import Copy, Entity, Field
 from charter.records import Mend
 
@@ -34,8 +36,11 @@ def _under(prefix: str, column: str = "id", joined: str = "WHERE") -> tuple[str,
 
 
 def id_range(conn: sqlite3.Connection, table: Entity | Copy) -> tuple[str, str] | None:
-    low, high = conn.execute(f'SELECT min(id), max(id) FROM "{table.table}"').fetchone()
-    return None if low is None else (str(low), str(high))
+    """Two queries: SQLite reads min(id) or max(id) alone from the end of the index, but
+    both in one query from every row (a whole pass, before a check's budget could start)."""
+    (low,) = conn.execute(f'SELECT min(id) FROM "{table.table}"').fetchone()
+    (high,) = conn.execute(f'SELECT max(id) FROM "{table.table}"').fetchone()
+    return None if low is None or high is None else (str(low), str(high))
 
 
 def digest(
@@ -44,12 +49,38 @@ def digest(
     fields: Sequence[Field],
     prefix: str,
     length: int,
+    deadline: float | None = None,
 ) -> dict[str, Digest]:
-    """One pass over the ids under `prefix`, grouped as it goes (digests.SQLiteGroups)."""
+    """One pass over the ids under `prefix`, grouped as it goes (digests.SQLiteGroups);
+    with `deadline`, interrupted by a progress handler once it passes."""
     where, params = _under(prefix)
     query = f'SELECT charter_digests(?, {_columns(fields)}) FROM "{table.table}"{where}'
-    (text,) = conn.execute(query, [max(length, 0), *params]).fetchone()
+    with _until(conn, deadline):
+        (text,) = conn.execute(query, [max(length, 0), *params]).fetchone()
     return digests.parse_groups(text)
+
+
+PROGRESS_STEPS = 20_000  # SQLite's VM instructions between looks at the deadline (~1 ms)
+
+
+@contextmanager
+def _until(conn: sqlite3.Connection, deadline: float | None) -> Iterator[None]:
+    """Around one query: past `deadline` (clock.monotonic()) SQLite stops it, and this
+    raises OutOfTimeError."""
+    if deadline is None:
+        yield
+        return
+    if clock.monotonic() > deadline:
+        raise OutOfTimeError("the deadline passed before the digest started")
+    conn.set_progress_handler(lambda: int(clock.monotonic() > deadline), PROGRESS_STEPS)
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if clock.monotonic() > deadline and "interrupt" in str(exc):
+            raise OutOfTimeError("the digest was stopped at its deadline") from exc
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
 
 
 def digest_rows(

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from charter import digests, latency
+from charter import clock, digests, latency
 from charter.digests import Digest
-from charter.errors import ConstraintError, FencedError, SchemaChangeError
+from charter.errors import ConstraintError, FencedError, OutOfTimeError, SchemaChangeError
 from charter.events import Event
 from charter.ids import uuid7
 from charter.lanes import PARTITIONS, Lane, partition
@@ -424,6 +424,17 @@ class StoreContract:
             == {}
             == dict.fromkeys(r[0] for r in owner.digest_rows(person, fields, ["~", "g"]))
         )
+
+    def test_a_digest_stops_at_its_deadline(self, owner: Store, charter: Charter) -> None:
+        """A check's budget bounds a pass (a past deadline: stopped before it starts; one
+        still ahead: the whole answer)."""
+        person = self.person(charter)
+        fields = list(person.fields.values())[:2]
+        self.write(owner, charter, lambda tx: [tx.create("Person", email="d@x.org", name="D")])
+        with pytest.raises(OutOfTimeError):
+            owner.digest(person, fields, "", 0, clock.monotonic() - 1)
+        later = clock.monotonic() + 60
+        assert owner.digest(person, fields, "", 0, later) == owner.digest(person, fields, "", 0)
 
     def test_a_mend_writes_the_owners_state_where_the_copy_takes_it(
         self, copies: Store, charter: Charter

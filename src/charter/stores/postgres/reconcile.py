@@ -13,8 +13,9 @@ from typing import Any
 
 import psycopg
 
-from charter import digests
+from charter import clock, digests
 from charter.digests import Digest
+from charter.errors import OutOfTimeError
 from charter.model import Copy, Entity, Field
 from charter.records import Mend
 from charter.stores.postgres.core import _Core
@@ -130,10 +131,16 @@ class _Reconcile(_Core):
         return None if low is None else (str(low), str(high))
 
     def digest(
-        self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefix: str,
+        length: int,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
         where, params = self._under(prefix)
-        return self._grouped(f"{self._t(table.table)}{where}", params, row_hash(fields), length)
+        source = f"{self._t(table.table)}{where}"
+        return self._grouped(source, params, row_hash(fields), length, deadline=deadline)
 
     def digest_under(
         self,
@@ -142,6 +149,7 @@ class _Reconcile(_Core):
         prefixes: Sequence[str],
         length: int,
         native: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
         hashed = native_hash(fields) if native else row_hash(fields)
         ends = [digests.prefix_end(p) for p in prefixes]
@@ -150,9 +158,10 @@ class _Reconcile(_Core):
             for prefix in prefixes:
                 where, params = self._under(prefix)
                 source = f"{self._t(table.table)}{where}"
-                found.update(self._grouped(source, params, hashed, length))
+                found.update(self._grouped(source, params, hashed, length, deadline=deadline))
             return found
-        return self._grouped(self._ranges(table), [list(prefixes), ends], hashed, length, True)
+        ranges = [list(prefixes), ends]
+        return self._grouped(self._ranges(table), ranges, hashed, length, True, deadline)
 
     def _ranges(self, table: Entity | Copy) -> str:
         """FROM the rows whose id lies in one of the ranges [lo, hi) given as two arrays
@@ -183,7 +192,13 @@ class _Reconcile(_Core):
         return f"postgresql {version} {probe} " + " ".join(str(kind) for kind in held)
 
     def _grouped(
-        self, source: str, params: list[Any], hashed: str, length: int, ranged: bool = False
+        self,
+        source: str,
+        params: list[Any],
+        hashed: str,
+        length: int,
+        ranged: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, Digest]:
         """The digests of the rows of `source` (FROM …), by the first `length` characters
         of the id, summed by the server; `hashed`: a row's hash, an SQL expression."""
@@ -197,7 +212,17 @@ class _Reconcile(_Core):
             conn.execute(_GROUPING)
             if ranged:
                 conn.execute(_BY_RANGES)
-            rows = conn.execute(query, [max(length, 0), *params]).fetchall()
+            if deadline is not None:  # the server cancels the pass at the deadline
+                left_ms = int((deadline - clock.monotonic()) * 1000)
+                if left_ms <= 0:
+                    raise OutOfTimeError("the deadline passed before the digest started")
+                conn.execute(f"SET LOCAL statement_timeout = {left_ms}")
+            try:
+                rows = conn.execute(query, [max(length, 0), *params]).fetchall()
+            except psycopg.errors.QueryCanceled as exc:
+                if deadline is None:
+                    raise
+                raise OutOfTimeError("the digest was stopped at its deadline") from exc
         return {
             str(key): Digest(int(count), int(total or 0) & digests.MASK)
             for key, count, total in rows

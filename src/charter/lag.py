@@ -6,6 +6,7 @@ version that ran out of time says it (`CopyReader.wait_for`)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from charter import clock
@@ -23,13 +24,26 @@ class Lag:
     checkpoint: Checkpoint | None  # where the copy as a whole has got to (None: never ran)
 
 
-def measure(copy: Copy, entity: Entity, store: Store, owner: Store | None, bus: Bus) -> Lag:
+def measure(
+    copy: Copy,
+    entity: Entity,
+    store: Store,
+    owner: Store | None,
+    bus: Bus,
+    others: Sequence[Store] = (),
+) -> Lag:
     """The lag of `copy` (of `entity`), kept in `store`, read on the topic the copy reads
     (charter.visibility). Without the `owner`'s store (a context's own
-    roles may not read it) the lag is what is on the bus."""
+    roles may not read it) the lag is what is on the bus. `others`: the stores of the
+    contexts that own some partitions of it since a move (charter transfer), whose events
+    not yet relayed count too."""
     now = dt.datetime.fromtimestamp(clock.time_s(), dt.UTC)
     checkpoint = store.checkpoint(copy)
     unrelayed = owner.unrelayed(copy.of) if owner is not None else Backlog(0, None)
+    for other in others if owner is not None else ():
+        more = other.unrelayed(copy.of)
+        oldest = min(filter(None, (unrelayed.oldest, more.oldest)), default=None)
+        unrelayed = Backlog(unrelayed.events + more.events, oldest)
     on_bus = bus.backlog(
         copy.name, topic_of(entity, copy), checkpoint.position if checkpoint else 0
     )

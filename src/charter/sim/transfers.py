@@ -37,7 +37,6 @@ from charter.transfer import PHASES, ROLLED_BACK, Plan, Transfer, TransferError
 
 SHARE = 0.3  # of a transferring world's steps (from the transfer's start), its own
 ENDED = ("done", ROLLED_BACK)
-FENCED_FROM = PHASES[PHASES.index("fenced") :]  # the old owner refuses the moving records
 PROMOTED_FROM = PHASES[PHASES.index("promoted") :]  # the new owner accepts them
 RECORDED_FROM = PHASES[PHASES.index("recorded") :]  # every process knows the move
 
@@ -216,10 +215,11 @@ class Transfers:
                 f"{context} wrote {entity_name} {entity_id} at phase {phase or 'none'}, before "
                 "the transfer promoted it: two writers at once"
             )
-        if side == "old" and phase in FENCED_FROM:
+        if side == "old" and phase in PROMOTED_FROM:  # (fenced, not promoted: still one)
             self.checker.fail(
                 f"{context} wrote {entity_name} {entity_id} (v{record.version}) after the "
-                f"transfer fenced it (phase {phase}): a write under an old epoch accepted"
+                f"transfer promoted {move.to} (phase {phase}): two writers, an old epoch's "
+                "write accepted"
             )
 
     # -- quiet ------------------------------------------------------------------------

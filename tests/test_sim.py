@@ -63,7 +63,8 @@ def test_the_checker_catches_each_planted_bug(bug: str) -> None:
         1254,  # compaction took what a copy that had never acknowledged still needed
         2183,  # the same, after the copy's projector crashed before its first ack
         2478,  # two relays of one owner: a stalled batch published again after compaction
-        40,  # a transfer's drain relayed a contract-visibility entity to no copy's topic
+        89,  # a transfer's drain relayed a contract-visibility entity to no copy's topic
+        1692,  # a new copy filled after a partition move read only the first owner's store
         229,  # status left out the new owner's unrelayed events of the moved partitions
         991,  # a transfer resumed after a rollback cut short, its old owner left unfenced
     ],

@@ -441,6 +441,38 @@ def test_the_drain_relays_to_each_copys_topic_under_contract_visibility(
         assert copy_status(system, copy).lag_events == 1  # in its outbox, not yet relayed
 
 
+def test_a_copy_filled_after_a_partition_move_reads_each_record_from_its_holder(
+    sqlite_world: World,
+) -> None:
+    """A copy that starts after the move is filled from each record's holder: the moved
+    records from the new owner, not the old owner's fenced rows (found by charter.sim)."""
+    world = sqlite_world
+    ids = _seed(world.path, 60)
+    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
+    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+    pipeline = Pipeline(world.path)
+    try:
+        done = _transfer(world, *args)
+        assert done.returncode == 0, done.stderr
+    finally:
+        pipeline.close()
+    with charter.load(world.path) as system:
+        with system.context("customers").transaction() as tx:
+            tx.update("Customer", moving[0], name="by the new owner")
+        charter.Runner(system).drain()
+    text = world.path.read_text().replace(
+        "copies:\n",
+        "copies:\n  late_names: {in: shipping, of: Customer, fields: [name], window: 5s}\n",
+    )
+    world.path.write_text(text)
+    with charter.load(world.path) as system:
+        charter.Runner(system).drain()
+        copy = system.charter.copies["late_names"]
+        names = {r["id"]: r["name"] for r in system.store("shipping").copy_rows(copy)}
+    assert names[moving[0]] == "by the new owner"
+    assert len(names) == len(ids)
+
+
 # -- the CLI's plan, status and refusals ------------------------------------------------
 
 

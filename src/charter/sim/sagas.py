@@ -198,7 +198,7 @@ class Sagas:
     def __init__(self, world: World, model: Model, checker: Checker, seed: int) -> None:
         self.world, self.model, self.checker = world, model, checker
         self.rng = random.Random(f"sagas:{seed}")
-        self.saga = checkout(self.rng.choice((0.3, 1.0, 5.0, 60.0)))
+        self.saga = checkout(self.rng.choice((0.5, 2.0, 60.0, 60.0)))
         self.crash_at = self.rng.choice((0.0, 0.05, 0.2))  # at each point of the orchestrator
         self.saga.at = self._at
         self.stock: dict[str, int] = {}  # id → how many it started with
@@ -237,7 +237,7 @@ class Sagas:
         try:
             with self.system.context("stockroom").transaction() as tx:
                 for n in range(SKUS):
-                    count = 1 + self.rng.randrange(6)
+                    count = 3 + self.rng.randrange(8)
                     self.stock[tx.create("Stock", sku=f"sku-{n}", available=count).id] = count
         finally:
             self.world.crash_chance = chance

@@ -120,7 +120,7 @@ class Simulation:
         self.workers = _Workers()
         self.commands = Commands(self.world, self.model, self.checker, seed)
         self.sagas = Sagas(self.world, self.model, self.checker, seed)
-        move = with_transfers(charter, seed)
+        move = with_transfers(charter, seed, self.config.blind)
         self.transfers = Transfers(self.world, self.model, self.checker, seed, move, self._deploy)
         self.operations = 0
         self.quiet = False  # the world settles: no more faults or crashes
@@ -203,10 +203,13 @@ class Simulation:
         lanes = self.config.lanes.get(copy.name, 1)
         lane = Lane(number + 1, lanes) if lanes > 1 else None
         owner_store: Callable[[], Any] = partial(self.system.store, entity.owner)
+        owner_stores: Callable[[str], Any] = self.system.store  # after a move: each holder's
         if copy.name in self.config.blind:
-            owner_store = _out_of_reach
+            owner_store, owner_stores = _out_of_reach, lambda _: _out_of_reach()
         store = self.system.store(copy.context)
-        return Projector(copy, entity, store, owner_store, self.system.bus, 20, lane)
+        return Projector(
+            copy, entity, store, owner_store, self.system.bus, 20, lane, owner_stores=owner_stores
+        )
 
     # -- what happens at each step ----------------------------------------------------
 

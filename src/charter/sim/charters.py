@@ -4,6 +4,7 @@ charter file, with every store and the bus moved into memory."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from pathlib import Path
 
@@ -131,6 +132,12 @@ def with_commands(charter: Charter, seed: int) -> Charter:
     return dataclasses.replace(charter, entities=entities)
 
 
+@functools.cache
+def _shop() -> Charter:
+    """The shop the saga seeds add, read once per process (reading costs more than a run)."""
+    return model.loads(SHOP, "shop.yaml")
+
+
 def with_sagas(charter: Charter, seed: int) -> Charter:
     """A third of the seeds add a shop of their own (sim/sagas.py: three owners and the
     Checkout saga that orchestrates them, with a copy of the orders). A charter that
@@ -140,7 +147,7 @@ def with_sagas(charter: Charter, seed: int) -> Charter:
     rng = random.Random(f"sagas:20:{seed}")
     if charter.sagas or rng.random() >= 1 / 3:
         return charter
-    shop = model.loads(SHOP, "shop.yaml")
+    shop = _shop()
     if (
         (shop.contexts.keys() & charter.contexts.keys())
         or (shop.entities.keys() & charter.entities.keys())
@@ -169,7 +176,7 @@ def with_transfers(
     rng = random.Random(f"transfers:30:{seed}")
     if rng.random() >= 1 / 3:
         return None
-    shop = model.loads(SHOP, "shop.yaml")
+    shop = _shop()
     movable = [
         e
         for e in charter.entities.values()

@@ -485,6 +485,7 @@ class Simulation:
             self.checker.fail(f"the copies did not settle in {SETTLE_ROUNDS} quiet rounds")
             return
         self.system.bus.compact(self.config.retention_s, declared_copies(self.charter))
+        self.sagas.observe()  # what the saga world committed, for the outbox check
         self.checker.final()
         self.commands.final()
         self.sagas.final()

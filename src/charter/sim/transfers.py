@@ -25,7 +25,7 @@ from typing import Any
 
 from charter.errors import ConflictError, ConstraintError, Error, NotFoundError, OwnershipError
 from charter.lanes import PARTITIONS, partition
-from charter.model import Charter, Move
+from charter.model import Charter, Entity, Move
 from charter.records import Parked
 from charter.sim import workload
 from charter.sim.checker import Checker, Model
@@ -190,7 +190,7 @@ class Transfers:
             system = System(recorded(self.charter, entity_name, move))
         entity = system.charter.entities[entity_name]
         changes = workload.changes(self.rng, entity)
-        known = self.model.version(entity_name, entity_id)
+        before = _held(system, context, entity, entity_id)
         try:
             with system.context(context).transaction() as tx:
                 record = tx.update(entity_name, entity_id, **changes)
@@ -206,7 +206,7 @@ class Transfers:
         finally:
             if side == "early":
                 system.close()
-        if record.version == known:
+        if record.version <= before:  # the values were so already: nothing written
             return
         self.model.committed(context, [(entity_name, entity_id, record.version, "updated")])
         self.world.note(f"{side} owner {context} wrote {entity_id[-6:]} v{record.version}")
@@ -302,6 +302,21 @@ class Transfers:
             partition(parked.entity_id, PARTITIONS) in set(move.parts or ())
             and "older epoch" in parked.reason
         )
+
+
+def _held(system: System, context: str, entity: Entity, entity_id: str) -> int:
+    """The version of the record in `context`'s own store (0: none), read by the checker
+    (no crash drawn for it)."""
+    store = system.store(context)
+    assert isinstance(store, MemoryStore)
+    fault, store.fault = store.fault, None
+    try:
+        row = store.fetch(entity, entity_id)
+    except KeyError:  # its store has no table of the entity yet (before the transfer's)
+        row = None
+    finally:
+        store.fault = fault
+    return 0 if row is None else int(row["version"])
 
 
 def _short(exc: BaseException) -> str:

@@ -161,3 +161,23 @@ def test_a_third_of_the_seeds_run_checkouts_and_a_third_move_records() -> None:
     assert sum("transfer reached done" in line for line in lines) >= 8
     assert any("transfer crashed at after" in line for line in lines)
     assert any("refused" in line and "owner" in line for line in lines)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a fill through the bus (charter.fills) takes one owner's answer: after a "
+    "partition move it misses the other owner's records; until it takes every owner's, "
+    "the simulation moves no entity with a copy filled through the bus",
+)
+def test_a_copy_filled_through_the_bus_after_a_partition_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from charter.sim import simulation
+    from charter.sim.charters import with_transfers
+
+    def any_entity(spec: charter.Charter, seed: int, blind: frozenset[str]) -> object:
+        return with_transfers(spec, seed)  # blind copies too
+
+    monkeypatch.setattr(simulation, "with_transfers", any_entity)
+    outcome = run(library(), 2243)
+    assert outcome.ok, "\n".join(outcome.violations)

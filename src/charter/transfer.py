@@ -268,6 +268,10 @@ class Transfer:
         if os.environ.get(KILL_AFTER) == phase:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def _pause(self, seconds: float) -> None:
+        """A wait while draining (a subclass on a simulated clock waits for nothing)."""
+        time.sleep(seconds)
+
     def _keep(self) -> None:
         """The plan saved, as it is now (a subclass may keep it elsewhere: charter.sim)."""
         _save(self.plan)
@@ -357,7 +361,7 @@ class Transfer:
         fenced_at = values.now_text()
         while _older(store.unrelayed(p.entity), fenced_at):
             if not relay.step():
-                time.sleep(0.005)  # another process's relay leads: it relays them
+                self._pause(0.005)  # another process's relay leads: it relays them
             if time.monotonic() > deadline:
                 raise TransferError(
                     f"the old owner '{p.source}' still has {p.entity} events not on the bus "
@@ -378,7 +382,7 @@ class Transfer:
                         f"{self.drain_s:g}s: is its projector (charter run) running? Run "
                         f"`charter transfer {p.entity}` again once it is"
                     )
-                time.sleep(0.002)
+                self._pause(0.002)
 
     def rollback(self) -> Plan:
         p = self.plan

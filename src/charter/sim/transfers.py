@@ -66,6 +66,9 @@ class _InMemory(Transfer):
     def _keep(self) -> None:
         return None
 
+    def _pause(self, seconds: float) -> None:
+        return None  # the world's clock does not move while it waits: it tries again later
+
     def _record(self) -> None:
         return None
 

@@ -26,6 +26,7 @@ from charter.errors import CharterError, EventError, FencedError, OwnershipError
 from charter.events import Event, decode
 from charter.lanes import PARTITIONS, partition
 from charter.projector import check
+from charter.status import copy_status
 from charter.stores import fencing, open_store
 from charter.system import System
 from charter.transfer import KILL_AFTER, PHASES, read_state
@@ -370,6 +371,106 @@ def test_rollback_before_promote_and_not_after(sqlite_world: World) -> None:
         assert _transfer(world).returncode == 0  # resumed, without --to
     finally:
         pipeline.close()
+
+
+def test_a_resume_after_a_rollback_cut_short_fences_the_old_owner_again(
+    sqlite_world: World,
+) -> None:
+    """A rollback that died after lifting the old owner's fence leaves the state file at
+    `fenced`; the resume that follows must fence again before it promotes, or a process
+    still on the old charter writes beside the new owner (found by charter.sim)."""
+    world = sqlite_world
+    ids = _seed(world.path, 60)
+    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
+    old_text = world.path.read_text()
+    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+    killed = _transfer(world, *args, env={KILL_AFTER: "fenced"})
+    assert killed.returncode == -signal.SIGKILL
+    legacy = open_store(world.urls["legacy"], "legacy")  # the rollback's first step, then -9
+    legacy.unfence(charter.load(world.path).charter.entities["Customer"], MOVING)
+    legacy.close()
+    assert read_state(world.path, "Customer").phase == "fenced"  # type: ignore[union-attr]
+    pipeline = Pipeline(world.path)
+    try:
+        resumed = _transfer(world)
+        assert resumed.returncode == 0, resumed.stderr
+    finally:
+        pipeline.close()
+    with (
+        System(model.loads(old_text, world.path)) as stale,  # still on the old charter
+        pytest.raises(FencedError, match="moved to 'customers' at epoch 2"),
+        stale.context("legacy").transaction() as tx,
+    ):
+        tx.update("Customer", moving[0], name="a second writer")
+
+
+def test_the_drain_relays_to_each_copys_topic_under_contract_visibility(
+    sqlite_world: World,
+) -> None:
+    """The old owner's last events, relayed by the transfer's drain, reach every copy when
+    the entity goes out once per copy (charter.visibility: contract); and after the move,
+    the new owner's events not yet relayed count in the copies' lag (found by charter.sim)."""
+    world = sqlite_world
+    text = world.path.read_text().replace(
+        "    owner: legacy   # the monolith, for now\n",
+        "    owner: legacy   # the monolith, for now\n    visibility: contract\n",
+    )
+    world.path.write_text(text)
+    ids = _seed(world.path, 60)
+    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
+    with charter.load(world.path) as system, system.context("legacy").transaction() as tx:
+        for entity_id in moving:  # not relayed: the drain publishes them
+            tx.update("Customer", entity_id, name="last before the move")
+    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+    first = _transfer(world, *args, "--drain-timeout", "0.5")  # no relay but the drain's
+    assert "is its projector (charter run) running?" in first.stderr, first.stdout
+    pipeline = Pipeline(world.path)
+    try:
+        done = _transfer(world)
+        assert done.returncode == 0, done.stderr
+    finally:
+        pipeline.close()
+    _settle(world.path)
+    with charter.load(world.path) as system:
+        copy = system.charter.copies["shipping_customers"]
+        names = {r["id"]: r["name"] for r in system.store("shipping").copy_rows(copy)}
+        assert {names[i] for i in moving} == {"last before the move"}
+        assert copy_status(system, copy).lag_events == 0
+        with system.context("customers").transaction() as tx:
+            tx.update("Customer", moving[0], name="the new owner's")
+        assert copy_status(system, copy).lag_events == 1  # in its outbox, not yet relayed
+
+
+def test_a_copy_filled_after_a_partition_move_reads_each_record_from_its_holder(
+    sqlite_world: World,
+) -> None:
+    """A copy that starts after the move is filled from each record's holder: the moved
+    records from the new owner, not the old owner's fenced rows (found by charter.sim)."""
+    world = sqlite_world
+    ids = _seed(world.path, 60)
+    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
+    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+    pipeline = Pipeline(world.path)
+    try:
+        done = _transfer(world, *args)
+        assert done.returncode == 0, done.stderr
+    finally:
+        pipeline.close()
+    with charter.load(world.path) as system:
+        with system.context("customers").transaction() as tx:
+            tx.update("Customer", moving[0], name="by the new owner")
+        charter.Runner(system).drain()
+    text = world.path.read_text().replace(
+        "copies:\n",
+        "copies:\n  late_names: {in: shipping, of: Customer, fields: [name], window: 5s}\n",
+    )
+    world.path.write_text(text)
+    with charter.load(world.path) as system:
+        charter.Runner(system).drain()
+        copy = system.charter.copies["late_names"]
+        names = {r["id"]: r["name"] for r in system.store("shipping").copy_rows(copy)}
+    assert names[moving[0]] == "by the new owner"
+    assert len(names) == len(ids)
 
 
 # -- the CLI's plan, status and refusals ------------------------------------------------

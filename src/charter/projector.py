@@ -60,11 +60,16 @@ class Projector:
         lane: Lane | None = None,
         owner_team: str = "",
         record_latency: bool = True,
+        owner_stores: Callable[[str], Store] | None = None,
     ) -> None:
+        """`owner_stores`: the store of a context by name, for a fill of an entity whose
+        partitions have several owners since a move (charter transfer): each record read
+        from the context that holds it; without it, all from `owner_store`."""
         if lane is not None:
             lane.check(bus.partitions)
         self.copy, self.entity, self.store = copy, entity, store
         self.owner_store, self.bus, self.batch, self.lane = owner_store, bus, batch, lane
+        self.owner_stores = owner_stores
         self.owner_team = owner_team  # named when an event claims another source
         self.taken = 0  # events this worker applied or parked (its lane's share)
         self._position: int | None = None
@@ -199,9 +204,16 @@ class Projector:
         return checkpoint.position
 
     def _snapshot(self) -> Iterator[tuple[str, int, Row]]:
+        entity = self.entity
         try:
-            for row in self.owner_store().rows(self.entity):
-                yield row["id"], row["version"], row
+            if not entity.moves or self.owner_stores is None:
+                for row in self.owner_store().rows(entity):
+                    yield row["id"], row["version"], row
+                return
+            for owner in entity.owners:  # the old owner keeps what moved away: not those
+                for row in self.owner_stores(owner).rows(entity):
+                    if entity.holder(row["id"])[0] == owner:
+                        yield row["id"], row["version"], row
         except Exception as exc:  # the owner's store is out of this process's reach
             raise BackfillError(str(exc)) from exc
 

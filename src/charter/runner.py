@@ -99,6 +99,7 @@ class Runner:
                         lane,
                         charter.contexts[entity.owner].team,
                         record_latency=charter.latency_retention_s > 0,
+                        owner_stores=system.store,  # after a move: each record's holder
                     )
                 )
         for name in names if commands else ():

@@ -263,10 +263,29 @@ class Transfer:
     def _reached(self, phase: str) -> None:
         self.plan.phase = phase
         self.plan.history.append((phase, _now()))
-        _save(self.plan)
+        self._keep()
         self.say(f"{phase}: {self.plan.describe()}")
         if os.environ.get(KILL_AFTER) == phase:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def _pause(self, seconds: float) -> None:
+        """A wait while draining (a subclass on a simulated clock waits for nothing)."""
+        time.sleep(seconds)
+
+    def _keep(self) -> None:
+        """The plan saved, as it is now (a subclass may keep it elsewhere: charter.sim)."""
+        _save(self.plan)
+
+    def _record(self) -> None:
+        """The charter file gets the move (once: a resumed transfer finds it there)."""
+        p = self.plan
+        path = Path(p.charter)
+        if model.load(path).entities[p.entity].epoch < p.epoch:
+            text = _edited(path.read_text(), p)
+            model.loads(text, path)  # it must load
+            temporary = path.with_suffix(".transfer.tmp")
+            temporary.write_text(text)
+            os.replace(temporary, path)
 
     def _done(self, phase: str) -> bool:
         current = self.plan.phase
@@ -308,6 +327,9 @@ class Transfer:
             self._old.fence(self.entity_old, p.parts, p.epoch, p.to, fencing.FENCED)
             self._reached("fenced")
         if not self._done("promoted"):
+            # fenced again, the same: a rollback cut short by a crash may have lifted the
+            # fence before this resume (found by charter.sim, seed 991)
+            self._old.fence(self.entity_old, p.parts, p.epoch, p.to, fencing.FENCED)
             old = self._moving(self._old, self.entity_old)
             held = {i: r["version"] for i, r in self._moving(self._new, self.entity).items()}
             changed = [r for i, r in old.items() if held.get(i) != r["version"]]
@@ -318,13 +340,7 @@ class Transfer:
             self._drain()
             self._reached("drained")
         if not self._done("recorded"):
-            path = Path(p.charter)
-            if model.load(path).entities[p.entity].epoch < p.epoch:
-                text = _edited(path.read_text(), p)
-                model.loads(text, path)  # it must load
-                temporary = path.with_suffix(".transfer.tmp")
-                temporary.write_text(text)
-                os.replace(temporary, path)
+            self._record()
             self._reached("recorded")
         if not self._done("done"):
             self._reached("done")
@@ -335,14 +351,17 @@ class Transfer:
         p, system = self.plan, self.old_system
         store, bus = self._old, system.bus
         owned = system.charter.owned_by(p.source)
-        relay = Relay(p.source, store, bus, None, 1000, (), owned)
+        # with the copies of what it owns, as the Runner's relay: an entity under contract
+        # visibility goes out once per copy, on the copy's topic (none at all without them)
+        copies = [(c, e) for e in owned for c in system.charter.copies_of(e.name)]
+        relay = Relay(p.source, store, bus, None, 1000, copies, owned)
         deadline = time.monotonic() + self.drain_s
         # The moving records are fenced: each of their events was committed before now.
         # Later ones are other partitions' writes, which may go on and need not be waited for.
         fenced_at = values.now_text()
         while _older(store.unrelayed(p.entity), fenced_at):
             if not relay.step():
-                time.sleep(0.005)  # another process's relay leads: it relays them
+                self._pause(0.005)  # another process's relay leads: it relays them
             if time.monotonic() > deadline:
                 raise TransferError(
                     f"the old owner '{p.source}' still has {p.entity} events not on the bus "
@@ -363,7 +382,7 @@ class Transfer:
                         f"{self.drain_s:g}s: is its projector (charter run) running? Run "
                         f"`charter transfer {p.entity}` again once it is"
                     )
-                time.sleep(0.002)
+                self._pause(0.002)
 
     def rollback(self) -> Plan:
         p = self.plan
@@ -382,7 +401,7 @@ class Transfer:
             self._new.unfence(self.entity, p.parts)
         p.phase = ROLLED_BACK
         p.history.append((ROLLED_BACK, _now()))
-        _save(p)
+        self._keep()
         self.say(f"rolled back: {p.describe()}")
         return p
 

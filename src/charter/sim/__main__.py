@@ -34,7 +34,7 @@ def _one(job: tuple[str | None, int, int]) -> Outcome:
 
 
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_TURNS = ("crashed", "compacted", "deployed", "lost", "rewound", "quiet", "VIOLATION")
+_TURNS = ("crashed", "compacted", "deployed", "lost", "rewound", "quiet", "VIOLATION", "transfer")
 
 
 def replay_command(seed: int, path: Path | None, plant: str | None = None) -> str:
@@ -45,7 +45,7 @@ def replay_command(seed: int, path: Path | None, plant: str | None = None) -> st
 
 def led_to(outcome: Outcome, lines: int = HISTORY_LINES) -> list[str]:
     """The lines of the run's history about the records the first violation names, and
-    the turns of the world (crashes, compaction, deployments, losses)."""
+    the turns of the world (crashes, compaction, deployments, losses, a transfer)."""
     ids = {found[-6:] for found in _ID.findall(outcome.violations[0])}
     picked = [
         line
@@ -64,7 +64,7 @@ def report(outcome: Outcome, path: Path | None, plant: str | None = None) -> str
             *(f"  and: {v}" for v in outcome.violations[1:3]),
             f"  replay (the whole history): {replay_command(outcome.seed, path, plant)}",
             f"  what led to it ({len(shown)} of {len(outcome.history)} steps: the records "
-            "it names, crashes, compaction, deployments, losses):",
+            "it names, crashes, compaction, deployments, losses, a transfer):",
             *(f"    {line}" for line in shown),
         ]
     )

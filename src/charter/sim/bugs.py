@@ -15,6 +15,9 @@ from charter.model import Copy
 from charter.projector import Projector
 from charter.records import Backlog
 from charter.relay import Relay
+from charter.sagas import moves as saga_moves
+from charter.sagas import worker as saga_worker
+from charter.stores import fencing
 from charter.stores.memory import MemoryStore, _copy_row, _Writes
 
 
@@ -69,7 +72,49 @@ def _stale_buckets(bucket_digest: Callable[..., Any]) -> Callable[..., Any]:
     return keeps_the_first_answer
 
 
-BUGS: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
+def _skips_compensations(plan: Callable[..., Any]) -> Callable[..., Any]:
+    def plan_skipping(saga: Any, charter: Any, run: Any, now: float) -> Any:
+        moved, send = plan(saga, charter, run, now)
+        if send is not None and send.undo:  # as if its undo had been answered
+            return moved.but(step=moved.step - 1), None
+        return moved, send
+
+    return plan_skipping
+
+
+def _keyed_per_try(key: Callable[..., str]) -> Callable[..., str]:
+    # the first try under a key of its own, every retry under another: a step whose first
+    # try was handled is handled again
+    return lambda run, index, undo: f"{key(run, index, undo)}:{min(run.attempts, 1)}"
+
+
+def _fence_forgotten(fence: Callable[..., None]) -> Callable[..., None]:
+    def fence_but_not_the_old_owner(self: MemoryStore, *args: Any) -> None:
+        if args[-1] != fencing.FENCED:
+            fence(self, *args)
+
+    return fence_but_not_the_old_owner
+
+
+def _promote_forgets(promote: Callable[..., None]) -> Callable[..., None]:
+    def promote_the_fill_only(
+        self: MemoryStore,
+        entity: Any,
+        parts: Any,
+        epoch: int,
+        holder: str,
+        rows: Any,
+        gone: Any = (),
+        state: str = fencing.OWNER,
+    ) -> None:
+        if state == fencing.OWNER:  # what changed since the fill is not copied again
+            rows, gone = [], ()
+        promote(self, entity, parts, epoch, holder, rows, gone, state)
+
+    return promote_the_fill_only
+
+
+BUGS: dict[str, tuple[Any, str, Callable[[Any], Any]]] = {
     "no version guard": (MemoryStore, "_apply_event", lambda _: _no_version_guard),
     "ack before commit": (Projector, "step", _ack_before_commit),
     "relay marks before publish": (Relay, "_land", lambda _: _mark_before_publish),
@@ -77,6 +122,14 @@ BUGS: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
     "status ignores the bus": (MemoryBus, "backlog", lambda _: _blind_backlog),
     "a command's key forgotten": (_Writes, "command", lambda _: _forgets_keys),
     "a bucket left stale": (MemoryStore, "bucket_digest", _stale_buckets),
+    "a compensation skipped": (saga_worker, "plan", _skips_compensations),
+    "a saga step retried without its key": (saga_moves, "key", _keyed_per_try),
+    "the old owner's fence forgotten": (MemoryStore, "fence", _fence_forgotten),
+    "a transfer's promote forgets the writes since its fill": (
+        MemoryStore,
+        "promote",
+        _promote_forgets,
+    ),
 }
 
 

@@ -4,11 +4,14 @@ charter file, with every store and the bus moved into memory."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from pathlib import Path
 
 from charter import model
-from charter.model import CONTRACT, Charter, Command, Copy, Field
+from charter.lanes import PARTITIONS
+from charter.model import CONTRACT, Charter, Command, Copy, Field, Move
+from charter.sim.sagas import CHARTER as SHOP
 
 LIBRARY = """\
 charter: 1
@@ -127,3 +130,63 @@ def with_commands(charter: Charter, seed: int) -> Charter:
         command = Command(f"Set{name}", name, entity.owner, senders, fields)
         entities[name] = dataclasses.replace(entity, commands={command.name: command})
     return dataclasses.replace(charter, entities=entities)
+
+
+@functools.cache
+def _shop() -> Charter:
+    """The shop the saga seeds add, read once per process (reading costs more than a run)."""
+    return model.loads(SHOP, "shop.yaml")
+
+
+def with_sagas(charter: Charter, seed: int) -> Charter:
+    """A third of the seeds add a shop of their own (sim/sagas.py: three owners and the
+    Checkout saga that orchestrates them, with a copy of the orders). A charter that
+    declares sagas, or uses one of the shop's names, is left as it is. Drawn apart from the
+    world's randomness and salted, as commands are, so that every other seed runs as it
+    did."""
+    rng = random.Random(f"sagas:20:{seed}")
+    if charter.sagas or rng.random() >= 1 / 3:
+        return charter
+    shop = _shop()
+    if (
+        (shop.contexts.keys() & charter.contexts.keys())
+        or (shop.entities.keys() & charter.entities.keys())
+        or (shop.copies.keys() & charter.copies.keys())
+    ):
+        return charter
+    return dataclasses.replace(
+        charter,
+        contexts={**charter.contexts, **shop.contexts},
+        entities={**charter.entities, **shop.entities},
+        copies={**charter.copies, **shop.copies},
+        sagas=dict(shop.sagas),
+    )
+
+
+def with_transfers(
+    charter: Charter, seed: int, blind: frozenset[str] = frozenset()
+) -> tuple[str, Move] | None:
+    """A third of the seeds move some partitions of one entity (one with a copy, none of
+    the shop's sagas') to another context during the run (sim/transfers.py): the entity
+    and the move, or None. Drawn apart from the world's randomness and salted, as
+    commands are, so that every other seed runs as it did. Not an entity with a copy in
+    `blind` (filled through the bus, charter.fills): a fill through the bus takes one
+    owner's answer, so after a partition move it misses the other owner's records (a
+    known gap: seed 2243 shows it when this is lifted)."""
+    rng = random.Random(f"transfers:30:{seed}")
+    if rng.random() >= 1 / 3:
+        return None
+    shop = _shop()
+    movable = [
+        e
+        for e in charter.entities.values()
+        if e.name not in shop.entities and charter.copies_of(e.name) and not e.moves
+    ]
+    if not movable:
+        return None
+    entity = rng.choice(movable)
+    to = [c for c in charter.contexts if c != entity.owner and c not in shop.contexts]
+    if not to or any(c.name in blind for c in charter.copies_of(entity.name)):
+        return None
+    parts = tuple(sorted(rng.sample(range(PARTITIONS), 1 + rng.randrange(PARTITIONS // 2))))
+    return entity.name, Move(entity.epoch + 1, rng.choice(to), parts, entity.owner)

@@ -24,10 +24,19 @@ from charter.projector import Projector
 from charter.relay import Relay
 from charter.runner import declared_copies
 from charter.sim import workload
-from charter.sim.charters import widened, with_commands, with_copy, with_visibility
+from charter.sim.charters import (
+    widened,
+    with_commands,
+    with_copy,
+    with_sagas,
+    with_transfers,
+    with_visibility,
+)
 from charter.sim.checker import Checker, Model
 from charter.sim.commanding import Commands
 from charter.sim.digesting import Digests
+from charter.sim.sagas import Sagas
+from charter.sim.transfers import Transfers
 from charter.sim.world import Crash, World
 from charter.stores.memory import MemoryStore
 from charter.stores.memory import forget as forget_store
@@ -103,7 +112,7 @@ class _Workers:
 
 class Simulation:
     def __init__(self, charter: Charter, seed: int, steps: int = STEPS) -> None:
-        charter = with_commands(with_visibility(charter, seed), seed)
+        charter = with_sagas(with_commands(with_visibility(charter, seed), seed), seed)
         self.charter, self.seed, self.steps = charter, seed, steps
         self.world = World(seed)
         self.config = Config.draw(self.world.rng, charter, seed)
@@ -112,7 +121,11 @@ class Simulation:
         self.workers = _Workers()
         self.commands = Commands(self.world, self.model, self.checker, seed)
         self.digests = Digests(self.world, self.checker, seed)
+        self.sagas = Sagas(self.world, self.model, self.checker, seed)
+        move = with_transfers(charter, seed, self.config.blind)
+        self.transfers = Transfers(self.world, self.model, self.checker, seed, move, self._deploy)
         self.operations = 0
+        self.quiet = False  # the world settles: no more faults or crashes
         self.system: System | None = None
 
     # -- the world ----------------------------------------------------------------
@@ -171,7 +184,9 @@ class Simulation:
         for copy in charter.copies.values():
             for n in range(self.config.lanes.get(copy.name, 1)):
                 self.workers.projectors[(copy.name, n)] = None
-        self.commands.open(charter, self.system)
+        self.commands.open(self.sagas.others(charter), self.system)
+        self.sagas.open(charter, self.system)
+        self.transfers.open(charter, self.system)
 
     def _relay(self, context: str) -> Relay:
         assert self.system is not None
@@ -191,15 +206,18 @@ class Simulation:
         lanes = self.config.lanes.get(copy.name, 1)
         lane = Lane(number + 1, lanes) if lanes > 1 else None
         owner_store: Callable[[], Any] = partial(self.system.store, entity.owner)
+        owner_stores: Callable[[str], Any] = self.system.store  # after a move: each holder's
         if copy.name in self.config.blind:
-            owner_store = _out_of_reach
+            owner_store, owner_stores = _out_of_reach, lambda _: _out_of_reach()
         store = self.system.store(copy.context)
-        return Projector(copy, entity, store, owner_store, self.system.bus, 20, lane)
+        return Projector(
+            copy, entity, store, owner_store, self.system.bus, 20, lane, owner_stores=owner_stores
+        )
 
     # -- what happens at each step ----------------------------------------------------
 
     def _act(self) -> None:
-        if self.commands.act():
+        if self.commands.act() or self.sagas.act() or self.transfers.act():
             self.operations += 1
             return
         roll = self.world.rng.random()
@@ -219,7 +237,7 @@ class Simulation:
     def _write(self) -> None:
         assert self.system is not None
         rng, charter = self.world.rng, self.charter
-        entity = rng.choice(list(charter.entities.values()))
+        entity = rng.choice(list(self.sagas.others(charter).entities.values()))
         context = entity.owner
         if rng.random() < 0.04:  # someone else tries: always refused (G1)
             others = [c for c in charter.contexts if c != entity.owner]
@@ -274,7 +292,7 @@ class Simulation:
         except Crash as crash:
             self.world.note(f"{context} writer crashed at {crash}; its tx rolled back")
             return
-        if context != entity.owner and done:
+        if any(entity.holder(i)[0] != context for _, i, _, _ in done):  # (after a move: each)
             self.checker.fail(f"{context} wrote {entity.name}, which {entity.owner} owns")
         self.model.committed(context, done)
         summary = ", ".join(f"{op} {e} {i[-6:]} v{v}" for e, i, v, op in done)
@@ -417,6 +435,18 @@ class Simulation:
         self._open(changed)
         self.world.note(f"deployed: {what}")
 
+    def _deploy(self, charter: Charter, what: str) -> None:
+        """Every process restarts with `charter` (a transfer recorded, say)."""
+        assert self.system is not None
+        self.system.close()
+        self._open(charter)
+        if self.quiet:  # it stays quiet
+            self.world.crash_chance = 0.0
+            bus = self.system.bus
+            assert isinstance(bus, MemoryBus)
+            bus.misbehave(Faults())
+        self.world.note(f"deployed: {what}")
+
     # -- quiet ------------------------------------------------------------------------
 
     def _settle(self) -> None:
@@ -424,6 +454,7 @@ class Simulation:
         the relays, G7); every worker runs until nothing moves and every copy is synced."""
         assert self.system is not None
         self.world.note("quiet: no more faults")
+        self.quiet = True
         self.world.crash_chance = 0.0
         bus = self.system.bus
         assert isinstance(bus, MemoryBus)
@@ -447,16 +478,22 @@ class Simulation:
                 self.workers.projectors[key] = projector
                 moved += self._step(f"projector {key[0]}", projector, lambda: None)
                 self.checker.after_apply(copy)
-            moved += self.commands.settle_step()
-            if moved == 0 and self.checker.synced() and not self.commands.waiting():
+            moved += self.commands.settle_step() + self.sagas.settle_step()
+            moved += self.transfers.settle_step()
+            quiet = not self.commands.waiting() and not self.sagas.waiting()
+            quiet = quiet and not self.transfers.waiting()
+            if moved == 0 and self.checker.synced() and quiet:
                 break
         else:
             self.checker.fail(f"the copies did not settle in {SETTLE_ROUNDS} quiet rounds")
             return
         self.system.bus.compact(self.config.retention_s, declared_copies(self.charter))
+        self.sagas.observe()  # what the saga world committed, for the outbox check
         self.checker.final()
         self.commands.final()
         self.digests.final(self.charter, self.system)
+        self.sagas.final()
+        self.transfers.final()
 
 
 def _out_of_reach() -> Any:

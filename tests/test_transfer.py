@@ -296,7 +296,7 @@ def test_kill_at_each_phase_then_resume(sqlite_world: World, phase: str) -> None
     _kill_then_resume(sqlite_world, phase)
 
 
-@pytest.mark.parametrize("phase", ["filled", "fenced", "promoted"])
+@pytest.mark.parametrize("phase", ["filled", "fenced", "recorded"])
 def test_kill_then_resume_on_postgres(tmp_path: Path, phase: str) -> None:
     world = _world(tmp_path, "postgres+nats")
     try:
@@ -356,18 +356,25 @@ def test_rollback_before_promote_and_not_after(sqlite_world: World) -> None:
     store = open_store(world.urls["customers"], "customers")
     assert store.fences("Customer") == []
     store.close()
-    killed = _transfer(world, *args, env={KILL_AFTER: "promoted"})
+    killed = _transfer(world, *args, env={KILL_AFTER: "fenced"})
     assert killed.returncode == -signal.SIGKILL
-    refused = _transfer(world, "--rollback")
-    assert refused.returncode == 1
-    assert "cannot be undone" in refused.stderr and "--to legacy" in refused.stderr
-    assert "Traceback" not in refused.stderr
     stuck = _transfer(world, "--drain-timeout", "0.5")  # nothing applies the copies
     assert stuck.returncode == 1 and "is its projector (charter run) running?" in stuck.stderr
     assert "charter transfer Customer` again" in stuck.stderr
     pipeline = Pipeline(world.path)
     try:
-        assert _transfer(world).returncode == 0  # resumed, without --to
+        killed = _transfer(world, env={KILL_AFTER: "recorded"})  # resumed, without --to
+        assert killed.returncode == -signal.SIGKILL
+        refused = _transfer(world, "--rollback")  # the charter records the move
+        assert refused.returncode == 1
+        assert "cannot be undone" in refused.stderr and "finish it" in refused.stderr
+        killed = _transfer(world, env={KILL_AFTER: "promoted"})
+        assert killed.returncode == -signal.SIGKILL
+        refused = _transfer(world, "--rollback")
+        assert refused.returncode == 1
+        assert "cannot be undone" in refused.stderr and "--to legacy" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert _transfer(world).returncode == 0
     finally:
         pipeline.close()
 

@@ -156,7 +156,12 @@ class _Fences(_Core):
         insert = self._sql[f"insert:{entity.name}"]
         with self.pool.connection() as conn, conn.transaction():
             self._fence_ddl(conn, entity)
-            conn.execute(f"LOCK TABLE {self._t(entity.table)} IN SHARE ROW EXCLUSIVE MODE")
+            # EXCLUSIVE, not SHARE ROW EXCLUSIVE: it also waits for a writer that has read
+            # a row FOR UPDATE and not yet written it (a writer that loaded the charter
+            # recording the move, refused by the `waiting` fence a moment later), which
+            # would otherwise hold a row this transaction rewrites while waiting for the
+            # table: a deadlock. Plain reads go on.
+            conn.execute(f"LOCK TABLE {self._t(entity.table)} IN EXCLUSIVE MODE")
             self._set_fences(conn, entity, parts, epoch, holder, fencing.OWNER)
             ids = [r["id"] for r in rows] + list(gone)
             if ids:

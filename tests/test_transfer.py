@@ -26,6 +26,7 @@ from charter.errors import CharterError, EventError, FencedError, OwnershipError
 from charter.events import Event, decode
 from charter.lanes import PARTITIONS, partition
 from charter.projector import check
+from charter.records import Mend
 from charter.stores import fencing, open_store
 from charter.system import System
 from charter.transfer import KILL_AFTER, PHASES, read_state
@@ -286,6 +287,77 @@ def test_writers_on_both_owners_throughout_the_move(world: World, scope: str) ->
         assert kinds <= {"ready", "ok", "conflict"}, kinds
     text = world.path.read_text()
     assert "moves:" in text and "# the monolith, for now" in text
+
+
+def test_the_new_owner_is_filled_first_when_it_keeps_no_full_copy(sqlite_world: World) -> None:
+    """`customer_mirror` lacks the private `secret`: the new owner is filled from the old
+    owner's store, private fields and all."""
+    world = sqlite_world
+    ids = _seed(world.path, 60)
+    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
+    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+    shown = _transfer(world, *args, "--dry-run")
+    assert "copied from 'legacy' to 'customers'" in shown.stdout, shown.stdout
+    pipeline = Pipeline(world.path)
+    try:
+        done = _transfer(world, *args)
+    finally:
+        pipeline.close()
+    assert done.returncode == 0, done.stderr + done.stdout
+    state = read_state(world.path, "Customer")
+    assert state is not None and state.start == ""
+    with charter.load(world.path) as system:
+        spec = system.charter.entities["Customer"]
+        held = {r["id"]: r for r in system.store("customers").rows(spec)}
+        assert sorted(held) == sorted(moving)
+        assert {r["secret"] for r in held.values()} == {"s"}
+
+
+def test_the_new_owner_starts_from_its_copy_when_it_keeps_one(world: World) -> None:
+    """`customer_mirror` in customers keeps every field of Customer (no private one here):
+    the new owner starts from it, drained to the fence, with writers on both owners."""
+    world.path.write_text(
+        world.path.read_text().replace(
+            "      secret: {type: string, private: true, required: false}\n", ""
+        )
+    )
+    with charter.load(world.path) as system:
+        with system.context("legacy").transaction() as tx:
+            ids = [tx.create("Customer", email=f"c{i}@shop", name=f"n{i}").id for i in range(120)]
+        charter.Runner(system).drain()
+    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
+    planted, written = moving[0], moving[1:]
+    if world.kind == "sqlite":  # a value only the copy holds: the new owner's proves its start
+        with charter.load(world.path) as system:
+            mirror = system.charter.copies["customer_mirror"]
+            state = {"name": "from the copy", "email": "c-planted@shop"}
+            system.store("customers").mend(mirror, [Mend(planted, 1, state)])
+    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+    shown = _transfer(world, *args, "--dry-run")
+    assert "from 'customers''s own copy customer_mirror" in shown.stdout, shown.stdout
+    logs = {"old": _writer(world, "legacy", written, "old")[0]}
+    logs["new"], stop = _writer(world, "customers", written, "new")
+    pipeline = Pipeline(world.path)
+    try:
+        _wait_ready(logs["old"])
+        done = _transfer(world, *args)
+        assert done.returncode == 0, done.stderr + done.stdout
+        _wait_ready(logs["new"])
+        time.sleep(0.3)
+    finally:
+        stop.write_text("")
+        time.sleep(0.5)
+        pipeline.close()
+    state_file = read_state(world.path, "Customer")
+    assert state_file is not None and state_file.start == "customer_mirror"
+    if world.kind == "sqlite":
+        with charter.load(world.path) as system:
+            spec = system.charter.entities["Customer"]
+            row = system.store("customers").fetch(spec, planted)
+            assert row is not None and row["name"] == "from the copy"
+            with system.context("customers").transaction() as tx:  # mended: the new owner's
+                tx.update("Customer", planted, email=f"c{ids.index(planted)}@shop", name="n")
+    _assert_g10(world, logs, set(written))
 
 
 # -- kill -9 at each phase, then resume -------------------------------------------------

@@ -42,7 +42,7 @@ from ruamel.yaml import YAML
 from charter import model
 from charter.errors import Error, ValidationError
 from charter.lanes import PARTITIONS, partition
-from charter.model import Charter, Entity
+from charter.model import Charter, Copy, Entity
 from charter.records import Checkpoint, OutboxRow, Row
 from charter.relay import Relay
 from charter.stores import Store, fencing
@@ -71,6 +71,7 @@ class Plan:
     phase: str = ""  # the last phase reached; "" before the plan is saved
     started: str = ""
     records: int = 0  # how many records move (at the plan)
+    start: str = ""  # the copy in `to` the new owner starts from ("": filled from `source`)
     copies_retired: list[str] = field(default_factory=list)  # `to`'s copies of a whole move
     history: list[tuple[str, str]] = field(default_factory=list)  # (phase, when)
 
@@ -150,7 +151,19 @@ def plan(
     )
     if parts is None:
         made.copies_retired = [c.name for c in charter.copies_of(entity_name) if c.context == to]
+    made.start = getattr(starting_copy(charter, entity, to), "name", "")
     return made, after(charter, made)
+
+
+def starting_copy(charter: Charter, entity: Entity, to: str) -> Copy | None:
+    """The copy of `entity` that `to` keeps with every one of its fields, if any: the new
+    owner starts from it, which the projector keeps in sync, instead of being filled from
+    the old owner's store (an entity with a private field has no such copy: a private
+    field never leaves its owner's store)."""
+    for copy in charter.copies_of(entity.name):
+        if copy.context == to and set(copy.fields) == set(entity.fields):
+            return copy
+    return None
 
 
 def _parts_text(parts: Sequence[int]) -> str:
@@ -299,6 +312,24 @@ class Transfer:
             if parts is None or partition(row["id"], PARTITIONS) in parts
         }
 
+    def _start_rows(self) -> dict[str, Row]:
+        """The moving records as the new owner's own copy of them holds them (Plan.start)."""
+        copy = self.old_system.charter.copies[self.plan.start]
+        store = self.old_system.store(copy.context)
+        if any(True for _ in store.parked(copy)):
+            raise TransferError(
+                f"copy '{copy.name}' in '{copy.context}', which '{self.plan.to}' starts "
+                f"from, has parked events: it may lack some of them. Mend them first "
+                f"(charter parked), then run `charter transfer {self.plan.entity}` again"
+            )
+        parts = set(self.plan.parts) if self.plan.parts is not None else None
+        names = ("id", "version", *self.entity.fields)
+        return {
+            row["id"]: {n: row.get(n) for n in names}
+            for row in store.copy_rows(copy)
+            if parts is None or partition(row["id"], PARTITIONS) in parts
+        }
+
     def run(self) -> Plan:
         p = self.plan
         if p.phase == ROLLED_BACK:
@@ -309,7 +340,7 @@ class Transfer:
             self._new.fence(self.entity, p.parts, p.epoch, p.to, fencing.WAITING)
             self._reached("prepared")
         if not self._done("filled"):
-            rows = self._moving(self._old, self.entity_old)
+            rows = self._start_rows() if p.start else self._moving(self._old, self.entity_old)
             self._new.promote(
                 self.entity, p.parts, p.epoch, p.to, list(rows.values()), (), fencing.WAITING
             )
@@ -340,7 +371,9 @@ class Transfer:
                 os.replace(temporary, path)
             self._reached("recorded")
         if not self._done("promoted"):
-            old = self._moving(self._old, self.entity_old)
+            # From its copy, drained (5): it has every event of the moving records up to
+            # the fence, so it is what the old owner holds, read in the new owner's store.
+            old = self._start_rows() if p.start else self._moving(self._old, self.entity_old)
             held = self._filled  # what the fill wrote, unless it ran in another process
             if held is None:
                 held = {i: r["version"] for i, r in self._moving(self._new, self.entity).items()}
@@ -560,15 +593,21 @@ def _print_plan(made: Plan, as_json: bool, say: Callable[[str], None]) -> None:
     say(f"plan: {made.describe()} ({made.records} records)")
     steps = [
         f"prepare: '{made.to}' gets {made.entity}'s table, fenced 'waiting' (refuses writes)",
-        f"fill: the {made.records} records copied from '{made.source}' to '{made.to}', "
-        "versions kept; writes go on meanwhile",
+        (
+            f"fill: the {made.records} records from '{made.to}''s own copy {made.start} "
+            "(kept in sync by its projector), versions kept; writes go on meanwhile"
+            if made.start
+            else f"fill: the {made.records} records copied from '{made.source}' to "
+            f"'{made.to}', versions kept; writes go on meanwhile"
+        ),
         f"fence: {made.source}'s own store refuses writes to them from this commit on",
         f"drain: {made.source}'s last events for them put on the bus; every copy of "
         f"{made.entity} applies them",
         f"record: the charter gets the move (epoch {made.epoch})"
         + (f", owner: {made.to}" if made.parts is None else ""),
-        f"promote: what changed since the fill copied again; '{made.to}' owns them at epoch "
-        f"{made.epoch}, in the same transaction",
+        "promote: what changed since the fill copied again (from "
+        + (f"the copy {made.start}, drained" if made.start else f"'{made.source}'")
+        + f"); '{made.to}' owns them at epoch {made.epoch}, in the same transaction",
     ]
     if made.copies_retired:
         steps.append(

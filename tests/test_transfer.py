@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import charter
-from charter import model, parking
+from charter import model, parking, reconcile
 from charter.errors import CharterError, EventError, FencedError, OwnershipError
 from charter.events import Event, decode
 from charter.lanes import PARTITIONS, partition
@@ -358,6 +358,63 @@ def test_the_new_owner_starts_from_its_copy_when_it_keeps_one(world: World) -> N
             with system.context("customers").transaction() as tx:  # mended: the new owner's
                 tx.update("Customer", planted, email=f"c{ids.index(planted)}@shop", name="n")
     _assert_g10(world, logs, set(written))
+
+
+def test_after_a_partition_move_each_record_is_read_from_its_current_owner(
+    world: World,
+) -> None:
+    """Reconciliation, a new copy's backfill and `charter history` read a moved record
+    from its new owner's store, not the old owner's rows left behind at the move."""
+    ids = _seed(world.path, 60)
+    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
+    staying = [i for i in ids if i not in moving]
+    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+    pipeline = Pipeline(world.path)
+    try:
+        done = _transfer(world, *args)
+    finally:
+        pipeline.close()
+    assert done.returncode == 0, done.stderr + done.stdout
+    with charter.load(world.path) as system:
+        with system.context("customers").transaction() as tx:
+            for entity_id in moving:
+                tx.update("Customer", entity_id, name="by the new owner")
+            made = tx.create("Customer", email="new@shop", name="made by customers").id
+        with system.context("legacy").transaction() as tx:
+            tx.update("Customer", staying[0], name="by the old owner")
+        charter.Runner(system).drain()
+        shipping = system.charter.copies["shipping_customers"]
+        clean = reconcile.check(system, shipping)
+        assert clean.error == "" and clean.complete and clean.drift == [], clean.findings
+        planted = {"name": "planted", "email": "planted@shop"}
+        system.store("shipping").mend(shipping, [Mend(moving[0], 2, planted)])
+        found = reconcile.check(system, shipping)
+        assert [(f.id, f.kind, f.owner_version) for f in found.drift] == [
+            (moving[0], reconcile.DIVERGENT, 2)
+        ]
+    history = subprocess.run(
+        charter_command("history", "-f", str(world.path), "Customer", moving[1], "--json"),
+        capture_output=True,
+        text=True,
+    )
+    assert history.returncode == 0, history.stderr
+    versions = [(d["version"], d["state"]["name"]) for d in json.loads(history.stdout)]
+    assert versions == [(1, versions[0][1]), (2, "by the new owner")]
+    world.path.write_text(
+        world.path.read_text()
+        + "  late_customers: {in: shipping, of: Customer, fields: [name], window: 5s}\n"
+    )
+    with charter.load(world.path) as system:
+        charter.Runner(system).drain()  # a new copy: backfilled from the owners' stores
+        late = system.context("shipping").copy("late_customers")
+        assert late.get(made) is not None and late.get(made)["name"] == "made by customers"  # type: ignore[index]
+        for entity_id in moving:
+            assert late.get(entity_id)["name"] == "by the new owner"  # type: ignore[index]
+        assert late.get(staying[0])["name"] == "by the old owner"  # type: ignore[index]
+        assert (
+            len(list(system.store("shipping").copy_rows(system.charter.copies["late_customers"])))
+            == len(ids) + 1
+        )
 
 
 # -- kill -9 at each phase, then resume -------------------------------------------------

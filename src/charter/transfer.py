@@ -32,6 +32,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -279,8 +280,10 @@ class Transfer:
         self.entity_old = current.entities[made.entity]
         self.entity = self.new.entities[made.entity]
         self._filled: dict[str, int] | None = None  # id → version the fill wrote
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="charter-transfer")
 
     def close(self) -> None:
+        self._reader.shutdown(wait=True)
         self.old_system.close()
         self.new_system.close()
 
@@ -352,6 +355,11 @@ class Transfer:
         if not self._done("fenced"):
             self._old.fence(self.entity_old, p.parts, p.epoch, p.to, fencing.FENCED)
             self._reached("fenced")
+        # The old owner's rows are final from the fence on: read them for the promotion's
+        # catch-up while the drain waits for the copies (from its copy: after the drain).
+        reading = None
+        if not p.start and not self._done("promoted"):
+            reading = self._reader.submit(self._moving, self._old, self.entity_old)
         if not self._done("drained"):
             self._drain()
             self._reached("drained")
@@ -373,7 +381,7 @@ class Transfer:
         if not self._done("promoted"):
             # From its copy, drained (5): it has every event of the moving records up to
             # the fence, so it is what the old owner holds, read in the new owner's store.
-            old = self._start_rows() if p.start else self._moving(self._old, self.entity_old)
+            old = self._start_rows() if reading is None else reading.result()
             held = self._filled  # what the fill wrote, unless it ran in another process
             if held is None:
                 held = {i: r["version"] for i, r in self._moving(self._new, self.entity).items()}

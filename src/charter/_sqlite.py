@@ -157,9 +157,16 @@ class WriteLock:
         self.release()
 
     def close(self) -> None:
-        if self._file is not None and self._file[0] == os.getpid():
-            os.close(self._file[1])
-        self._file = None
+        """Close the lock file, unless a write holds it (then it closes with the process):
+        never waits, so a store closed in the middle of its own write does not hang."""
+        if not self._threads.acquire(blocking=False):
+            return
+        try:
+            if self._file is not None and self._file[0] == os.getpid():
+                os.close(self._file[1])
+            self._file = None
+        finally:
+            self._threads.release()
 
 
 class Connections:
@@ -235,8 +242,7 @@ class Connections:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
-        with self._writer:
-            self._writer.close()
+        self._writer.close()
 
 
 def quote(text: str) -> str:

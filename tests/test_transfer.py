@@ -462,6 +462,32 @@ def _kill_then_resume(world: World, phase: str) -> None:
     assert state is not None and state.phase == "done"
 
 
+def test_a_transfer_saved_in_the_old_order_of_phases_is_drained_and_recorded(
+    sqlite_world: World,
+) -> None:
+    """A state file at 'promoted' from before the charter was recorded ahead of the
+    promotion (phases promoted, drained, recorded) resumes from the fence."""
+    world = sqlite_world
+    _seed(world.path, 40)
+    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
+    killed = _transfer(world, *args, env={KILL_AFTER: "fenced"})
+    assert killed.returncode == -signal.SIGKILL
+    path = world.path.parent / ".charter" / "transfers" / "Customer.json"
+    doc = json.loads(path.read_text())
+    doc["phase"] = "promoted"
+    doc["history"].append(["promoted", doc["history"][-1][1]])
+    path.write_text(json.dumps(doc))
+    pipeline = Pipeline(world.path)
+    try:
+        resumed = _transfer(world)
+    finally:
+        pipeline.close()
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert "resuming at 'fenced'" in resumed.stdout
+    assert "drained:" in resumed.stdout and "recorded:" in resumed.stdout
+    assert model.load(world.path).entities["Customer"].epoch == 2
+
+
 def test_rollback_before_promote_and_not_after(sqlite_world: World) -> None:
     world = sqlite_world
     ids = _seed(world.path, 60)

@@ -99,7 +99,13 @@ def read_state(charter_path: Path, entity: str) -> Plan | None:
         return None
     doc = json.loads(path.read_text())
     doc["history"] = [tuple(h) for h in doc.get("history", [])]
-    return Plan(**doc)
+    made = Plan(**doc)
+    if made.phase == "promoted" and "recorded" not in {h[0] for h in made.history}:
+        # saved by a charter whose phases ran promoted, drained, recorded: not drained, not
+        # recorded yet (the new owner took no write: it had not the charter); go on from
+        # the fence, which promotes again
+        made.phase = "fenced"
+    return made
 
 
 def _save(plan: Plan) -> None:

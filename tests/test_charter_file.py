@@ -728,3 +728,37 @@ def test_an_unquoted_url_in_a_flow_mapping_loads() -> None:
     )
     charter = model.loads(text, FILE)
     assert charter.contexts["a"].store == "memory://flow/a"
+
+
+@pytest.mark.parametrize(
+    ("field", "words"),
+    [
+        (
+            "name:    {type: string, default: 12}",
+            'default 12 is not a string; quote it: default: "12"',
+        ),
+        ("name:    {type: integer, default: ten}", "default 'ten' is not a whole number"),
+        ("name:    {type: integer, default: true}", "default True is not a whole number"),
+        ('name:    {type: number, default: "1.5"}', "default '1.5' is not a number"),
+        ('name:    {type: boolean, default: "no"}', "default 'no' is not true or false"),
+    ],
+)
+def test_a_default_of_another_type_is_a_problem_at_its_line(field: str, words: str) -> None:
+    """Without it the charter loads and every create that takes the default is refused."""
+    text = edit("name:    {type: string}", field)
+    found = only_problem(text)
+    assert found.line == line_of(text, field), found
+    assert words in f"{found.message}; {found.hint}", found
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "name:    {type: number, default: 3}",
+        "name:    {type: boolean, default: false}",
+        'name:    {type: text, default: ""}',
+        "name:    {type: integer, default: -1}",
+    ],
+)
+def test_a_default_of_the_fields_type_is_fine(field: str) -> None:
+    model.loads(edit("name:    {type: string}", field), FILE)

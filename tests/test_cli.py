@@ -228,3 +228,151 @@ def test_a_command_on_a_memory_charter_says_it_sees_an_empty_system(tmp_path: Pa
     )
     assert done.returncode == 0 and "Traceback" not in done.stderr
     assert "memory://" in done.stderr and "empty system" in done.stderr
+
+
+LIBRARY = """\
+charter: 1
+name: library
+bus: {bus}
+contexts:
+  accounts: {{team: accounts-team, store: "sqlite:///.charter/accounts.db"}}
+  lending:  {{team: lending-team,  store: "sqlite:///.charter/lending.db"}}
+entities:
+  Member:
+    owner: accounts
+    fields: {{email: {{type: string}}}}
+    commands:
+      ChangeEmail: {{senders: [lending], fields: [email]}}
+sagas:
+  LendBook: {{in: lending}}
+copies:
+  lending_members: {{in: lending, of: Member, fields: [email], window: 5s}}
+"""
+
+# The console script `pip install` writes: Python puts its own folder first on the path.
+CONSOLE_SCRIPT = "import sys\nfrom charter.cli import main\nsys.exit(main())\n"
+
+
+def test_run_finds_the_handlers_module_in_the_current_directory(tmp_path: Path) -> None:
+    """`charter run --handlers myservice:register` from the service's folder, as a console
+    script (not `python -m`, which puts the current directory on the path by itself)."""
+    service, scripts = tmp_path / "service", tmp_path / "bin"
+    service.mkdir()
+    scripts.mkdir()
+    (service / "charter.yaml").write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    (service / "myservice.py").write_text(
+        "from pathlib import Path\n\n"
+        "def register(system):\n"
+        "    Path('registered').write_text(system.charter.name)\n"
+    )
+    (scripts / "charter").write_text(CONSOLE_SCRIPT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(scripts / "charter"),
+            "run",
+            "--once",
+            "--handlers",
+            "myservice:register",
+        ],
+        cwd=service,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (service / "registered").read_text() == "library"
+
+
+def test_apply_says_what_it_enforces_and_counts_the_same_dry(tmp_path: Path) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    embedded = CliRunner().invoke(main, ["apply", "-f", str(path)])
+    assert embedded.exit_code == 0, embedded.output
+    assert "no store is PostgreSQL and the bus is not NATS" in embedded.output
+    path.write_text(LIBRARY.format(bus="nats://127.0.0.1:4222"))  # apply only writes a file
+    dry = CliRunner().invoke(main, ["apply", "-f", str(path), "--dry-run"])
+    assert dry.exit_code == 0 and dry.output.endswith("would change 1 thing\n"), dry.output
+    done = CliRunner().invoke(main, ["apply", "-f", str(path)])
+    assert done.exit_code == 0 and done.output.endswith("changed 1 thing\n"), done.output
+    again = CliRunner().invoke(main, ["apply", "-f", str(path), "--dry-run"])
+    assert again.output.endswith("nothing to change\n"), again.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["Membr", "--status"], "no entity 'Membr' in the charter; did you mean 'Member'?"),
+        (["Book", "--status"], "no entity 'Book' in the charter; its entities: Member"),
+        (["LendBook", "--to", "accounts", "--dry-run"], "LendBook is the state of saga LendBook"),
+        (["Member", "--to", "x", "--dry-run"], "no context 'x' in the charter; its contexts:"),
+        (["Member", "--to", "lendin", "--dry-run"], "did you mean 'lending'?"),
+    ],
+)
+def test_transfer_names_what_the_charter_has(tmp_path: Path, args: list[str], words: str) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    result = CliRunner().invoke(main, ["transfer", "-f", str(path), *args])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert words in result.output, result.output
+
+
+def test_status_counts_what_a_partitions_new_owner_has_not_relayed(tmp_path: Path) -> None:
+    """After `charter transfer --partitions`, both contexts own Member: an event still in
+    the new owner's outbox is lag as much as one in the old owner's (G5: status never says
+    less lag than there is)."""
+    path = tmp_path / "charter.yaml"
+    text = LIBRARY.format(bus="sqlite:///.charter/bus.db").replace(
+        "contexts:\n",
+        'contexts:\n  membership: {team: membership-team, store: "sqlite:///.charter/m.db"}\n',
+    )
+    path.write_text(text)
+    parts = [arg for p in range(8) for arg in ("--partitions", str(p))]
+    with charter.load(path) as system, charter.Runner(system):  # the copy drains the move
+        moved = CliRunner().invoke(
+            main, ["transfer", "-f", str(path), "Member", "--to", "membership", *parts]
+        )
+        assert moved.exit_code == 0, moved.output
+    with charter.load(path) as system:  # the charter that records the move; nothing runs
+        for context in ("accounts", "membership"):
+            with system.context(context).transaction() as tx:
+                tx.create("Member", email=f"{context}@example.org")
+    code, (row,) = status_json(path)
+    assert code == 0 and row["lag_events"] == 2, row
+
+
+def test_an_unknown_context_is_named_with_the_contexts_there_are(tmp_path: Path) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    for command in (["status"], ["parked"], ["run", "--once"]):
+        result = CliRunner().invoke(main, [*command, "-f", str(path), "--context", "nope"])
+        assert result.exit_code == 1, result.output
+        assert "no context 'nope' in the charter; its contexts: accounts, lending" in (
+            result.output
+        ), result.output
+
+
+def test_check_says_there_are_no_copies_instead_of_an_empty_table(tmp_path: Path) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db").split("copies:")[0])
+    result = CliRunner().invoke(main, ["check", "-f", str(path), "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "copies: none" in result.output and "┃ copy" not in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["alerts"],
+        ["map", "--format", "mermaid", "--no-status"],
+        ["export", "asyncapi"],
+        ["codegen", "--context", "lending"],
+    ],
+)
+def test_an_output_file_that_cannot_be_written_is_named(tmp_path: Path, command: list[str]) -> None:
+    path = tmp_path / "charter.yaml"
+    path.write_text(LIBRARY.format(bus="sqlite:///.charter/bus.db"))
+    target = tmp_path / "missing" / "out.txt"
+    result = CliRunner().invoke(main, [*command, "-f", str(path), "-o", str(target)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"Could not open file '{target}'" in result.output, result.output

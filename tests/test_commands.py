@@ -150,6 +150,9 @@ def test_a_refused_command_returns_the_owners_error(system: System) -> None:
         with pytest.raises(charter.ConstraintError, match="email must be unique") as taken:
             orders.send("ChangeEmail", id=bob, email="ada@example.com")
         assert "refused by 'customers' for command ChangeEmail" in taken.value.__notes__[0]
+        assert str(taken.value) == (  # on every store: PostgreSQL refuses it at commit
+            "Customer.email must be unique: 'ada@example.com' is already used by another Customer"
+        )
         with pytest.raises(charter.NotFoundError, match="no Customer with id nobody"):
             orders.send("ChangeEmail", id="nobody", email="x@example.com")
         with pytest.raises(charter.ValidationError, match="this note is not welcome"):
@@ -168,14 +171,18 @@ def test_the_sender_checks_a_command_against_the_charter(system: System) -> None
         orders.send("ChangeMail", id=ada, email="x@example.com")
     with pytest.raises(charter.ValidationError, match="'shipping' may not send AppendNote"):
         shipping.send("AppendNote", id=ada, text="x")
+    with pytest.raises(charter.ValidationError, match="as Customer's owner, change it in a"):
+        system.context("customers").send("AppendNote", id=ada, text="x")
     with pytest.raises(charter.ValidationError, match="has no field name"):
         orders.send("ChangeEmail", id=ada, name="x")
     with pytest.raises(charter.ValidationError, match="text is required"):
         orders.send("AppendNote", id=ada)
     with pytest.raises(charter.ValidationError, match=r"AppendNote\.text: expected a string"):
         orders.send("AppendNote", id=ada, text=12)
-    with pytest.raises(charter.OwnershipError, match="'customers'"):
+    with pytest.raises(charter.OwnershipError, match="'customers'") as handling:
         orders.handles("ChangeEmail")
+    assert "'orders' may not handle ChangeEmail: it changes Customer" in str(handling.value)
+    assert "system.context('customers').handles('ChangeEmail')" in str(handling.value)
     assert system.bus.take_commands("customers", 10, 0.0) == []  # nothing was sent
 
 

@@ -25,7 +25,7 @@ from charter.demo import SHOP_CHARTER
 from charter.lanes import partition
 from charter.runner import Runner
 from charter.system import System
-from tests.backends import NATS, POSTGRES
+from tests.backends import CONTEXTS, NATS, POSTGRES
 from tests.conftest import SHOP
 from tests.test_extras import shop, tried, without_drivers
 
@@ -453,3 +453,28 @@ def test_exports_need_no_driver_but_the_nats_subjects(tmp_path: Path) -> None:
     result = without_drivers("export", "asyncapi", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert tried(result) == "[]"
+
+
+def test_numbers_as_defaults_export_as_yaml(tmp_path: Path) -> None:
+    """The charter's loader reads `default: 0` as ruamel's ScalarInt, which the safe YAML
+    dumper could not write (a traceback from `charter export asyncapi`)."""
+    path = tmp_path / "charter.yaml"
+    path.write_text(
+        SHOP.format(
+            name="shop", bus="sqlite:///bus.db", **{c: f"sqlite:///{c}.db" for c in CONTEXTS}
+        ).replace(
+            "name:    {type: string}",
+            "name:    {type: string}\n      visits:  {type: integer, default: 0}\n"
+            "      score:   {type: number, default: 1.5}",
+        )
+    )
+    for kind in ("asyncapi", "jsonschema", "odcs"):
+        result = CliRunner().invoke(main, ["export", kind, "-f", str(path), "--format", "yaml"])
+        assert result.exit_code == 0, result.output
+    doc = YAML(typ="safe").load(
+        CliRunner()
+        .invoke(main, ["export", "jsonschema", "-f", str(path), "--format", "yaml"])
+        .output
+    )
+    fields = doc["$defs"]["Customer"]["properties"]
+    assert fields["visits"]["default"] == 0 and fields["score"]["default"] == 1.5

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import charter
 from charter import latency
 from charter.cli import main
+from charter.events import decode
 from charter.status import CopyStatus, status
 from charter.system import System
 from charter.testing.world import Clock
@@ -108,6 +109,24 @@ def test_each_applied_events_latency_is_kept_by_its_copy(shop: System) -> None:
         assert row.latency_p50_s == pytest.approx(latency.quantile({two: 10}, 0.5), abs=1e-6)
         assert latency.BOUNDS[two - 1] < (row.latency_p99_s or 0) <= latency.BOUNDS[two]
         assert row.within_window_1h == row.within_window_1d == 1.0
+
+
+def test_a_batch_applied_again_is_not_counted_again(shop: System) -> None:
+    """Two processes running one copy may both apply a batch: its latencies count once."""
+    clock = Clock()
+    with clock.installed():
+        create(started(shop), 4, "b")
+        clock.advance(1.0)
+        copy = shop.charter.copies[ORDER]
+        store = shop.store(copy.context)
+        charter.Runner(shop, projectors=False).drain()  # published, not applied
+        projector = next(p for p in charter.Runner(shop).projectors if p.copy.name == ORDER)
+        deliveries = shop.bus.fetch(ORDER, projector.topic, projector._start(), 100)
+        items = [(d.position, decode(d.body)) for d in deliveries]
+        timed = [(position, 1.0) for position, _ in items]
+        for _ in range(2):
+            store.apply(copy, items, [], items[-1][0], None, timed)
+        assert store.latency(copy, clock.minute) == {latency.bucket(1.0): 4}
 
 
 def test_the_shares_tell_the_last_hour_from_the_last_day(shop: System) -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -299,6 +300,85 @@ def test_ranges_are_cut_and_only_small_ones_read(
     assert report.ranges > 4
 
 
+def test_a_level_of_the_search_is_one_query_a_side_whatever_the_differences(
+    shop: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty differences under several groups cost one digest query a side for each level
+    of the descent and one read of the rows, not a query for each differing group."""
+    monkeypatch.setattr(compare, "FIRST_PARTS", 4)
+    monkeypatch.setattr(compare, "PARTS", 4)
+    monkeypatch.setattr(compare, "LEAF", 2)
+    ids = customers(shop, 200)
+    Runner(shop).drain()
+    picked = ids[::10]
+    if is_memory(shop):
+        for entity_id in picked:
+            memory_rows(shop, "order_customers")[entity_id]["name"] = "past charter"
+    else:
+        listed = ", ".join(f"'{i}'" for i in picked)
+        plant(
+            shop, "order_customers", f"UPDATE order_customers SET name = 'x' WHERE id IN ({listed})"
+        )
+    calls: dict[str, list[tuple[str, int]]] = {}
+    for context in ("customers", "orders"):
+        store = shop.store(context)
+        noted = calls[context] = []
+        for name in ("digest_under", "digest_rows"):
+            monkeypatch.setattr(store, name, _counted(getattr(store, name), noted, name))
+    with later(3600):
+        report = reconcile.check(shop, shop.charter.copies["order_customers"])
+    assert sorted(f.id for f in report.findings) == sorted(picked)
+    for noted in calls.values():
+        levels = [length for name, length in noted if name == "digest_under"]
+        assert len(levels) >= 2 and len(set(levels)) == len(levels)  # one query a level
+        assert noted.count(("digest_rows", 0)) == 1  # every differing row in one read
+
+
+def _counted(ask: Any, calls: list[tuple[str, int]], name: str) -> Any:
+    """`ask`, each call noted as (name, the length asked for: 0 for a read)."""
+
+    def counted(*args: Any) -> Any:
+        calls.append((name, args[3] if name == "digest_under" else 0))
+        return ask(*args)
+
+    return counted
+
+
+def test_two_postgresql_sides_digest_by_their_own_hash_unless_a_column_differs(
+    shop: System,
+) -> None:
+    """Two PostgreSQL sides digest groups by PostgreSQL's own hash (a fifth of the md5's
+    cost), any other pair by charter's encoding; a copy's column altered past charter to
+    another type turns the native hash off (its values would hash otherwise), and either
+    way a value written past charter at the same version is found."""
+    ids = customers(shop, 30)
+    Runner(shop).drain()
+    copy = shop.charter.copies["order_customers"]
+    entity = shop.charter.entities["Customer"]
+    both = {shop.charter.contexts[c].store.split(":")[0] for c in ("customers", "orders")}
+
+    def native() -> bool:
+        sides = compare.Sides(shop.store("customers"), entity, shop.store("orders"), copy)
+        try:
+            return sides.native
+        finally:
+            sides.close()
+
+    assert native() == (both == {"postgresql"})
+    change = f"UPDATE order_customers SET email = 'past@x.org' WHERE id = '{ids[7]}';"
+    if is_memory(shop):
+        memory_rows(shop, "order_customers")[ids[7]]["email"] = "past@x.org"
+    else:
+        plant(shop, "order_customers", change)
+    with later(3600):
+        assert found(shop) == {"divergent": [ids[7]]}
+    if both == {"postgresql"}:
+        plant(shop, "order_customers", "ALTER TABLE order_customers ALTER email TYPE varchar")
+        assert not native()
+        with later(3600):
+            assert found(shop) == {"divergent": [ids[7]]}
+
+
 def test_the_command_reports_drift_and_exits_5(
     shop: System, pair: tuple[Path, dict[str, str]]
 ) -> None:
@@ -420,6 +500,10 @@ def test_the_command_repairs_and_checks_again(
         (doc,) = json.loads(result.output)
         assert doc["before"]["drift"] == 6 and doc["repair"]["applied"]
         assert doc["repair"]["left"] == planted["ahead"] and doc["counts"] == {"ahead": 1}
+        told = CliRunner(env={"COLUMNS": "1000"}).invoke(main, [*args, "--repair"])
+        assert told.exit_code == 5, told.output  # what is left, and how to move it back
+        assert "(ahead) (the owner went back: `--repair --accept-owner`" in told.output
+        assert "checked again: still 1 drifted: 1 ahead" in told.output, told.output
         accepted = CliRunner().invoke(main, [*args, "--repair", "--accept-owner"])
         assert accepted.exit_code == 0, accepted.output
         assert "checked again: clean" in accepted.output

@@ -291,6 +291,45 @@ def test_a_compensation_without_an_answer_parks_then_resumes(shop: System, setup
     assert left is not None and left.available == 3
 
 
+def test_a_refused_compensation_parks_then_resumes_once_mended(shop: System, setup: Setup) -> None:
+    """ReleaseStock is refused (the shelf locked): the run parks with the owner's reason.
+    Once mended, `charter sagas --resume` sends the undo again under a key of its own (the
+    refused key would answer the refusal again), and the run ends compensated, the stock
+    released once."""
+    if setup.kind == "memory":
+        pytest.skip("memory: `charter sagas --resume` runs in a process of its own")
+    lamp = stock(shop, 3)
+    locked = [True]
+    release = handlers.HANDLERS["inventory"]["ReleaseStock"]
+
+    def guarded(tx: charter.Transaction, cmd: Request) -> object:
+        if locked[0]:
+            raise charter.ConstraintError("the shelf is locked")
+        return release(tx, cmd)
+
+    shop.context("inventory").handles("ReleaseStock")(guarded)
+    with charter.Runner(shop):
+        run_id = CHECKOUT.start(shop, customer="ada", total=250.0, stock=lamp, quantity=2)
+        run = CHECKOUT.wait(shop, run_id)
+        assert run.status == "parked", run.reason
+        assert run.reason == (
+            "compensation ReleaseStock of step ReserveStock failed: ConstraintError: the shelf "
+            "is locked"
+        )
+        locked[0] = False
+        out = CliRunner().invoke(main, ["sagas", "-f", str(setup.path), "--resume", run_id])
+        assert out.exit_code == 0 and "compensating again" in out.output, out.output
+        run = CHECKOUT.wait(shop, run_id)
+    assert run.status == "compensated", run.reason
+    assert run.reason == "resumed after: compensation ReleaseStock of step ReserveStock " + (
+        "failed: ConstraintError: the shelf is locked"
+    )
+    left = shop.context("inventory").get("Stock", lamp)
+    assert left is not None and left.available == 3
+    (order,) = shop.context("orders").filter("Order")
+    assert order.status == "cancelled"
+
+
 def test_a_saga_is_checked_against_the_charter(shop: System) -> None:
     with pytest.raises(
         charter.ValidationError, match="no saga 'Chekout' in the charter; did you mean 'Checkout'"

@@ -219,7 +219,11 @@ def check(path: Path, offline: bool, against: str | None, fmt: str) -> None:
     for copy in charter.copies.values():
         cells = (copy.name, copy.context, copy.of, ", ".join(copy.fields))
         copies.add_row(*map(escape, cells), seconds(copy.window_s), escape(copy.breaks))
-    _console().print(contexts, entities, copies)
+    _console().print(contexts, entities)
+    if charter.copies:
+        _console().print(copies)
+    else:
+        _console().print("copies: none (no context keeps a copy of another's entity)\n")
     if charter.commands:
         sent = Table("command", "entity", "owner", "senders", "fields", title="commands")
         sent.title_justify = "left"
@@ -487,8 +491,12 @@ def run(
 
 
 def registered(spec: str) -> Callable[[System], Any]:
-    """The function MODULE:FUNCTION names (`charter run --handlers`), imported."""
+    """The function MODULE:FUNCTION names (`charter run --handlers`), imported. The current
+    directory is searched first, as `python -m` does: the console script's own folder is
+    what Python puts on the path, so a service's module beside it would not be found."""
     module, _, name = spec.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         found = getattr(importlib.import_module(module), name) if name else None
     except ImportError as exc:
@@ -543,6 +551,7 @@ def transfer_command(
     from charter import model, transfer
     from charter.urls import NATS, POSTGRES
 
+    _transferable(model.load(path), entity, to)
     done = transfer.command(
         path,
         entity,
@@ -569,6 +578,38 @@ def transfer_command(
                 audit_only=False,
                 mapping=(),
             )
+
+
+def _transferable(charter: model.Charter, entity: str | None, to: str | None) -> None:
+    """Refuse, saying what there is, an entity or a context the charter does not name, and a
+    saga's state, which the charter derives from `sagas:` (it has no entry to record a move
+    in): `charter transfer` would otherwise say that no transfer was started, or fail."""
+    from charter.errors import ValidationError
+
+    def named(word: str, kind: str, kinds: str, choices: tuple[str, ...]) -> str:
+        hint = _near(word, choices)
+        return f"no {kind} '{word}' in the charter; " + (
+            hint or f"its {kinds}: {', '.join(choices)}"
+        )
+
+    owned = tuple(name for name in charter.entities if name not in charter.sagas)
+    if entity is not None and entity in charter.sagas:
+        raise ValidationError(
+            f"{entity} is the state of saga {entity}, kept by the context that orchestrates "
+            f"it ('{charter.sagas[entity]}'); charter transfer moves entities declared under "
+            f"entities: ({', '.join(owned)})"
+        )
+    if entity is not None and entity not in charter.entities:
+        raise ValidationError(named(entity, "entity", "entities", owned))
+    if to is not None and to not in charter.contexts:
+        raise ValidationError(named(to, "context", "contexts", tuple(charter.contexts)))
+
+
+def _near(word: str, choices: tuple[str, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean '{close[0]}'?" if close else ""
 
 
 @main.command(name="apply")
@@ -633,14 +674,25 @@ def apply_command(
             from charter import natsauth
         block = natsauth.authorization(charter)
         target = nats_config or path.parent / ".charter" / "nats-auth.conf"
+        stale = not target.exists() or target.read_text() != block
         if dry_run:
             click.echo(f"# {target}\n{block}")
-        elif not target.exists() or target.read_text() != block:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(block)
+            changes += 1 if stale else 0
+        elif stale:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise click.FileError(str(target), exc.strerror) from None
+            _written(target, block)
             changes += 1
             click.echo(f"wrote {target} (include it in nats-server's config, then reload)")
     verb = "would change" if dry_run else "changed"
+    if not stores and not charter.bus.startswith(NATS) and nats_config is None:
+        click.echo(
+            "nothing to change: no store is PostgreSQL and the bus is not NATS (charter's API "
+            "refuses a non-owner's writes, and on SQLite so do the store's own triggers)"
+        )
+        return
     click.echo(
         f"{verb} {changes} thing{'s' if changes != 1 else ''}" if changes else "nothing to change"
     )
@@ -885,7 +937,7 @@ def alerts(path: Path, output: Path | None) -> None:
     if output is None:
         click.echo(rules, nl=False)
         return
-    output.write_text(rules)
+    _written(output, rules)
     count = len(made(charter)["groups"][0]["rules"])
     click.echo(f"wrote {count} rule{'s' if count != 1 else ''} to {output}")
 
@@ -1063,11 +1115,20 @@ def _write(text: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
+    _written(output, text)
+    _console(stderr=True).print(f"wrote {escape(str(output))}", highlight=False)
+
+
+def _written(output: Path, data: str | bytes) -> None:
+    """Write a command's output file; a folder that is not there or may not be written is
+    a usage error naming the file, never a traceback."""
     try:
-        output.write_text(text, encoding="utf-8")
+        if isinstance(data, bytes):
+            output.write_bytes(data)
+        else:
+            output.write_text(data, encoding="utf-8")
     except OSError as exc:
         raise click.FileError(str(output), exc.strerror) from None
-    _console(stderr=True).print(f"wrote {escape(str(output))}", highlight=False)
 
 
 @main.command()
@@ -1151,7 +1212,7 @@ def audit_command(
             return
         if output.exists():
             raise click.UsageError(f"{output} exists: remove it or choose another name (-o)")
-        output.write_text(text)
+        _written(output, text)
         _console().print(f"wrote {escape(str(output))}: check it with `charter check -f {output}`")
         return
     report = audit.audit(model.load(path), list(logs), stat_statements, names, after)
@@ -1214,7 +1275,7 @@ def map_command(
     if output is None:
         click.echo(data.decode(), nl=False)
     else:
-        output.write_bytes(data)
+        _written(output, data)
         _console().print(f"wrote {escape(str(output))} ({chosen})", highlight=False)
 
 

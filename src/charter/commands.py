@@ -121,7 +121,7 @@ def handled_by(charter: Charter, context: str, name: str) -> Command:
     spec = declared(charter, name)
     if spec.owner != context:
         owner = charter.contexts[spec.owner]
-        raise OwnershipError(spec.entity, owner.name, owner.team, context)
+        raise OwnershipError(spec.entity, owner.name, owner.team, context, handling=name)
     return spec
 
 
@@ -139,9 +139,14 @@ def request(
     """Check a command as `sender` sends it; (its declaration, its key, the request)."""
     spec = declared(charter, name)
     if sender not in spec.senders:
+        own = (
+            f", or, as {spec.entity}'s owner, change it in a transaction of its own"
+            if sender == spec.owner
+            else ""
+        )
         raise ValidationError(
             f"context '{sender}' may not send {name} to '{spec.owner}' (its senders: "
-            f"{', '.join(spec.senders)}); add '{sender}' to its senders in the charter"
+            f"{', '.join(spec.senders)}); add '{sender}' to its senders in the charter{own}"
         )
     key = uuid7() if key is None else key
     if not isinstance(key, str) or not key.strip():
@@ -228,7 +233,8 @@ def refusal(exc: Exception) -> bytes:
     """The answer for a refusal: a charter error by its type, anything else as Error."""
     if isinstance(exc, Error):
         kind = next(k for k in type(exc).__mro__ if k.__name__ in REFUSALS)
-        return orjson.dumps({"refused": kind.__name__, "message": str(exc)})
+        message = str(exc).removesuffix(errors.ROLLED_BACK)  # the same on every store
+        return orjson.dumps({"refused": kind.__name__, "message": message})
     return orjson.dumps(
         {"refused": "Error", "message": f"the handler failed: {type(exc).__name__}: {exc}"}
     )

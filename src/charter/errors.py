@@ -34,15 +34,35 @@ class CharterError(Error):
         super().__init__(head + ":\n" + "\n".join(str(p) for p in problems))
 
 
+# What a refusal at commit adds (PostgreSQL sends an owner transaction's changes then): the
+# owner's caller learns nothing was committed; a command's sender gets the refusal without it
+ROLLED_BACK = "; the transaction was rolled back and nothing was committed"
+
+
 class OwnershipError(Error):
     """A context tried to write an entity that another context owns (G1)."""
 
     def __init__(
-        self, entity: str, owner: str, team: str, writer: str, commands: tuple[str, ...] = ()
+        self,
+        entity: str,
+        owner: str,
+        team: str,
+        writer: str,
+        commands: tuple[str, ...] = (),
+        *,
+        handling: str = "",
     ) -> None:
-        """`commands`: those of the entity that `writer` may send its owner instead."""
+        """`commands`: those of the entity that `writer` may send its owner instead;
+        `handling`: the command `writer` tried to register a handler of."""
         self.entity, self.owner, self.team, self.writer = entity, owner, team, writer
         self.commands = commands
+        if handling:
+            super().__init__(
+                f"'{writer}' may not handle {handling}: it changes {entity}, owned by context "
+                f"'{owner}' (team {team}). Register the handler on the owner: "
+                f"system.context({owner!r}).handles({handling!r})."
+            )
+            return
         ask = (
             f"Send '{owner}' a command instead: "
             + " or ".join(f"ctx.send({name!r}, …)" for name in commands)

@@ -6,12 +6,13 @@ version that ran out of time says it (`CopyReader.wait_for`)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from charter import clock
 from charter.buses import Bus
 from charter.model import Copy, Entity
-from charter.records import Backlog, Checkpoint
+from charter.records import Checkpoint
 from charter.stores import Store
 from charter.visibility import topic_of
 
@@ -23,18 +24,28 @@ class Lag:
     checkpoint: Checkpoint | None  # where the copy as a whole has got to (None: never ran)
 
 
-def measure(copy: Copy, entity: Entity, store: Store, owner: Store | None, bus: Bus) -> Lag:
+def measure(
+    copy: Copy,
+    entity: Entity,
+    store: Store,
+    owner: Store | None,
+    bus: Bus,
+    others: Sequence[Store] = (),
+) -> Lag:
     """The lag of `copy` (of `entity`), kept in `store`, read on the topic the copy reads
     (charter.visibility). Without the `owner`'s store (a context's own
-    roles may not read it) the lag is what is on the bus."""
+    roles may not read it) the lag is what is on the bus. `others`: the stores of the
+    contexts that own some of its partitions since a move (charter transfer), whose
+    outboxes hold events of it too."""
     now = dt.datetime.fromtimestamp(clock.time_s(), dt.UTC)
     checkpoint = store.checkpoint(copy)
-    unrelayed = owner.unrelayed(copy.of) if owner is not None else Backlog(0, None)
+    outboxes = ([owner] if owner is not None else []) + list(others)
+    unrelayed = [o.unrelayed(copy.of) for o in outboxes]
     on_bus = bus.backlog(
         copy.name, topic_of(entity, copy), checkpoint.position if checkpoint else 0
     )
-    seconds = max(age(unrelayed.oldest, now), age(on_bus.oldest, now))
-    return Lag(unrelayed.events + on_bus.events, seconds, checkpoint)
+    seconds = max([age(u.oldest, now) for u in unrelayed] + [age(on_bus.oldest, now)])
+    return Lag(sum(u.events for u in unrelayed) + on_bus.events, seconds, checkpoint)
 
 
 def age(moment: str | None, now: dt.datetime) -> float:

@@ -849,11 +849,18 @@ class _Reader:
                     self.problem(line, f"enum {entity}.{name} has no values", "values: [a, b, c]")
                 else:
                     values = tuple(str(v) for v in raw_values)
-            default = spec.get("default")
+            default = _plain(spec.get("default"))
             if default is not None and values and str(default) not in values:
                 self.problem(
                     self._line(spec, "default"),
                     f"{entity}.{name}: default '{default}' is not one of {list(values)}",
+                )
+            expected = _default_unfit(kind, default)
+            if expected:
+                self.problem(
+                    self._line(spec, "default"),
+                    f"{entity}.{name}: default {default!r} is not {expected}",
+                    _DEFAULT_HINTS[kind].format(default),
                 )
             required = bool(spec.get("required", default is None))
             fields[str(name)] = Field(
@@ -1056,6 +1063,47 @@ def _singular(word: str) -> str:
     return {"contexts": "context", "entities": "entity", "copies": "copy", "fields": "field"}.get(
         word, word
     )
+
+
+_DEFAULTS: dict[str, tuple[tuple[type, ...], str]] = {
+    "string": ((str,), "a string"),
+    "text": ((str,), "a string"),
+    "integer": ((int,), "a whole number"),
+    "number": ((int, float), "a number"),
+    "boolean": ((bool,), "true or false"),
+}
+
+
+def _plain(value: Any) -> Any:
+    """A YAML scalar as the plain Python value: the round-trip loader's ScalarInt and
+    ScalarFloat (subclasses that keep how the number was written) are no value a safe YAML
+    dumper can write (`charter export` of a `default: 0`), nor JSON's, elsewhere."""
+    if isinstance(value, bool) or value is None:
+        return value
+    for plain in (int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
+    return value
+
+
+_DEFAULT_HINTS = {
+    "string": 'quote it: default: "{}"',
+    "text": 'quote it: default: "{}"',
+    "integer": "unquoted: default: 0",
+    "number": "unquoted: default: 0.5",
+    "boolean": "default: true or default: false, unquoted",
+}
+
+
+def _default_unfit(kind: str, default: Any) -> str:
+    """What a field's `default` should have been, when it is not of the field's type ("" when
+    it fits, or when only a write can tell: dates, timestamps, uuids). A write that takes it
+    would otherwise be refused, far from the line that is wrong."""
+    if default is None or kind not in _DEFAULTS:
+        return ""
+    types, expected = _DEFAULTS[kind]
+    fits = isinstance(default, types) and (kind == "boolean" or not isinstance(default, bool))
+    return "" if fits else expected
 
 
 def _hint(word: str, choices: tuple[str, ...]) -> str:

@@ -138,7 +138,10 @@ def copy_status(
     it kept its promise (kept)."""
     entity = system.charter.entities[copy.of]
     owner_store = system.store(entity.owner) if owner else None
-    measured = lag.measure(copy, entity, system.store(copy.context), owner_store, system.bus)
+    others = [system.store(c) for c in entity.owners if c != entity.owner] if owner else []
+    measured = lag.measure(
+        copy, entity, system.store(copy.context), owner_store, system.bus, others
+    )
     checkpoint, lag_events, lag_s = measured.checkpoint, measured.events, measured.seconds
     topic = topic_of(entity, copy)  # what the copy reads (charter.visibility)
     parked = len(system.store(copy.context).parked(copy))

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from charter import commands, lag, model, tokens, values
+from charter import commands, errors, lag, model, tokens, values
 from charter.buses import Bus, open_bus
 from charter.errors import (
     CommandTimeoutError,
@@ -58,7 +58,8 @@ class System:
         if name not in self.charter.contexts:
             hint = _hint(name, tuple(self.charter.contexts))
             raise ValidationError(
-                f"no context '{name}' in the charter" + (f"; {hint}" if hint else "")
+                f"no context '{name}' in the charter; "
+                + (hint or f"its contexts: {', '.join(self.charter.contexts)}")
             )
         return ContextHandle(self, name)
 
@@ -130,7 +131,7 @@ class ContextHandle:
             if not committing:
                 raise
             # a store that sends its changes at commit refuses them there (PostgreSQL)
-            message = f"{exc}; the transaction was rolled back and nothing was committed"
+            message = f"{exc}{errors.ROLLED_BACK}"
             raise restated(exc, message) from None
         tx._committed()
         if events:

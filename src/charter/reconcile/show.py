@@ -7,7 +7,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from charter.reconcile.classify import DIVERGENT, IN_FLIGHT, KINDS
+from charter.reconcile.classify import AHEAD, DIVERGENT, IN_FLIGHT, KINDS
 from charter.reconcile.repair import Mended
 from charter.reconcile.report import SAMPLE, Report
 
@@ -65,8 +65,9 @@ def details(report: Report) -> list[str]:
                 "(written past charter: a single-writer violation)"
             )
     if not report.complete:
+        ranges = f"{report.left} range{'s' if report.left != 1 else ''}"
         lines.append(
-            f"[yellow]{escape(report.copy)}: stopped before the end[/] ({report.left} ranges "
+            f"[yellow]{escape(report.copy)}: stopped before the end[/] ({ranges} "
             "left; the budget or --max-diffs ran out): run again with more"
         )
     return lines
@@ -84,8 +85,13 @@ def repaired(done: Mended) -> list[str]:
             f"run` running for context '{escape(done.before.context)}'?); it will when it runs"
         )
     for finding in done.repair.left:
-        lines.append(f"{name}: left alone: {escape(finding.id)} ({finding.kind})")
+        why = " (the owner went back: `--repair --accept-owner` moves the copy back to it)"
+        lines.append(
+            f"{name}: left alone: {escape(finding.id)} ({finding.kind})"
+            + (why if finding.kind == AHEAD else "")
+        )
     after = done.after
-    state = "clean" if after.clean else f"still {len(after.drift)} drifted: {after.counts}"
+    kinds = ", ".join(f"{n} {kind}" for kind, n in after.counts.items())
+    state = "clean" if after.clean else f"still {len(after.drift)} drifted: {kinds}"
     lines.append(f"{name}: checked again: {escape(state)}")
     return lines

@@ -109,7 +109,9 @@ def counts(rows: list[Listed]) -> str:
 
 def resume(system: System, run_id: str) -> Listed:
     """A parked run compensates again from where it stopped (its tries start again): for
-    when its cause is mended (the record put back, the owner up again)."""
+    when its cause is mended (the record put back, the owner up again). One a refusal
+    parked sends its undos under a new round's keys, or the owner would answer the
+    refusal its key already has."""
     for name, context in system.charter.sagas.items():
         handle = system.context(context)
         record = handle.get(name, run_id)
@@ -120,6 +122,8 @@ def resume(system: System, run_id: str) -> Listed:
                 f"run {run_id} of saga {name} is {record['status']}, not parked: only a "
                 "parked run is resumed (an active one goes on by itself)"
             )
+        run = Run.from_record(record)
+        again = run.but(refused=False, round=run.round + 1) if run.refused else run
         with handle.transaction(f"saga/{name}/resume") as tx:
             tx.update(
                 name,
@@ -128,6 +132,8 @@ def resume(system: System, run_id: str) -> Listed:
                 status=COMPENSATING,
                 attempts=0,
                 next_at=clock.time_s(),
+                data=again.data(),
+                reason=f"resumed after: {run.reason}" if run.reason else None,
             )
         return next(r for r in listed(system, name) if r.id == run_id)
     raise ValidationError(f"no run {run_id} in any saga of the charter")

@@ -8,7 +8,8 @@ still be applied, so it is sent again under its key until its outcome is known (
 is compensated too; refused: not).
 compensating, step j: send the undo of step j (key `…:j:undo`); its answer → step j-1
 (compensated below the first). Refused → parked with the owner's reason; no answer after
-the saga's tries → parked."""
+the saga's tries → parked. A run parked by a refusal and resumed sends its undos under keys
+of a new round (`…:j:undo:1`): the refusal applied nothing."""
 
 from __future__ import annotations
 
@@ -49,7 +50,11 @@ NO_ANSWER = Answer()
 
 
 def key(run: Run, index: int, undo: bool) -> str:
-    return f"saga:{run.saga}:{run.id}:{index}:{'undo' if undo else 'do'}"
+    """A step's key; an undo's after a refused compensation was resumed (round 1, 2, …)
+    ends in its round: the refused key would answer the refusal again, and a refusal
+    applied nothing, so sending it anew under another key applies it at most once."""
+    round = f":{run.round}" if undo and run.round else ""
+    return f"saga:{run.saga}:{run.id}:{index}:{'undo' if undo else 'do'}{round}"
 
 
 def said(exc: BaseException) -> str:
@@ -137,7 +142,7 @@ def _refused(run: Run, step: Step, exc: Exception, *, undo: bool) -> Run:
         reason = f"compensation {step.undo} of step {step.name} failed: {said(exc)}"
         if isinstance(exc, errors.ConflictError):
             reason += " (the record changed since the step: someone else wrote it meanwhile)"
-        return run.but(status=PARKED, attempts=0, reason=reason)
+        return run.but(status=PARKED, attempts=0, reason=reason, refused=True)
     reason = f"step {step.name} refused: {said(exc)}"
     return run.but(status=COMPENSATING, step=run.step - 1, attempts=0, reason=reason)
 

@@ -40,6 +40,10 @@ class Run:
     results: dict[str, Any] = field(default_factory=dict)  # step name -> answer, as JSON
     unsure: int | None = None
     reason: str | None = None
+    # a compensation refused (parked: nothing applied) makes `resume` send the undos under
+    # keys of a new round, since a key answers its first outcome, the refusal, for ever
+    refused: bool = False
+    round: int = 0
 
     @classmethod
     def from_record(cls, record: Record) -> Run:
@@ -58,6 +62,8 @@ class Run:
             data.get("results") or {},
             data.get("unsure"),
             record.get("reason"),
+            bool(data.get("refused", False)),
+            int(data.get("round", 0)),
         )
 
     def data(self) -> str:
@@ -68,6 +74,10 @@ class Run:
         }
         if self.unsure is not None:
             doc["unsure"] = self.unsure
+        if self.refused:
+            doc["refused"] = True
+        if self.round:
+            doc["round"] = self.round
         return orjson.dumps(doc).decode()
 
     def fields(self) -> dict[str, Any]:

@@ -204,6 +204,24 @@ class Store(Protocol):
         in one pass: key → Digest (count and total; no low, no high). Keys with no rows
         are absent."""
 
+    def digest_under(
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefixes: Sequence[str],
+        length: int,
+        native: bool = False,
+    ) -> dict[str, Digest]:
+        """digest(table, fields, prefix, length) for each of `prefixes` (distinct, none
+        under another), merged, in one query: a level of the search, one round trip.
+        `native`: each row hashed by the store's own hash (native_hash), not charter's."""
+
+    def native_hash(self, table: Entity | Copy, fields: Sequence[Field]) -> str | None:
+        """What this store's own hash of `table`'s rows on `fields` is (for PostgreSQL: its
+        version, a probe value's hash and the columns' types), if it has one cheaper than
+        charter's canonical encoding: two stores that say the same hash equal rows the
+        same, and their digest_under(native=True) compare. None: it has none."""
+
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
     ) -> list[tuple[str, int, int]]:

@@ -563,12 +563,32 @@ class MemoryStore:
     def digest(
         self, table: Entity | Copy, fields: Sequence[Field], prefix: str, length: int
     ) -> dict[str, Digest]:
-        rows = self.digest_rows(table, fields, [prefix])
+        rows = self._hashed(table, fields, [prefix])
         return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
+
+    def digest_under(
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefixes: Sequence[str],
+        length: int,
+        native: bool = False,
+    ) -> dict[str, Digest]:
+        rows = self._hashed(table, fields, prefixes)
+        return digests.group(((i, hashed) for i, _, hashed in rows), "", length)
+
+    def native_hash(self, table: Entity | Copy, fields: Sequence[Field]) -> str | None:
+        return None  # the reference: charter's encoding only
 
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
     ) -> list[tuple[str, int, int]]:
+        return self._hashed(table, fields, prefixes)
+
+    def _hashed(
+        self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]
+    ) -> list[tuple[str, int, int]]:
+        """The rows under `prefixes` with their hashes: what every digest here is made of."""
         self._touch("digest")
         kinds, names = digests.codes(fields), [f.name for f in fields]
         starts = tuple(prefixes)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from charter import digests, latency
+from charter.digests import Digest
 from charter.errors import ConstraintError, FencedError, SchemaChangeError
 from charter.events import Event
 from charter.ids import uuid7
@@ -370,6 +371,12 @@ class StoreContract:
         ]
         assert [r[2] for r in rows] == expected  # the database computes charter.digests' hash
         assert copies.tombstone(copy, ids[0]) is None
+        # a store's own hash, where it has one: the same rows digest alike on both sides
+        native = owner.native_hash(person, fields)
+        if native is not None and native == copies.native_hash(copy, fields):
+            mine = owner.digest_under(person, fields, [""], 0, native=True)
+            assert mine == copies.digest_under(copy, fields, [""], 0, native=True)
+            assert mine[""].count == 5 and mine != whole
 
     def test_a_digest_groups_rows_by_a_prefix_of_the_id(
         self, owner: Store, charter: Charter
@@ -394,6 +401,20 @@ class StoreContract:
             assert len(key) == length and found.count == len(inside)
             assert found.total == sum(hashes[i] for i in inside) % 2**64
         assert owner.digest(person, fields, ids[2], 40) == {ids[2]: each[ids[2]]}
+        # several prefixes in one query: each one's digest, merged
+        assert owner.digest_under(person, fields, [ids[4], ids[1]], 40) == {
+            ids[1]: each[ids[1]],
+            ids[4]: each[ids[4]],
+        }
+        finer: dict[str, Digest] = {}
+        for key in groups:
+            finer.update(owner.digest(person, fields, key, length + 1))
+        assert owner.digest_under(person, fields, sorted(groups), length + 1) == finer
+        assert owner.digest_under(person, fields, [""], length) == owner.digest(
+            person, fields, "", length
+        )
+        assert owner.digest_under(person, fields, [], length) == {}
+        assert owner.digest_under(person, fields, ["~", "g"], 3) == {}
         picked = owner.digest_rows(person, fields, [ids[4], ids[1]])
         assert [r[0] for r in picked] == [ids[1], ids[4]]
         overlapping = owner.digest_rows(person, fields, [shared, ids[0]])  # each id once

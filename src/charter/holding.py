@@ -103,6 +103,23 @@ class Holders:
         rows = self.digest_rows(table, fields, [prefix])
         return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
 
+    def digest_under(
+        self,
+        table: Entity | Copy,
+        fields: Sequence[Field],
+        prefixes: Sequence[str],
+        length: int,
+        native: bool = False,
+    ) -> dict[str, Digest]:
+        """charter's own row hash only (native_hash is None): both sides then use it."""
+        found: dict[str, Digest] = {}
+        for prefix in prefixes:
+            found.update(self.digest(table, fields, prefix, length))
+        return found
+
+    def native_hash(self, table: Entity | Copy, fields: Sequence[Field]) -> str | None:
+        return None  # rows from several stores: charter's canonical hash, the same in each
+
     def bucket_length(self, table: Entity | Copy, fields: Sequence[Field]) -> int | None:
         return None  # no buckets are kept of records spread over several stores
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Protocol
 
+from charter import holding
 from charter.commands import CommandWorker
 from charter.errors import Error
 from charter.lanes import Lane
@@ -93,7 +94,8 @@ class Runner:
                         copy,
                         entity,
                         system.store(name),
-                        partial(system.store, entity.owner),  # only for a backfill
+                        # only for a backfill: each record from its current owner's store
+                        partial(holding.owner_store, system, entity),
                         system.bus,
                         batch,
                         lane,

@@ -50,7 +50,8 @@ class Sides:
 
     def both(self, ask: Callable[[Store, Entity | Copy], T]) -> tuple[T, T]:
         owned = self._pool.submit(ask, self.owner, self.entity)
-        return owned.result(), ask(self.store, self.copy)
+        copied = ask(self.store, self.copy)  # while the owner answers: not after it
+        return owned.result(), copied
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from charter import clock
+from charter import digests
 from charter.digests import Digest
 from charter.model import Copy, Entity, Field
 from charter.reconcile import prefixes
@@ -133,15 +134,15 @@ def read(sides: Sides, groups: list[str], found: Differences) -> None:
 
 
 BUCKETS = 65536  # at most about how many buckets an incremental digest keeps of a whole table
-TOP = 256  # the first comparison of the buckets: summed into about this many groups
 
 
 def incremental(sides: Sides, deadline: float, limit: int) -> Differences:
     """The ids that differ, found from the buckets each database keeps as its rows change
-    (Store.refresh_buckets, bucket_digest: a TicTac tree, its upper level summed from the
-    buckets on the fly): the upper level is compared, then the buckets under its differing
-    groups (in one query a side), and only differing buckets are looked into as
-    `differences` looks into a group."""
+    (Store.refresh_buckets, bucket_digest: a TicTac tree, its upper level kept beside the
+    buckets): the upper level is compared (a copy that differs in nothing costs that: a
+    few hundred sums a side), then under its differing groups a character at a time down
+    to the buckets, and only differing buckets are looked into as `differences` looks
+    into a group."""
     found = Differences()
     fields = sides.fields
     length = sides.owner.bucket_length(sides.entity, fields) or sides.store.bucket_length(
@@ -156,9 +157,11 @@ def incremental(sides: Sides, deadline: float, limit: int) -> Differences:
         length = prefixes.first_length(low, high, BUCKETS)
     kept = length
     sides.both(lambda store, table: store.refresh_buckets(table, fields, kept))
-    top = min(length, prefixes.first_length(low, high, TOP))
+    top = digests.upper_length(low, length)  # the level the stores keep: read, not summed
     groups = [""]
-    for by in (top, length):
+    # then a character at a time (16 ways), so a differing group brings 16 sums a side,
+    # not its 256 buckets
+    for by in [top, *_levels(low, top, length)]:
         mine, theirs = sides.both(_buckets(fields, groups, by))
         keys = sorted(mine.keys() | theirs.keys())
         found.ranges += len(keys)
@@ -174,6 +177,19 @@ def incremental(sides: Sides, deadline: float, limit: int) -> Differences:
         else:
             queue.append((key, length + prefixes.step(PARTS)))
     return descend(sides, queue, found, deadline, limit, leaves)
+
+
+def _levels(sample: str, top: int, length: int) -> list[int]:
+    """The lengths between `top` and `length` a character apart (past a UUID's `-`, which
+    cuts nothing), `length` last."""
+    found: list[int] = []
+    by = top
+    while by < length:
+        by += 1
+        while by < length and sample[by - 1 : by] == "-":
+            by += 1
+        found.append(by)
+    return found
 
 
 def _buckets(

@@ -13,8 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from charter import clock
-from charter import digests
+from charter import clock, digests
 from charter.digests import Digest
 from charter.model import Copy, Entity, Field
 from charter.reconcile import prefixes

@@ -260,10 +260,11 @@ def _triggers(s: str, name: str, target: str, key: str, length: int, copy: bool)
 
 
 def _ranges(select: str) -> str:
-    """A FROM item: `select` once for each range of two arrays passed as
-    parameters (r.charter_lo, r.charter_hi), an index scan each. Not a join: with no statistics on the buckets (they
-    were just built) PostgreSQL joined every bucket to every range, 200,000 comparisons for
-    2,560 buckets; OFFSET 0 keeps the subquery from being flattened into that join."""
+    """A FROM item: `select` once for each range of two arrays passed as parameters
+    (r.charter_lo, r.charter_hi), an index scan each. Not a join: with no statistics on
+    the buckets (they were just built) PostgreSQL joined every bucket to every range,
+    200,000 comparisons for 2,560 buckets; OFFSET 0 keeps the subquery from being
+    flattened into that join."""
     return (
         "unnest(%s::text[], %s::text[]) AS r(charter_lo, charter_hi), "
         f"LATERAL ({select} OFFSET 0) AS b"
@@ -367,6 +368,7 @@ class _Buckets(_Reconcile):
         ranges = _disjoint(groups)
         ends = [digests.prefix_end(g) for g in ranges]
         conn.execute(f"DELETE FROM {held} WHERE key = %s AND bucket = ANY(%s)", (upper, groups))
+        params: list[Any]
         if any(e is None for e in ends):
             source, params = f"{held} WHERE key = %s", [key]
         else:

@@ -132,7 +132,10 @@ def read(sides: Sides, groups: list[str], found: Differences) -> None:
             found.ids[entity_id] = (a[0] if a else None, b[0] if b else None)
 
 
-BUCKETS = 65536  # at most about how many buckets an incremental digest keeps of a whole table
+# at most about how many buckets an incremental digest keeps of a whole table (never more
+# than it has rows): at 10,000,000 rows over a day, 340,000 of 29 rows, where 21,000 of 470
+# read 16 times the rows to tell 10 differences apart
+BUCKETS = 1 << 20
 
 
 def incremental(sides: Sides, deadline: float, limit: int) -> Differences:

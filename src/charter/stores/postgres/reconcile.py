@@ -179,12 +179,10 @@ class _Reconcile(_Core):
 # -- incremental digests (Store.buckets) ----------------------------------------------------
 #
 # Per (table, fields), charter_bucket holds each bucket's digest, and triggers on the table
-# append the buckets a write touched to charter_bucket_dirty, in the write's own transaction
-# (an append to a table with no index: concurrent writers never wait on one another). An
-# owner's table has row triggers, BEFORE the row is written (no after-trigger queue): about
-# 5 µs a row on the server, where a statement trigger over transition tables cost 9-11 µs
-# a statement (benchmarks/RESULTS.md); a copy's has statement triggers, as its projector
-# writes batches (one mark a bucket a batch). A check takes the marks committed so far
+# append the bucket of each row a write touched to charter_bucket_dirty, in the write's own
+# transaction (an append to a table with no index: concurrent writers never wait on one
+# another): row triggers, BEFORE the row is written (no after-trigger queue), about 5-7 µs
+# a row on the server (benchmarks/RESULTS.md). A check takes the marks committed so far
 # (DELETE … RETURNING, under an advisory lock: one check of a key at a time), recomputes
 # those buckets from the table in one statement and commits; a mark committed later stays
 # for the next check, so the buckets a check reads equal a recomputation from the rows.
@@ -210,7 +208,7 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _triggers(s: str, name: str, target: str, key: str, length: int, copy: bool) -> list[str]:
+def _triggers(s: str, name: str, target: str, key: str, length: int) -> list[str]:
     """The function and triggers that mark the buckets a write touches. They run as their
     owner (SECURITY DEFINER): a service's role writes its table, not charter_bucket_dirty.
     A TRUNCATE marks the whole table ('')."""
@@ -224,25 +222,9 @@ def _triggers(s: str, name: str, target: str, key: str, length: int, copy: bool)
         f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
     )
     whole = f"IF TG_OP = 'TRUNCATE' THEN INSERT INTO {marks} VALUES ({_literal(key)}, ''); "
-    if copy:  # a projector writes batches: one statement, one mark a bucket
-        mark = f"INSERT INTO {marks} SELECT DISTINCT {_literal(key)}, substr(id, 1, {length}) FROM "
-        body = (
-            f"{whole}RETURN NULL; END IF; "
-            f"IF TG_OP <> 'DELETE' THEN {mark}charter_new; END IF; "
-            f"IF TG_OP <> 'INSERT' THEN {mark}charter_old; END IF; RETURN NULL; END $$"
-        )
-        triggers = [
-            f'CREATE TRIGGER "{name}_{event.lower()}" AFTER {event} ON {target} '
-            f"REFERENCING {refs} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-            for event, refs in (
-                ("INSERT", "NEW TABLE AS charter_new"),
-                ("DELETE", "OLD TABLE AS charter_old"),
-                ("UPDATE", "NEW TABLE AS charter_new OLD TABLE AS charter_old"),
-            )
-        ]
-        return [header + body, *triggers, truncate]
-    # an owner writes a record or a few a statement: a row trigger, before the row is
-    # written (no after-trigger queue to fill and fire)
+    # a row trigger, before the row is written (no after-trigger queue to fill and fire);
+    # a statement trigger over transition tables cost 9-11 µs a statement, and 13 µs a row
+    # in a copy's batch whose rows fall in different buckets (benchmarks/RESULTS.md)
     mark = f"INSERT INTO {marks} VALUES ({_literal(key)}, substr("
     body = (
         f"{whole}RETURN NULL; END IF; "
@@ -434,7 +416,7 @@ class _Buckets(_Reconcile):
                 ).fetchall()
                 for (other,) in others:
                     self._drop(conn, str(other), table)
-            for statement in _triggers(s, name, target, key, length, isinstance(table, Copy)):
+            for statement in _triggers(s, name, target, key, length):
                 conn.execute(statement)
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.schema}.{key}",))

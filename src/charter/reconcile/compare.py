@@ -141,8 +141,8 @@ BUCKETS = 1 << 20
 def incremental(sides: Sides, deadline: float, limit: int) -> Differences:
     """The ids that differ, found from the buckets each database keeps as its rows change
     (Store.refresh_buckets, bucket_digest: a TicTac tree, its upper level kept beside the
-    buckets): the upper level is compared (a copy that differs in nothing costs that: a
-    few hundred sums a side), then under its differing groups a character at a time down
+    buckets): the upper level is compared (a copy that differs in nothing costs that: at
+    most a few thousand sums a side, whatever its rows), then under its differing groups a character at a time down
     to the buckets, and only differing buckets are looked into as `differences` looks
     into a group."""
     found = Differences()

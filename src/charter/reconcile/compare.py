@@ -142,15 +142,15 @@ def incremental(sides: Sides, deadline: float, limit: int) -> Differences:
     """The ids that differ, found from the buckets each database keeps as its rows change
     (Store.refresh_buckets, bucket_digest: a TicTac tree, its upper level kept beside the
     buckets): the upper level is compared (a copy that differs in nothing costs that: at
-    most a few thousand sums a side, whatever its rows), then under its differing groups a character at a time down
-    to the buckets, and only differing buckets are looked into as `differences` looks
-    into a group."""
+    most a few thousand sums a side, whatever its rows), then under its differing groups
+    a character at a time down to the buckets, and only differing buckets are looked into
+    as `differences` looks into a group."""
     found = Differences()
     fields = sides.fields
-    length = sides.owner.bucket_length(sides.entity, fields) or sides.store.bucket_length(
-        sides.copy, fields
+    (kept_owned, owned), (kept_copied, copied) = sides.both(
+        lambda store, table: (store.bucket_length(table, fields), store.id_range(table))
     )
-    owned, copied = sides.both(lambda store, table: store.id_range(table))
+    length = kept_owned or kept_copied
     ends = [r for r in (owned, copied) if r is not None]
     if not ends:
         return found

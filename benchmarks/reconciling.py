@@ -268,10 +268,18 @@ def _keys(diffs: Iterator[tuple[str, tuple[Any, ...]]]) -> Iterator[tuple[str, t
         yield sign, (str(values[0]),)
 
 
-def incremental_figures(system: System, planted: set[str], say: Callable[[str], None]) -> list[str]:
+def incremental_figures(
+    system: System,
+    planted: set[str],
+    say: Callable[[str], None],
+    heal: Callable[[], None] | None = None,
+    costs: bool = True,
+) -> list[str]:
     """The incremental check: its first run builds the buckets (a full pass each side),
-    then a check of the unchanged copy; and what keeping them costs an owner write and a
-    copy apply, beside the same without them (rounds alternating)."""
+    then a check of the unchanged copy (its planted differences still there); with `heal`
+    (which puts the copy right past charter, triggers on) a check of a copy that differs
+    in nothing; and what keeping them costs an owner write and a copy apply, beside the
+    same without them (rounds alternating)."""
     copy = system.charter.copies["report_accounts"]
     entity = system.charter.entities["Account"]
     out = []
@@ -295,7 +303,21 @@ def incremental_figures(system: System, planted: set[str], say: Callable[[str], 
         f"groups compared, {report.rows} rows read; found {len(found)} "
         f"({'exact' if found == planted else 'NOT EXACT'})"
     )
-    out += write_costs(system, entity, copy)
+    if heal is not None:
+        heal()
+        times, counts = [], ""
+        for _ in range(3):
+            started = time.perf_counter()
+            report = reconcile.check(system, copy, budget_s=600, incremental_digests=True)
+            times.append(time.perf_counter() - started)
+            counts = f"{report.ranges:,} buckets and groups compared, {report.rows} rows read"
+            assert report.clean, report.as_json()
+        out.append(
+            f"  charter incremental, the copy put right (its {len(planted)} buckets dirty, "
+            f"then none): {', '.join(f'{t * 1000:.0f}' for t in times)} ms; {counts}"
+        )
+    if costs:
+        out += write_costs(system, entity, copy)
     for line in out:
         say(line)
     return out
@@ -303,7 +325,10 @@ def incremental_figures(system: System, planted: set[str], say: Callable[[str], 
 
 def write_costs(system: System, entity: Any, copy: Any, rounds: int = 4, n: int = 300) -> list[str]:
     """µs per owner write (a one-record transaction) and per applied change (batches of
-    100), with the buckets kept (their triggers) and without, rounds alternating."""
+    100), with the buckets kept (their triggers) and without, rounds alternating. Each
+    round starts with writes and applies not timed: a trigger made or dropped makes every
+    pooled connection plan its statements again (and compile the trigger's function),
+    which the first rounds measured as the trigger's cost."""
     from charter.events import Event
     from charter.ids import uuid7
     from charter.values import now_text
@@ -322,6 +347,26 @@ def write_costs(system: System, entity: Any, copy: Any, rounds: int = 4, n: int 
                 side.refresh_buckets(table, fields, length)
             else:
                 side.drop_buckets(table, fields)
+        if owner.__class__.__name__.startswith("Postgres"):
+            # building the buckets writes a row a bucket (340,000 at 1M rows): the WAL it
+            # leaves made the next commits wait on a checkpoint, +1,163 µs a write in the
+            # rounds with the buckets; both kinds of round start after one
+            with psycopg.connect(PG, autocommit=True) as conn:
+                conn.execute("CHECKPOINT")
+        for k in range(50):  # warm every pooled connection after the DDL
+            with context.transaction() as tx:
+                tx.create(
+                    "Account",
+                    name=f"warm{k}",
+                    email=f"warm{number}.{k}@x.org",
+                    tier=1,
+                    balance=1.0,
+                    active=True,
+                    joined="2025-01-01T00:00:00.000000Z",
+                )
+        warm = [(position + i + 1, _event(uuid7, Event, now_text)) for i in range(100)]
+        store.apply(copy, warm, [], warm[-1][0])
+        position += len(warm)
         started = time.perf_counter()
         for k in range(n):
             with context.transaction() as tx:
@@ -335,27 +380,7 @@ def write_costs(system: System, entity: Any, copy: Any, rounds: int = 4, n: int 
                     joined="2025-01-01T00:00:00.000000Z",
                 )
         written[kept].append((time.perf_counter() - started) / n * 1e6)
-        events = [
-            Event(
-                uuid7(),
-                "Account",
-                uuid7(),
-                1,
-                "created",
-                FIELDS,
-                {
-                    "name": "A",
-                    "email": "a@x.org",
-                    "tier": 1,
-                    "balance": 1.0,
-                    "active": True,
-                    "joined": "2025-01-01T00:00:00.000000Z",
-                },
-                "accounts",
-                now_text(),
-            )
-            for _ in range(n * 3)
-        ]
+        events = [_event(uuid7, Event, now_text) for _ in range(n * 3)]
         started = time.perf_counter()
         for at in range(0, len(events), 100):
             batch = [(position + i + 1, e) for i, e in enumerate(events[at : at + 100])]
@@ -376,6 +401,99 @@ def write_costs(system: System, entity: Any, copy: Any, rounds: int = 4, n: int 
         text("owner write (one-record transaction)", written),
         text("copy apply (batches of 100)", applied),
     ]
+
+
+def pg_trigger_costs(pair: PostgresPair, batches: int = 40, per: int = 50) -> list[str]:
+    """What the buckets' triggers cost on the server, where the time is spent and the
+    machine's noise is least: inside one plpgsql function, batches of `per` statements,
+    the fastest batch of `batches` (a batch another process interrupted is slower, never
+    faster), with the buckets kept and without, alternating. The owner: one-row INSERTs
+    into its table (row triggers); the copy: INSERTs of 100 rows a statement (statement
+    triggers). Rolled back: the tables stay as they were."""
+    system, entity = pair.system, pair.system.charter.entities["Account"]
+    copy = system.charter.copies["report_accounts"]
+    fields = [entity.fields[f] for f in copy.fields]
+    columns = ", ".join(["id", "version", *FIELDS])
+    values = "1, 'Name', 'a@x.org', 1, 1.0, true, now()"
+    one = f"INSERT INTO {pair.owner_table} ({columns}) VALUES (gen_random_uuid()::text, {values})"
+    many = (
+        f"INSERT INTO {pair.copy_table} ({columns}, synced_at) SELECT gen_random_uuid()::text, "
+        f"{values}, 'then' FROM generate_series(1, 100)"
+    )
+    function = """CREATE OR REPLACE FUNCTION pg_temp.charter_bench(batches int, per int, q text)
+    RETURNS float8 LANGUAGE plpgsql AS $b$
+    DECLARE best float8 := 1e9; t0 timestamptz; took float8;
+    BEGIN FOR b IN 1..batches LOOP
+      t0 := clock_timestamp();
+      FOR i IN 1..per LOOP EXECUTE q; END LOOP;
+      took := extract(epoch FROM clock_timestamp() - t0) * 1e6 / per;
+      IF took < best THEN best := took; END IF;
+    END LOOP; RETURN best; END $b$"""
+    owner, store = system.store("accounts"), system.store("reports")
+    length = owner.bucket_length(entity, fields)
+    found: dict[tuple[str, bool], list[float]] = {}
+    for number in range(6):
+        kept = number % 2 == 0
+        for side, table in ((owner, entity), (store, copy)):
+            if kept and length is not None:
+                side.refresh_buckets(table, fields, length)
+            else:
+                side.drop_buckets(table, fields)
+        with psycopg.connect(PG) as conn:
+            conn.execute("SET charter.guard = 'open'")
+            conn.execute(function)  # type: ignore[arg-type]
+            # the copy's rows are fewer statements: each round leaves its rows behind as
+            # dead tuples, and a table that grows between rounds slows the later ones
+            for name, query, rows, times in (
+                ("owner", one, 1, (batches, per)),
+                ("copy", many, 100, (max(batches // 4, 1), max(per // 5, 1))),
+            ):
+                (best,) = conn.execute(
+                    "SELECT pg_temp.charter_bench(%s, %s, %s)", (*times, query)
+                ).fetchone()  # type: ignore[misc]
+                found.setdefault((name, kept), []).append(best / rows)
+            conn.rollback()
+    if length is not None:
+        owner.refresh_buckets(entity, fields, length)
+        store.refresh_buckets(copy, fields, length)
+    out = []
+    for name, label in (
+        ("owner", "an owner's one-row INSERT"),
+        ("copy", "a copy's row, 100 a statement"),
+    ):
+        on, off = min(found[(name, True)]), min(found[(name, False)])
+        out.append(
+            f"  on the server, {label}: {on:.1f} µs with the buckets kept, {off:.1f} µs "
+            f"without: {on - off:+.1f} µs a row (the fastest batch, 3 rounds each)"
+        )
+    return out
+
+
+def _event(uuid7: Any, event: Any, now_text: Any) -> Any:
+    state = {
+        "name": "A",
+        "email": "a@x.org",
+        "tier": 1,
+        "balance": 1.0,
+        "active": True,
+        "joined": "2025-01-01T00:00:00.000000Z",
+    }
+    return event(uuid7(), "Account", uuid7(), 1, "created", FIELDS, state, "accounts", now_text())
+
+
+def pg_heal(pair: PostgresPair) -> None:
+    """Put the copy right past charter (as charter's projector may write it: triggers on),
+    so it differs from the owner in nothing and the buckets of those rows are dirty."""
+    p, columns = pair.planted, ", ".join(["id", "version", *FIELDS])
+    wrong = [*p.missing, *p.divergent, *p.ahead]
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute("SET charter.guard = 'open'")
+        conn.execute(f"DELETE FROM {pair.copy_table} WHERE id = ANY(%s)", (wrong + p.extra,))
+        conn.execute(
+            f"INSERT INTO {pair.copy_table} ({columns}, synced_at) SELECT {columns}, 'then' "
+            f"FROM {pair.owner_table} WHERE id = ANY(%s)",
+            (wrong,),
+        )
 
 
 # -- SQLite -----------------------------------------------------------------------------
@@ -488,11 +606,36 @@ def lines(title: str, figures: list[Figure], floor: float, peer: float | None) -
     return out
 
 
-def run_postgres(rows: int, differences: int, say: Callable[[str], None]) -> list[str]:
+def run_postgres(
+    rows: int,
+    differences: int,
+    say: Callable[[str], None],
+    incremental_only: bool = False,
+    costs: bool = True,
+) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="charter-recon-") as folder:
         started = time.perf_counter()
         pair = PostgresPair(Path(folder), rows, differences)
         say(f"  PostgreSQL: {rows:,} rows written in {time.perf_counter() - started:.1f} s")
+        if incremental_only:  # the largest tables: the incremental figures alone
+            try:
+                text = [
+                    f"PostgreSQL, owner and copy in two schemas, {rows:,} rows, "
+                    f"{differences} differences: the incremental check",
+                    *incremental_figures(
+                        pair.system,
+                        pair.planted.all,
+                        lambda line: None,
+                        lambda: pg_heal(pair),
+                        costs,
+                    ),
+                    *(pg_trigger_costs(pair) if costs else []),
+                ]
+            finally:
+                pair.close()
+            for line in text:
+                say(line)
+            return text
         try:
             planted = pair.planted.all
             figures = [
@@ -504,7 +647,10 @@ def run_postgres(rows: int, differences: int, say: Callable[[str], None]) -> lis
             figures.append(pg_floor_hash(pair, parallel=True))
             figures.append(pg_floor_hash(pair, native=True))
             again = charter_check(pair.system, planted)  # after the peers
-            extra = incremental_figures(pair.system, planted, lambda line: None)
+            extra = incremental_figures(
+                pair.system, planted, lambda line: None, lambda: pg_heal(pair)
+            )
+            extra += pg_trigger_costs(pair)
         finally:
             pair.close()
     figures[0].seconds = min(figures[0].seconds, again.seconds)
@@ -557,10 +703,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--differences", type=int, default=100)
     parser.add_argument("--only", choices=["postgres", "sqlite"])
+    parser.add_argument(
+        "--incremental-only",
+        action="store_true",
+        help="PostgreSQL: the incremental figures alone (for 10,000,000 rows: "
+        "--only postgres --rows 10000000 --differences 10 --incremental-only)",
+    )
+    parser.add_argument(
+        "--no-costs",
+        action="store_true",
+        help="with --incremental-only: not what the buckets cost writes (each round with "
+        "them builds them again: a full pass of each table)",
+    )
     args = parser.parse_args()
     say = functools.partial(print, flush=True)
     if args.only != "sqlite":
-        run_postgres(args.rows, args.differences, say)
+        run_postgres(args.rows, args.differences, say, args.incremental_only, not args.no_costs)
     if args.only != "postgres":
         run_sqlite(args.rows, args.differences, say)
 

@@ -854,10 +854,10 @@ def sagas_command(
 )
 @click.option(
     "--incremental/--full",
-    default=False,
-    show_default=True,
-    help="Compare the digest buckets both databases keep as rows change (built on the first "
-    "such check), or recompute every digest from the rows (--full, the default).",
+    default=True,
+    help="Compare the digest buckets both databases keep as rows change (the default; built "
+    "on the first check), or recompute every digest from the rows (--full: also finds what "
+    "was written with triggers turned off).",
 )
 @reports_errors
 def reconcile_command(

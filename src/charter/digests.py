@@ -263,6 +263,21 @@ def prefix_end(prefix: str) -> str | None:
     return None
 
 
+UPPER = 256  # at most about how many buckets one group of the kept upper level sums
+
+
+def upper_length(sample: str, length: int) -> int:
+    """The prefix length of the upper level a store keeps over buckets of `length` (a
+    TicTac tree's second level), so that each of its groups sums at most about UPPER
+    buckets: each character of `sample` (any id) counted as 16 ways, a `-` (a UUID's, at
+    the same place in every id) as one."""
+    shorter, ways = length, 1
+    while shorter > 0 and ways < UPPER:
+        shorter -= 1
+        ways *= 1 if sample[shorter : shorter + 1] == "-" else 16
+    return shorter
+
+
 def bucket_key(table: str, fields: Sequence[Field]) -> str:
     """What a store keeps the incremental buckets of `table` on `fields` under: a copy of
     other fields (or after a field was added) is another key, built anew."""

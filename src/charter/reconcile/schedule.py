@@ -11,7 +11,12 @@ DUTY of the time however many copies and however slow the stores. The times are 
 (± JITTER of the interval), so runners started together do not check together; a runner
 started again picks up from the last check recorded, not from zero. A repair is published
 by the owner's state (charter.reconcile.repair), applied by the copy's projector running in
-the same runner; the check after it is the one recorded, with what was repaired."""
+the same runner; the check after it is the one recorded, with what was repaired.
+
+Checks are incremental (charter.reconcile.compare.incremental: from the buckets both
+databases keep), and a runner's first check of a copy, and one every REBUILD_S after,
+builds the buckets anew (a full pass on each side, as Riak's AAE trees expire): what a write
+with triggers turned off changed, no bucket saw, and a rebuild does."""
 
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ DUTY = 0.25  # the largest share of the time the reconciler spends checking
 JITTER = 0.1  # each wait is the interval ± this share of it
 FIRST_WITHIN_S = 30.0  # a copy never checked is checked within this (or its interval)
 MIN_BUDGET_S = 1.0
+REBUILD_S = 86_400.0  # how long a runner compares a copy's buckets before it builds them anew
 WORKER = "reconciliation"  # its name in `charter run`'s reports
 
 
@@ -69,6 +75,7 @@ class Reconciler:
         self.checks = self.drifted = self.in_flight = 0
         self.repaired: Counter[str] = Counter()
         self.last: dict[str, Drift] = {}
+        self._built: dict[str, float] = {}  # copy → clock.monotonic() of its buckets' build
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -132,7 +139,8 @@ class Reconciler:
         """Check `copy`, repair the drift its `repair:` allows, check again if it did, and
         record the last check in the copy's store."""
         budget = budget_of(copy)
-        report = check(self.system, copy, budget, MAX_DIFFS)
+        self._rebuild(copy)
+        report = check(self.system, copy, budget, MAX_DIFFS, incremental_digests=True)
         self.drifted += 1 if report.drift else 0
         self.in_flight += report.counts.get(IN_FLIGHT, 0)
         repaired: dict[str, int] | None = None
@@ -144,7 +152,7 @@ class Reconciler:
             self.repaired.update(repaired)
             if done.count:  # checked again, applied or not: what is left is what it says
                 self._applied(copy, done.head, budget)
-                report = check(self.system, copy, budget, MAX_DIFFS)
+                report = check(self.system, copy, budget, MAX_DIFFS, incremental_digests=True)
             self._said(before, repaired, report)
         elif report.drift and self._news(report):
             self._said(report, None, report)
@@ -152,6 +160,21 @@ class Reconciler:
         self.checks += 1
         self.last[copy.name] = drift
         return drift
+
+    def _rebuild(self, copy: Copy) -> None:
+        """Drop both sides' buckets of `copy` when this runner has not built them, or built
+        them REBUILD_S ago: the check then builds them from the rows."""
+        built = self._built.get(copy.name)
+        if built is not None and clock.monotonic() - built < REBUILD_S:
+            return
+        entity = self.system.charter.entities[copy.of]
+        fields = [entity.fields[name] for name in copy.fields]
+        try:
+            self.system.store(entity.owner).drop_buckets(entity, fields)
+            self.system.store(copy.context).drop_buckets(copy, fields)
+        except Error:
+            return  # a store out of reach: the check says so, and is recorded
+        self._built[copy.name] = clock.monotonic()
 
     def _news(self, report: Report) -> bool:
         """Whether drift left alone differs from what the last check said (said once)."""

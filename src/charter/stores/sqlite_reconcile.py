@@ -207,11 +207,58 @@ def refresh(
                     (key, bucket, fresh.count, digests.signed(fresh.total)),
                 )
         conn.execute("DELETE FROM charter_bucket_dirty WHERE key = ?", (key,))
+        _upper(conn, key, dirty)
+
+
+def _top(conn: sqlite3.Connection, key: str) -> int | None:
+    """The length of the upper level kept for `key` (None: none kept)."""
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(charter_bucket_meta)")}
+    if "top" not in columns:
+        return None
+    row = conn.execute("SELECT top FROM charter_bucket_meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _upper(conn: sqlite3.Connection, key: str, buckets: Sequence[str]) -> None:
+    """The upper level's groups over `buckets` ("": all) summed again from the buckets (a
+    TicTac tree's second level, kept under `key^`), in the caller's transaction."""
+    top = _top(conn, key)
+    if top is None or not buckets:
+        return
+    upper = f"{key}^"
+    groups = [""] if "" in buckets else sorted({b[:top] for b in buckets})
+    for group in groups:
+        where, params = _under(group, "bucket", "AND")
+        if group:
+            conn.execute("DELETE FROM charter_bucket WHERE key = ? AND bucket = ?", (upper, group))
+        else:
+            conn.execute("DELETE FROM charter_bucket WHERE key = ?", (upper,))
+        sums = _sums(conn, key, where, params, top)
+        conn.executemany(
+            "INSERT INTO charter_bucket VALUES (?, ?, ?, ?)",
+            [
+                (upper, b, d.count, digests.signed(d.total))
+                for b, d in sums.items()
+                if not group or b == group
+            ],
+        )
 
 
 def bucket_digest(conn: sqlite3.Connection, key: str, prefix: str, by: int) -> dict[str, Digest]:
-    """The kept buckets of `key` under `prefix`, summed by their first `by` characters."""
+    """The kept buckets of `key` under `prefix`, summed by their first `by` characters (the
+    upper level as kept, when it is the one asked for)."""
+    if not prefix and by == _top(conn, key):
+        rows = conn.execute(
+            "SELECT bucket, count, total FROM charter_bucket WHERE key = ?", (f"{key}^",)
+        )
+        return {str(b): Digest(int(c), int(t) & digests.MASK) for b, c, t in rows}
     where, params = _under(prefix, "bucket", "AND")
+    return _sums(conn, key, where, params, by)
+
+
+def _sums(
+    conn: sqlite3.Connection, key: str, where: str, params: list[Any], by: int
+) -> dict[str, Digest]:
     rows = conn.execute(  # the halves of each (signed) total: SQLite sums in 64 bits
         "SELECT substr(bucket, 1, ?), sum(count), sum(total & 4294967295), sum(total >> 32) "
         f"FROM charter_bucket WHERE key = ?{where} GROUP BY 1",
@@ -255,7 +302,16 @@ def _build(
         "INSERT INTO charter_bucket VALUES (?, ?, ?, ?)",
         [(key, b, d.count, digests.signed(d.total)) for b, d in whole.items()],
     )
-    conn.execute("INSERT INTO charter_bucket_meta VALUES (?, ?, ?)", (key, table.table, length))
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(charter_bucket_meta)")}
+    if "top" not in columns:  # kept before there was an upper level
+        conn.execute("ALTER TABLE charter_bucket_meta ADD COLUMN top INTEGER")
+    ends = id_range(conn, table)
+    top = digests.upper_length(ends[0] if ends else "", length)
+    conn.execute(
+        "INSERT INTO charter_bucket_meta (key, tbl, length, top) VALUES (?, ?, ?, ?)",
+        (key, table.table, length, top),
+    )
+    _upper(conn, key, [""])
 
 
 def drop_buckets(conn: sqlite3.Connection, key: str) -> None:
@@ -267,6 +323,7 @@ def drop_buckets(conn: sqlite3.Connection, key: str) -> None:
         return
     for table in ("charter_bucket", "charter_bucket_dirty", "charter_bucket_meta"):
         conn.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+    conn.execute("DELETE FROM charter_bucket WHERE key = ?", (f"{key}^",))
 
 
 def _has_tables(conn: sqlite3.Connection) -> bool:

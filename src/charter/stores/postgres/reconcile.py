@@ -297,20 +297,25 @@ class _Reconcile(_Core):
 
 # -- incremental digests (Store.buckets) ----------------------------------------------------
 #
-# Per (table, fields), charter_bucket holds each bucket's digest and statement triggers on
-# the table append the buckets a statement touched to charter_bucket_dirty (transition
-# tables: one INSERT a statement, whatever its rows; an append, so concurrent writers never
-# wait on one another). A check takes the dirty marks committed so far (DELETE … RETURNING,
-# under an advisory lock: one check of a key at a time), recomputes those buckets from the
-# table and commits; a mark committed later stays for the next check.
+# Per (table, fields), charter_bucket holds each bucket's digest, and triggers on the table
+# append the bucket of each row a write touched to charter_bucket_dirty, in the write's own
+# transaction (an append to a table with no index: concurrent writers never wait on one
+# another): row triggers, BEFORE the row is written (no after-trigger queue), about 5-7 µs
+# a row on the server (benchmarks/RESULTS.md). A check takes the marks committed so far
+# (DELETE … RETURNING, under an advisory lock: one check of a key at a time), recomputes
+# those buckets from the table in one statement and commits; a mark committed later stays
+# for the next check, so the buckets a check reads equal a recomputation from the rows.
 
 _BUCKET_TABLES = (
     "CREATE TABLE IF NOT EXISTS {s}.charter_bucket (key text NOT NULL, bucket text NOT NULL, "
     "count bigint NOT NULL, total numeric NOT NULL, PRIMARY KEY (key, bucket))",
-    "CREATE TABLE IF NOT EXISTS {s}.charter_bucket_dirty (seq bigserial PRIMARY KEY, "
-    "key text NOT NULL, bucket text NOT NULL)",
+    # no index and no sequence: the cheapest append (a store made before kept a serial
+    # seq; its default fills it, so the triggers' two columns fit either)
+    "CREATE TABLE IF NOT EXISTS {s}.charter_bucket_dirty (key text NOT NULL, bucket text NOT NULL)",
     "CREATE TABLE IF NOT EXISTS {s}.charter_bucket_meta (key text PRIMARY KEY, "
     "tbl text NOT NULL, length integer NOT NULL)",
+    # the upper level's length (digests.upper_length), its groups kept under `key^`
+    "ALTER TABLE {s}.charter_bucket_meta ADD COLUMN IF NOT EXISTS top integer",
 )
 
 
@@ -320,6 +325,61 @@ def _name(key: str) -> str:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _triggers(s: str, name: str, target: str, key: str, length: int) -> list[str]:
+    """The function and triggers that mark the buckets a write touches. They run as their
+    owner (SECURITY DEFINER): a service's role writes its table, not charter_bucket_dirty.
+    A TRUNCATE marks the whole table ('')."""
+    function, marks = f'{s}."{name}"', f"{s}.charter_bucket_dirty (key, bucket)"
+    header = (
+        f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+        "SET search_path = pg_catalog, pg_temp AS $$ BEGIN "
+    )
+    truncate = (
+        f'CREATE TRIGGER "{name}_truncate" AFTER TRUNCATE ON {target} '
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+    )
+    whole = f"IF TG_OP = 'TRUNCATE' THEN INSERT INTO {marks} VALUES ({_literal(key)}, ''); "
+    # a row trigger, before the row is written (no after-trigger queue to fill and fire);
+    # a statement trigger over transition tables cost 9-11 µs a statement, and 13 µs a row
+    # in a copy's batch whose rows fall in different buckets (benchmarks/RESULTS.md)
+    mark = f"INSERT INTO {marks} VALUES ({_literal(key)}, substr("
+    body = (
+        f"{whole}RETURN NULL; END IF; "
+        f"IF TG_OP <> 'DELETE' THEN {mark}NEW.id, 1, {length})); END IF; "
+        f"IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND NEW.id IS DISTINCT FROM OLD.id) THEN "
+        f"{mark}OLD.id, 1, {length})); END IF; "
+        "IF TG_OP = 'DELETE' THEN RETURN OLD; END IF; RETURN NEW; END $$"
+    )
+    triggers = [
+        f'CREATE TRIGGER "{name}_{event.lower()}" BEFORE {event} ON {target} '
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()"
+        for event in ("INSERT", "DELETE", "UPDATE")
+    ]
+    return [header + body, *triggers, truncate]
+
+
+def _ranges(select: str) -> str:
+    """A FROM item: `select` once for each range of two arrays passed as parameters
+    (r.charter_lo, r.charter_hi), an index scan each. Not a join: with no statistics on
+    the buckets (they were just built) PostgreSQL joined every bucket to every range,
+    200,000 comparisons for 2,560 buckets; OFFSET 0 keeps the subquery from being
+    flattened into that join."""
+    return (
+        "unnest(%s::text[], %s::text[]) AS r(charter_lo, charter_hi), "
+        f"LATERAL ({select} OFFSET 0) AS b"
+    )
+
+
+def _disjoint(buckets: Sequence[str]) -> list[str]:
+    """`buckets` less any under another of them (an id shorter than the length is a bucket
+    of its own, and a prefix of longer ones), so their ranges never meet."""
+    kept: list[str] = []
+    for bucket in sorted(set(buckets)):
+        if not kept or not bucket.startswith(kept[-1]):
+            kept.append(bucket)
+    return kept
 
 
 class _Buckets(_Reconcile):
@@ -342,6 +402,7 @@ class _Buckets(_Reconcile):
         key = digests.bucket_key(table.table, fields)
         if self.bucket_length(table, fields) != length:
             self._build(table, fields, key, length)
+            return
         held = self._t("charter_bucket")
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.schema}.{key}",))
@@ -355,17 +416,73 @@ class _Buckets(_Reconcile):
                     )
                 }
             )
-            if dirty:
+            if not dirty:
+                return
+            conn.execute("SET LOCAL jit = off")  # a few buckets' rows, estimated at many
+            target = self._t(table.table)
+            if "" in dirty:  # truncated: every bucket again
+                conn.execute(f"DELETE FROM {held} WHERE key = %s", (key,))
                 conn.execute(
-                    f"DELETE FROM {held} WHERE key = %s AND bucket = ANY(%s)", (key, dirty)
+                    f"INSERT INTO {held} SELECT %s, substr(id, 1, %s) AS k, count(*), "
+                    f"sum({row_hash(fields)}) FROM {target} GROUP BY k",
+                    [key, length],
                 )
-                for bucket in dirty:
-                    where, params = self._under(bucket)
-                    conn.execute(
-                        f"INSERT INTO {held} SELECT %s, substr(id, 1, %s) AS k, count(*), "
-                        f"sum({row_hash(fields)}) FROM {self._t(table.table)}{where} GROUP BY k",
-                        [key, length, *params],
-                    )
+                self._upper(conn, key, [""])
+                return
+            conn.execute(f"DELETE FROM {held} WHERE key = %s AND bucket = ANY(%s)", (key, dirty))
+            ranges = _disjoint(dirty)
+            ends = [digests.prefix_end(b) for b in ranges]
+            column = self._id()
+            if any(e is None for e in ends):
+                source, params = target, []  # a bucket that holds nearly every id
+            else:
+                source = _ranges(
+                    f"SELECT * FROM {target} WHERE {column} >= r.charter_lo "
+                    f"AND {column} < r.charter_hi"
+                )
+                params = [ranges, ends]
+            conn.execute(
+                f"INSERT INTO {held} SELECT %s, substr(id, 1, %s) AS k, count(*), "
+                f"sum({row_hash(fields)}) FROM {source} WHERE substr(id, 1, %s) = ANY(%s) "
+                "GROUP BY k",
+                [key, length, *params, length, dirty],
+            )
+            self._upper(conn, key, dirty)
+
+    def _upper(self, conn: psycopg.Connection[Any], key: str, buckets: Sequence[str]) -> None:
+        """The upper level's groups over `buckets` ("": all) summed again from the buckets,
+        in the caller's transaction (so the two levels always commit together)."""
+        held, meta = self._t("charter_bucket"), self._t("charter_bucket_meta")
+        row = conn.execute(f"SELECT top FROM {meta} WHERE key = %s", (key,)).fetchone()
+        if row is None or row[0] is None:
+            return  # kept before there was an upper level: summed when asked
+        top, upper = int(row[0]), f"{key}^"
+        if "" in buckets:
+            conn.execute(f"DELETE FROM {held} WHERE key = %s", (upper,))
+            conn.execute(
+                f"INSERT INTO {held} SELECT %s, substr(bucket, 1, %s), sum(count), sum(total) "
+                f"FROM {held} WHERE key = %s GROUP BY 2",
+                (upper, top, key),
+            )
+            return
+        groups = sorted({b[:top] for b in buckets})
+        ranges = _disjoint(groups)
+        ends = [digests.prefix_end(g) for g in ranges]
+        conn.execute(f"DELETE FROM {held} WHERE key = %s AND bucket = ANY(%s)", (upper, groups))
+        params: list[Any]
+        if any(e is None for e in ends):
+            source, params = f"{held} WHERE key = %s", [key]
+        else:
+            source = _ranges(
+                f"SELECT * FROM {held} WHERE key = %s AND bucket >= r.charter_lo "
+                "AND bucket < r.charter_hi"
+            )
+            source, params = f"{source} WHERE true", [ranges, ends, key]
+        conn.execute(
+            f"INSERT INTO {held} SELECT %s, substr(bucket, 1, %s), sum(count), sum(total) "
+            f"FROM {source} AND substr(bucket, 1, %s) = ANY(%s) GROUP BY 2",
+            [upper, top, *params, top, groups],
+        )
 
     def bucket_digest(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str], by: int
@@ -375,28 +492,37 @@ class _Buckets(_Reconcile):
         params: list[Any]
         if not prefixes:
             return {}
-        if "" in prefixes or any(e is None for e in ends):
+        whole = "" in prefixes or any(e is None for e in ends)
+        if whole:
             query, params = f"FROM {held} WHERE key = %s", [key]
         else:
-            query = (
-                f"FROM unnest(%s::text[], %s::text[]) AS r(lo, hi) JOIN {held} "
-                "ON key = %s AND bucket >= r.lo AND bucket < r.hi"
+            query = "FROM " + _ranges(
+                f"SELECT * FROM {held} WHERE key = %s AND bucket >= r.charter_lo "
+                "AND bucket < r.charter_hi"
             )
             params = [list(prefixes), ends, key]
+        # the sums as text: psycopg makes a Decimal of a numeric, 5x slower to read
+        select = f"SELECT substr(bucket, 1, %s), sum(count)::bigint, sum(total)::text {query}"
+        if whole:  # the upper level as kept, when it is the one asked for; else summed
+            top = f"(SELECT top FROM {self._t('charter_bucket_meta')} WHERE key = %s)"
+            sql = (
+                f"SELECT bucket, count, total::text FROM {held} WHERE key = %s AND {top} = %s "
+                f"UNION ALL {select} AND {top} IS DISTINCT FROM %s GROUP BY 1"
+            )
+            params = [f"{key}^", key, by, by, *params, key, by]
+        else:
+            sql, params = f"{select} GROUP BY 1", [by, *params]
         with self.pool.connection() as conn:
-            rows = conn.execute(
-                f"SELECT substr(bucket, 1, %s), sum(count), sum(total) {query} GROUP BY 1",
-                [by, *params],
-            ).fetchall()
+            rows = conn.execute(sql, params).fetchall()
         return {str(b): Digest(int(c), int(t) & digests.MASK) for b, c, t in rows}
 
     def _build(self, table: Entity | Copy, fields: Sequence[Field], key: str, length: int) -> None:
+        """The triggers first, in a short transaction (it waits for the writes in flight
+        and holds the next ones only while it creates them); then every bucket from the
+        rows, with the marks: a write between the two is in both, recomputed once more by
+        the next check, never lost. Until the second commits, the buckets are not kept
+        (no `_meta` row), so no check reads them half built."""
         s, name, target = f'"{self.schema}"', _name(key), self._t(table.table)
-        function = f'{s}."{name}"'
-        mark = (
-            f"INSERT INTO {s}.charter_bucket_dirty (key, bucket) SELECT DISTINCT "
-            f"{_literal(key)}, substr(id, 1, {length}) FROM {{}};"
-        )
         with self.pool.connection() as conn, conn.transaction():
             for statement in _BUCKET_TABLES:
                 conn.execute(statement.format(s=s))
@@ -409,40 +535,36 @@ class _Buckets(_Reconcile):
                 ).fetchall()
                 for (other,) in others:
                     self._drop(conn, str(other), table)
-            conn.execute(
-                # as its owner: a service's role writes the table, not charter_bucket_dirty
-                f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
-                "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ BEGIN "
-                f"IF TG_OP <> 'DELETE' THEN {mark.format('charter_new')} END IF; "
-                f"IF TG_OP <> 'INSERT' THEN {mark.format('charter_old')} END IF; "
-                "RETURN NULL; END $$"
-            )
-            for event, refs in (
-                ("INSERT", "NEW TABLE AS charter_new"),
-                ("DELETE", "OLD TABLE AS charter_old"),
-                ("UPDATE", "NEW TABLE AS charter_new OLD TABLE AS charter_old"),
-            ):
-                conn.execute(
-                    f'CREATE TRIGGER "{name}_{event.lower()}" AFTER {event} ON {target} '
-                    f"REFERENCING {refs} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-                )
+            for statement in _triggers(s, name, target, key, length):
+                conn.execute(statement)
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.schema}.{key}",))
+            # the marks before the rows (READ COMMITTED: a snapshot a statement), so every
+            # mark taken is in what the pass below sees
+            conn.execute(f"DELETE FROM {s}.charter_bucket_dirty WHERE key = %s", (key,))
+            conn.execute(f"DELETE FROM {s}.charter_bucket WHERE key = %s", (key,))
             conn.execute(
                 f"INSERT INTO {s}.charter_bucket SELECT %s, substr(id, 1, %s) AS k, count(*), "
                 f"sum({row_hash(fields)}) FROM {target} GROUP BY k",
                 [key, length],
             )
+            sample = conn.execute(f"SELECT min(id) FROM {target}").fetchone()
+            top = digests.upper_length(str((sample[0] if sample else None) or ""), length)
             conn.execute(
-                f"INSERT INTO {s}.charter_bucket_meta VALUES (%s, %s, %s)",
-                (key, table.table, length),
+                f"INSERT INTO {s}.charter_bucket_meta (key, tbl, length, top) "
+                "VALUES (%s, %s, %s, %s)",
+                (key, table.table, length, top),
             )
+            self._upper(conn, key, [""])
 
     def _drop(self, conn: psycopg.Connection[Any], key: str, table: Entity | Copy) -> None:
         name = _name(key)
-        for event in ("insert", "delete", "update"):
+        for event in ("insert", "delete", "update", "truncate"):
             conn.execute(f'DROP TRIGGER IF EXISTS "{name}_{event}" ON {self._t(table.table)}')
         conn.execute(f'DROP FUNCTION IF EXISTS "{self.schema}"."{name}"()')
         for held in ("charter_bucket", "charter_bucket_dirty", "charter_bucket_meta"):
             conn.execute(f"DELETE FROM {self._t(held)} WHERE key = %s", (key,))
+        conn.execute(f"DELETE FROM {self._t('charter_bucket')} WHERE key = %s", (f"{key}^",))
 
     def drop_buckets(self, table: Entity | Copy, fields: Sequence[Field]) -> None:
         if self.bucket_length(table, fields) is None:

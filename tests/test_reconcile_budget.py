@@ -126,7 +126,14 @@ def test_a_tiny_budget_stops_the_first_pass_and_says_what_was_left(
 
     done = subprocess.run(
         charter_command(
-            "reconcile", "-f", str(path), "--json", "--budget", f"{BUDGET_S}s", "order_customers"
+            "reconcile",
+            "-f",
+            str(path),
+            "--full",
+            "--json",
+            "--budget",
+            f"{BUDGET_S}s",
+            "order_customers",
         ),
         capture_output=True,
         text=True,

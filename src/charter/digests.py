@@ -49,6 +49,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from charter import clock
+from charter.errors import OutOfTimeError
 from charter.model import Field
 
 MOD = 1 << 64
@@ -282,3 +284,10 @@ def bucket_key(table: str, fields: Sequence[Field]) -> str:
     """What a store keeps the incremental buckets of `table` on `fields` under: a copy of
     other fields (or after a field was added) is another key, built anew."""
     return f"{table}:{codes(fields)}:{','.join(f.name for f in fields)}"
+
+
+def in_time(deadline: float | None) -> None:
+    """OutOfTimeError when `deadline` (clock.monotonic()) has passed before a digest starts:
+    each store's pass is then stopped inside its database (its own way) if it runs past."""
+    if deadline is not None and clock.monotonic() > deadline:
+        raise OutOfTimeError("the deadline passed before the digest started")

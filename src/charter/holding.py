@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from charter import clock, digests
+from charter import digests
 from charter.digests import Digest
-from charter.errors import OutOfTimeError
 from charter.model import Copy, Entity, Field
 from charter.records import OutboxRow, Row
 from charter.stores import Store
@@ -106,8 +105,7 @@ class Holders:
         length: int,
         deadline: float | None = None,
     ) -> dict[str, Digest]:
-        if deadline is not None and clock.monotonic() > deadline:
-            raise OutOfTimeError("the deadline passed before the digest started")
+        digests.in_time(deadline)
         rows = self.digest_rows(table, fields, [prefix])
         return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
 

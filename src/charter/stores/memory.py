@@ -22,7 +22,7 @@ from typing import Any
 
 from charter import clock, digests, latency, values
 from charter.digests import Digest
-from charter.errors import ConstraintError, OutOfTimeError, SchemaChangeError
+from charter.errors import ConstraintError, SchemaChangeError
 from charter.events import Event
 from charter.lanes import Lane
 from charter.model import Charter, Copy, Entity, Field, NoOverlap
@@ -568,7 +568,7 @@ class MemoryStore:
         length: int,
         deadline: float | None = None,
     ) -> dict[str, Digest]:
-        self._in_time(deadline)
+        digests.in_time(deadline)  # a pass here is quick
         rows = self._hashed(table, fields, [prefix])
         return digests.group(((i, hashed) for i, _, hashed in rows), prefix, length)
 
@@ -581,17 +581,12 @@ class MemoryStore:
         native: bool = False,
         deadline: float | None = None,
     ) -> dict[str, Digest]:
-        self._in_time(deadline)
+        digests.in_time(deadline)  # a pass here is quick
         rows = self._hashed(table, fields, prefixes)
         return digests.group(((i, hashed) for i, _, hashed in rows), "", length)
 
     def native_hash(self, table: Entity | Copy, fields: Sequence[Field]) -> str | None:
         return None  # the reference: charter's encoding only
-
-    @staticmethod
-    def _in_time(deadline: float | None) -> None:
-        if deadline is not None and clock.monotonic() > deadline:  # a pass here is quick
-            raise OutOfTimeError("the deadline passed before the digest started")
 
     def digest_rows(
         self, table: Entity | Copy, fields: Sequence[Field], prefixes: Sequence[str]

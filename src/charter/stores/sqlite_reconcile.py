@@ -70,8 +70,7 @@ def _until(conn: sqlite3.Connection, deadline: float | None) -> Iterator[None]:
     if deadline is None:
         yield
         return
-    if clock.monotonic() > deadline:
-        raise OutOfTimeError("the deadline passed before the digest started")
+    digests.in_time(deadline)
     conn.set_progress_handler(lambda: int(clock.monotonic() > deadline), PROGRESS_STEPS)
     try:
         yield

@@ -441,60 +441,6 @@ def test_processes_opening_one_new_sqlite_file_together_all_get_in(tmp_path: Pat
     assert [worker.exitcode for worker in workers] == [0] * processes
 
 
-def _hold_the_write_lock(path: str, held: Any) -> None:
-    """Take a file's write lock (as a write transaction does), say so, and never let go."""
-    from charter._sqlite import Connections
-
-    conns = Connections(Path(path), "FULL")
-    conns._writer.acquire()
-    held.set()
-    threading.Event().wait(600)
-
-
-def test_a_process_killed_holding_a_files_write_lock_lets_the_others_write(
-    tmp_path: Path,
-) -> None:
-    """Writers of one SQLite file queue across processes on a lock file (_sqlite.WriteLock):
-    one killed with SIGKILL while it holds it stops nobody, as the kernel frees a dead
-    process's lock; while it lives, a writer of the same file waits for it."""
-    import os
-    import signal
-    import time
-
-    from charter._sqlite import Connections
-
-    path = tmp_path / "one.db"
-    spawn = multiprocessing.get_context("spawn")
-    held = spawn.Event()
-    holder = spawn.Process(target=_hold_the_write_lock, args=(str(path), held))
-    holder.start()
-    try:
-        assert held.wait(60), "the holder never took the lock"
-        conns = Connections(path, "FULL")
-        assert not conns._writer.acquire(blocking=False)  # it waits while the holder lives
-        done = threading.Event()
-
-        def write() -> None:
-            with conns.write() as conn:
-                conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
-                conn.execute("INSERT INTO t VALUES (1)")
-            done.set()
-
-        writer = threading.Thread(target=write, daemon=True)
-        writer.start()
-        time.sleep(0.2)
-        assert not done.is_set()
-        assert holder.pid is not None
-        os.kill(holder.pid, signal.SIGKILL)
-        assert done.wait(30), "the write never got the lock after its holder was killed"
-        writer.join(5)
-        assert conns.get().execute("SELECT count(*) FROM t").fetchone() == (1,)
-        conns.close()
-    finally:
-        holder.kill()
-        holder.join(10)
-
-
 # -- an old event racing a delete (two processes applying one copy) --------------------------
 
 

@@ -59,7 +59,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "charter.lag",
         "charter.commands",  # commands to owners: the sender's request, the owner's worker
     ),
-    SYSTEM: ("charter.system", "charter.holding"),
+    SYSTEM: ("charter.system",),
     # the runner runs a whole System (and waits on its status), so it sits here, not below it
     OPERATIONS: (
         "charter.status",

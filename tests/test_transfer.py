@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 
 import charter
-from charter import model, parking, reconcile
+from charter import model, parking
 from charter.errors import CharterError, EventError, FencedError, OwnershipError
 from charter.events import Event, decode
 from charter.lanes import PARTITIONS, partition
 from charter.projector import check
-from charter.records import Mend
 from charter.status import copy_status
 from charter.stores import fencing, open_store
 from charter.system import System
@@ -290,134 +289,6 @@ def test_writers_on_both_owners_throughout_the_move(world: World, scope: str) ->
     assert "moves:" in text and "# the monolith, for now" in text
 
 
-def test_the_new_owner_is_filled_first_when_it_keeps_no_full_copy(sqlite_world: World) -> None:
-    """`customer_mirror` lacks the private `secret`: the new owner is filled from the old
-    owner's store, private fields and all."""
-    world = sqlite_world
-    ids = _seed(world.path, 60)
-    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
-    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
-    shown = _transfer(world, *args, "--dry-run")
-    assert "copied from 'legacy' to 'customers'" in shown.stdout, shown.stdout
-    pipeline = Pipeline(world.path)
-    try:
-        done = _transfer(world, *args)
-    finally:
-        pipeline.close()
-    assert done.returncode == 0, done.stderr + done.stdout
-    state = read_state(world.path, "Customer")
-    assert state is not None and state.start == ""
-    with charter.load(world.path) as system:
-        spec = system.charter.entities["Customer"]
-        held = {r["id"]: r for r in system.store("customers").rows(spec)}
-        assert sorted(held) == sorted(moving)
-        assert {r["secret"] for r in held.values()} == {"s"}
-
-
-def test_the_new_owner_starts_from_its_copy_when_it_keeps_one(world: World) -> None:
-    """`customer_mirror` in customers keeps every field of Customer (no private one here):
-    the new owner starts from it, drained to the fence, with writers on both owners."""
-    world.path.write_text(
-        world.path.read_text().replace(
-            "      secret: {type: string, private: true, required: false}\n", ""
-        )
-    )
-    with charter.load(world.path) as system:
-        with system.context("legacy").transaction() as tx:
-            ids = [tx.create("Customer", email=f"c{i}@shop", name=f"n{i}").id for i in range(120)]
-        charter.Runner(system).drain()
-    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
-    planted, written = moving[0], moving[1:]
-    if world.kind == "sqlite":  # a value only the copy holds: the new owner's proves its start
-        with charter.load(world.path) as system:
-            mirror = system.charter.copies["customer_mirror"]
-            state = {"name": "from the copy", "email": "c-planted@shop"}
-            system.store("customers").mend(mirror, [Mend(planted, 1, state)])
-    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
-    shown = _transfer(world, *args, "--dry-run")
-    assert "from 'customers''s own copy customer_mirror" in shown.stdout, shown.stdout
-    logs = {"old": _writer(world, "legacy", written, "old")[0]}
-    logs["new"], stop = _writer(world, "customers", written, "new")
-    pipeline = Pipeline(world.path)
-    try:
-        _wait_ready(logs["old"])
-        done = _transfer(world, *args)
-        assert done.returncode == 0, done.stderr + done.stdout
-        _wait_ready(logs["new"])
-        time.sleep(0.3)
-    finally:
-        stop.write_text("")
-        time.sleep(0.5)
-        pipeline.close()
-    state_file = read_state(world.path, "Customer")
-    assert state_file is not None and state_file.start == "customer_mirror"
-    if world.kind == "sqlite":
-        with charter.load(world.path) as system:
-            spec = system.charter.entities["Customer"]
-            row = system.store("customers").fetch(spec, planted)
-            assert row is not None and row["name"] == "from the copy"
-            with system.context("customers").transaction() as tx:  # mended: the new owner's
-                tx.update("Customer", planted, email=f"c{ids.index(planted)}@shop", name="n")
-    _assert_g10(world, logs, set(written))
-
-
-def test_after_a_partition_move_each_record_is_read_from_its_current_owner(
-    world: World,
-) -> None:
-    """Reconciliation, a new copy's backfill and `charter history` read a moved record
-    from its new owner's store, not the old owner's rows left behind at the move."""
-    ids = _seed(world.path, 60)
-    moving = [i for i in ids if partition(i, PARTITIONS) in MOVING]
-    staying = [i for i in ids if i not in moving]
-    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
-    pipeline = Pipeline(world.path)
-    try:
-        done = _transfer(world, *args)
-    finally:
-        pipeline.close()
-    assert done.returncode == 0, done.stderr + done.stdout
-    with charter.load(world.path) as system:
-        with system.context("customers").transaction() as tx:
-            for entity_id in moving:
-                tx.update("Customer", entity_id, name="by the new owner")
-            made = tx.create("Customer", email="new@shop", name="made by customers").id
-        with system.context("legacy").transaction() as tx:
-            tx.update("Customer", staying[0], name="by the old owner")
-        charter.Runner(system).drain()
-        shipping = system.charter.copies["shipping_customers"]
-        clean = reconcile.check(system, shipping)
-        assert clean.error == "" and clean.complete and clean.drift == [], clean.findings
-        planted = {"name": "planted", "email": "planted@shop"}
-        system.store("shipping").mend(shipping, [Mend(moving[0], 2, planted)])
-        found = reconcile.check(system, shipping)
-        assert [(f.id, f.kind, f.owner_version) for f in found.drift] == [
-            (moving[0], reconcile.DIVERGENT, 2)
-        ]
-    history = subprocess.run(
-        charter_command("history", "-f", str(world.path), "Customer", moving[1], "--json"),
-        capture_output=True,
-        text=True,
-    )
-    assert history.returncode == 0, history.stderr
-    versions = [(d["version"], d["state"]["name"]) for d in json.loads(history.stdout)]
-    assert versions == [(1, versions[0][1]), (2, "by the new owner")]
-    world.path.write_text(
-        world.path.read_text()
-        + "  late_customers: {in: shipping, of: Customer, fields: [name], window: 5s}\n"
-    )
-    with charter.load(world.path) as system:
-        charter.Runner(system).drain()  # a new copy: backfilled from the owners' stores
-        late = system.context("shipping").copy("late_customers")
-        assert late.get(made) is not None and late.get(made)["name"] == "made by customers"  # type: ignore[index]
-        for entity_id in moving:
-            assert late.get(entity_id)["name"] == "by the new owner"  # type: ignore[index]
-        assert late.get(staying[0])["name"] == "by the old owner"  # type: ignore[index]
-        assert (
-            len(list(system.store("shipping").copy_rows(system.charter.copies["late_customers"])))
-            == len(ids) + 1
-        )
-
-
 # -- kill -9 at each phase, then resume -------------------------------------------------
 
 
@@ -426,7 +297,7 @@ def test_kill_at_each_phase_then_resume(sqlite_world: World, phase: str) -> None
     _kill_then_resume(sqlite_world, phase)
 
 
-@pytest.mark.parametrize("phase", ["filled", "fenced", "recorded"])
+@pytest.mark.parametrize("phase", ["filled", "fenced", "promoted"])
 def test_kill_then_resume_on_postgres(tmp_path: Path, phase: str) -> None:
     world = _world(tmp_path, "postgres+nats")
     try:
@@ -463,32 +334,6 @@ def _kill_then_resume(world: World, phase: str) -> None:
     assert state is not None and state.phase == "done"
 
 
-def test_a_transfer_saved_in_the_old_order_of_phases_is_drained_and_recorded(
-    sqlite_world: World,
-) -> None:
-    """A state file at 'promoted' from before the charter was recorded ahead of the
-    promotion (phases promoted, drained, recorded) resumes from the fence."""
-    world = sqlite_world
-    _seed(world.path, 40)
-    args = ["--to", "customers", *[a for p in MOVING for a in ("--partitions", str(p))]]
-    killed = _transfer(world, *args, env={KILL_AFTER: "fenced"})
-    assert killed.returncode == -signal.SIGKILL
-    path = world.path.parent / ".charter" / "transfers" / "Customer.json"
-    doc = json.loads(path.read_text())
-    doc["phase"] = "promoted"
-    doc["history"].append(["promoted", doc["history"][-1][1]])
-    path.write_text(json.dumps(doc))
-    pipeline = Pipeline(world.path)
-    try:
-        resumed = _transfer(world)
-    finally:
-        pipeline.close()
-    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
-    assert "resuming at 'fenced'" in resumed.stdout
-    assert "drained:" in resumed.stdout and "recorded:" in resumed.stdout
-    assert model.load(world.path).entities["Customer"].epoch == 2
-
-
 def test_rollback_before_promote_and_not_after(sqlite_world: World) -> None:
     world = sqlite_world
     ids = _seed(world.path, 60)
@@ -512,25 +357,18 @@ def test_rollback_before_promote_and_not_after(sqlite_world: World) -> None:
     store = open_store(world.urls["customers"], "customers")
     assert store.fences("Customer") == []
     store.close()
-    killed = _transfer(world, *args, env={KILL_AFTER: "fenced"})
+    killed = _transfer(world, *args, env={KILL_AFTER: "promoted"})
     assert killed.returncode == -signal.SIGKILL
+    refused = _transfer(world, "--rollback")
+    assert refused.returncode == 1
+    assert "cannot be undone" in refused.stderr and "--to legacy" in refused.stderr
+    assert "Traceback" not in refused.stderr
     stuck = _transfer(world, "--drain-timeout", "0.5")  # nothing applies the copies
     assert stuck.returncode == 1 and "is its projector (charter run) running?" in stuck.stderr
     assert "charter transfer Customer` again" in stuck.stderr
     pipeline = Pipeline(world.path)
     try:
-        killed = _transfer(world, env={KILL_AFTER: "recorded"})  # resumed, without --to
-        assert killed.returncode == -signal.SIGKILL
-        refused = _transfer(world, "--rollback")  # the charter records the move
-        assert refused.returncode == 1
-        assert "cannot be undone" in refused.stderr and "finish it" in refused.stderr
-        killed = _transfer(world, env={KILL_AFTER: "promoted"})
-        assert killed.returncode == -signal.SIGKILL
-        refused = _transfer(world, "--rollback")
-        assert refused.returncode == 1
-        assert "cannot be undone" in refused.stderr and "--to legacy" in refused.stderr
-        assert "Traceback" not in refused.stderr
-        assert _transfer(world).returncode == 0
+        assert _transfer(world).returncode == 0  # resumed, without --to
     finally:
         pipeline.close()
 

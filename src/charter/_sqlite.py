@@ -3,8 +3,6 @@ waiting (not failing) when another process holds the write lock."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import threading
 import time
@@ -102,73 +100,6 @@ def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
         pause = min(pause * 2, 0.05)
 
 
-class WriteLock:
-    """Who may begin a write transaction on one file: this process's threads queue on a
-    lock, and processes on an exclusive `flock` of a file beside the database, which the
-    kernel hands to a waiter the moment it is released. Without it, processes meet in
-    SQLite's busy handler, which naps 1, 2, 5 … 100 ms between tries: a process that
-    writes without pause takes the lock again before a napping one wakes, and in the
-    transfer benchmark (three writer processes) a fence or a promotion waited 1-3 s
-    for it. A process that opens the file without charter is not held by this lock, and
-    still meets SQLite's busy handler."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(f"{path}.write-lock")
-        self._threads = threading.Lock()
-        self._file: tuple[int, int] | None = None  # (pid, fd): a forked child opens its own
-
-    def _fd(self) -> int | None:
-        pid = os.getpid()
-        if self._file is None or self._file[0] != pid:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError:
-                return None  # a folder not writable: SQLite's busy handler alone
-            self._file = (pid, fd)
-        return self._file[1]
-
-    def acquire(self, blocking: bool = True) -> bool:
-        if not self._threads.acquire(blocking):
-            return False
-        try:
-            fd = self._fd()
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._threads.release()
-            return False
-        except BaseException:
-            self._threads.release()
-            raise
-        return True
-
-    def release(self) -> None:
-        try:
-            if self._file is not None and self._file[0] == os.getpid():
-                fcntl.flock(self._file[1], fcntl.LOCK_UN)
-        finally:
-            self._threads.release()
-
-    def __enter__(self) -> WriteLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def close(self) -> None:
-        """Close the lock file, unless a write holds it (then it closes with the process):
-        never waits, so a store closed in the middle of its own write does not hang."""
-        if not self._threads.acquire(blocking=False):
-            return
-        try:
-            if self._file is not None and self._file[0] == os.getpid():
-                os.close(self._file[1])
-            self._file = None
-        finally:
-            self._threads.release()
-
-
 class Connections:
     """One connection per thread, all closed together: sqlite3 objects are not thread-safe."""
 
@@ -179,8 +110,7 @@ class Connections:
         self._lock = threading.Lock()
         # Threads of this process queue here for the write lock instead of sleeping in
         # SQLite's busy handler (1, 2, 5 … 100 ms naps), which ruins latency under load.
-        # Processes queue too, on a lock file's flock (WriteLock).
-        self._writer = WriteLock(path)
+        self._writer = threading.Lock()
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -242,7 +172,6 @@ class Connections:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
-        self._writer.close()
 
 
 def quote(text: str) -> str:

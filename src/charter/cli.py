@@ -960,9 +960,7 @@ def history(path: Path, entity: str, entity_id: str, as_json: bool) -> None:
             names = tuple(system.charter.entities)
             hint = model._hint(entity, names) or f"entities: {', '.join(names)}"
             raise click.BadParameter(f"no entity '{entity}'; {hint}", param_hint="ENTITY")
-        from charter import holding
-
-        rows = holding.owner_store(system, spec).history(entity, entity_id)
+        rows = system.store(spec.owner).history(entity, entity_id)
     if not rows:
         _console(stderr=True).print(f"no history for {entity} {entity_id} in '{spec.owner}'")
         sys.exit(EXIT_CHARTER)

@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Protocol
 
-from charter import holding
 from charter.commands import CommandWorker
 from charter.errors import Error
 from charter.lanes import Lane
@@ -94,8 +93,7 @@ class Runner:
                         copy,
                         entity,
                         system.store(name),
-                        # only for a backfill: each record from its current owner's store
-                        partial(holding.owner_store, system, entity),
+                        partial(system.store, entity.owner),  # only for a backfill
                         system.bus,
                         batch,
                         lane,

@@ -8,19 +8,15 @@ an interrupted transfer resumes where it was, or rolls back while nothing was pr
 2. prepared  the new owner's store has the entity's table, and a `waiting` fence: refused
 3. filled    the old owner's current rows copied there ahead of the switch (still refused)
 4. fenced    the old owner's own store refuses the moving records from this commit on
-5. drained   the old owner's last events for them on the bus (published by the transfer
-             itself), every copy of the entity has applied them
-6. recorded  the charter file records the move (owner, epoch): processes that load it
-             write as the new owner (its store still refuses until 7), and copies take
-             only the new epoch's events
-7. promoted  the rows that changed since the fill copied again, and in the same
+5. promoted  the rows that changed since the fill copied again, and in the same
              transaction the new owner's fence says `owner` at the new epoch
+6. drained   the old owner's last events relayed, every copy of the entity has them
+7. recorded  the charter file records the move (owner, epoch): processes that load it
+             write as the new owner, and copies take only the new epoch's events
 8. done
 
 Between 4 and 7 nobody may write the moving records: the refusal window
-(benchmarks/transfer.py measures it). What needs no fence (the fill, opening every store
-the switch touches, the charter's new text) is done before 4; the writers' loading the
-new charter (6) overlaps the promotion's catch-up (7)."""
+(benchmarks/transfer.py measures it)."""
 
 from __future__ import annotations
 
@@ -32,7 +28,6 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,19 +35,18 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from charter import model
+from charter import model, values
 from charter.errors import Error, ValidationError
 from charter.lanes import PARTITIONS, partition
-from charter.model import Charter, Copy, Entity
-from charter.records import Checkpoint, OutboxRow, Row
+from charter.model import Charter, Entity
+from charter.records import Backlog, Checkpoint, Row
 from charter.relay import Relay
 from charter.stores import Store, fencing
 from charter.system import System
-from charter.visibility import Routes, topic_of
+from charter.visibility import topic_of
 
-PHASES = ("planned", "prepared", "filled", "fenced", "drained", "recorded", "promoted", "done")
+PHASES = ("planned", "prepared", "filled", "fenced", "promoted", "drained", "recorded", "done")
 ROLLED_BACK = "rolled back"
-DRAIN_BATCH = 5000  # outbox rows read at a time when the transfer relays the last events
 KILL_AFTER = "CHARTER_TRANSFER_KILL_AFTER"  # tests: kill -9 this process after that phase
 
 
@@ -72,7 +66,6 @@ class Plan:
     phase: str = ""  # the last phase reached; "" before the plan is saved
     started: str = ""
     records: int = 0  # how many records move (at the plan)
-    start: str = ""  # the copy in `to` the new owner starts from ("": filled from `source`)
     copies_retired: list[str] = field(default_factory=list)  # `to`'s copies of a whole move
     history: list[tuple[str, str]] = field(default_factory=list)  # (phase, when)
 
@@ -99,13 +92,7 @@ def read_state(charter_path: Path, entity: str) -> Plan | None:
         return None
     doc = json.loads(path.read_text())
     doc["history"] = [tuple(h) for h in doc.get("history", [])]
-    made = Plan(**doc)
-    if made.phase == "promoted" and "recorded" not in {h[0] for h in made.history}:
-        # saved by a charter whose phases ran promoted, drained, recorded: not drained, not
-        # recorded yet (the new owner took no write: it had not the charter); go on from
-        # the fence, which promotes again
-        made.phase = "fenced"
-    return made
+    return Plan(**doc)
 
 
 def _save(plan: Plan) -> None:
@@ -158,19 +145,7 @@ def plan(
     )
     if parts is None:
         made.copies_retired = [c.name for c in charter.copies_of(entity_name) if c.context == to]
-    made.start = getattr(starting_copy(charter, entity, to), "name", "")
     return made, after(charter, made)
-
-
-def starting_copy(charter: Charter, entity: Entity, to: str) -> Copy | None:
-    """The copy of `entity` that `to` keeps with every one of its fields, if any: the new
-    owner starts from it, which the projector keeps in sync, instead of being filled from
-    the old owner's store (an entity with a private field has no such copy: a private
-    field never leaves its owner's store)."""
-    for copy in charter.copies_of(entity.name):
-        if copy.context == to and set(copy.fields) == set(entity.fields):
-            return copy
-    return None
 
 
 def _parts_text(parts: Sequence[int]) -> str:
@@ -269,27 +244,19 @@ class Transfer:
     ) -> None:
         self.plan, self.say, self.drain_s = made, say, drain_s
         path = Path(made.charter)
-        text = path.read_text()
-        current = model.loads(text, path)
-        # The charter file as it was and as the move leaves it, made now so that recording
-        # it is one write while writes are refused (a YAML round trip takes tens of ms).
-        self._texts: tuple[str, str] | None = None
+        current = model.load(path)
         if current.entities[made.entity].epoch >= made.epoch:
             self.new = current  # recorded already
         else:
-            self._texts = (text, _edited(text, made))
-            self.new = model.loads(self._texts[1], path)
+            self.new = model.loads(_edited(path.read_text(), made), path)
         # The old charter's system (it knows the old owner's store); the new one's for the
         # new owner (its store gets the entity's table).
         self.old_system = System(current)
         self.new_system = System(self.new)
         self.entity_old = current.entities[made.entity]
         self.entity = self.new.entities[made.entity]
-        self._filled: dict[str, int] | None = None  # id → version the fill wrote
-        self._reader: Executor = ThreadPoolExecutor(1, thread_name_prefix="charter-transfer")
 
     def close(self) -> None:
-        self._reader.shutdown(wait=True)
         self.old_system.close()
         self.new_system.close()
 
@@ -310,21 +277,15 @@ class Transfer:
         _save(self.plan)
 
     def _record(self) -> None:
-        """The charter file gets the move (once: a resumed transfer finds it there), as
-        made in __init__ when the file is as it was then: one write while writes wait."""
+        """The charter file gets the move (once: a resumed transfer finds it there)."""
         p = self.plan
         path = Path(p.charter)
-        text = path.read_text()
-        if self._texts is not None and text == self._texts[0]:
-            text = self._texts[1]  # loaded in __init__, so it loads
-        elif model.loads(text, path).entities[p.entity].epoch < p.epoch:
-            text = _edited(text, p)
+        if model.load(path).entities[p.entity].epoch < p.epoch:
+            text = _edited(path.read_text(), p)
             model.loads(text, path)  # it must load
-        else:
-            return  # recorded already
-        temporary = path.with_suffix(".transfer.tmp")
-        temporary.write_text(text)
-        os.replace(temporary, path)
+            temporary = path.with_suffix(".transfer.tmp")
+            temporary.write_text(text)
+            os.replace(temporary, path)
 
     def _done(self, phase: str) -> bool:
         current = self.plan.phase
@@ -346,24 +307,6 @@ class Transfer:
             if parts is None or partition(row["id"], PARTITIONS) in parts
         }
 
-    def _start_rows(self) -> dict[str, Row]:
-        """The moving records as the new owner's own copy of them holds them (Plan.start)."""
-        copy = self.old_system.charter.copies[self.plan.start]
-        store = self.old_system.store(copy.context)
-        if any(True for _ in store.parked(copy)):
-            raise TransferError(
-                f"copy '{copy.name}' in '{copy.context}', which '{self.plan.to}' starts "
-                f"from, has parked events: it may lack some of them. Mend them first "
-                f"(charter parked), then run `charter transfer {self.plan.entity}` again"
-            )
-        parts = set(self.plan.parts) if self.plan.parts is not None else None
-        names = ("id", "version", *self.entity.fields)
-        return {
-            row["id"]: {n: row.get(n) for n in names}
-            for row in store.copy_rows(copy)
-            if parts is None or partition(row["id"], PARTITIONS) in parts
-        }
-
     def run(self) -> Plan:
         p = self.plan
         if p.phase == ROLLED_BACK:
@@ -374,78 +317,62 @@ class Transfer:
             self._new.fence(self.entity, p.parts, p.epoch, p.to, fencing.WAITING)
             self._reached("prepared")
         if not self._done("filled"):
-            rows = self._start_rows() if p.start else self._moving(self._old, self.entity_old)
+            rows = self._moving(self._old, self.entity_old)
             self._new.promote(
                 self.entity, p.parts, p.epoch, p.to, list(rows.values()), (), fencing.WAITING
             )
             p.records = len(rows)
-            self._filled = {i: r["version"] for i, r in rows.items()}
             self._reached("filled")
-        if not self._done("drained"):
-            self._ready()
         if not self._done("fenced"):
             self._old.fence(self.entity_old, p.parts, p.epoch, p.to, fencing.FENCED)
             self._reached("fenced")
-        elif not self._done("promoted"):
+        if not self._done("promoted"):
             # fenced again, the same: a rollback cut short by a crash may have lifted the
             # fence before this resume (found by charter.sim, seed 991)
             self._old.fence(self.entity_old, p.parts, p.epoch, p.to, fencing.FENCED)
-        # The old owner's rows are final from the fence on: read them for the promotion's
-        # catch-up while the drain waits for the copies (from its copy: after the drain).
-        reading = None
-        if not p.start and not self._done("promoted"):
-            reading = self._reader.submit(self._moving, self._old, self.entity_old)
+            old = self._moving(self._old, self.entity_old)
+            held = {i: r["version"] for i, r in self._moving(self._new, self.entity).items()}
+            changed = [r for i, r in old.items() if held.get(i) != r["version"]]
+            gone = [i for i in held if i not in old]
+            self._new.promote(self.entity, p.parts, p.epoch, p.to, changed, gone)
+            self._reached("promoted")
         if not self._done("drained"):
             self._drain()
             self._reached("drained")
         if not self._done("recorded"):
             self._record()
             self._reached("recorded")
-        if not self._done("promoted"):
-            # From its copy, drained (5): it has every event of the moving records up to
-            # the fence, so it is what the old owner holds, read in the new owner's store.
-            old = self._start_rows() if reading is None else reading.result()
-            held = self._filled  # what the fill wrote, unless it ran in another process
-            if held is None:
-                held = {i: r["version"] for i, r in self._moving(self._new, self.entity).items()}
-            changed = [r for i, r in old.items() if held.get(i) != r["version"]]
-            gone = [i for i in held if i not in old]
-            self._new.promote(self.entity, p.parts, p.epoch, p.to, changed, gone)
-            self._reached("promoted")
         if not self._done("done"):
             self._reached("done")
         return p
 
     def _drain(self) -> None:
-        """The old owner's last events onto the bus, then into every copy of the entity.
-
-        The transfer publishes the moving records' events not yet relayed itself, rather
-        than waiting for the old owner's relay to come round to them (its next poll, its
-        batches, another process's lead): the bus keeps one of each event id, so the relay
-        publishing them again changes nothing. The moving records are fenced, so every one
-        of their events was committed before now; writes to other records go on and are the
-        relay's to publish."""
+        """The old owner's last events onto the bus, then into every copy of the entity."""
         p, system = self.plan, self.old_system
-        store, bus, charter, routes = self._old, system.bus, system.charter, self._routes()
+        store, bus = self._old, system.bus
+        owned = system.charter.owned_by(p.source)
+        # with the copies of what it owns, as the Runner's relay: an entity under contract
+        # visibility goes out once per copy, on the copy's topic (none at all without them)
+        copies = [(c, e) for e in owned for c in system.charter.copies_of(e.name)]
+        relay = Relay(p.source, store, bus, None, 1000, copies, owned)
         deadline = time.monotonic() + self.drain_s
-        parts = set(self.plan.parts) if self.plan.parts is not None else None
-        seen: list[OutboxRow] = []
-        while batch := store.pending(DRAIN_BATCH, seen):
-            seen += batch
-            if len(batch) < DRAIN_BATCH or time.monotonic() > deadline:
-                break
-        last = [
-            r
-            for r in seen
-            if r.entity == p.entity
-            and (parts is None or partition(r.entity_id, PARTITIONS) in parts)
-        ]
-        if last:
-            bus.publish(routes.outgoing(last))
+        # The moving records are fenced: each of their events was committed before now.
+        # Later ones are other partitions' writes, which may go on and need not be waited for.
+        fenced_at = values.now_text()
+        while _older(store.unrelayed(p.entity), fenced_at):
+            if not relay.step():
+                self._pause(0.005)  # another process's relay leads: it relays them
+            if time.monotonic() > deadline:
+                raise TransferError(
+                    f"the old owner '{p.source}' still has {p.entity} events not on the bus "
+                    f"after {self.drain_s:g}s: is its relay (charter run) stuck? Run "
+                    f"`charter transfer {p.entity}` again once it moves"
+                )
+        relay.finish()
         # Every copy past the bus's head as it is now: the old owner's last event is
         # at or below it (writes to other records may go on; they need not be waited for).
-        for copy in charter.copies_of(p.entity):
-            copy_store = system.store(copy.context)  # opened before the fence (_ready)
+        for copy in system.charter.copies_of(p.entity):
+            copy_store = system.store(copy.context)
             head = bus.head(topic_of(self.entity_old, copy))
             while (copy_store.checkpoint(copy) or _NONE).position < head:
                 if time.monotonic() > deadline:
@@ -457,54 +384,14 @@ class Transfer:
                     )
                 self._pause(0.002)
 
-    def _routes(self) -> Routes:
-        """What the old owner's relay would put on the bus for its rows."""
-        charter = self.old_system.charter
-        owned = charter.owned_by(self.plan.source)
-        copies = [(c, e) for e in owned for c in charter.copies_of(e.name)]
-        return Relay(
-            self.plan.source, self._old, self.old_system.bus, None, 1, copies, owned
-        ).routes
-
-    def _ready(self) -> None:
-        """Everything the switch needs that the fence does not: both owners' stores, every
-        copy's store and the bus opened (a store's first opening prepares its schema, which
-        waits for its write lock), so that none of it happens while writes are refused."""
-        system = self.old_system
-        self._old, self._new  # noqa: B018 (opened)
-        touched = {self.plan.source, self.plan.to}
-        for copy in system.charter.copies_of(self.plan.entity):
-            store = system.store(copy.context)
-            store.checkpoint(copy)
-            system.bus.head(topic_of(self.entity_old, copy))
-            touched.add(copy.context)
-        self._routes()
-        # Each store these touch prepared for the new charter last, so that the processes
-        # loading it once it is recorded find their schema ready: on PostgreSQL their DDL
-        # would otherwise meet the promotion's transaction (a deadlock, one of them undone).
-        for context in sorted(touched):
-            self.new_system.store(context).prepare(self.new, context)
-
     def rollback(self) -> Plan:
         p = self.plan
-        if self._done("recorded"):
-            back = f"charter transfer {p.entity} --to {p.source}" + (
-                f" --partitions {' '.join(map(str, p.parts))}" if p.parts else ""
-            )
+        if self._done("promoted"):
             raise TransferError(
-                f"the transfer of {p.entity} reached '{p.phase}': "
-                + (
-                    f"the new owner '{p.to}' may have taken writes"
-                    if self._done("promoted")
-                    else "the charter records the move, and processes may have loaded it"
-                )
-                + ", so it cannot be undone; "
-                + (
-                    ""
-                    if self._done("promoted")
-                    else f"finish it (charter transfer {p.entity}), then "
-                )
-                + f"move it back instead: {back}"
+                f"the transfer of {p.entity} reached '{p.phase}': the new owner '{p.to}' may "
+                f"have taken writes, so it cannot be undone; move it back instead: "
+                f"charter transfer {p.entity} --to {p.source}"
+                + (f" --partitions {' '.join(map(str, p.parts))}" if p.parts else "")
             )
         if self._done("fenced") or p.phase == "filled":
             self._old.unfence(self.entity_old, p.parts)
@@ -517,6 +404,11 @@ class Transfer:
         self._keep()
         self.say(f"rolled back: {p.describe()}")
         return p
+
+
+def _older(backlog: Backlog, moment: str) -> bool:
+    """Whether events committed at or before `moment` are among those not on the bus."""
+    return backlog.events > 0 and (backlog.oldest is None or backlog.oldest <= moment)
 
 
 def command(
@@ -624,21 +516,14 @@ def _print_plan(made: Plan, as_json: bool, say: Callable[[str], None]) -> None:
     say(f"plan: {made.describe()} ({made.records} records)")
     steps = [
         f"prepare: '{made.to}' gets {made.entity}'s table, fenced 'waiting' (refuses writes)",
-        (
-            f"fill: the {made.records} records from '{made.to}''s own copy {made.start} "
-            "(kept in sync by its projector), versions kept; writes go on meanwhile"
-            if made.start
-            else f"fill: the {made.records} records copied from '{made.source}' to "
-            f"'{made.to}', versions kept; writes go on meanwhile"
-        ),
+        f"fill: the {made.records} records copied from '{made.source}' to '{made.to}', "
+        "versions kept; writes go on meanwhile",
         f"fence: {made.source}'s own store refuses writes to them from this commit on",
-        f"drain: {made.source}'s last events for them put on the bus; every copy of "
-        f"{made.entity} applies them",
+        f"promote: what changed since the fill copied again; '{made.to}' owns them at epoch "
+        f"{made.epoch}, in the same transaction",
+        f"drain: {made.source}'s last events relayed; every copy of {made.entity} applies them",
         f"record: the charter gets the move (epoch {made.epoch})"
         + (f", owner: {made.to}" if made.parts is None else ""),
-        "promote: what changed since the fill copied again (from "
-        + (f"the copy {made.start}, drained" if made.start else f"'{made.source}'")
-        + f"); '{made.to}' owns them at epoch {made.epoch}, in the same transaction",
     ]
     if made.copies_retired:
         steps.append(

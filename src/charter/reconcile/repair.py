@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from charter import clock, holding
+from charter import clock
 from charter.events import Event
 from charter.ids import uuid7
 from charter.model import Copy
@@ -53,7 +53,7 @@ def repair(
     ahead with `accept_owner`, and only then."""
     copy = system.charter.copies[report.copy]
     entity = system.charter.entities[copy.of]
-    owner = holding.owner_store(system, entity)  # each record's current owner's store
+    owner = system.store(entity.owner)
     allowed = set(kinds) | {AHEAD} if accept_owner else set(kinds) - {AHEAD}
     token = clock.token(6)
     done = Repair(copy.name)
@@ -64,8 +64,7 @@ def repair(
             done.left.append(finding)
             continue
         history = owner.history(entity.name, finding.id)
-        holder = entity.holder(finding.id)[0]
-        row = _row(copy, holder, finding, history[-1] if history else None, token)
+        row = _row(copy, entity.owner, finding, history[-1] if history else None, token)
         if row is not None:
             rows.append(row)
             published[finding.kind] += 1

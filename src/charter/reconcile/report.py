@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from charter import clock, holding
+from charter import clock
 from charter.errors import CharterError, Error, Problem
 from charter.model import Copy
 from charter.reconcile.classify import DRIFT, KINDS, Finding, classify
@@ -106,8 +106,7 @@ def check(
     )
     started = clock.monotonic()
     try:
-        # each record from its current owner's store (several, after a partition moved)
-        owner, store = holding.owner_store(system, entity), system.store(copy.context)
+        owner, store = system.store(entity.owner), system.store(copy.context)
         sides = Sides(owner, entity, store, copy)
         deadline = started + budget_s
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
 from typing import Any
 
 from charter.errors import ConflictError, ConstraintError, Error, NotFoundError, OwnershipError
@@ -50,15 +49,6 @@ def recorded(charter: Charter, entity: str, move: Move) -> Charter:
     return dataclasses.replace(charter, entities=entities)
 
 
-class _Inline(Executor):
-    """An executor that runs what it is given at once (a simulation has no threads)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        done: Future[Any] = Future()
-        done.set_result(fn(*args, **kwargs))
-        return done
-
-
 class _InMemory(Transfer):
     """charter.transfer's Transfer, its plan kept in memory (the same object across tries,
     as its state file would be), the move recorded by the simulation (a redeployment)."""
@@ -69,8 +59,6 @@ class _InMemory(Transfer):
         self.entity_old = old.charter.entities[made.entity]
         self.entity = new.charter.entities[made.entity]
         self._after = after
-        self._texts, self._filled = None, None  # no file: _record is the simulation's
-        self._reader = _Inline()  # no thread: the catch-up read is done where asked
 
     def close(self) -> None:
         return None  # the simulation's systems

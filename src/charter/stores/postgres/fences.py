@@ -17,7 +17,6 @@ from charter.model import Entity
 from charter.records import Fence, Row
 from charter.stores import fencing
 from charter.stores.postgres.core import _Core
-from charter.stores.postgres.writes import Statement, pipelined
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS {s}.charter_fence (
@@ -90,22 +89,6 @@ class _Fences(_Core):
             f"{self._t('charter_fence_check')}('{entity.name}')"
         )
 
-    def _fence_statements(
-        self, entity: Entity, parts: Sequence[int] | None, epoch: int, holder: str, state: str
-    ) -> list[Statement]:
-        made: list[Statement] = []
-        if parts is None:
-            made.append(
-                (f"DELETE FROM {self._t('charter_fence')} WHERE entity = %s", (entity.name,))
-            )
-        upsert = (
-            f"INSERT INTO {self._t('charter_fence')} VALUES (%s, %s, %s, %s, %s) "
-            "ON CONFLICT (entity, part) DO UPDATE SET epoch = excluded.epoch, "
-            "state = excluded.state, holder = excluded.holder"
-        )
-        made += [(upsert, (entity.name, p, epoch, state, holder)) for p in fencing.parts_of(parts)]
-        return made
-
     def _set_fences(
         self,
         conn: psycopg.Connection[Any],
@@ -115,7 +98,17 @@ class _Fences(_Core):
         holder: str,
         state: str,
     ) -> None:
-        pipelined(conn, self._fence_statements(entity, parts, epoch, holder, state))
+        if parts is None:
+            conn.execute(
+                f"DELETE FROM {self._t('charter_fence')} WHERE entity = %s", (entity.name,)
+            )
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {self._t('charter_fence')} VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (entity, part) DO UPDATE SET epoch = excluded.epoch, "
+                "state = excluded.state, holder = excluded.holder",
+                [(entity.name, p, epoch, state, holder) for p in fencing.parts_of(parts)],
+            )
 
     def fence(
         self, entity: Entity, parts: Sequence[int] | None, epoch: int, holder: str, state: str
@@ -163,22 +156,14 @@ class _Fences(_Core):
         insert = self._sql[f"insert:{entity.name}"]
         with self.pool.connection() as conn, conn.transaction():
             self._fence_ddl(conn, entity)
-            # EXCLUSIVE, not SHARE ROW EXCLUSIVE: it also waits for a writer that has read
-            # a row FOR UPDATE and not yet written it (a writer that loaded the charter
-            # recording the move, refused by the `waiting` fence a moment later), which
-            # would otherwise hold a row this transaction rewrites while waiting for the
-            # table: a deadlock. Plain reads go on.
-            # all in one round trip (the new owner's writes wait for it: G10's window)
-            statements: list[Statement] = [
-                (f"LOCK TABLE {self._t(entity.table)} IN EXCLUSIVE MODE", None)
-            ]
-            statements += self._fence_statements(entity, parts, epoch, holder, fencing.OWNER)
+            conn.execute(f"LOCK TABLE {self._t(entity.table)} IN SHARE ROW EXCLUSIVE MODE")
+            self._set_fences(conn, entity, parts, epoch, holder, fencing.OWNER)
             ids = [r["id"] for r in rows] + list(gone)
             if ids:
-                statements.append(
-                    (f"DELETE FROM {self._t(entity.table)} WHERE id::text = ANY(%s)", (ids,))
+                conn.execute(
+                    f"DELETE FROM {self._t(entity.table)} WHERE id::text = ANY(%s)", (ids,)
                 )
-            statements += [(insert, tuple(r.get(n) for n in names)) for r in rows]
+            with conn.cursor() as cur:
+                cur.executemany(insert, [tuple(r.get(n) for n in names) for r in rows])
             if state != fencing.OWNER:
-                statements += self._fence_statements(entity, parts, epoch, holder, state)
-            pipelined(conn, statements)
+                self._set_fences(conn, entity, parts, epoch, holder, state)

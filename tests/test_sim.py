@@ -21,7 +21,7 @@ from charter.sim.charters import in_memory, library
 from charter.stores.memory import forget as forget_store
 from tests.conftest import ROOT
 
-SEEDS = 10_000  # what CI runs, in two processes
+SEEDS = 5_000  # what CI runs, in two processes (each seed runs sagas or a transfer too)
 BUG_SEEDS = 300  # within which every planted bug must be caught
 
 
@@ -31,7 +31,7 @@ def sim(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
-def test_ten_thousand_seeds_hold_every_guarantee() -> None:
+def test_thousands_of_seeds_hold_every_guarantee() -> None:
     done = sim("--seeds", str(SEEDS), "--jobs", "2", timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert f"{SEEDS} seeds" in done.stdout and ": 0 failed" in done.stdout

@@ -77,7 +77,8 @@ def _differing(kept: dict[str, Any], whole: dict[str, Any]) -> str:
 def reconcile_json(path: Path, *flags: str) -> dict[str, dict[str, Any]]:
     """`charter reconcile --json FLAGS` as a process: copy → its report."""
     done = subprocess.run(
-        charter_command("reconcile", "-f", str(path), "--json", *flags),
+        # a budget no check here needs: a store a killed process left locked may be slow
+        charter_command("reconcile", "-f", str(path), "--json", "--budget", "600s", *flags),
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from charter.buses.nats import FETCH_BUDGET_S, BusError, NatsBus, parse_url, stream_name
+from charter.buses.nats.core import BACKLOG_BUDGET_S
 from charter.events import Event
 from charter.records import Delivery, OutboxRow
 from tests import nats_servers
@@ -389,9 +390,20 @@ def test_a_reader_whose_server_dies_is_replaced_within_seconds() -> None:
         assert bus._readers[key].name != before
         assert longest < FETCH_BUDGET_S + 2, f"a call took {longest:.1f}s"
         # new consumers (here the counters of backlog) may be placed on the dead server
-        # for minutes: the bus makes them again until one lands on a live one
-        for _ in range(6):
-            assert bus.backlog("other", "Customer", 0).events == 200
+        # for minutes: the bus makes them again until one lands on a live one. On a loaded
+        # machine a call's budget may run out first: it then says so, within its budget,
+        # and the next call answers (CI once saw one such call of six)
+        counted, tries = 0, 0
+        while counted < 6:
+            tries += 1
+            assert tries <= 12, f"{tries - counted} of {tries} backlog calls failed"
+            call = time.monotonic()
+            try:
+                assert bus.backlog("other", "Customer", 0).events == 200
+                counted += 1
+            except BusError as exc:
+                assert "try again" in str(exc)
+            assert time.monotonic() - call < BACKLOG_BUDGET_S + 2
         servers.restart(host)
         bus.publish(published[200:])
         rest += drain(bus, *key, after, count=100)

@@ -21,7 +21,7 @@ from charter.sim.charters import in_memory, library
 from charter.stores.memory import forget as forget_store
 from tests.conftest import ROOT
 
-SEEDS = 5_000  # what CI runs, in two processes (each seed runs sagas or a transfer too)
+SEEDS = 2_000  # in CI, two processes; `python -m charter.sim --seeds N` runs more
 BUG_SEEDS = 300  # within which every planted bug must be caught
 
 

@@ -392,7 +392,7 @@ def test_a_reader_whose_server_dies_is_replaced_within_seconds() -> None:
         # new consumers (here the counters of backlog) may be placed on the dead server
         # for minutes: the bus makes them again until one lands on a live one. On a loaded
         # machine a call's budget may run out first: it then says so, within its budget,
-        # and the next call answers (CI once saw one such call of six)
+        # and a later call answers (CI once saw one such call of six)
         counted, tries = 0, 0
         while counted < 6:
             tries += 1
